@@ -1,0 +1,424 @@
+//! Typed, strict configuration of an `escd` node: `$ESC_HOME/esc.toml`.
+//!
+//! Owns the file format, defaults, and validation across fields
+//! (architecture section 7, style principle 6). Every field carries its unit
+//! in its name; unknown fields are refused; [`Config::validate`] says which
+//! field is wrong and what to do, so a node never starts half-configured.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default node home when neither `--home` nor `$ESC_HOME` is given.
+pub const DEFAULT_HOME: &str = "/opt/esc";
+/// Default log directory when `$ESC_LOG_DIR` is not set.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/esc";
+/// The configuration file's name inside the node home.
+pub const CONFIG_FILE: &str = "esc.toml";
+/// Shortest accepted replication secret: 128 bits of entropy as hex.
+pub const SECRET_LEN_MIN: usize = 32;
+
+/// What went wrong while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The whole `esc.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name, used in logs and by the peer (`esc-1`).
+    pub node_name: String,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Replication between the two nodes (architecture section 3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Address this node accepts replication connections on (TCP, default port 7789).
+    pub listen: SocketAddr,
+    /// The peer's replication address; a standby dials it. Empty: standalone node.
+    pub peer: Option<SocketAddr>,
+    /// `sync` (a write is acknowledged once fsynced on both nodes) or `async`.
+    pub mode: ReplicationMode,
+    /// Role at start-up until an operator or the role authority changes it.
+    pub initial_role: InitialRole,
+    /// Shared secret authenticating the link (hex or any string of at least
+    /// 32 characters). Either this or `secret_file`.
+    pub secret: Option<String>,
+    /// File holding the shared secret (relative paths are under the home).
+    pub secret_file: Option<PathBuf>,
+    /// Async mode: the most entries the standby may lag before writes wait for it.
+    pub async_lag_entries_max: u64,
+    /// How often the primary sends a heartbeat when idle.
+    pub heartbeat_interval_ms: u64,
+    /// A peer silent for this long is disconnected (the primary then commits alone).
+    pub peer_timeout_ms: u64,
+    /// Most entries in one replication frame.
+    pub batch_entries_max: usize,
+}
+
+/// Sync or async replication.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    Sync,
+    Async,
+}
+
+/// Role a node takes when it starts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialRole {
+    Primary,
+    Standby,
+}
+
+/// The durable store (architecture section 3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Data directory (relative paths are under the home).
+    pub data_dir: PathBuf,
+    /// Take a snapshot (truncate the log) once it holds this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log after a snapshot, for a peer's catch-up.
+    pub log_retain_entries: u64,
+    /// Most client writes sharing one fsync (group commit).
+    pub group_commit_entries_max: usize,
+}
+
+/// The northbound REST API (architecture section 7).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// REST listen address (default port 8080).
+    pub listen: SocketAddr,
+    /// User name for HTTP basic authentication.
+    pub user: String,
+    /// Password; when absent one is generated at first start and written to
+    /// `$ESC_HOME/api_password` (mode 0600). There is no default password.
+    pub password: Option<String>,
+    /// Largest accepted request body.
+    pub body_bytes_max: usize,
+    /// Most concurrent requests served; more wait.
+    pub concurrency_max: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7789".parse().expect("static address"),
+            peer: None,
+            mode: ReplicationMode::Sync,
+            initial_role: InitialRole::Standby,
+            secret: None,
+            secret_file: None,
+            async_lag_entries_max: 10_000,
+            heartbeat_interval_ms: 100,
+            peer_timeout_ms: 2_000,
+            batch_entries_max: 1_024,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            snapshot_every_entries: 100_000,
+            log_retain_entries: 10_000,
+            group_commit_entries_max: 1_024,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("static address"),
+            user: "admin".into(),
+            password: None,
+            body_bytes_max: 1 << 20,
+            concurrency_max: 1_024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `home/esc.toml`.
+    pub fn load(home: &Path) -> Result<Config, ConfigError> {
+        let path = home.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks the rules across fields; the message names the field and the fix.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if self.node_name.is_empty()
+            || self.node_name.len() > 64
+            || !self
+                .node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(bad(
+                "node_name",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let r = &self.replication;
+        match (&r.secret, &r.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "replication.secret",
+                    "set either `secret` or `secret_file`, not both".into(),
+                ))
+            }
+            (None, None) if r.peer.is_some() => {
+                return Err(bad(
+                    "replication.secret",
+                    "a peer is configured but no shared secret: set `secret` or `secret_file` \
+                     (e.g. `openssl rand -hex 32`), the same on both nodes"
+                        .into(),
+                ))
+            }
+            (Some(s), None) if s.len() < SECRET_LEN_MIN => {
+                return Err(bad(
+                    "replication.secret",
+                    format!("too short ({} characters): use at least {SECRET_LEN_MIN}", s.len()),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(peer) = r.peer {
+            if peer == r.listen {
+                return Err(bad(
+                    "replication.peer",
+                    "is this node's own `listen` address: give the other node's".into(),
+                ));
+            }
+        }
+        if !(10..=10_000).contains(&r.heartbeat_interval_ms) {
+            return Err(bad(
+                "replication.heartbeat_interval_ms",
+                format!("{} is outside 10..=10000", r.heartbeat_interval_ms),
+            ));
+        }
+        if r.peer_timeout_ms < 3 * r.heartbeat_interval_ms {
+            return Err(bad(
+                "replication.peer_timeout_ms",
+                format!(
+                    "{} must be at least 3 x heartbeat_interval_ms ({})",
+                    r.peer_timeout_ms,
+                    3 * r.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if r.async_lag_entries_max == 0 {
+            return Err(bad(
+                "replication.async_lag_entries_max",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=65_536).contains(&r.batch_entries_max) {
+            return Err(bad(
+                "replication.batch_entries_max",
+                "must be within 1..=65536".into(),
+            ));
+        }
+        let s = &self.store;
+        if s.snapshot_every_entries < 2 {
+            return Err(bad(
+                "store.snapshot_every_entries",
+                "must be at least 2".into(),
+            ));
+        }
+        if s.log_retain_entries >= s.snapshot_every_entries {
+            return Err(bad(
+                "store.log_retain_entries",
+                format!(
+                    "{} must be below store.snapshot_every_entries ({})",
+                    s.log_retain_entries, s.snapshot_every_entries
+                ),
+            ));
+        }
+        if !(1..=65_536).contains(&s.group_commit_entries_max) {
+            return Err(bad(
+                "store.group_commit_entries_max",
+                "must be within 1..=65536".into(),
+            ));
+        }
+        let a = &self.api;
+        if a.user.is_empty() || a.user.contains(':') {
+            return Err(bad("api.user", "must be non-empty and contain no ':'".into()));
+        }
+        if let Some(p) = &a.password {
+            if p.len() < 12 {
+                return Err(bad(
+                    "api.password",
+                    "too short: use at least 12 characters, or remove it to have one generated"
+                        .into(),
+                ));
+            }
+        }
+        if a.listen == r.listen {
+            return Err(bad(
+                "api.listen",
+                "is the same address as replication.listen".into(),
+            ));
+        }
+        if !(1024..=(64 << 20)).contains(&a.body_bytes_max) {
+            return Err(bad(
+                "api.body_bytes_max",
+                "must be within 1024..=67108864".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&a.concurrency_max) {
+            return Err(bad(
+                "api.concurrency_max",
+                "must be within 1..=100000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the node home.
+    pub fn resolve(home: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            home.join(p)
+        }
+    }
+
+    /// The replication secret: inline, or read from `secret_file`.
+    pub fn load_secret(&self, home: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
+        let r = &self.replication;
+        if let Some(s) = &r.secret {
+            return Ok(Some(s.as_bytes().to_vec()));
+        }
+        let Some(file) = &r.secret_file else {
+            return Ok(None);
+        };
+        let path = Self::resolve(home, file);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let secret = text.trim().as_bytes().to_vec();
+        if secret.len() < SECRET_LEN_MIN {
+            return Err(ConfigError::Invalid {
+                path,
+                field: "replication.secret_file",
+                message: format!("secret too short: use at least {SECRET_LEN_MIN} characters"),
+            });
+        }
+        Ok(Some(secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_name = "esc-1"
+[replication]
+listen = "127.0.0.1:7789"
+peer = "127.0.0.2:7789"
+mode = "sync"
+initial_role = "primary"
+secret = "0123456789abcdef0123456789abcdef"
+async_lag_entries_max = 100
+heartbeat_interval_ms = 100
+peer_timeout_ms = 1000
+batch_entries_max = 512
+[api]
+listen = "127.0.0.1:8080"
+user = "admin"
+password = "a-long-enough-password"
+body_bytes_max = 65536
+concurrency_max = 64
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("esc.toml"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults_for_missing_sections() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.replication.mode, ReplicationMode::Sync);
+        assert_eq!(c.store, StoreConfig::default());
+    }
+
+    #[test]
+    fn unknown_field_is_refused_and_named() {
+        let err = parse(&GOOD.replace("mode = \"sync\"", "mod = \"sync\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `mod`"), "{err}");
+    }
+
+    #[test]
+    fn peer_without_secret_is_refused() {
+        let text = GOOD.replace("secret = \"0123456789abcdef0123456789abcdef\"\n", "");
+        let err = parse(&text).unwrap_err();
+        assert!(err.to_string().contains("replication.secret"), "{err}");
+    }
+
+    #[test]
+    fn short_secret_and_password_are_refused() {
+        let err = parse(&GOOD.replace("0123456789abcdef0123456789abcdef", "short")).unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
+        let err = parse(&GOOD.replace("a-long-enough-password", "pw")).unwrap_err();
+        assert!(err.to_string().contains("api.password"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_field() {
+        let err = parse(&GOOD.replace("peer_timeout_ms = 1000", "peer_timeout_ms = 100"))
+            .unwrap_err();
+        assert!(err.to_string().contains("peer_timeout_ms"), "{err}");
+        let err = parse(&GOOD.replace("127.0.0.2:7789", "127.0.0.1:7789")).unwrap_err();
+        assert!(err.to_string().contains("replication.peer"), "{err}");
+        let err = parse(&GOOD.replace("mode = \"sync\"", "mode = \"fast\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Wire codecs of `escd`: replication frames and the log entry format.
+//!
+//! Owns the bytes on the replication link (architecture section 3): framing,
+//! bounds, checksums, and the authenticated session (challenge/response
+//! HMAC-SHA256 and a MAC on every frame after it). Sans-IO: the transport
+//! reads a [`HEADER_LEN`]-byte header, asks [`FrameHeader::parse`] how much
+//! follows, then hands the whole frame to [`decode`]. Nothing here panics on
+//! input; every malformed frame is a [`FrameError`] the caller counts and
+//! drops.
+//!
+//! # Layout
+//! - [`entry`]: the replicated log entry `(epoch, index, crc, payload)`.
+//! - [`frame`]: frame header, encode/decode, size bounds.
+//! - [`auth`]: the handshake proofs and per-frame MACs.
+//! - [`msg`]: the messages carried in frames.
+
+pub mod auth;
+pub mod entry;
+pub mod frame;
+pub mod msg;
+
+pub use auth::{FrameMac, Handshake};
+pub use entry::Entry;
+pub use frame::{decode, encode, FrameError, FrameHeader, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
+pub use msg::{Message, SnapshotItem, Table};
