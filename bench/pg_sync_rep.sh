@@ -134,14 +134,22 @@ PRIMARY_DIR="$WORK/primary"
 STANDBY_DIR="$WORK/standby"
 log "work dir $WORK"
 
-# Run a command as postgres, in the work dir.
-as_pg() { runuser -u postgres -- "$@"; }
+# Prefix to run a command as postgres (cwd is the work dir). An array, not a
+# function: redirections on a function call stay applied to the shell while it
+# runs, so a trap firing then (Ctrl-C / TERM) would log into that file.
+AS_PG=(runuser -u postgres --)
 
-psql_on() { # psql_on PORT SQL -> unaligned, tuples-only output
+psql_on() { # psql_on PORT SQL -> unaligned, tuples-only output on stdout
   local port=$1 sql=$2
-  as_pg timeout "$PSQL_TIMEOUT_S" "$PGBIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
+  "${AS_PG[@]}" timeout "$PSQL_TIMEOUT_S" "$PGBIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
     -d "host=$HOST port=$port user=postgres dbname=postgres connect_timeout=10" \
     -c "$sql"
+}
+psql_exec() { # psql_exec PORT SQL -> output discarded (redirected in the child only)
+  local port=$1 sql=$2
+  "${AS_PG[@]}" timeout "$PSQL_TIMEOUT_S" "$PGBIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 \
+    -d "host=$HOST port=$port user=postgres dbname=postgres connect_timeout=10" \
+    -c "$sql" >/dev/null
 }
 
 now_ms() { date +%s%3N; }
@@ -169,7 +177,7 @@ wait_for_sync() {
 
 # ------------------------------------------------------------------ primary
 log "initdb primary"
-as_pg "$PGBIN/initdb" -D "$PRIMARY_DIR" -U postgres -E UTF8 --locale=C \
+"${AS_PG[@]}" timeout 300 "$PGBIN/initdb" -D "$PRIMARY_DIR" -U postgres -E UTF8 --locale=C \
   --auth-local=trust --auth-host=trust >"$WORK/initdb.log" 2>&1 \
   || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
 
@@ -200,12 +208,12 @@ host    replication  all   $HOST/32  trust
 EOF
 
 log "start primary on $HOST:$PRIMARY_PORT"
-as_pg "$PGBIN/pg_ctl" -D "$PRIMARY_DIR" -l "$WORK/primary.log" -w -t "$PG_CTL_TIMEOUT_S" start >/dev/null \
+"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PRIMARY_DIR" -l "$WORK/primary.log" -w -t "$PG_CTL_TIMEOUT_S" start >/dev/null \
   || { tail -n 30 "$WORK/primary.log" >&2 || true; die "primary failed to start"; }
 
 # ------------------------------------------------------------------ standby
 log "pg_basebackup standby"
-as_pg timeout 600 "$PGBIN/pg_basebackup" -D "$STANDBY_DIR" -R -X stream -c fast \
+"${AS_PG[@]}" timeout 600 "$PGBIN/pg_basebackup" -D "$STANDBY_DIR" -R -X stream -c fast \
   -d "host=$HOST port=$PRIMARY_PORT user=postgres application_name=standby1 connect_timeout=10" \
   >"$WORK/basebackup.log" 2>&1 \
   || { cat "$WORK/basebackup.log" >&2; die "pg_basebackup failed"; }
@@ -221,7 +229,7 @@ port = $STANDBY_PORT
 EOF
 
 log "start standby on $HOST:$STANDBY_PORT"
-as_pg "$PGBIN/pg_ctl" -D "$STANDBY_DIR" -l "$WORK/standby.log" -w -t "$PG_CTL_TIMEOUT_S" start >/dev/null \
+"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$STANDBY_DIR" -l "$WORK/standby.log" -w -t "$PG_CTL_TIMEOUT_S" start >/dev/null \
   || { tail -n 30 "$WORK/standby.log" >&2 || true; die "standby failed to start"; }
 
 [[ "$(psql_on "$STANDBY_PORT" "SELECT pg_is_in_recovery()")" == "t" ]] \
@@ -232,9 +240,9 @@ wait_for_sync
 log "standby1 is streaming, sync_state=sync"
 
 # ------------------------------------------------------------------- schema
-psql_on "$PRIMARY_PORT" "
+psql_exec "$PRIMARY_PORT" "
 CREATE TABLE deployments (id bigserial primary key, name text unique not null, body text not null);
-CREATE SEQUENCE deployment_name_seq;" >/dev/null
+CREATE SEQUENCE deployment_name_seq;"
 
 # Names come from a sequence, so they can never collide (sequences are not
 # rolled back and never repeat). The 1 KiB body is sent by the client, like a
@@ -253,12 +261,12 @@ MD_ROWS=()
 JSON_ROWS=()
 for c in "${CLIENT_LEVELS[@]}"; do
   jobs=$(( c < 2 ? c : 2 ))
-  psql_on "$PRIMARY_PORT" "TRUNCATE deployments RESTART IDENTITY; CHECKPOINT;" >/dev/null
+  psql_exec "$PRIMARY_PORT" "TRUNCATE deployments RESTART IDENTITY; CHECKPOINT;"
   wait_for_sync   # still sync before every level (returns at once if so)
 
   prefix="$WORK/txlog_c$c"
   log "level clients=$c jobs=$jobs duration=${DURATION_S}s"
-  as_pg timeout $(( DURATION_S + 300 )) "$PGBIN/pgbench" -n -M prepared -f "$SCRIPT" \
+  "${AS_PG[@]}" timeout $(( DURATION_S + 300 )) "$PGBIN/pgbench" -n -M prepared -f "$SCRIPT" \
     -c "$c" -j "$jobs" -T "$DURATION_S" -l --log-prefix="$prefix" \
     -h "$HOST" -p "$PRIMARY_PORT" -U postgres postgres \
     >"$WORK/pgbench_c$c.out" 2>&1 \
