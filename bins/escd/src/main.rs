@@ -1,1 +1,70 @@
-fn main() {}
+//! `escd`: the esc node daemon. Thin: parses flags, loads `esc.toml`, starts
+//! logging and hands over to [`esc_node::run`].
+
+use clap::Parser;
+use esc_config::{Config, DEFAULT_HOME, DEFAULT_LOG_DIR};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The esc node daemon: replicated store, northbound REST API, HA agent.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Node home: holds esc.toml, the data directory and the admin socket.
+    #[arg(long, env = "ESC_HOME", default_value = DEFAULT_HOME)]
+    home: PathBuf,
+    /// Log directory (escmanager.log, escadm.log).
+    #[arg(long, env = "ESC_LOG_DIR", default_value = DEFAULT_LOG_DIR)]
+    log_dir: PathBuf,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.home) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("escd: {e}");
+            eprintln!("escd: fix the configuration and start again; nothing was started.");
+            return ExitCode::from(2);
+        }
+    };
+    let _guard = match esc_node::logging::init(&args.log_dir) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("escd: {e} (set --log-dir or ESC_LOG_DIR)");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("escd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("escd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = esc_node::NodeOptions {
+        home: args.home,
+        config,
+    };
+    match rt.block_on(esc_node::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("escd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

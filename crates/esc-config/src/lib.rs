@@ -223,7 +223,10 @@ impl Config {
             (Some(s), None) if s.len() < SECRET_LEN_MIN => {
                 return Err(bad(
                     "replication.secret",
-                    format!("too short ({} characters): use at least {SECRET_LEN_MIN}", s.len()),
+                    format!(
+                        "too short ({} characters): use at least {SECRET_LEN_MIN}",
+                        s.len()
+                    ),
                 ))
             }
             _ => {}
@@ -288,7 +291,10 @@ impl Config {
         }
         let a = &self.api;
         if a.user.is_empty() || a.user.contains(':') {
-            return Err(bad("api.user", "must be non-empty and contain no ':'".into()));
+            return Err(bad(
+                "api.user",
+                "must be non-empty and contain no ':'".into(),
+            ));
         }
         if let Some(p) = &a.password {
             if p.len() < 12 {
@@ -413,8 +419,8 @@ concurrency_max = 64
 
     #[test]
     fn cross_field_rules_name_the_field() {
-        let err = parse(&GOOD.replace("peer_timeout_ms = 1000", "peer_timeout_ms = 100"))
-            .unwrap_err();
+        let err =
+            parse(&GOOD.replace("peer_timeout_ms = 1000", "peer_timeout_ms = 100")).unwrap_err();
         assert!(err.to_string().contains("peer_timeout_ms"), "{err}");
         let err = parse(&GOOD.replace("127.0.0.2:7789", "127.0.0.1:7789")).unwrap_err();
         assert!(err.to_string().contains("replication.peer"), "{err}");

@@ -111,14 +111,15 @@ pub struct BatchResult {
 /// The durable store of one node.
 pub struct Store {
     db: Database,
-    meta: LogMeta,
+    /// Cached copy of the durable metadata; writers are serialized by redb.
+    meta: std::sync::Mutex<LogMeta>,
     /// What recovery at open cut from the tail, for the operator.
     pub recovery_note: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("meta", &self.meta).finish()
+        f.debug_struct("Store").field("meta", &self.meta()).finish()
     }
 }
 
@@ -129,7 +130,8 @@ fn meta_get(t: &impl ReadableTable<&'static str, u64>, k: &str) -> Result<u64, S
 impl Store {
     /// Opens (or creates) `dir/esc.redb` and recovers it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let db = Database::create(dir.join("esc.redb"))?;
         Self::from_db(db)
     }
@@ -153,10 +155,10 @@ impl Store {
         tx.commit()?;
         let mut store = Store {
             db,
-            meta: LogMeta::default(),
+            meta: std::sync::Mutex::new(LogMeta::default()),
             recovery_note: None,
         };
-        store.meta = store.read_meta()?;
+        store.set_meta(store.read_meta()?);
         store.recover_tail()?;
         Ok(store)
     }
@@ -183,8 +185,12 @@ impl Store {
 
     /// Verifies every entry not yet applied; cuts the tail from the first one
     /// that is corrupt, misplaced or missing (a gap), so it is never applied.
+    fn set_meta(&self, m: LogMeta) {
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = m;
+    }
+
     fn recover_tail(&mut self) -> Result<(), StoreError> {
-        let m = self.meta;
+        let m = self.meta();
         if m.applied_index > m.last_index || m.applied_index < m.snapshot_index {
             return Err(StoreError::Contract(format!(
                 "applied index {} outside the log ({}..={})",
@@ -201,7 +207,9 @@ impl Store {
                 let problem = match Entry::from_bytes(v.value()) {
                     _ if index != expect => Some(format!("gap: expected {expect}, found {index}")),
                     Err(e) => Some(e.to_string()),
-                    Ok(e) if e.index != index => Some(format!("entry {} stored at {index}", e.index)),
+                    Ok(e) if e.index != index => {
+                        Some(format!("entry {} stored at {index}", e.index))
+                    }
                     Ok(_) => None,
                 };
                 if let Some(p) = problem {
@@ -238,22 +246,42 @@ impl Store {
             let note = format!("recovery cut {n} log entries from index {from}: {why}");
             tracing::warn!(target: "esc::store", "{note}");
             self.recovery_note = Some(note);
-            self.meta = self.read_meta()?;
+            self.set_meta(self.read_meta()?);
         }
         Ok(())
     }
 
     /// Where the log stands.
     pub fn meta(&self) -> LogMeta {
-        self.meta
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `(epoch, first index)` of every epoch in the log, ascending.
+    pub fn epoch_table(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let epochs = tx.open_table(EPOCHS)?;
+        let first = self.meta().first_index();
+        let mut out: Vec<(u64, u64)> = epochs
+            .iter()?
+            .map(|r| r.map(|(e, f)| (e.value(), f.value())))
+            .collect::<Result<_, _>>()?;
+        // An epoch that began before the snapshot point starts at the log's start.
+        if let Some(pos) = out.iter().rposition(|(_, f)| *f <= first) {
+            out.drain(..pos);
+            out[0].1 = out[0].1.max(first);
+        }
+        if self.meta().last_index < first {
+            out.clear();
+        }
+        Ok(out)
     }
 
     /// The epoch of the entry at `index`, if it is in the log or is the snapshot point.
     pub fn entry_epoch(&self, index: u64) -> Result<Option<u64>, StoreError> {
-        if index == self.meta.snapshot_index {
-            return Ok(Some(self.meta.snapshot_epoch));
+        if index == self.meta().snapshot_index {
+            return Ok(Some(self.meta().snapshot_epoch));
         }
-        if index < self.meta.snapshot_index || index > self.meta.last_index {
+        if index < self.meta().snapshot_index || index > self.meta().last_index {
             return Ok(None);
         }
         let tx = self.db.begin_read()?;
@@ -269,12 +297,12 @@ impl Store {
     /// below the log's first index: where a follower's conflict search jumps.
     pub fn epoch_first_index(&self, index: u64) -> Result<u64, StoreError> {
         let Some(epoch) = self.entry_epoch(index)? else {
-            return Ok(self.meta.first_index());
+            return Ok(self.meta().first_index());
         };
         let tx = self.db.begin_read()?;
         let epochs = tx.open_table(EPOCHS)?;
         let first = epochs.get(epoch)?.map(|v| v.value()).unwrap_or(0);
-        Ok(first.max(self.meta.first_index()).min(index))
+        Ok(first.max(self.meta().first_index()).min(index))
     }
 
     /// Last index of the log whose epoch is at most `epoch` (primary side of
@@ -285,9 +313,12 @@ impl Store {
         // The first epoch above `epoch` starts right after the answer.
         if let Some(item) = epochs.range(epoch + 1..)?.next() {
             let (_, first) = item?;
-            return Ok(first.value().saturating_sub(1).max(self.meta.snapshot_index));
+            return Ok(first
+                .value()
+                .saturating_sub(1)
+                .max(self.meta().snapshot_index));
         }
-        Ok(self.meta.last_index)
+        Ok(self.meta().last_index)
     }
 
     /// Reads up to `count_max` entries from `from`, stopping before `bytes_max`
@@ -316,8 +347,8 @@ impl Store {
 
     /// Performs one atomic batch; returns once it is durable when it appended,
     /// truncated, changed the epoch, or `sync` was asked.
-    pub fn write(&mut self, batch: Batch) -> Result<BatchResult, StoreError> {
-        let mut m = self.meta;
+    pub fn write(&self, batch: Batch) -> Result<BatchResult, StoreError> {
+        let mut m = self.meta();
         let mut result = BatchResult::default();
         let durable = batch.sync
             || batch.truncate_after.is_some()
@@ -416,13 +447,12 @@ impl Store {
                     for item in log.range(m.applied_index + 1..=up_to)? {
                         let (_, v) = item?;
                         let e = Entry::from_bytes(v.value())?;
-                        let cmd: Command =
-                            serde_json::from_slice(&e.payload).map_err(|err| {
-                                StoreError::Command {
-                                    index: e.index,
-                                    message: err.to_string(),
-                                }
-                            })?;
+                        let cmd: Command = serde_json::from_slice(&e.payload).map_err(|err| {
+                            StoreError::Command {
+                                index: e.index,
+                                message: err.to_string(),
+                            }
+                        })?;
                         let outcome = apply(&cmd, &mut deployments, &mut idem)?;
                         result.outcomes.push((e.index, outcome));
                     }
@@ -435,9 +465,7 @@ impl Store {
                 if up_to > m.snapshot_index {
                     let epoch_at = match log.get(up_to)? {
                         Some(v) => Entry::from_bytes(v.value())?.epoch,
-                        None => {
-                            return Err(StoreError::Contract(format!("no entry at {up_to}")))
-                        }
+                        None => return Err(StoreError::Contract(format!("no entry at {up_to}"))),
                     };
                     let doomed: Vec<u64> = log
                         .range(..=up_to)?
@@ -454,7 +482,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.meta = m;
+        self.set_meta(m);
         Ok(result)
     }
 
@@ -474,7 +502,10 @@ impl Store {
             }
         };
         let mut items = Vec::new();
-        for (table, def) in [(Table::Deployments, DEPLOYMENTS), (Table::Idempotency, IDEMPOTENCY)] {
+        for (table, def) in [
+            (Table::Deployments, DEPLOYMENTS),
+            (Table::Idempotency, IDEMPOTENCY),
+        ] {
             let t = tx.open_table(def)?;
             for item in t.iter()? {
                 let (k, v) = item?;
@@ -492,7 +523,7 @@ impl Store {
     /// The log is emptied; entries it held after `index` are returned in
     /// `removed` for the recovery file.
     pub fn install_snapshot(
-        &mut self,
+        &self,
         index: u64,
         index_epoch: u64,
         items: &[SnapshotItem],
@@ -520,7 +551,9 @@ impl Store {
             idem.retain(|_, _| false)?;
             for it in items {
                 match it.table {
-                    Table::Deployments => deployments.insert(it.key.as_str(), it.value.as_slice())?,
+                    Table::Deployments => {
+                        deployments.insert(it.key.as_str(), it.value.as_slice())?
+                    }
                     Table::Idempotency => idem.insert(it.key.as_str(), it.value.as_slice())?,
                 };
             }
@@ -528,11 +561,11 @@ impl Store {
             meta.insert(K_APPLIED, index)?;
             meta.insert(K_SNAP_INDEX, index)?;
             meta.insert(K_SNAP_EPOCH, index_epoch)?;
-            let epoch = self.meta.epoch.max(index_epoch);
+            let epoch = self.meta().epoch.max(index_epoch);
             meta.insert(K_EPOCH, epoch)?;
         }
         tx.commit()?;
-        self.meta = self.read_meta()?;
+        self.set_meta(self.read_meta()?);
         Ok(result)
     }
 
@@ -548,7 +581,11 @@ impl Store {
     }
 
     /// Deployments in name order, starting after `after`, at most `limit`.
-    pub fn deployments(&self, after: Option<&str>, limit: usize) -> Result<Vec<Deployment>, StoreError> {
+    pub fn deployments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(DEPLOYMENTS)?;
         let mut out = Vec::new();

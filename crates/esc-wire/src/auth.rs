@@ -136,8 +136,14 @@ mod tests {
             ..a
         };
         assert!(Handshake::check(&a.server_proof("p"), &a.server_proof("p")));
-        assert!(!Handshake::check(&a.server_proof("p"), &b.server_proof("p")));
-        assert!(!Handshake::check(&a.client_proof("s"), &a.client_proof("x")));
+        assert!(!Handshake::check(
+            &a.server_proof("p"),
+            &b.server_proof("p")
+        ));
+        assert!(!Handshake::check(
+            &a.client_proof("s"),
+            &a.client_proof("x")
+        ));
         // Server and client proofs differ even for equal inputs (no reflection).
         assert_ne!(a.server_proof("n"), a.client_proof("n"));
     }

@@ -130,7 +130,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
-            assert!(Entry::from_bytes(&b).is_err(), "flip at byte {i} undetected");
+            assert!(
+                Entry::from_bytes(&b).is_err(),
+                "flip at byte {i} undetected"
+            );
         }
         assert_eq!(Entry::from_bytes(&bytes[..5]), Err(EntryError::Short(5)));
     }

@@ -115,7 +115,13 @@ impl FrameHeader {
 
     /// Total bytes of the frame this header starts.
     pub fn frame_len(&self) -> usize {
-        HEADER_LEN + self.body_len + if self.flags & FLAG_MAC != 0 { MAC_LEN } else { 0 }
+        HEADER_LEN
+            + self.body_len
+            + if self.flags & FLAG_MAC != 0 {
+                MAC_LEN
+            } else {
+                0
+            }
     }
 }
 

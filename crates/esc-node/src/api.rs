@@ -1,0 +1,443 @@
+//! The northbound REST API on `:8080` (architecture section 7, esc-facts
+//! "The service itself"). Translation only: a handler checks the request,
+//! turns a write into a [`Command`] for the owner task, and renders the
+//! outcome; reads go straight to the store.
+//!
+//! - `POST /v0/deployments` (JSON object with `name`), `GET /v0/deployments`,
+//!   `GET /v0/deployments/{name}`, `DELETE /v0/deployments/{name}`.
+//! - Every write answers with `ESC-Transaction-Id`; the id is logged as
+//!   `tid` on every line the request touches.
+//! - `Idempotency-Key`: a resend gets the first outcome, even after a
+//!   failover (the key table is replicated state).
+//! - A standby answers writes with 503, `Retry-After` and its role.
+//! - HTTP basic authentication on every route; no default password.
+
+use crate::node::{unix_ms, Event, Shared};
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use esc_config::ApiConfig;
+use esc_repl::{Refusal, Role};
+use esc_store::state::{IDEMPOTENCY_KEY_LEN_MAX, NAME_LEN_MAX};
+use esc_store::{Command, Op, Outcome};
+use rand::Rng;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{info, info_span, warn, Instrument};
+
+/// How long a write waits for its commit before answering "outcome unknown".
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest page of a listing.
+pub const LIST_LIMIT_MAX: usize = 1_000;
+/// Name of the generated password file in the node home.
+pub const PASSWORD_FILE: &str = "api_password";
+
+#[derive(Clone)]
+struct ApiState {
+    shared: Shared,
+    /// Expected `Authorization` header value.
+    auth: Arc<String>,
+    limit: Arc<Semaphore>,
+}
+
+/// The API password: from the config, or generated once (0600 file).
+pub fn password(home: &Path, cfg: &ApiConfig) -> anyhow::Result<String> {
+    if let Some(p) = &cfg.password {
+        return Ok(p.clone());
+    }
+    let path = home.join(PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+    let generated: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    writeln!(f, "{generated}")?;
+    f.sync_all()?;
+    warn!(path = %path.display(), user = %cfg.user,
+          "no api.password configured: generated one (read it from this file)");
+    Ok(generated)
+}
+
+/// Serves the API until the task is aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    cfg: ApiConfig,
+    password: String,
+) {
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
+    let state = ApiState {
+        shared,
+        auth: Arc::new(format!("Basic {token}")),
+        limit: Arc::new(Semaphore::new(cfg.concurrency_max)),
+    };
+    let app = Router::new()
+        .route("/v0/deployments", get(list).post(create))
+        .route("/v0/deployments/{name}", get(fetch).delete(remove))
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!("API server stopped: {e}");
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(status, serde_json::json!({ "error": message.into() }))
+}
+
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let want = state.auth.as_bytes();
+    // Constant time in the length of the expected value.
+    let same =
+        given.len() == want.len() && given.iter().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "credentials required (HTTP basic)",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"esc\""),
+        );
+        Err(r)
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > NAME_LEN_MAX {
+        return Err(format!("`name` must be 1 to {NAME_LEN_MAX} characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err("`name` may only contain letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be visible ASCII",
+        )
+    })?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn with_tid(mut r: Response, tid: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(tid) {
+        r.headers_mut().insert("esc-transaction-id", v);
+    }
+    r
+}
+
+fn unavailable(role: Role, message: &str) -> Response {
+    let mut r = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": message, "role": role }),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn render(outcome: Outcome, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = with_tid(json(status, outcome.body), &outcome.tid);
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// Runs one write: idempotency check, proposal, wait for the commit.
+async fn write(
+    state: &ApiState,
+    tid: String,
+    key: Option<String>,
+    fingerprint: String,
+    op: Op,
+) -> Response {
+    let role = state.shared.role.borrow().role;
+    if role != Role::Primary {
+        return with_tid(
+            unavailable(
+                role,
+                "this node is standby: send writes to the primary (the VIP)",
+            ),
+            &tid,
+        );
+    }
+    if let Some(k) = &key {
+        let store = state.shared.store.clone();
+        let k2 = k.clone();
+        match tokio::task::spawn_blocking(move || store.idempotency(&k2)).await {
+            Ok(Ok(Some((fp, outcome)))) => {
+                if fp != fingerprint {
+                    return with_tid(
+                        error(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Idempotency-Key was already used for a different request",
+                        ),
+                        &tid,
+                    );
+                }
+                info!(key = %k, first_tid = %outcome.tid, "idempotent resend: returning the first outcome");
+                return render(outcome, true);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                return with_tid(
+                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    &tid,
+                )
+            }
+            Err(e) => {
+                return with_tid(
+                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    &tid,
+                )
+            }
+        }
+    }
+    let cmd = Command {
+        tid: tid.clone(),
+        idempotency_key: key,
+        fingerprint,
+        at_ms: unix_ms(),
+        op,
+    };
+    let payload = serde_json::to_vec(&cmd).expect("command to JSON");
+    let (tx, rx) = oneshot::channel();
+    if state
+        .shared
+        .events
+        .send(Event::Propose { payload, reply: tx })
+        .await
+        .is_err()
+    {
+        return with_tid(unavailable(role, "node stopping"), &tid);
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+        Ok(Ok(Ok(outcome))) => {
+            info!(status = outcome.status, "write committed");
+            let replayed = outcome.tid != tid;
+            render(outcome, replayed)
+        }
+        Ok(Ok(Err(Refusal::NotPrimary))) => with_tid(
+            unavailable(
+                Role::Standby,
+                "this node is standby: send writes to the primary (the VIP)",
+            ),
+            &tid,
+        ),
+        Ok(Ok(Err(Refusal::Unknown))) | Ok(Err(_)) | Err(_) => with_tid(
+            unavailable(
+                state.shared.role.borrow().role,
+                "outcome unknown (role change or timeout): resend with the same Idempotency-Key",
+            ),
+            &tid,
+        ),
+    }
+}
+
+fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let tid = uuid::Uuid::new_v4().to_string();
+    let span = info_span!("nbi", tid = %tid, method = "POST", path = "/v0/deployments");
+    async move {
+        if let Err(r) = authorized(&state, &headers) {
+            return with_tid(r, &tid);
+        }
+        let _permit = state.limit.acquire().await;
+        let key = match idempotency_key(&headers) {
+            Ok(k) => k,
+            Err(r) => return with_tid(r, &tid),
+        };
+        let spec: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return with_tid(
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("body is not valid JSON: {e}"),
+                    ),
+                    &tid,
+                )
+            }
+        };
+        let Some(name) = spec
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
+        else {
+            return with_tid(
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be a JSON object with a string `name`",
+                ),
+                &tid,
+            );
+        };
+        if let Err(m) = valid_name(&name) {
+            return with_tid(error(StatusCode::BAD_REQUEST, m), &tid);
+        }
+        info!(%name, "create deployment");
+        let fp = fingerprint(&[b"POST /v0/deployments", &body]);
+        let op = Op::CreateDeployment {
+            id: uuid::Uuid::new_v4().to_string(),
+            name,
+            spec,
+        };
+        write(&state, tid.clone(), key, fp, op).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn remove(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let tid = uuid::Uuid::new_v4().to_string();
+    let span = info_span!("nbi", tid = %tid, method = "DELETE", path = "/v0/deployments");
+    async move {
+        if let Err(r) = authorized(&state, &headers) {
+            return with_tid(r, &tid);
+        }
+        let _permit = state.limit.acquire().await;
+        let key = match idempotency_key(&headers) {
+            Ok(k) => k,
+            Err(r) => return with_tid(r, &tid),
+        };
+        if let Err(m) = valid_name(&name) {
+            return with_tid(error(StatusCode::BAD_REQUEST, m), &tid);
+        }
+        info!(%name, "delete deployment");
+        let fp = fingerprint(&[b"DELETE /v0/deployments/", name.as_bytes()]);
+        write(&state, tid.clone(), key, fp, Op::DeleteDeployment { name }).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn fetch(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    if let Err(m) = valid_name(&name) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let store = state.shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.deployment(&name).map(|d| (name, d))).await {
+        Ok(Ok((_, Some(d)))) => json(StatusCode::OK, serde_json::to_value(d).unwrap_or_default()),
+        Ok(Ok((name, None))) => error(StatusCode::NOT_FOUND, format!("no deployment {name:?}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: `after` (a name) and `limit` (1 to 1000) only",
+        );
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
+        );
+    }
+    let store = state.shared.store.clone();
+    let after = q.after.clone();
+    match tokio::task::spawn_blocking(move || store.deployments(after.as_deref(), limit)).await {
+        Ok(Ok(items)) => {
+            let next = if items.len() == limit {
+                items.last().map(|d| d.name.clone())
+            } else {
+                None
+            };
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "deployments": items, "next_after": next }),
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

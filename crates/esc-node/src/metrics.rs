@@ -1,0 +1,86 @@
+//! Counters of refused input and link events, shown by `escadm status --v`.
+//! Bad input is counted and dropped, never a panic (style principle 5).
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Process-wide counters; cheap to bump from any task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub frames_truncated: AtomicU64,
+    pub frames_checksum: AtomicU64,
+    pub frames_mac: AtomicU64,
+    pub frames_malformed: AtomicU64,
+    pub frames_bad_header: AtomicU64,
+    pub frames_too_large: AtomicU64,
+    pub frames_unexpected: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub connections_refused_not_primary: AtomicU64,
+    pub peer_connections: AtomicU64,
+    pub recovery_entries: AtomicU64,
+    pub writes_committed: AtomicU64,
+    pub writes_refused: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// A copy of the counters for display.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub frames_truncated: u64,
+    pub frames_checksum: u64,
+    pub frames_mac: u64,
+    pub frames_malformed: u64,
+    pub frames_bad_header: u64,
+    pub frames_too_large: u64,
+    pub frames_unexpected: u64,
+    pub auth_failures: u64,
+    pub handshake_failures: u64,
+    pub connections_refused_not_primary: u64,
+    pub peer_connections: u64,
+    pub recovery_entries: u64,
+    pub writes_committed: u64,
+    pub writes_refused: u64,
+    pub store_errors: u64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter for a dropped frame, by [`esc_wire::FrameError::reason`].
+    pub fn frame_dropped(&self, reason: &str) {
+        let c = match reason {
+            "truncated" => &self.frames_truncated,
+            "checksum" => &self.frames_checksum,
+            "mac" => &self.frames_mac,
+            "malformed" => &self.frames_malformed,
+            "bad_header" => &self.frames_bad_header,
+            "too_large" => &self.frames_too_large,
+            _ => &self.frames_unexpected,
+        };
+        Self::bump(c);
+    }
+
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            frames_truncated: g(&self.frames_truncated),
+            frames_checksum: g(&self.frames_checksum),
+            frames_mac: g(&self.frames_mac),
+            frames_malformed: g(&self.frames_malformed),
+            frames_bad_header: g(&self.frames_bad_header),
+            frames_too_large: g(&self.frames_too_large),
+            frames_unexpected: g(&self.frames_unexpected),
+            auth_failures: g(&self.auth_failures),
+            handshake_failures: g(&self.handshake_failures),
+            connections_refused_not_primary: g(&self.connections_refused_not_primary),
+            peer_connections: g(&self.peer_connections),
+            recovery_entries: g(&self.recovery_entries),
+            writes_committed: g(&self.writes_committed),
+            writes_refused: g(&self.writes_refused),
+            store_errors: g(&self.store_errors),
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! Start-up, the owner task that drives [`esc_repl::Core`], and the storage
+//! worker that executes its storage outputs in order.
+
+use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::api;
+use crate::logging::HA;
+use crate::metrics::Counters;
+use crate::net::{self, ConnId, NetCtx, NetEvent};
+use esc_config::{Config, InitialRole, ReplicationMode};
+use esc_repl::{Core, Input, LogView, Output, Refusal, Role, Token};
+use esc_store::{Batch, Outcome, Store};
+use esc_wire::msg::SNAPSHOT_CHUNK_ITEMS_MAX;
+use esc_wire::{Entry, Message, SnapshotItem};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tracing::{error, info, warn};
+
+/// Bytes of snapshot items per chunk frame (well under the frame bound).
+const SNAPSHOT_CHUNK_BYTES_MAX: usize = 8 << 20;
+/// Payload bytes of one catch-up frame (the core resumes after what arrived).
+const SEND_ENTRIES_BYTES_MAX: usize = 8 << 20;
+/// Events queued to the owner before senders wait.
+const EVENT_QUEUE: usize = 65_536;
+
+/// How to start a node.
+pub struct NodeOptions {
+    pub home: PathBuf,
+    pub config: Config,
+}
+
+/// What a client write gets back.
+pub type WriteResult = Result<Outcome, Refusal>;
+
+/// Events into the owner task (besides network events).
+pub enum Event {
+    Propose {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<WriteResult>,
+    },
+    Admin {
+        req: AdminRequest,
+        reply: oneshot::Sender<AdminResponse>,
+    },
+    Persisted {
+        last_index: u64,
+    },
+    Applied {
+        outcomes: Vec<(Token, Outcome)>,
+    },
+    SnapshotInstalled {
+        index: u64,
+        index_epoch: u64,
+    },
+    StorageFailed {
+        error: String,
+    },
+}
+
+/// Jobs for the storage worker, executed strictly in order.
+enum Job {
+    Write {
+        batch: Batch,
+        replies: Vec<(u64, Token)>,
+    },
+    SaveRecovery {
+        from: u64,
+    },
+    Install {
+        index: u64,
+        index_epoch: u64,
+        items: Vec<SnapshotItem>,
+    },
+    SendEntries {
+        tx: mpsc::Sender<Message>,
+        msg: Message,
+        from: u64,
+        to: u64,
+    },
+}
+
+/// The role and epoch, as the API and the network tasks see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RoleInfo {
+    pub role: Role,
+    pub epoch: u64,
+}
+
+/// The last role transition, for `escadm status --v`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    pub at_unix_ms: u64,
+    pub role: Role,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+struct ConnHandle {
+    tx: mpsc::Sender<Message>,
+    reader: AbortHandle,
+    peer_name: String,
+}
+
+/// Shared by the API and admin tasks.
+#[derive(Clone)]
+pub struct Shared {
+    pub node_name: String,
+    pub store: Arc<Store>,
+    pub events: mpsc::Sender<Event>,
+    pub role: watch::Receiver<RoleInfo>,
+    pub counters: Arc<Counters>,
+    pub data_dir: PathBuf,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a node until `shutdown` resolves or a fatal error stops it.
+pub async fn run(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cfg = opts.config;
+    let home = opts.home;
+    let data_dir = Config::resolve(&home, &cfg.store.data_dir);
+    let secret = cfg
+        .load_secret(&home)?
+        .unwrap_or_else(|| b"standalone node: no peer configured".to_vec());
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", data_dir.display()))?
+    };
+    if let Some(note) = &store.recovery_note {
+        warn!(target: HA, "{note}");
+    }
+    let store = Arc::new(store);
+    let meta = store.meta();
+    let log = LogView {
+        snapshot_index: meta.snapshot_index,
+        snapshot_epoch: meta.snapshot_epoch,
+        last_index: meta.last_index,
+        last_epoch: meta.last_epoch,
+        epochs: store.epoch_table()?,
+    };
+    let r = &cfg.replication;
+    let core_cfg = esc_repl::Config {
+        mode: match r.mode {
+            ReplicationMode::Sync => esc_repl::Mode::Sync,
+            ReplicationMode::Async => esc_repl::Mode::Async,
+        },
+        async_lag_entries_max: r.async_lag_entries_max,
+        heartbeat_interval_ms: r.heartbeat_interval_ms,
+        peer_timeout_ms: r.peer_timeout_ms,
+        batch_entries_max: r.batch_entries_max,
+        group_commit_entries_max: cfg.store.group_commit_entries_max,
+        snapshot_every_entries: cfg.store.snapshot_every_entries,
+        log_retain_entries: cfg.store.log_retain_entries,
+    };
+    // A node with data always restarts as standby (architecture section 2:
+    // a restored node comes back as standby); `initial_role` only applies to
+    // a fresh store.
+    let mut core = Core::new(core_cfg, Role::Standby, meta.epoch, log, meta.applied_index);
+    info!(target: HA, epoch = meta.epoch, last_index = meta.last_index,
+          applied_index = meta.applied_index, "store opened; starting as standby");
+
+    let counters = Arc::new(Counters::default());
+    let (role_tx, role_rx) = watch::channel(RoleInfo {
+        role: Role::Standby,
+        epoch: meta.epoch,
+    });
+    let (net_role_tx, net_role_rx) = watch::channel(Role::Standby);
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(EVENT_QUEUE);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    {
+        let store = store.clone();
+        let events = events_tx.clone();
+        let counters = counters.clone();
+        let dir = data_dir.clone();
+        std::thread::Builder::new()
+            .name("esc-storage".into())
+            .spawn(move || storage_worker(store, jobs_rx, events, counters, dir))?;
+    }
+
+    let repl_listener = tokio::net::TcpListener::bind(r.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for replication on {}: {e}", r.listen))?;
+    let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the API on {}: {e}", cfg.api.listen))?;
+    let net_ctx = NetCtx {
+        node_name: cfg.node_name.clone(),
+        secret: Arc::new(secret),
+        counters: counters.clone(),
+        events: net_tx.clone(),
+        role: net_role_rx,
+        next_conn: Arc::new(AtomicU64::new(0)),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(net::listen(net_ctx.clone(), repl_listener));
+    if let Some(peer) = r.peer {
+        tasks.spawn(net::dial(net_ctx.clone(), peer));
+    }
+    let shared = Shared {
+        node_name: cfg.node_name.clone(),
+        store: store.clone(),
+        events: events_tx.clone(),
+        role: role_rx,
+        counters: counters.clone(),
+        data_dir: data_dir.clone(),
+    };
+    let password = api::password(&home, &cfg.api)?;
+    tasks.spawn(api::serve(
+        api_listener,
+        shared.clone(),
+        cfg.api.clone(),
+        password,
+    ));
+    let admin_listener = admin::bind(&home)?;
+    tasks.spawn(admin::serve(admin_listener, shared.clone()));
+
+    let mut owner = Owner {
+        core: std::mem::replace(&mut core, placeholder_core()),
+        store: store.clone(),
+        jobs: jobs_tx,
+        conns: HashMap::new(),
+        responders: HashMap::new(),
+        next_token: 0,
+        snapshot_buf: HashMap::new(),
+        role_tx,
+        net_role_tx,
+        counters: counters.clone(),
+        start: Instant::now(),
+        last_transition: None,
+        node_name: cfg.node_name.clone(),
+        peer_addr: r.peer,
+    };
+    let first = owner.core.start(owner.now_ms());
+    owner.exec(first);
+    if meta.epoch == 0 && r.initial_role == InitialRole::Primary {
+        owner.input(Input::Promote {
+            reason: "initial_role = \"primary\" in esc.toml (fresh store)".into(),
+        });
+    }
+    info!(node = %cfg.node_name, api = %cfg.api.listen, replication = %r.listen, "escd running");
+
+    let tick_ms = (r.heartbeat_interval_ms / 2).max(5);
+    let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => owner.input(Input::Tick),
+            Some(ev) = net_rx.recv() => owner.on_net(ev),
+            Some(ev) = events_rx.recv() => {
+                if let Err(e) = owner.on_event(ev) {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    tasks.abort_all();
+    admin::cleanup(&home);
+    info!(target: HA, "escd stopping");
+    result
+}
+
+/// Only used to move the real core into the owner without cloning.
+fn placeholder_core() -> Core {
+    Core::new(
+        esc_repl::Config {
+            mode: esc_repl::Mode::Sync,
+            async_lag_entries_max: 1,
+            heartbeat_interval_ms: 100,
+            peer_timeout_ms: 1000,
+            batch_entries_max: 1,
+            group_commit_entries_max: 1,
+            snapshot_every_entries: 2,
+            log_retain_entries: 1,
+        },
+        Role::Standby,
+        0,
+        LogView::default(),
+        0,
+    )
+}
+
+struct Owner {
+    core: Core,
+    store: Arc<Store>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    conns: HashMap<ConnId, ConnHandle>,
+    responders: HashMap<Token, oneshot::Sender<WriteResult>>,
+    next_token: Token,
+    snapshot_buf: HashMap<ConnId, Vec<SnapshotItem>>,
+    role_tx: watch::Sender<RoleInfo>,
+    net_role_tx: watch::Sender<Role>,
+    counters: Arc<Counters>,
+    start: Instant,
+    last_transition: Option<Transition>,
+    node_name: String,
+    peer_addr: Option<std::net::SocketAddr>,
+}
+
+impl Owner {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now_ms();
+        let out = self.core.handle(now, input);
+        self.exec(out);
+    }
+
+    fn job(&self, job: Job) {
+        // The worker only stops when the node does.
+        let _ = self.jobs.send(job);
+    }
+
+    fn exec(&mut self, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Persist {
+                    truncate_after,
+                    entries,
+                    epoch,
+                } => self.job(Job::Write {
+                    batch: Batch {
+                        truncate_after,
+                        append: entries,
+                        epoch,
+                        sync: true,
+                        ..Batch::default()
+                    },
+                    replies: Vec::new(),
+                }),
+                Output::Apply { up_to, replies } => self.job(Job::Write {
+                    batch: Batch {
+                        apply_up_to: Some(up_to),
+                        ..Batch::default()
+                    },
+                    replies,
+                }),
+                Output::Compact { up_to } => self.job(Job::Write {
+                    batch: Batch {
+                        compact_up_to: Some(up_to),
+                        ..Batch::default()
+                    },
+                    replies: Vec::new(),
+                }),
+                Output::SaveRecovery { from } => self.job(Job::SaveRecovery { from }),
+                Output::InstallSnapshot {
+                    conn,
+                    index,
+                    index_epoch,
+                } => {
+                    let items = self.snapshot_buf.remove(&conn).unwrap_or_default();
+                    info!(target: HA, index, items = items.len(), "installing snapshot from primary");
+                    self.job(Job::Install {
+                        index,
+                        index_epoch,
+                        items,
+                    });
+                }
+                Output::Send { conn, msg } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(msg) {
+                            self.disconnect(conn, "peer too slow: send queue full".into());
+                        }
+                    }
+                }
+                Output::SendEntries {
+                    conn,
+                    epoch,
+                    prev_index,
+                    prev_epoch,
+                    commit_index,
+                    from,
+                    to,
+                } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        self.job(Job::SendEntries {
+                            tx: c.tx.clone(),
+                            msg: Message::Append {
+                                epoch,
+                                prev_index,
+                                prev_epoch,
+                                commit_index,
+                                entries: Vec::new(),
+                            },
+                            from,
+                            to,
+                        });
+                    }
+                }
+                Output::SendSnapshot { conn, epoch } => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        info!(target: HA, peer = %c.peer_name, "follower needs a snapshot; streaming it");
+                        let tx = c.tx.clone();
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || send_snapshot(&store, epoch, &tx));
+                    }
+                }
+                Output::Disconnect { conn, reason } => self.disconnect(conn, reason),
+                Output::Refuse { token, refusal } => {
+                    Counters::bump(&self.counters.writes_refused);
+                    if let Some(r) = self.responders.remove(&token) {
+                        let _ = r.send(Err(refusal));
+                    }
+                }
+                Output::RoleChanged {
+                    role,
+                    epoch,
+                    reason,
+                } => {
+                    info!(target: HA, ?role, epoch, %reason, "role change");
+                    self.last_transition = Some(Transition {
+                        at_unix_ms: unix_ms(),
+                        role,
+                        epoch,
+                        reason,
+                    });
+                    let _ = self.role_tx.send(RoleInfo { role, epoch });
+                    let _ = self.net_role_tx.send(role);
+                }
+            }
+        }
+    }
+
+    fn disconnect(&mut self, conn: ConnId, reason: String) {
+        if let Some(c) = self.conns.remove(&conn) {
+            info!(target: HA, conn, peer = %c.peer_name, %reason, "closing replication link");
+            c.reader.abort();
+            self.snapshot_buf.remove(&conn);
+            self.input(Input::PeerDown { conn });
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Up {
+                conn,
+                tx,
+                reader,
+                peer_name,
+                ..
+            } => {
+                self.conns.insert(
+                    conn,
+                    ConnHandle {
+                        tx,
+                        reader,
+                        peer_name,
+                    },
+                );
+                self.input(Input::PeerUp { conn });
+            }
+            NetEvent::Received { conn, msg } => {
+                if self.conns.contains_key(&conn) {
+                    if let Message::SnapshotBegin { .. } = msg {
+                        self.snapshot_buf.insert(conn, Vec::new());
+                    }
+                    self.input(Input::Received { conn, msg });
+                }
+            }
+            NetEvent::SnapshotChunk { conn, items } => {
+                if let Some(buf) = self.snapshot_buf.get_mut(&conn) {
+                    buf.extend(items);
+                } else {
+                    Counters::bump(&self.counters.frames_unexpected);
+                }
+            }
+            NetEvent::Down { conn, reason } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    info!(target: HA, conn, peer = %c.peer_name, %reason, "replication link down");
+                    self.snapshot_buf.remove(&conn);
+                    self.input(Input::PeerDown { conn });
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+        match ev {
+            Event::Propose { payload, reply } => {
+                self.next_token += 1;
+                let token = self.next_token;
+                self.responders.insert(token, reply);
+                self.input(Input::Propose { token, payload });
+            }
+            Event::Persisted { last_index } => self.input(Input::Persisted { last_index }),
+            Event::Applied { outcomes } => {
+                for (token, outcome) in outcomes {
+                    Counters::bump(&self.counters.writes_committed);
+                    if let Some(r) = self.responders.remove(&token) {
+                        let _ = r.send(Ok(outcome));
+                    }
+                }
+            }
+            Event::SnapshotInstalled { index, index_epoch } => {
+                info!(target: HA, index, "snapshot installed");
+                self.input(Input::SnapshotInstalled { index, index_epoch });
+            }
+            Event::StorageFailed { error } => {
+                Counters::bump(&self.counters.store_errors);
+                error!(target: HA, %error, "store failed; stepping down and stopping");
+                self.input(Input::Demote {
+                    reason: format!("store failure: {error}"),
+                });
+                return Err(anyhow::anyhow!("store failure: {error}"));
+            }
+            Event::Admin { req, reply } => {
+                let resp = self.on_admin(req);
+                let _ = reply.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_admin(&mut self, req: AdminRequest) -> AdminResponse {
+        match req {
+            AdminRequest::Status { .. } => AdminResponse::ok("status", Some(self.status())),
+            AdminRequest::Promote { reason } => {
+                info!(target: crate::logging::ADMIN, %reason, "escadm ha promote");
+                if self.core.role() == Role::Primary {
+                    return AdminResponse::ok("already primary", Some(self.status()));
+                }
+                self.input(Input::Promote {
+                    reason: format!("operator: {reason}"),
+                });
+                AdminResponse::ok("promoted to primary", Some(self.status()))
+            }
+            AdminRequest::Demote { reason } => {
+                info!(target: crate::logging::ADMIN, %reason, "escadm ha demote");
+                if self.core.role() == Role::Standby {
+                    return AdminResponse::ok("already standby", Some(self.status()));
+                }
+                self.input(Input::Demote {
+                    reason: format!("operator: {reason}"),
+                });
+                AdminResponse::ok("demoted to standby", Some(self.status()))
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_name": self.node_name,
+            "role": self.core.role(),
+            "epoch": self.core.epoch(),
+            "peer_address": self.peer_addr,
+            "replication": self.core.status(),
+            "store": self.store.meta(),
+            "counters": self.counters.snapshot(),
+            "last_transition": self.last_transition,
+            "recovery_note": self.store.recovery_note,
+        })
+    }
+}
+
+fn send_snapshot(store: &Store, epoch: u64, tx: &mpsc::Sender<Message>) {
+    let (index, index_epoch, items) = match store.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(target: HA, "cannot read a snapshot: {e}");
+            return;
+        }
+    };
+    let send = |m: Message| tx.blocking_send(m).is_ok();
+    if !send(Message::SnapshotBegin {
+        epoch,
+        index,
+        index_epoch,
+    }) {
+        return;
+    }
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for it in items {
+        bytes += it.key.len() + it.value.len();
+        chunk.push(it);
+        if chunk.len() >= SNAPSHOT_CHUNK_ITEMS_MAX || bytes >= SNAPSHOT_CHUNK_BYTES_MAX {
+            if !send(Message::SnapshotChunk {
+                items: std::mem::take(&mut chunk),
+            }) {
+                return;
+            }
+            bytes = 0;
+        }
+    }
+    if !chunk.is_empty() && !send(Message::SnapshotChunk { items: chunk }) {
+        return;
+    }
+    send(Message::SnapshotEnd { epoch, index });
+}
+
+/// Writes entries that may diverge from the primary's log to a recovery
+/// file, fsynced before the caller removes them (architecture section 3:
+/// never silently dropped).
+fn save_recovery(data_dir: &Path, entries: &[Entry]) -> std::io::Result<Option<PathBuf>> {
+    let Some(first) = entries.first() else {
+        return Ok(None);
+    };
+    let dir = data_dir.join("recovery");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "divergent-epoch{}-from{}-{}.jsonl",
+        first.epoch,
+        first.index,
+        unix_ms()
+    ));
+    let mut f = std::fs::File::create(&path)?;
+    for e in entries {
+        let payload: serde_json::Value = serde_json::from_slice(&e.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(hex::encode(&e.payload)));
+        let line = serde_json::json!({"index": e.index, "epoch": e.epoch, "command": payload});
+        writeln!(f, "{line}")?;
+    }
+    f.sync_all()?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(Some(path))
+}
+
+fn storage_worker(
+    store: Arc<Store>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    events: mpsc::Sender<Event>,
+    counters: Arc<Counters>,
+    data_dir: PathBuf,
+) {
+    let fail = |error: String| {
+        let _ = events.blocking_send(Event::StorageFailed { error });
+    };
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Write {
+                mut batch,
+                mut replies,
+            } => {
+                // Merge what queued up behind into the same transaction: one fsync.
+                while let Ok(j) = jobs.try_recv() {
+                    match j {
+                        Job::Write {
+                            batch: b,
+                            replies: r,
+                        } if b.truncate_after.is_none() => {
+                            batch.append.extend(b.append);
+                            batch.epoch = batch.epoch.max(b.epoch);
+                            batch.apply_up_to = batch.apply_up_to.max(b.apply_up_to);
+                            batch.compact_up_to = batch.compact_up_to.max(b.compact_up_to);
+                            batch.sync |= b.sync;
+                            replies.extend(r);
+                        }
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let persisted = batch.sync;
+                if let Some(after) = batch.truncate_after {
+                    match store.read_entries(after + 1, usize::MAX, usize::MAX) {
+                        Ok(doomed) => match save_recovery(&data_dir, &doomed) {
+                            Ok(Some(path)) => {
+                                counters.recovery_entries.fetch_add(
+                                    doomed.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                warn!(target: HA, entries = doomed.len(), path = %path.display(),
+                                      "divergent entries moved to the recovery file");
+                            }
+                            Ok(None) => {}
+                            Err(e) => return fail(format!("cannot write the recovery file: {e}")),
+                        },
+                        Err(e) => return fail(e.to_string()),
+                    }
+                }
+                match store.write(batch) {
+                    Ok(result) => {
+                        if persisted {
+                            let last_index = store.meta().last_index;
+                            if events
+                                .blocking_send(Event::Persisted { last_index })
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        if !replies.is_empty() {
+                            let by_index: HashMap<u64, Outcome> =
+                                result.outcomes.into_iter().collect();
+                            let outcomes = replies
+                                .into_iter()
+                                .filter_map(|(i, t)| by_index.get(&i).map(|o| (t, o.clone())))
+                                .collect();
+                            if events.blocking_send(Event::Applied { outcomes }).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => return fail(e.to_string()),
+                }
+            }
+            Job::SaveRecovery { from } => {
+                match store
+                    .read_entries(from, usize::MAX, usize::MAX)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| {
+                        save_recovery(&data_dir, &d)
+                            .map(|p| (d.len(), p))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok((n, Some(path))) => {
+                        counters
+                            .recovery_entries
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        warn!(target: HA, entries = n, path = %path.display(),
+                              "possibly divergent entries saved to the recovery file before a snapshot");
+                    }
+                    Ok((_, None)) => {}
+                    Err(e) => return fail(e),
+                }
+            }
+            Job::Install {
+                index,
+                index_epoch,
+                items,
+            } => {
+                // Entries beyond the snapshot point are kept before the log is replaced.
+                match store.read_entries(index + 1, usize::MAX, usize::MAX) {
+                    Ok(extra) => {
+                        if let Err(e) = save_recovery(&data_dir, &extra) {
+                            return fail(format!("cannot write the recovery file: {e}"));
+                        }
+                    }
+                    Err(e) => return fail(e.to_string()),
+                }
+                match store.install_snapshot(index, index_epoch, &items) {
+                    Ok(_) => {
+                        if events
+                            .blocking_send(Event::SnapshotInstalled { index, index_epoch })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => return fail(e.to_string()),
+                }
+            }
+            Job::SendEntries { tx, msg, from, to } => {
+                let count = (to + 1 - from) as usize;
+                match store.read_entries(from, count, SEND_ENTRIES_BYTES_MAX) {
+                    Ok(entries) => {
+                        if let Message::Append {
+                            epoch,
+                            prev_index,
+                            prev_epoch,
+                            commit_index,
+                            ..
+                        } = msg
+                        {
+                            let m = Message::Append {
+                                epoch,
+                                prev_index,
+                                prev_epoch,
+                                commit_index,
+                                entries,
+                            };
+                            let _ = tx.try_send(m);
+                        }
+                    }
+                    Err(e) => return fail(e.to_string()),
+                }
+            }
+        }
+    }
+}
