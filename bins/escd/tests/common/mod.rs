@@ -1,0 +1,263 @@
+//! Test harness: real `escd` processes on loopback addresses, each with its
+//! own temporary home; killed (by PID) when dropped, even if a test fails.
+//! Every wait is a condition polled against a deadline, never a bare sleep.
+
+#![allow(dead_code)]
+
+use esc_node::admin::{request, AdminRequest};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub const PASSWORD: &str = "test-password-123";
+
+/// A free TCP port on `ip` (bound then released; the race is harmless in tests).
+pub fn free_addr(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
+    l.local_addr().unwrap()
+}
+
+/// Knobs for one node's esc.toml.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub repl: SocketAddr,
+    pub api: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    pub role: &'static str,
+    pub mode: &'static str,
+    pub secret: String,
+    pub snapshot_every_entries: u64,
+    pub log_retain_entries: u64,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str, ip: &str, role: &'static str) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            repl: free_addr(ip),
+            api: free_addr(ip),
+            peer: None,
+            role,
+            mode: "sync",
+            secret: SECRET.into(),
+            snapshot_every_entries: 100_000,
+            log_retain_entries: 1_000,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let peer = self
+            .peer
+            .map(|p| format!("peer = \"{p}\"\n"))
+            .unwrap_or_default();
+        format!(
+            r#"node_name = "{name}"
+[replication]
+listen = "{repl}"
+{peer}mode = "{mode}"
+initial_role = "{role}"
+secret = "{secret}"
+async_lag_entries_max = 1000
+heartbeat_interval_ms = 50
+peer_timeout_ms = 1000
+batch_entries_max = 512
+[store]
+data_dir = "data"
+snapshot_every_entries = {snap}
+log_retain_entries = {retain}
+group_commit_entries_max = 1024
+[api]
+listen = "{api}"
+user = "admin"
+password = "{PASSWORD}"
+body_bytes_max = 1048576
+concurrency_max = 1024
+"#,
+            name = self.name,
+            repl = self.repl,
+            mode = self.mode,
+            role = self.role,
+            secret = self.secret,
+            snap = self.snapshot_every_entries,
+            retain = self.log_retain_entries,
+            api = self.api,
+        )
+    }
+}
+
+/// One running (or stopped) escd.
+pub struct Node {
+    pub spec: NodeSpec,
+    pub home: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Writes the config into a fresh home and starts the daemon.
+    pub fn start(spec: NodeSpec) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("esc-test-{}-", spec.name))
+            .tempdir()
+            .unwrap();
+        let home = dir.path().to_path_buf();
+        std::fs::write(home.join("esc.toml"), spec.toml()).unwrap();
+        let mut n = Node {
+            spec,
+            home,
+            _dir: Some(dir),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    /// Starts the daemon again on the same home (and data).
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "node {} already running",
+            self.spec.name
+        );
+        let log = std::fs::File::create(self.home.join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_escd"))
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--log-dir")
+            .arg(self.home.join("log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn escd");
+        self.child = Some(child);
+        let home = self.home.clone();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{} admin socket", self.spec.name),
+            || status_of(&home).is_some(),
+        );
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, as a power failure or crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        status_of(&self.home).unwrap_or_else(|| {
+            panic!(
+                "{} does not answer on its admin socket; stderr:\n{}",
+                self.spec.name,
+                std::fs::read_to_string(self.home.join("stderr.log")).unwrap_or_default()
+            )
+        })
+    }
+
+    pub fn admin(&self, req: AdminRequest) -> esc_node::admin::AdminResponse {
+        rt().block_on(request(&self.home, &req))
+            .expect("admin request")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.spec.api)
+    }
+
+    pub fn log_text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.home.join("log").join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Verbose status over the admin socket, or None if the node does not answer.
+pub fn status_of(home: &Path) -> Option<serde_json::Value> {
+    let r = rt()
+        .block_on(request(home, &AdminRequest::Status { verbose: true }))
+        .ok()?;
+    r.status
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` at the deadline.
+pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A primary and a standby on 127.0.0.1 and 127.0.0.2, connected and in sync.
+pub fn pair(tune: impl Fn(&mut NodeSpec)) -> (Node, Node) {
+    let mut a = NodeSpec::new("esc-1", "127.0.0.1", "primary");
+    let mut b = NodeSpec::new("esc-2", "127.0.0.2", "standby");
+    a.peer = Some(b.repl);
+    b.peer = Some(a.repl);
+    tune(&mut a);
+    tune(&mut b);
+    let a = Node::start(a);
+    let b = Node::start(b);
+    wait_until(
+        Duration::from_secs(20),
+        "standby in sync with primary",
+        || {
+            let s = a.status();
+            s["role"] == "primary" && s["replication"]["peer"]["in_sync"] == true
+        },
+    );
+    (a, b)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+/// The state digest and applied index of a node.
+pub fn digest(n: &Node) -> (u64, String) {
+    let s = n.status();
+    (
+        s["state"]["applied_index"].as_u64().unwrap(),
+        s["state"]["digest"].as_str().unwrap().to_string(),
+    )
+}
+
+pub fn counter(n: &Node, name: &str) -> u64 {
+    n.status()["counters"][name].as_u64().unwrap_or(0)
+}

@@ -1,0 +1,269 @@
+//! Issue 2, "Done when": two real escd processes on loopback. 10,000
+//! deployments written concurrently through the primary; the primary is
+//! SIGKILLed at a random moment; after promoting the standby every
+//! acknowledged write is present with identical content; a resent
+//! Idempotency-Key returns the original result; the old primary restarts
+//! with its data, rejoins as standby and catches up past a log truncation
+//! (so by snapshot).
+
+mod common;
+
+use common::*;
+use esc_node::admin::AdminRequest;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TOTAL: usize = 10_000;
+const CLIENTS: usize = 64;
+
+fn body(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("d-{i:05}"),
+        "vim": "openstack",
+        "image": "vnf-image-7",
+        "flavor": format!("m1.{}", i % 7),
+        "note": "x".repeat(200),
+    })
+}
+
+/// Lists every deployment of a node, page by page.
+async fn list_all(c: &reqwest::Client, n_url: &str) -> HashMap<String, serde_json::Value> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{n_url}/v0/deployments?limit=1000");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let r: serde_json::Value = c
+            .get(&url)
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for d in r["deployments"].as_array().unwrap() {
+            out.insert(d["name"].as_str().unwrap().to_string(), d.clone());
+        }
+        match r["next_after"].as_str() {
+            Some(a) => after = Some(a.to_string()),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn sigkill_primary_under_load_loses_no_acknowledged_write() {
+    let seed: u64 = std::env::var("ESC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random());
+    eprintln!("failover test seed: {seed} (rerun with ESC_TEST_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let kill_at = rng.gen_range(TOTAL / 10..TOTAL * 9 / 10);
+
+    let (mut a, b) = pair(|s| {
+        s.snapshot_every_entries = 500;
+        s.log_retain_entries = 100;
+    });
+    let a_pid = a.pid().unwrap() as i32;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+
+    // --- load, and SIGKILL of the primary once `kill_at` writes are acknowledged
+    let acked: Arc<Mutex<HashMap<usize, (serde_json::Value, String)>>> = Default::default();
+    let in_doubt: Arc<Mutex<Vec<usize>>> = Default::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let acks = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (c, acked, in_doubt, next, acks) = (
+                c.clone(),
+                acked.clone(),
+                in_doubt.clone(),
+                next.clone(),
+                acks.clone(),
+            );
+            let url = a.url("/v0/deployments");
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= TOTAL {
+                        return;
+                    }
+                    let r = c
+                        .post(&url)
+                        .basic_auth("admin", Some(PASSWORD))
+                        .header("Idempotency-Key", format!("k-{i}"))
+                        .json(&body(i))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            let tid = r.headers()["esc-transaction-id"]
+                                .to_str()
+                                .unwrap()
+                                .to_string();
+                            let v: serde_json::Value = r.json().await.unwrap();
+                            acked.lock().unwrap().insert(i, (v, tid));
+                            if acks.fetch_add(1, Ordering::Relaxed) + 1 == kill_at as u64 {
+                                // Power failure of the primary, mid-load.
+                                nix::sys::signal::kill(
+                                    nix::unistd::Pid::from_raw(a_pid),
+                                    nix::sys::signal::Signal::SIGKILL,
+                                )
+                                .unwrap();
+                            }
+                        }
+                        _ => {
+                            // No answer, or an error: the outcome is unknown.
+                            in_doubt.lock().unwrap().push(i);
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    a.kill();
+    let acked = acked.lock().unwrap().clone();
+    let in_doubt = in_doubt.lock().unwrap().clone();
+    eprintln!(
+        "kill_at={kill_at}: {} acknowledged, {} in doubt",
+        acked.len(),
+        in_doubt.len()
+    );
+    assert!(
+        acked.len() >= kill_at,
+        "the kill happened after {kill_at} acks"
+    );
+
+    // --- failover: promote the standby
+    let r = b.admin(AdminRequest::Promote {
+        reason: "test: primary killed".into(),
+    });
+    assert!(r.ok, "{}", r.message);
+    wait_until(Duration::from_secs(10), "standby promoted", || {
+        b.status()["role"] == "primary"
+    });
+    let epoch_b = b.status()["epoch"].as_u64().unwrap();
+    assert_eq!(epoch_b, 2, "promotion bumps the epoch");
+
+    // --- every acknowledged write is on the new primary, identical
+    let on_b = rt.block_on(list_all(&c, &b.url("")));
+    for (i, (v, _)) in &acked {
+        let name = format!("d-{i:05}");
+        let got = on_b
+            .get(&name)
+            .unwrap_or_else(|| panic!("acknowledged write {name} lost (seed {seed})"));
+        assert_eq!(got, v, "content of {name} differs (seed {seed})");
+    }
+
+    // --- a resent Idempotency-Key returns the original result after failover
+    let (&j, (first_body, first_tid)) = acked.iter().next().unwrap();
+    let r = rt
+        .block_on(async {
+            c.post(b.url("/v0/deployments"))
+                .basic_auth("admin", Some(PASSWORD))
+                .header("Idempotency-Key", format!("k-{j}"))
+                .json(&body(j))
+                .send()
+                .await
+        })
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        r.headers()["esc-transaction-id"].to_str().unwrap(),
+        first_tid
+    );
+    let v: serde_json::Value = rt.block_on(r.json()).unwrap();
+    assert_eq!(&v, first_body);
+    // Writes in doubt are resent with their key: applied exactly once.
+    for &i in &in_doubt {
+        let r = rt
+            .block_on(async {
+                c.post(b.url("/v0/deployments"))
+                    .basic_auth("admin", Some(PASSWORD))
+                    .header("Idempotency-Key", format!("k-{i}"))
+                    .json(&body(i))
+                    .send()
+                    .await
+            })
+            .unwrap();
+        assert_eq!(r.status(), 201, "resend of in-doubt write {i}");
+    }
+
+    // --- more writes on the new primary, until its log is truncated past
+    // everything the old primary holds: the rejoin must use a snapshot.
+    let a_last = {
+        let s = esc_store::Store::open(&a.home.join("data")).unwrap();
+        s.meta().last_index
+    };
+    let mut extra = 0usize;
+    while b.status()["store"]["snapshot_index"].as_u64().unwrap() <= a_last {
+        let i = TOTAL + extra;
+        let r = rt
+            .block_on(async {
+                c.post(b.url("/v0/deployments"))
+                    .basic_auth("admin", Some(PASSWORD))
+                    .json(&body(i))
+                    .send()
+                    .await
+            })
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        extra += 1;
+        assert!(extra < 20_000, "log never truncated past {a_last}");
+    }
+
+    // --- the old primary restarts with its data and rejoins as standby
+    a.restart();
+    assert_eq!(
+        a.status()["role"],
+        "standby",
+        "a restored node comes back as standby"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "old primary caught up by snapshot",
+        || {
+            let (ia, da) = digest(&a);
+            let (ib, db) = digest(&b);
+            ia == ib && da == db
+        },
+    );
+    assert_eq!(a.status()["epoch"].as_u64().unwrap(), epoch_b);
+    assert!(a.log_text("escadm.log").contains("snapshot installed"));
+    // And keeps following new writes.
+    for i in 0..50 {
+        let r = rt
+            .block_on(async {
+                c.post(b.url("/v0/deployments"))
+                    .basic_auth("admin", Some(PASSWORD))
+                    .json(&body(TOTAL + extra + i))
+                    .send()
+                    .await
+            })
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "standby follows new writes",
+        || digest(&a) == digest(&b),
+    );
+}
