@@ -1,1 +1,359 @@
-fn main() {}
+//! `esc-bench`: benchmarks that print a table and write JSON (style
+//! principle 12). Thin: starts real `escd` processes from the same build
+//! directory on loopback, drives them over the REST API, and measures.
+//!
+//! `esc-bench writes`: durable writes per second and p50/p99 latency of
+//! 1 KiB deployments at several client counts, for a single node, a sync
+//! pair and an async pair; with `--postgres`, also runs
+//! `bench/pg_sync_rep.sh` (PostgreSQL 15, synchronous streaming
+//! replication) and prints both side by side.
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "bench-password-0123";
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Durable 1 KiB writes: single node, sync pair, async pair (and PostgreSQL).
+    Writes {
+        /// Seconds of load per client count and setup.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Client counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench/out/writes.json")]
+        json: PathBuf,
+        /// Also run bench/pg_sync_rep.sh (installs PostgreSQL 15; needs root).
+        #[arg(long)]
+        postgres: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Row {
+    system: String,
+    clients: usize,
+    writes_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    count: u64,
+}
+
+fn free_addr(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+}
+
+struct Daemon {
+    child: Child,
+    _home: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn escd_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().expect("exe dir").join("escd")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    name: &str,
+    repl: SocketAddr,
+    api: SocketAddr,
+    peer: Option<SocketAddr>,
+    role: &str,
+    mode: &str,
+) -> anyhow::Result<Daemon> {
+    let home = tempfile::Builder::new().prefix("esc-bench-").tempdir()?;
+    let peer = peer
+        .map(|p| format!("peer = \"{p}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        home.path().join("esc.toml"),
+        format!(
+            "node_name = \"{name}\"\n[replication]\nlisten = \"{repl}\"\n{peer}mode = \"{mode}\"\n\
+             initial_role = \"{role}\"\nsecret = \"{SECRET}\"\nasync_lag_entries_max = 10000\n\
+             heartbeat_interval_ms = 100\npeer_timeout_ms = 2000\nbatch_entries_max = 1024\n\
+             [store]\ndata_dir = \"data\"\nsnapshot_every_entries = 100000\nlog_retain_entries = 10000\n\
+             group_commit_entries_max = 1024\n[api]\nlisten = \"{api}\"\nuser = \"admin\"\n\
+             password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n"
+        ),
+    )?;
+    let child = Command::new(escd_path())
+        .arg("--home")
+        .arg(home.path())
+        .arg("--log-dir")
+        .arg(home.path().join("log"))
+        .env("ESC_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {}: {e} (build escd first)",
+                escd_path().display()
+            )
+        })?;
+    Ok(Daemon { child, _home: home })
+}
+
+async fn wait_writable(c: &reqwest::Client, api: SocketAddr) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    while Instant::now() < end {
+        i += 1;
+        let r = c
+            .post(format!("http://{api}/v0/deployments"))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&serde_json::json!({"name": format!("warmup-{i}")}))
+            .send()
+            .await;
+        if matches!(r, Ok(ref r) if r.status() == 201) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("node at {api} never accepted a write")
+}
+
+/// Waits until the primary reports its standby in sync (sync/async pairs).
+async fn wait_in_sync(home_status: impl Fn() -> bool) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if home_status() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("standby never got in sync")
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn load(
+    c: &reqwest::Client,
+    api: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    tag: &str,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let filler = "x".repeat(1024 - 120);
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let (c, stop, filler, tag) = (c.clone(), stop.clone(), filler.clone(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat_us = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let body = serde_json::json!({
+                    "name": format!("{tag}-{t}-{n}"),
+                    "image": "vnf-image",
+                    "flavor": "m1.large",
+                    "payload": filler,
+                });
+                let start = Instant::now();
+                let r = c
+                    .post(format!("http://{api}/v0/deployments"))
+                    .basic_auth("admin", Some(PASSWORD))
+                    .json(&body)
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    anyhow::bail!("write failed: {}", r.status());
+                }
+                lat_us.push(start.elapsed().as_micros() as u64);
+            }
+            Ok::<_, anyhow::Error>(lat_us)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    Ok((all.len() as u64, all))
+}
+
+fn status_in_sync(home: &Path) -> bool {
+    // The primary's admin socket: escadm status --json, without a dependency on esc-node.
+    let out = Command::new(escd_path().with_file_name("escadm"))
+        .arg("--home")
+        .arg(home)
+        .args(["status", "--json"])
+        .output();
+    match out {
+        Ok(o) => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            v["status"]["replication"]["peer"]["in_sync"] == true
+        }
+        Err(_) => false,
+    }
+}
+
+async fn writes(
+    duration_s: u64,
+    clients: &[usize],
+    json: &Path,
+    postgres: bool,
+) -> anyhow::Result<()> {
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let duration = Duration::from_secs(duration_s);
+    let mut rows = Vec::new();
+    for (system, peer_mode) in [
+        ("esc single node", None),
+        ("esc sync replication", Some("sync")),
+        ("esc async replication", Some("async")),
+    ] {
+        let (a_repl, a_api) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+        let (b_repl, b_api) = (free_addr("127.0.0.2"), free_addr("127.0.0.2"));
+        let mode = peer_mode.unwrap_or("sync");
+        let a = start(
+            "bench-a",
+            a_repl,
+            a_api,
+            peer_mode.map(|_| b_repl),
+            "primary",
+            mode,
+        )?;
+        let b = match peer_mode {
+            Some(m) => Some(start("bench-b", b_repl, b_api, Some(a_repl), "standby", m)?),
+            None => None,
+        };
+        wait_writable(&c, a_api).await?;
+        if b.is_some() {
+            let home = a._home.path().to_path_buf();
+            wait_in_sync(|| status_in_sync(&home)).await?;
+        }
+        for &n in clients {
+            let tag = format!("c{n}");
+            let (count, lat) = load(&c, a_api, n, duration, &tag).await?;
+            let row = Row {
+                system: system.to_string(),
+                clients: n,
+                writes_per_sec: count as f64 / duration.as_secs_f64(),
+                p50_ms: percentile(&lat, 0.50),
+                p99_ms: percentile(&lat, 0.99),
+                count,
+            };
+            eprintln!("{row:?}");
+            rows.push(row);
+        }
+        drop(b);
+        drop(a);
+    }
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if postgres {
+        let out = json.with_file_name("pg_sync_rep.json");
+        let status = Command::new("bash")
+            .arg("bench/pg_sync_rep.sh")
+            .env("DURATION_S", duration_s.to_string())
+            .env(
+                "CLIENTS",
+                clients
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+            .env("OUT_JSON", &out)
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "bench/pg_sync_rep.sh failed");
+        let pg: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+        for r in pg["results"].as_array().into_iter().flatten() {
+            rows.push(Row {
+                system: "postgresql-15 sync replication".into(),
+                clients: r["clients"].as_u64().unwrap_or(0) as usize,
+                writes_per_sec: r["writes_per_sec"].as_f64().unwrap_or(0.0),
+                p50_ms: r["p50_ms"].as_f64().unwrap_or(0.0),
+                p99_ms: r["p99_ms"].as_f64().unwrap_or(0.0),
+                count: r["count"].as_u64().unwrap_or(0),
+            });
+        }
+    }
+    println!("| system | clients | writes/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} |",
+            r.system, r.clients, r.writes_per_sec, r.p50_ms, r.p99_ms
+        );
+    }
+    let doc = serde_json::json!({
+        "benchmark": "durable 1 KiB deployment writes",
+        "duration_s": duration_s,
+        "machine": machine(),
+        "results": rows,
+    });
+    std::fs::write(json, serde_json::to_vec_pretty(&doc)?)?;
+    eprintln!("JSON written to {}", json.display());
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({ "cpus": cpus, "cpu_model": model })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.cmd {
+        Cmd::Writes {
+            duration_s,
+            clients,
+            json,
+            postgres,
+        } => rt.block_on(writes(duration_s, &clients, &json, postgres)),
+    }
+}

@@ -62,7 +62,7 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     let seed: u64 = std::env::var("ESC_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     eprintln!("failover test seed: {seed} (rerun with ESC_TEST_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let kill_at = rng.gen_range(TOTAL / 10..TOTAL * 9 / 10);

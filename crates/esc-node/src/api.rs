@@ -12,6 +12,10 @@
 //! - A standby answers writes with 503, `Retry-After` and its role.
 //! - HTTP basic authentication on every route; no default password.
 
+// Validation helpers return the finished error response as their `Err`: the
+// size of `Response` is irrelevant next to a network round trip.
+#![allow(clippy::result_large_err)]
+
 use crate::node::{unix_ms, Event, Shared};
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};

@@ -659,13 +659,20 @@ fn storage_worker(
                 mut batch,
                 mut replies,
             } => {
-                // Merge what queued up behind into the same transaction: one fsync.
-                while let Ok(j) = jobs.try_recv() {
+                // Merge what queued up behind into the same transaction: one
+                // fsync. An apply that answers clients runs on its own (it
+                // needs no fsync) so its answers never wait for the next group.
+                let answers_clients = !replies.is_empty();
+                while let Some(j) = if answers_clients {
+                    None
+                } else {
+                    jobs.try_recv().ok()
+                } {
                     match j {
                         Job::Write {
                             batch: b,
                             replies: r,
-                        } if b.truncate_after.is_none() => {
+                        } if b.truncate_after.is_none() && r.is_empty() => {
                             batch.append.extend(b.append);
                             batch.epoch = batch.epoch.max(b.epoch);
                             batch.apply_up_to = batch.apply_up_to.max(b.apply_up_to);

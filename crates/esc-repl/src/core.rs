@@ -508,10 +508,8 @@ impl Core {
         let target = match &self.peer {
             Some(p) if p.in_sync => match self.cfg.mode {
                 Mode::Sync => durable.min(p.match_index),
-                Mode::Async => durable.min(
-                    p.match_index
-                        .max(durable.saturating_sub(self.cfg.async_lag_entries_max)),
-                ),
+                // Commit locally, at most `async_lag_entries_max` ahead of the follower.
+                Mode::Async => durable.min(p.match_index + self.cfg.async_lag_entries_max),
             },
             // No follower in sync: the primary commits alone (degraded; the
             // standby is outdated and `escadm status` says so).
@@ -695,6 +693,9 @@ impl Core {
                     p.match_index = last_index;
                     p.next_index = last_index + 1;
                     p.phase = PeerPhase::Replicating;
+                    // Holding every committed entry makes it in sync now, not
+                    // at its first acknowledgement.
+                    p.in_sync = last_index >= self.commit_index;
                     self.catch_up(out);
                     self.advance_commit(out);
                 } else {

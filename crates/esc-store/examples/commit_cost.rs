@@ -1,0 +1,60 @@
+//! Cost of one store cycle on this machine: a durable append of a group of
+//! 1 KiB deployment commands, then the (non-durable) apply of that group.
+//! `cargo run --release -p esc-store --example commit_cost`
+
+use esc_store::{Batch, Command, Op, Store};
+use esc_wire::Entry;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path()).expect("open store");
+    let mut index = 0u64;
+    println!("| group size | append+fsync | apply | cycles |");
+    println!("|---:|---:|---:|---:|");
+    for group in [1usize, 20, 100] {
+        let cycles = 200u32;
+        let (mut append, mut apply) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..cycles {
+            let entries: Vec<Entry> = (0..group)
+                .map(|_| {
+                    index += 1;
+                    let cmd = Command {
+                        tid: "t".into(),
+                        idempotency_key: None,
+                        fingerprint: "f".into(),
+                        at_ms: 0,
+                        op: Op::CreateDeployment {
+                            id: "i".into(),
+                            name: format!("d{index}"),
+                            spec: serde_json::json!({ "payload": "x".repeat(1000) }),
+                        },
+                    };
+                    Entry::new(1, index, serde_json::to_vec(&cmd).expect("json"))
+                })
+                .collect();
+            let t = Instant::now();
+            store
+                .write(Batch {
+                    append: entries,
+                    sync: true,
+                    ..Batch::default()
+                })
+                .expect("append");
+            append += t.elapsed();
+            let t = Instant::now();
+            store
+                .write(Batch {
+                    apply_up_to: Some(index),
+                    ..Batch::default()
+                })
+                .expect("apply");
+            apply += t.elapsed();
+        }
+        println!(
+            "| {group} | {:?} | {:?} | {cycles} |",
+            append / cycles,
+            apply / cycles
+        );
+    }
+}
