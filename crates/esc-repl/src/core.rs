@@ -170,6 +170,8 @@ struct Upstream {
     ack_after_persist: Option<u64>,
     /// A snapshot is being received: `(index, index_epoch)`.
     snapshot: Option<(u64, u64)>,
+    /// We asked for a snapshot because our applied state diverged.
+    diverged: bool,
 }
 
 /// What `escadm status --v` shows of the peer.
@@ -212,6 +214,10 @@ pub struct Core {
     waiting: VecDeque<(u64, Token)>,
     peer: Option<Peer>,
     upstream: Option<Upstream>,
+    /// A snapshot install is queued on the storage worker (for this
+    /// connection): until it is done, the log view is about to be replaced,
+    /// so no entry may be accepted against it.
+    installing: Option<ConnId>,
     now_ms: u64,
 }
 
@@ -233,6 +239,7 @@ impl Core {
             waiting: VecDeque::new(),
             peer: None,
             upstream: None,
+            installing: None,
             now_ms: 0,
         }
     }
@@ -588,6 +595,7 @@ impl Core {
                     matched_index: 0,
                     ack_after_persist: None,
                     snapshot: None,
+                    diverged: false,
                 });
                 out.push(Output::Send {
                     conn,
@@ -683,9 +691,10 @@ impl Core {
                 last_epoch,
                 ..
             } => {
-                if p.phase != PeerPhase::AwaitStatus {
-                    return;
-                }
+                // A Status (re)starts the search, whatever the phase.
+                p.catchup_to = None;
+                p.in_sync = false;
+                p.match_index = 0;
                 // Start the search where the follower's log ends (or ours).
                 if last_index <= self.log.last_index
                     && self.log.epoch_at(last_index) == Some(last_epoch)
@@ -828,10 +837,16 @@ impl Core {
 
     fn standby_receive(&mut self, conn: ConnId, msg: Message, out: &mut Vec<Output>) {
         let now = self.now_ms;
+        let installing = self.installing.is_some();
         let Some(u) = self.upstream.as_mut().filter(|u| u.conn == conn) else {
             return;
         };
         u.last_heard_ms = now;
+        if installing {
+            // Dropped: after the install we send our new position and the
+            // primary resends from there.
+            return;
+        }
         match msg {
             Message::Append {
                 prev_index,
@@ -858,12 +873,26 @@ impl Core {
                     });
                     return;
                 }
+                if !u.diverged && index <= self.commit_index {
+                    // Our applied state already covers the snapshot and came
+                    // from this primary's history: keep it (never go back).
+                    u.matched_index = u.matched_index.max(index);
+                    out.push(Output::Send {
+                        conn,
+                        msg: Message::AppendOk {
+                            epoch: self.epoch,
+                            match_index: index,
+                        },
+                    });
+                    return;
+                }
                 // Entries we hold beyond what is known to match may diverge:
                 // keep them in the recovery file, never drop them silently.
                 let keep = u.matched_index.max(self.commit_index);
                 if self.log.last_index > keep {
                     out.push(Output::SaveRecovery { from: keep + 1 });
                 }
+                self.installing = Some(conn);
                 out.push(Output::InstallSnapshot {
                     conn,
                     index,
@@ -914,6 +943,9 @@ impl Core {
             let conflict = self.log.epoch_start(prev_index);
             if conflict <= self.commit_index {
                 // Divergence inside what we applied: only a snapshot repairs it.
+                if let Some(u) = self.upstream.as_mut() {
+                    u.diverged = true;
+                }
                 out.push(Output::Send {
                     conn,
                     msg: Message::NeedSnapshot { epoch },
@@ -942,6 +974,9 @@ impl Core {
                 continue;
             }
             if e.index <= self.commit_index {
+                if let Some(u) = self.upstream.as_mut() {
+                    u.diverged = true;
+                }
                 out.push(Output::Send {
                     conn,
                     msg: Message::NeedSnapshot { epoch },
@@ -1018,16 +1053,34 @@ impl Core {
         };
         self.durable_index = index;
         self.commit_index = index;
+        let for_conn = self.installing.take();
+        let (epoch, applied) = (self.epoch, self.commit_index);
         if let Some(u) = self.upstream.as_mut() {
-            u.matched_index = index;
             u.ack_after_persist = None;
-            out.push(Output::Send {
-                conn: u.conn,
-                msg: Message::AppendOk {
-                    epoch: self.epoch,
-                    match_index: index,
-                },
-            });
+            u.diverged = false;
+            if Some(u.conn) == for_conn {
+                u.matched_index = index;
+                out.push(Output::Send {
+                    conn: u.conn,
+                    msg: Message::AppendOk {
+                        epoch,
+                        match_index: index,
+                    },
+                });
+            } else {
+                // The link changed during the install: start over from our
+                // new position.
+                u.matched_index = 0;
+                out.push(Output::Send {
+                    conn: u.conn,
+                    msg: Message::Status {
+                        epoch,
+                        last_index: index,
+                        last_epoch: index_epoch,
+                        applied_index: applied,
+                    },
+                });
+            }
         }
     }
 
