@@ -51,9 +51,6 @@ pub enum Event {
     Persisted {
         last_index: u64,
     },
-    Applied {
-        outcomes: Vec<(Token, Outcome)>,
-    },
     SnapshotInstalled {
         index: u64,
         index_epoch: u64,
@@ -67,7 +64,9 @@ pub enum Event {
 enum Job {
     Write {
         batch: Batch,
-        replies: Vec<(u64, Token)>,
+        /// Clients answered straight from the worker once their entry is
+        /// applied (one hop less than going back through the owner).
+        replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
     },
     SaveRecovery {
         from: u64,
@@ -348,13 +347,19 @@ impl Owner {
                     },
                     replies: Vec::new(),
                 }),
-                Output::Apply { up_to, replies } => self.job(Job::Write {
-                    batch: Batch {
-                        apply_up_to: Some(up_to),
-                        ..Batch::default()
-                    },
-                    replies,
-                }),
+                Output::Apply { up_to, replies } => {
+                    let replies = replies
+                        .into_iter()
+                        .filter_map(|(i, t)| self.responders.remove(&t).map(|r| (i, r)))
+                        .collect();
+                    self.job(Job::Write {
+                        batch: Batch {
+                            apply_up_to: Some(up_to),
+                            ..Batch::default()
+                        },
+                        replies,
+                    })
+                }
                 Output::Compact { up_to } => self.job(Job::Write {
                     batch: Batch {
                         compact_up_to: Some(up_to),
@@ -503,14 +508,6 @@ impl Owner {
                 self.input(Input::Propose { token, payload });
             }
             Event::Persisted { last_index } => self.input(Input::Persisted { last_index }),
-            Event::Applied { outcomes } => {
-                for (token, outcome) in outcomes {
-                    Counters::bump(&self.counters.writes_committed);
-                    if let Some(r) = self.responders.remove(&token) {
-                        let _ = r.send(Ok(outcome));
-                    }
-                }
-            }
             Event::SnapshotInstalled { index, index_epoch } => {
                 info!(target: HA, index, "snapshot installed");
                 self.input(Input::SnapshotInstalled { index, index_epoch });
@@ -716,14 +713,13 @@ fn storage_worker(
                             }
                         }
                         if !replies.is_empty() {
-                            let by_index: HashMap<u64, Outcome> =
+                            let mut by_index: HashMap<u64, Outcome> =
                                 result.outcomes.into_iter().collect();
-                            let outcomes = replies
-                                .into_iter()
-                                .filter_map(|(i, t)| by_index.get(&i).map(|o| (t, o.clone())))
-                                .collect();
-                            if events.blocking_send(Event::Applied { outcomes }).is_err() {
-                                return;
+                            for (i, reply) in replies {
+                                if let Some(o) = by_index.remove(&i) {
+                                    Counters::bump(&counters.writes_committed);
+                                    let _ = reply.send(Ok(o));
+                                }
                             }
                         }
                     }
