@@ -267,3 +267,77 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
         || digest(&a) == digest(&b),
     );
 }
+
+/// Catch-up from the log: the standby is killed, the primary keeps
+/// committing (alone), the standby restarts while writes keep flowing and
+/// converges without a snapshot; every acknowledged write is on both nodes.
+#[test]
+fn standby_restart_catches_up_from_the_log_while_writes_flow() {
+    let (a, mut b) = pair(|_| {});
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+    let acked: Arc<Mutex<Vec<usize>>> = Default::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, acked, next, stop) = (c.clone(), acked.clone(), next.clone(), stop.clone());
+            let url = a.url("/v0/deployments");
+            rt.spawn(async move {
+                // Bounded in count and time: at most 20,000 writes, until told to stop.
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 20_000 {
+                        return;
+                    }
+                    let r = c
+                        .post(&url)
+                        .basic_auth("admin", Some(PASSWORD))
+                        .json(&body(i))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201, "the primary keeps serving");
+                    acked.lock().unwrap().push(i);
+                }
+            })
+        })
+        .collect();
+    let acks = || acked.lock().unwrap().len();
+    wait_until(Duration::from_secs(30), "some writes", || acks() >= 500);
+    b.kill();
+    let at_kill = acks();
+    wait_until(
+        Duration::from_secs(30),
+        "writes while the standby is down",
+        || acks() >= at_kill + 1_000,
+    );
+    b.restart();
+    let at_restart = acks();
+    wait_until(Duration::from_secs(30), "writes during catch-up", || {
+        acks() >= at_restart + 500
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    wait_until(Duration::from_secs(60), "standby caught up", || {
+        digest(&a) == digest(&b)
+    });
+    assert!(
+        !b.log_text("escadm.log").contains("snapshot installed"),
+        "catch-up used the log, not a snapshot"
+    );
+    assert_eq!(a.status()["replication"]["peer"]["in_sync"], true);
+    let on_b = rt.block_on(list_all(&c, &b.url("")));
+    for i in acked.lock().unwrap().iter() {
+        assert!(
+            on_b.contains_key(&format!("d-{i:05}")),
+            "write {i} missing on the standby"
+        );
+    }
+}
