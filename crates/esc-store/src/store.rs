@@ -132,14 +132,39 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("esc.redb"))?;
-        Self::from_db(db)
+        let path = dir.join("esc.redb");
+        Self::guard(|| Self::from_db(Self::builder().create(&path)?))
     }
 
     /// Opens a store on any redb backend (tests use a crash-simulating one).
     pub fn open_backend(backend: impl StorageBackend) -> Result<Store, StoreError> {
-        let db = redb::Builder::new().create_with_backend(backend)?;
-        Self::from_db(db)
+        Self::guard(|| Self::from_db(Self::builder().create_with_backend(backend)?))
+    }
+
+    /// Every page's checksum is verified once at open, so corruption that is
+    /// not a torn commit (bit rot, a damaged disk) is refused here, as an
+    /// error, rather than met later on a read path.
+    fn builder() -> redb::Builder {
+        let mut b = redb::Builder::new();
+        b.set_check_integrity_on_open(true);
+        b
+    }
+
+    /// redb may panic on a file corrupted other than by a crash (e.g. bit
+    /// rot in its allocator state); a corrupt file is an error for the
+    /// operator, never a crash of the daemon.
+    fn guard(open: impl FnOnce() -> Result<Store, StoreError>) -> Result<Store, StoreError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(StoreError::Db(format!(
+                "the database file is corrupt ({why}); restore it from the peer \
+                 (move the data directory away and restart as standby)"
+            )))
+        })
     }
 
     fn from_db(db: Database) -> Result<Store, StoreError> {
