@@ -161,7 +161,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 fn command(index: u64) -> Vec<u8> {
     // Creates, deletes of earlier names, and resends of idempotency keys.
-    let op = if index % 7 == 0 {
+    let op = if index.is_multiple_of(7) {
         Op::DeleteDeployment {
             name: format!("d{}", index / 2),
         }
@@ -174,7 +174,7 @@ fn command(index: u64) -> Vec<u8> {
     };
     let cmd = Command {
         tid: format!("t{index}"),
-        idempotency_key: (index % 3 == 0).then(|| format!("k{}", index % 11)),
+        idempotency_key: index.is_multiple_of(3).then(|| format!("k{}", index % 11)),
         fingerprint: "f".into(),
         at_ms: index,
         op,
