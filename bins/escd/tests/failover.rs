@@ -57,6 +57,24 @@ async fn list_all(c: &reqwest::Client, n_url: &str) -> HashMap<String, serde_jso
     }
 }
 
+/// One write, waited for on `rt`.
+fn post(
+    rt: &tokio::runtime::Runtime,
+    c: &reqwest::Client,
+    url: &str,
+    key: Option<String>,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    rt.block_on(async {
+        let mut req = c.post(url).basic_auth("admin", Some(PASSWORD)).json(body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await
+    })
+    .unwrap()
+}
+
 #[test]
 fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     let seed: u64 = std::env::var("ESC_TEST_SEED")
@@ -174,16 +192,13 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
 
     // --- a resent Idempotency-Key returns the original result after failover
     let (&j, (first_body, first_tid)) = acked.iter().next().unwrap();
-    let r = rt
-        .block_on(async {
-            c.post(b.url("/v0/deployments"))
-                .basic_auth("admin", Some(PASSWORD))
-                .header("Idempotency-Key", format!("k-{j}"))
-                .json(&body(j))
-                .send()
-                .await
-        })
-        .unwrap();
+    let r = post(
+        &rt,
+        &c,
+        &b.url("/v0/deployments"),
+        Some(format!("k-{j}")),
+        &body(j),
+    );
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!(
@@ -194,16 +209,13 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     assert_eq!(&v, first_body);
     // Writes in doubt are resent with their key: applied exactly once.
     for &i in &in_doubt {
-        let r = rt
-            .block_on(async {
-                c.post(b.url("/v0/deployments"))
-                    .basic_auth("admin", Some(PASSWORD))
-                    .header("Idempotency-Key", format!("k-{i}"))
-                    .json(&body(i))
-                    .send()
-                    .await
-            })
-            .unwrap();
+        let r = post(
+            &rt,
+            &c,
+            &b.url("/v0/deployments"),
+            Some(format!("k-{i}")),
+            &body(i),
+        );
         assert_eq!(r.status(), 201, "resend of in-doubt write {i}");
     }
 
@@ -216,15 +228,7 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     let mut extra = 0usize;
     while b.status()["store"]["snapshot_index"].as_u64().unwrap() <= a_last {
         let i = TOTAL + extra;
-        let r = rt
-            .block_on(async {
-                c.post(b.url("/v0/deployments"))
-                    .basic_auth("admin", Some(PASSWORD))
-                    .json(&body(i))
-                    .send()
-                    .await
-            })
-            .unwrap();
+        let r = post(&rt, &c, &b.url("/v0/deployments"), None, &body(i));
         assert_eq!(r.status(), 201);
         extra += 1;
         assert!(extra < 20_000, "log never truncated past {a_last}");
@@ -250,15 +254,13 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     assert!(a.log_text("escadm.log").contains("snapshot installed"));
     // And keeps following new writes.
     for i in 0..50 {
-        let r = rt
-            .block_on(async {
-                c.post(b.url("/v0/deployments"))
-                    .basic_auth("admin", Some(PASSWORD))
-                    .json(&body(TOTAL + extra + i))
-                    .send()
-                    .await
-            })
-            .unwrap();
+        let r = post(
+            &rt,
+            &c,
+            &b.url("/v0/deployments"),
+            None,
+            &body(TOTAL + extra + i),
+        );
         assert_eq!(r.status(), 201);
     }
     wait_until(

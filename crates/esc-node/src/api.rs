@@ -299,9 +299,17 @@ fn fingerprint(parts: &[&[u8]]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The common path of every write: transaction id and its span, auth, the
+/// concurrency limit, the idempotency key; `build` validates the request
+/// and yields its fingerprint and operation.
+async fn write_request(
+    state: ApiState,
+    headers: HeaderMap,
+    method: &'static str,
+    build: impl FnOnce() -> Result<(String, Op), Response>,
+) -> Response {
     let tid = uuid::Uuid::new_v4().to_string();
-    let span = info_span!("nbi", tid = %tid, method = "POST", path = "/v0/deployments");
+    let span = info_span!("nbi", tid = %tid, method, path = "/v0/deployments");
     async move {
         if let Err(r) = authorized(&state, &headers) {
             return with_tid(r, &tid);
@@ -311,44 +319,39 @@ async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
             Ok(k) => k,
             Err(r) => return with_tid(r, &tid),
         };
-        let spec: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return with_tid(
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        format!("body is not valid JSON: {e}"),
-                    ),
-                    &tid,
-                )
-            }
-        };
-        let Some(name) = spec
+        match build() {
+            Ok((fp, op)) => write(&state, tid.clone(), key, fp, op).await,
+            Err(r) => with_tid(r, &tid),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    write_request(state, headers, "POST", || {
+        let spec: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not valid JSON: {e}"),
+            )
+        })?;
+        let name = spec
             .get("name")
             .and_then(|n| n.as_str())
             .map(str::to_string)
-        else {
-            return with_tid(
+            .ok_or_else(|| {
                 error(
                     StatusCode::BAD_REQUEST,
                     "body must be a JSON object with a string `name`",
-                ),
-                &tid,
-            );
-        };
-        if let Err(m) = valid_name(&name) {
-            return with_tid(error(StatusCode::BAD_REQUEST, m), &tid);
-        }
+                )
+            })?;
+        valid_name(&name).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
         info!(%name, "create deployment");
         let fp = fingerprint(&[b"POST /v0/deployments", &body]);
-        let op = Op::CreateDeployment {
-            id: uuid::Uuid::new_v4().to_string(),
-            name,
-            spec,
-        };
-        write(&state, tid.clone(), key, fp, op).await
-    }
-    .instrument(span)
+        let id = uuid::Uuid::new_v4().to_string();
+        Ok((fp, Op::CreateDeployment { id, name, spec }))
+    })
     .await
 }
 
@@ -357,25 +360,12 @@ async fn remove(
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    let tid = uuid::Uuid::new_v4().to_string();
-    let span = info_span!("nbi", tid = %tid, method = "DELETE", path = "/v0/deployments");
-    async move {
-        if let Err(r) = authorized(&state, &headers) {
-            return with_tid(r, &tid);
-        }
-        let _permit = state.limit.acquire().await;
-        let key = match idempotency_key(&headers) {
-            Ok(k) => k,
-            Err(r) => return with_tid(r, &tid),
-        };
-        if let Err(m) = valid_name(&name) {
-            return with_tid(error(StatusCode::BAD_REQUEST, m), &tid);
-        }
+    write_request(state, headers, "DELETE", || {
+        valid_name(&name).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
         info!(%name, "delete deployment");
         let fp = fingerprint(&[b"DELETE /v0/deployments/", name.as_bytes()]);
-        write(&state, tid.clone(), key, fp, Op::DeleteDeployment { name }).await
-    }
-    .instrument(span)
+        Ok((fp, Op::DeleteDeployment { name }))
+    })
     .await
 }
 

@@ -405,10 +405,19 @@ impl Core {
     }
 
     fn send_heartbeat(&mut self, out: &mut Vec<Output>) {
-        let Some(p) = self.peer.as_mut() else { return };
-        let prev_index = p.match_index;
+        if let Some(prev_index) = self.peer.as_ref().map(|p| p.match_index) {
+            self.send_empty_append(prev_index, out);
+        }
+    }
+
+    /// An `Append` without entries after `prev_index` (heartbeat or probe);
+    /// false when that entry is no longer in the log.
+    fn send_empty_append(&mut self, prev_index: u64, out: &mut Vec<Output>) -> bool {
         let Some(prev_epoch) = self.log.epoch_at(prev_index) else {
-            return;
+            return false;
+        };
+        let Some(p) = self.peer.as_mut() else {
+            return true;
         };
         p.last_sent_ms = self.now_ms;
         out.push(Output::Send {
@@ -421,6 +430,7 @@ impl Core {
                 entries: Vec::new(),
             },
         });
+        true
     }
 
     /// Group commit: every queued proposal shares one Persist (one fsync) and
@@ -762,23 +772,11 @@ impl Core {
     /// Sends an empty `Append` at `next_index - 1` to test for a match, or a
     /// snapshot when that entry is no longer in the log.
     fn probe(&mut self, out: &mut Vec<Output>) {
-        let Some(p) = self.peer.as_mut() else { return };
-        let prev_index = p.next_index - 1;
-        match self.log.epoch_at(prev_index) {
-            Some(prev_epoch) => {
-                p.last_sent_ms = self.now_ms;
-                out.push(Output::Send {
-                    conn: p.conn,
-                    msg: Message::Append {
-                        epoch: self.epoch,
-                        prev_index,
-                        prev_epoch,
-                        commit_index: self.commit_index,
-                        entries: Vec::new(),
-                    },
-                });
-            }
-            None => self.start_snapshot(out),
+        let Some(prev_index) = self.peer.as_ref().map(|p| p.next_index - 1) else {
+            return;
+        };
+        if !self.send_empty_append(prev_index, out) {
+            self.start_snapshot(out);
         }
     }
 
