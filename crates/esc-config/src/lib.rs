@@ -48,6 +48,193 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// VRRP and the virtual IP (absent: no VRRP speaker, no VIP).
+    pub vrrp: Option<VrrpConfig>,
+}
+
+/// VRRP speaker and virtual IP (RFC 5798; the seed's `kad_*` options).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpConfig {
+    /// Interface for VRRP and the VIP (`kad_vif`).
+    pub interface: String,
+    /// The virtual IP with its prefix length, e.g. `192.0.2.100/24` (`kad_vip`).
+    pub vip: String,
+    /// Virtual router id 1..=255 (`kad_vri`); default: the VIP's last byte.
+    #[serde(default)]
+    pub vrid: Option<u8>,
+    /// Priority 1..=254 (255 is reserved for an address owner).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Advertisement interval: a multiple of 10 ms within 10..=40950 (v3),
+    /// a multiple of 1000 ms within 1000..=255000 (v2).
+    #[serde(default = "default_advert_interval_ms")]
+    pub advert_interval_ms: u32,
+    /// Preempt a lower-priority master (default off: failback is manual).
+    #[serde(default)]
+    pub preempt: bool,
+    /// VRRP version, 3 (RFC 5798) or 2 (RFC 3768, no authentication).
+    #[serde(default = "default_vrrp_version")]
+    pub version: u8,
+    /// Unicast source address (`kad_unicast_src_ip`); default: the
+    /// interface's first IPv4 address.
+    #[serde(default)]
+    pub unicast_src_ip: Option<std::net::Ipv4Addr>,
+    /// Unicast peers (`kad_unicast_peer`): when set, adverts go to them
+    /// instead of 224.0.0.18, and adverts from anyone else are ignored.
+    #[serde(default)]
+    pub unicast_peers: Vec<std::net::Ipv4Addr>,
+    /// Gratuitous ARPs sent when becoming master.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    /// Spacing between those gratuitous ARPs.
+    #[serde(default = "default_garp_interval_ms")]
+    pub garp_interval_ms: u64,
+}
+
+fn default_priority() -> u8 {
+    100
+}
+fn default_advert_interval_ms() -> u32 {
+    1_000
+}
+fn default_vrrp_version() -> u8 {
+    3
+}
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval_ms() -> u64 {
+    100
+}
+
+impl VrrpConfig {
+    /// The VIP and its prefix length.
+    pub fn vip_net(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
+        let (ip, len) = self
+            .vip
+            .split_once('/')
+            .ok_or_else(|| format!("{:?} needs a prefix length, e.g. 192.0.2.100/24", self.vip))?;
+        let ip: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|e| format!("{ip:?} is not an IPv4 address: {e}"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("prefix length {len:?} must be 0..=32"))?;
+        Ok((ip, len))
+    }
+
+    /// The VRID: configured, or the VIP's last byte (the seed's default).
+    pub fn vrid(&self) -> u8 {
+        self.vrid
+            .unwrap_or_else(|| self.vip_net().map(|(ip, _)| ip.octets()[3]).unwrap_or(0))
+    }
+
+    /// The advertisement interval in centiseconds.
+    pub fn advert_interval_cs(&self) -> u16 {
+        (self.advert_interval_ms / 10) as u16
+    }
+
+    /// Checks the rules that need no host access.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
+            return Err((
+                "vrrp.interface",
+                "must be an interface name of 1 to 15 characters".into(),
+            ));
+        }
+        let (ip, len) = self.vip_net().map_err(|m| ("vrrp.vip", m))?;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+            return Err(("vrrp.vip", format!("{ip} is not a usable host address")));
+        }
+        if len < 31 {
+            let host_bits = u32::from(ip) & (u32::MAX >> len);
+            if host_bits == 0 || host_bits == (u32::MAX >> len) {
+                return Err((
+                    "vrrp.vip",
+                    format!(
+                        "{ip} is the network or broadcast address of /{len}: use a host address"
+                    ),
+                ));
+            }
+        }
+        if self.vrid() == 0 {
+            return Err((
+                "vrrp.vrid",
+                "must be 1..=255 (set it: the VIP ends in .0)".into(),
+            ));
+        }
+        if !(1..=254).contains(&self.priority) {
+            return Err((
+                "vrrp.priority",
+                format!("{} is outside 1..=254", self.priority),
+            ));
+        }
+        match self.version {
+            3 => {
+                if self.advert_interval_ms % 10 != 0
+                    || !(10..=40_950).contains(&self.advert_interval_ms)
+                {
+                    return Err((
+                        "vrrp.advert_interval_ms",
+                        format!(
+                            "{}: VRRPv3 needs a multiple of 10 within 10..=40950",
+                            self.advert_interval_ms
+                        ),
+                    ));
+                }
+            }
+            2 => {
+                if self.advert_interval_ms % 1000 != 0
+                    || !(1_000..=255_000).contains(&self.advert_interval_ms)
+                {
+                    return Err((
+                        "vrrp.advert_interval_ms",
+                        format!(
+                            "{}: VRRPv2 needs whole seconds within 1000..=255000",
+                            self.advert_interval_ms
+                        ),
+                    ));
+                }
+            }
+            v => {
+                return Err((
+                    "vrrp.version",
+                    format!("{v}: use 3 (RFC 5798) or 2 (RFC 3768)"),
+                ))
+            }
+        }
+        if self.unicast_peers.contains(&ip) || self.unicast_src_ip == Some(ip) {
+            return Err((
+                "vrrp.unicast_peers",
+                "the VIP cannot be a node address".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.garp_count) || !(1..=10_000).contains(&self.garp_interval_ms) {
+            return Err((
+                "vrrp.garp_count",
+                "garp_count must be 1..=100 and garp_interval_ms 1..=10000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what needs the host: the interface exists.
+    pub fn check_host(&self) -> Result<(), (&'static str, String)> {
+        let sys = std::path::Path::new("/sys/class/net").join(&self.interface);
+        if !sys.exists() {
+            return Err((
+                "vrrp.interface",
+                format!(
+                    "no interface {:?} on this host (see `ip link`)",
+                    self.interface
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Replication between the two nodes (architecture section 3).
@@ -317,6 +504,10 @@ impl Config {
                 "must be within 1024..=67108864".into(),
             ));
         }
+        if let Some(v) = &self.vrrp {
+            v.validate()
+                .map_err(|(field, message)| bad(field, message))?;
+        }
         if !(1..=100_000).contains(&a.concurrency_max) {
             return Err(bad(
                 "api.concurrency_max",
@@ -415,6 +606,39 @@ concurrency_max = 64
         assert!(err.to_string().contains("too short"), "{err}");
         let err = parse(&GOOD.replace("a-long-enough-password", "pw")).unwrap_err();
         assert!(err.to_string().contains("api.password"), "{err}");
+    }
+
+    #[test]
+    fn vrrp_section_is_validated() {
+        let vrrp = "[vrrp]\ninterface = \"eth0\"\nvip = \"192.0.2.100/24\"\n";
+        let c = parse(&format!("{GOOD}{vrrp}")).unwrap();
+        let v = c.vrrp.unwrap();
+        assert_eq!(
+            (v.vrid(), v.priority, v.advert_interval_cs(), v.preempt),
+            (100, 100, 100, false)
+        );
+        for (extra, field) in [
+            ("priority = 255\n", "vrrp.priority"),
+            ("advert_interval_ms = 15\n", "vrrp.advert_interval_ms"),
+            (
+                "version = 2\nadvert_interval_ms = 500\n",
+                "vrrp.advert_interval_ms",
+            ),
+            ("version = 4\n", "vrrp.version"),
+        ] {
+            let err = parse(&format!("{GOOD}{vrrp}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+        for vip in [
+            "192.0.2.0/24",
+            "192.0.2.255/24",
+            "192.0.2.7",
+            "224.0.0.18/32",
+        ] {
+            let text = format!("{GOOD}[vrrp]\ninterface = \"eth0\"\nvip = \"{vip}\"\n");
+            let err = parse(&text).unwrap_err();
+            assert!(err.to_string().contains("vrrp.vip"), "{vip}: {err}");
+        }
     }
 
     #[test]
