@@ -174,7 +174,7 @@ impl VrrpConfig {
         }
         match self.version {
             3 => {
-                if self.advert_interval_ms % 10 != 0
+                if !self.advert_interval_ms.is_multiple_of(10)
                     || !(10..=40_950).contains(&self.advert_interval_ms)
                 {
                     return Err((
@@ -187,7 +187,7 @@ impl VrrpConfig {
                 }
             }
             2 => {
-                if self.advert_interval_ms % 1000 != 0
+                if !self.advert_interval_ms.is_multiple_of(1000)
                     || !(1_000..=255_000).contains(&self.advert_interval_ms)
                 {
                     return Err((
