@@ -239,7 +239,7 @@ impl VrrpConfig {
 
 /// Replication between the two nodes (architecture section 3).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
     /// Address this node accepts replication connections on (TCP, default port 7789).
     pub listen: SocketAddr,
@@ -282,7 +282,7 @@ pub enum InitialRole {
 
 /// The durable store (architecture section 3).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Data directory (relative paths are under the home).
     pub data_dir: PathBuf,
@@ -296,7 +296,7 @@ pub struct StoreConfig {
 
 /// The northbound REST API (architecture section 7).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// REST listen address (default port 8080).
     pub listen: SocketAddr,

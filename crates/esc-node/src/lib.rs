@@ -27,6 +27,8 @@
 //! - [`admin`]: the admin socket and its protocol (used by `escadm`).
 //! - [`logging`]: `escmanager.log` and `escadm.log`.
 //! - [`metrics`]: counters shown by `escadm status --v`.
+//! - [`vrrp`]: the VRRP speaker's sockets, VIP and gratuitous ARP (own thread).
+//! - `sys`: the one `unsafe` module (AF_PACKET send for gratuitous ARP).
 
 pub mod admin;
 pub mod api;
@@ -34,5 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod node;
+mod sys;
+pub mod vrrp;
 
 pub use node::{run, NodeOptions};

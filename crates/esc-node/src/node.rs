@@ -220,6 +220,15 @@ pub async fn run(
         counters: counters.clone(),
         data_dir: data_dir.clone(),
     };
+    // The VRRP speaker runs on its own thread; dropping the stopper at the
+    // end sends priority 0 (if master) and removes the VIP.
+    let (vrrp_status, _vrrp_stopper) = match &cfg.vrrp {
+        Some(v) => {
+            let (status, stopper) = crate::vrrp::spawn(v.clone())?;
+            (Some(status), Some(stopper))
+        }
+        None => (None, None),
+    };
     let password = api::password(&home, &cfg.api)?;
     tasks.spawn(api::serve(
         api_listener,
@@ -245,6 +254,7 @@ pub async fn run(
         last_transition: None,
         node_name: cfg.node_name.clone(),
         peer_addr: r.peer,
+        vrrp_status,
     };
     let first = owner.core.start(owner.now_ms());
     owner.exec(first);
@@ -312,6 +322,7 @@ struct Owner {
     last_transition: Option<Transition>,
     node_name: String,
     peer_addr: Option<std::net::SocketAddr>,
+    vrrp_status: Option<watch::Receiver<Option<crate::vrrp::VrrpStatus>>>,
 }
 
 impl Owner {
@@ -565,6 +576,7 @@ impl Owner {
             "counters": self.counters.snapshot(),
             "last_transition": self.last_transition,
             "recovery_note": self.store.recovery_note,
+            "vrrp": self.vrrp_status.as_ref().map(|v| v.borrow().clone()),
         })
     }
 }

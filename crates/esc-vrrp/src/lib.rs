@@ -4,5 +4,7 @@
 //!
 //! # Layout
 //! - [`fsm`]: the RFC 5798 section 6.4 state machine, time as an input.
+//! - [`packet`]: the advertisement codec, v3 and v2.
 
 pub mod fsm;
+pub mod packet;

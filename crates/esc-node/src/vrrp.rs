@@ -1,0 +1,408 @@
+//! The VRRP speaker's I/O (RFC 5798): a raw IP socket for protocol 112
+//! (multicast 224.0.0.18 on the configured interface, or unicast to
+//! configured peers), the VIP added and removed through netlink, gratuitous
+//! ARP, all driving the sans-IO [`esc_vrrp::fsm::Vrrp`].
+//!
+//! It runs on its own OS thread with its own single-threaded runtime
+//! (architecture section 1: a saturated service must not delay
+//! advertisements), and reports its state through a watch channel.
+//!
+//! ```text
+//!   raw socket (proto 112) ──recv──> validate (7.1) ──Advert──┐
+//!   deadline timer ─────────────────────────────────Tick──────┤
+//!   shutdown ──────────────────────────────────────Shutdown───┤
+//!                                                             v
+//!                                                  esc_vrrp::fsm::Vrrp
+//!                                                             │ actions
+//!           SendAdvert ─> raw socket    AddVip/RemoveVip ─> netlink
+//!           AnnounceVip ─> AF_PACKET gratuitous ARP (sys.rs)
+//! ```
+
+use crate::logging::HA;
+use esc_config::VrrpConfig;
+use esc_vrrp::fsm::{Action, Config as FsmConfig, Input, State, Vrrp};
+use esc_vrrp::packet::{self, Packet, Version};
+use futures::TryStreamExt;
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The VRRP multicast group (RFC 5798 section 5.1.1.2).
+pub const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// IP protocol number of VRRP (RFC 5798 section 5.1.1.4).
+pub const VRRP_PROTO: i32 = 112;
+/// Largest datagram read (IP header + VRRP with the most addresses).
+const RECV_BYTES_MAX: usize = 2048;
+
+/// What `escadm status --v` shows of VRRP.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VrrpStatus {
+    pub state: State,
+    pub vrid: u8,
+    pub priority: u8,
+    pub version: u8,
+    pub vip: String,
+    pub interface: String,
+    pub master: Option<Ipv4Addr>,
+    pub adverts_received: u64,
+    pub adverts_sent: u64,
+    pub dropped: u64,
+}
+
+/// Starts the speaker on its own thread; returns its status channel and a
+/// handle that stops it (sending priority 0 if master) when dropped.
+pub fn spawn(cfg: VrrpConfig) -> anyhow::Result<(watch::Receiver<Option<VrrpStatus>>, Stopper)> {
+    cfg.check_host()
+        .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+    let (status_tx, status_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("esc-vrrp".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(target: HA, "VRRP runtime: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = rt.block_on(run(cfg, status_tx, stop_rx)) {
+                warn!(target: HA, "VRRP speaker stopped: {e:#}");
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok((status_rx, Stopper { stop_tx, done_rx }))
+}
+
+/// Stops the speaker and waits (bounded) for its shutdown advert and VIP removal.
+pub struct Stopper {
+    stop_tx: watch::Sender<bool>,
+    done_rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.done_rx.recv_timeout(Duration::from_secs(3));
+    }
+}
+
+struct Speaker {
+    cfg: VrrpConfig,
+    fsm: Vrrp,
+    /// The raw socket, driven through tokio's UDP type: recvfrom and sendto
+    /// are the same system calls, and it needs no unsafe registration.
+    sock: tokio::net::UdpSocket,
+    src: Ipv4Addr,
+    vip: (Ipv4Addr, u8),
+    ifindex: u32,
+    mac: [u8; 6],
+    netlink: rtnetlink::Handle,
+    start: Instant,
+    dropped: u64,
+}
+
+async fn run(
+    cfg: VrrpConfig,
+    status: watch::Sender<Option<VrrpStatus>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (ifindex, mac) = crate::sys::interface(&cfg.interface)?;
+    let vip = cfg
+        .vip_net()
+        .map_err(|m| anyhow::anyhow!("vrrp.vip: {m}"))?;
+    let (conn, netlink, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let src = match cfg.unicast_src_ip {
+        Some(ip) => ip,
+        None => primary_address(&netlink, ifindex, vip.0)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "interface {} has no IPv4 address to send VRRP from",
+                    cfg.interface
+                )
+            })?,
+    };
+    let sock = open_socket(&cfg, ifindex, src)?;
+    let fsm = Vrrp::new(FsmConfig {
+        vrid: cfg.vrid(),
+        priority: cfg.priority,
+        adver_int_cs: cfg.advert_interval_cs(),
+        preempt: cfg.preempt,
+        primary_ip: src,
+    });
+    let mut sp = Speaker {
+        cfg,
+        fsm,
+        sock: tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock))?,
+        src,
+        vip,
+        ifindex,
+        mac,
+        netlink,
+        start: Instant::now(),
+        dropped: 0,
+    };
+    // A VIP left behind by a crash is not ours until we are master again.
+    if sp.remove_vip().await? {
+        warn!(target: HA, vip = %sp.cfg.vip, "removed a stale VIP left by an earlier run");
+    }
+    info!(target: HA, interface = %sp.cfg.interface, vrid = sp.cfg.vrid(), priority = sp.cfg.priority,
+          version = sp.cfg.version, src = %src, "VRRP speaker starting");
+    sp.input(Input::Startup).await;
+    let mut buf = vec![0u8; RECV_BYTES_MAX];
+    loop {
+        let _ = status.send(Some(sp.status()));
+        let deadline = sp
+            .fsm
+            .next_deadline_ms()
+            .map(|d| sp.start + Duration::from_millis(d))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.changed() => {
+                sp.input(Input::Shutdown).await;
+                let _ = status.send(Some(sp.status()));
+                return Ok(());
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => sp.input(Input::Tick).await,
+            r = sp.sock.recv(&mut buf) => match r {
+                Ok(n) => {
+                    if let Some(input) = sp.validate(&buf[..n]) {
+                        sp.input(input).await;
+                    }
+                }
+                Err(e) => warn!(target: HA, "VRRP receive: {e}"),
+            },
+        }
+    }
+}
+
+/// The interface's first IPv4 address other than the VIP.
+async fn primary_address(
+    h: &rtnetlink::Handle,
+    ifindex: u32,
+    vip: Ipv4Addr,
+) -> anyhow::Result<Option<Ipv4Addr>> {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut addrs = h.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(msg) = addrs.try_next().await? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                if *ip != vip {
+                    return Ok(Some(*ip));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn open_socket(cfg: &VrrpConfig, ifindex: u32, src: Ipv4Addr) -> anyhow::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO)))
+        .map_err(|e| anyhow::anyhow!("raw VRRP socket (needs root / CAP_NET_RAW): {e}"))?;
+    s.bind_device(Some(cfg.interface.as_bytes()))?;
+    // RFC 5798 section 5.1.1.3: TTL 255, so a receiver can tell the packet
+    // did not cross a router.
+    s.set_ttl_v4(255)?;
+    s.set_multicast_ttl_v4(255)?;
+    s.set_multicast_loop_v4(false)?;
+    s.set_multicast_if_v4(&src)?;
+    if cfg.unicast_peers.is_empty() {
+        s.join_multicast_v4_n(
+            &VRRP_GROUP,
+            &socket2::InterfaceIndexOrAddress::Index(ifindex),
+        )?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+impl Speaker {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn version(&self) -> Version {
+        if self.cfg.version == 2 {
+            Version::V2
+        } else {
+            Version::V3
+        }
+    }
+
+    fn status(&self) -> VrrpStatus {
+        let st = self.fsm.stats();
+        VrrpStatus {
+            state: self.fsm.state(),
+            vrid: self.cfg.vrid(),
+            priority: self.fsm.priority(),
+            version: self.cfg.version,
+            vip: self.cfg.vip.clone(),
+            interface: self.cfg.interface.clone(),
+            master: self.fsm.master_ip(),
+            adverts_received: st.adverts_received,
+            adverts_sent: st.adverts_sent,
+            dropped: self.dropped,
+        }
+    }
+
+    fn drop_packet(&mut self, from: Ipv4Addr, why: &str) -> Option<Input> {
+        self.dropped += 1;
+        // Logged at debug only: a hostile sender must not flood the log.
+        tracing::debug!(target: HA, %from, why, "VRRP packet dropped");
+        None
+    }
+
+    /// RFC 5798 section 7.1: checks before the state machine sees a packet.
+    fn validate(&mut self, datagram: &[u8]) -> Option<Input> {
+        if datagram.len() < 20 || datagram[0] >> 4 != 4 {
+            return self.drop_packet(Ipv4Addr::UNSPECIFIED, "not IPv4");
+        }
+        let ihl = usize::from(datagram[0] & 0x0f) * 4;
+        if ihl < 20 || datagram.len() < ihl {
+            return self.drop_packet(Ipv4Addr::UNSPECIFIED, "bad IP header length");
+        }
+        let ttl = datagram[8];
+        let src = Ipv4Addr::new(datagram[12], datagram[13], datagram[14], datagram[15]);
+        let dst = Ipv4Addr::new(datagram[16], datagram[17], datagram[18], datagram[19]);
+        if src == self.src {
+            return None; // our own advert, looped back
+        }
+        if ttl != 255 {
+            return self.drop_packet(src, "TTL is not 255");
+        }
+        if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&src) {
+            return self.drop_packet(src, "not a configured unicast peer");
+        }
+        let p = match packet::decode(&datagram[ihl..], src, dst) {
+            Ok(p) => p,
+            Err(e) => return self.drop_packet(src, e.reason()),
+        };
+        if p.version != self.version() {
+            return self.drop_packet(src, "other VRRP version");
+        }
+        if p.vrid != self.cfg.vrid() {
+            return self.drop_packet(src, "other VRID");
+        }
+        if !p.addresses.contains(&self.vip.0) {
+            // RFC 5798 7.1: a mismatched address list is logged, the packet still counts.
+            tracing::debug!(target: HA, %src, "advert's address list does not hold our VIP");
+        }
+        Some(Input::Advert {
+            src,
+            priority: p.priority,
+            adver_int_cs: p.adver_int_cs,
+        })
+    }
+
+    async fn input(&mut self, input: Input) {
+        let now = self.now_ms();
+        let actions = self.fsm.handle(now, input);
+        for a in actions {
+            match a {
+                Action::SendAdvert { priority } => self.send_advert(priority),
+                Action::AddVip => {
+                    if let Err(e) = self.add_vip().await {
+                        warn!(target: HA, vip = %self.cfg.vip, "cannot add the VIP: {e}");
+                    }
+                }
+                Action::RemoveVip => {
+                    if let Err(e) = self.remove_vip().await {
+                        warn!(target: HA, vip = %self.cfg.vip, "cannot remove the VIP: {e}");
+                    }
+                }
+                Action::AnnounceVip => self.announce(),
+                Action::StateChanged { from, to, reason } => {
+                    info!(target: HA, ?from, ?to, %reason, vip = %self.cfg.vip, "VRRP state change");
+                }
+            }
+        }
+    }
+
+    fn send_advert(&mut self, priority: u8) {
+        let p = Packet {
+            version: self.version(),
+            vrid: self.cfg.vrid(),
+            priority,
+            adver_int_cs: self.cfg.advert_interval_cs(),
+            addresses: vec![self.vip.0],
+        };
+        let targets: Vec<Ipv4Addr> = if self.cfg.unicast_peers.is_empty() {
+            vec![VRRP_GROUP]
+        } else {
+            self.cfg.unicast_peers.clone()
+        };
+        for dst in targets {
+            let bytes = packet::encode(&p, self.src, dst);
+            let to = SocketAddrV4::new(dst, 0);
+            if let Err(e) = self.sock.try_send_to(&bytes, to.into()) {
+                warn!(target: HA, %dst, "VRRP send: {e}");
+            }
+        }
+    }
+
+    async fn add_vip(&self) -> anyhow::Result<()> {
+        match self
+            .netlink
+            .address()
+            .add(self.ifindex, IpAddr::V4(self.vip.0), self.vip.1)
+            .execute()
+            .await
+        {
+            Ok(()) => {
+                info!(target: HA, vip = %self.cfg.vip, interface = %self.cfg.interface, "VIP added");
+                Ok(())
+            }
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes the VIP if present; says whether it was.
+    async fn remove_vip(&self) -> anyhow::Result<bool> {
+        let mut found = self
+            .netlink
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .set_address_filter(IpAddr::V4(self.vip.0))
+            .execute();
+        let mut removed = false;
+        while let Some(msg) = found.try_next().await? {
+            self.netlink.address().del(msg).execute().await?;
+            removed = true;
+        }
+        if removed {
+            info!(target: HA, vip = %self.cfg.vip, "VIP removed");
+        }
+        Ok(removed)
+    }
+
+    /// Gratuitous ARPs, `garp_count` of them `garp_interval_ms` apart.
+    fn announce(&self) {
+        let (ifindex, frame) = (self.ifindex, crate::sys::garp_frame(self.mac, self.vip.0));
+        let (count, gap) = (
+            self.cfg.garp_count,
+            Duration::from_millis(self.cfg.garp_interval_ms),
+        );
+        tokio::spawn(async move {
+            for i in 0..count {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                if let Err(e) = crate::sys::send_frame(ifindex, &frame) {
+                    warn!(target: HA, "gratuitous ARP: {e}");
+                    return;
+                }
+            }
+        });
+    }
+}
