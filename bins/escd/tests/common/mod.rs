@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+
 use esc_node::admin::{request, AdminRequest};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,159 @@
+//! Network namespaces for multi-host tests (the lab's rules: addresses only
+//! from 192.0.2.0/24, a unique prefix per run, everything deleted and every
+//! process killed by PID on drop, even when the test fails).
+//!
+//! Topology: a `sw` namespace holding bridge `br0`; each host namespace has
+//! `eth0`, a veth whose peer is a port of the bridge.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+/// Runs `ip` with `args`; panics with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// A fresh lab, or None (test skipped, said on stderr) when not root.
+    /// In CI (CI=true, root) a missing capability fails instead.
+    pub fn new() -> Option<Lab> {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must run the netns tests as root"
+            );
+            eprintln!("skipped: network namespace tests need root");
+            return None;
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("et{}x{n}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        };
+        let sw = lab.ns("sw");
+        ip(&["netns", "add", &sw]);
+        lab.namespaces.push(sw.clone());
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        Some(lab)
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    /// Adds host namespace `host` with `eth0` at `addr` (e.g. 192.0.2.11/24).
+    pub fn host(&mut self, host: &str, addr: &str) -> String {
+        let ns = self.ns(host);
+        let sw = self.ns("sw");
+        ip(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        // Temporary names, unique in the root namespace and within 15 chars.
+        let i = self.namespaces.len();
+        let tmp = format!("v{}{i}", &self.prefix[2..]);
+        let (a, b) = (format!("{tmp}a"), format!("{tmp}b"));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &ns]);
+        ip(&["-n", &ns, "link", "set", &a, "name", "eth0"]);
+        ip(&["link", "set", &b, "netns", &sw]);
+        ip(&["-n", &sw, "link", "set", &b, "master", "br0", "up"]);
+        ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// IPv4 addresses on `eth0` of a host.
+    pub fn addrs(&self, host: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.ns(host),
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .expect("ip addr");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(|a| a.to_string()))
+            .collect()
+    }
+
+    pub fn has(&self, host: &str, addr: &str) -> bool {
+        self.addrs(host)
+            .iter()
+            .any(|a| a.starts_with(&format!("{addr}/")))
+    }
+
+    /// Starts a command inside a host namespace; killed when the lab drops.
+    pub fn spawn(&mut self, host: &str, program: &str, args: &[&str], log: std::fs::File) -> u32 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn in namespace");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Sends `sig` to a process started by [`Lab::spawn`] and waits until it
+    /// is gone (so "killed at" means dead, not "signal sent").
+    pub fn signal_and_reap(&mut self, pid: u32, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+        if let Some(pos) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(pos);
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `f` on a thread inside a host namespace.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.ns(host));
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
