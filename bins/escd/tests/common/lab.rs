@@ -131,6 +131,48 @@ impl Lab {
         }
     }
 
+    /// Every process inside a host namespace (keepalived forks children).
+    pub fn pids(&self, host: &str) -> Vec<i32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns(host)])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Power failure of a host: SIGKILL every process in its namespace, and
+    /// wait until they are gone.
+    pub fn kill_host(&mut self, host: &str) {
+        let victims = self.pids(host);
+        for &pid in &victims {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Reap the ones we started; the rest are reaped by init.
+        let mut i = 0;
+        while i < self.children.len() {
+            if victims.contains(&(self.children[i].id() as i32)) {
+                let mut c = self.children.remove(i);
+                let _ = c.wait();
+            } else {
+                i += 1;
+            }
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.pids(host).is_empty() {
+            assert!(
+                std::time::Instant::now() < end,
+                "processes of {host} survive SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Runs `f` on a thread inside a host namespace.
     pub fn in_ns<T: Send + 'static>(
         &self,
@@ -151,6 +193,21 @@ impl Drop for Lab {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Grandchildren too (keepalived's VRRP process): everything left
+        // inside our namespaces.
+        for ns in &self.namespaces {
+            let out = Command::new("ip").args(["netns", "pids", ns]).output();
+            if let Ok(out) = out {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
