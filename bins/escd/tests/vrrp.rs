@@ -249,3 +249,153 @@ fn preempt_mode_takes_the_vip_back() {
     });
     assert_eq!(vrrp_state(&b.home), "Backup");
 }
+
+fn counter(home: &Path, what: &str) -> u64 {
+    status_of(home)
+        .map(|s| s["vrrp"][what].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Sends raw VRRP payloads from the client host to `dst` with `ttl`.
+fn send_raw(lab: &Lab, dst: &str, ttl: u32, payloads: Vec<Vec<u8>>) {
+    let dst: std::net::Ipv4Addr = dst.parse().unwrap();
+    lab.in_ns("client", move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        s.set_multicast_if_v4(&"192.0.2.50".parse().unwrap())
+            .unwrap();
+        s.set_multicast_ttl_v4(ttl).unwrap();
+        s.set_ttl_v4(ttl).unwrap();
+        for p in payloads {
+            s.send_to(&p, &std::net::SocketAddrV4::new(dst, 0).into())
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+// RFC 5798 7.1: malformed and hostile packets are dropped, counted, and
+// move nothing. Each carries priority 254, so an accepted one would make
+// the master (150) step down.
+#[test]
+fn hostile_packets_are_dropped_and_counted() {
+    use esc_vrrp::packet::{encode, Packet, Version};
+    let Some(mut lab) = Lab::new() else { return };
+    let (a, b) = pair(&mut lab, FAST_150, FAST_100);
+    let src = "192.0.2.50".parse().unwrap();
+    let group = "224.0.0.18".parse().unwrap();
+    let good = |vrid, version| Packet {
+        version,
+        vrid,
+        priority: 254,
+        adver_int_cs: if version == Version::V3 { 100 } else { 100 },
+        addresses: vec![VIP.parse().unwrap()],
+    };
+    let valid = encode(&good(100, Version::V3), src, group);
+    let mut bad_sum = valid.clone();
+    bad_sum[7] ^= 0xff;
+    let wrong_vrid = encode(&good(7, Version::V3), src, group);
+    let truncated = valid[..6].to_vec();
+    let mut oversized = valid.clone();
+    oversized[3] = 200;
+    let other_version = encode(&good(100, Version::V2), src, group);
+    let before = (counter(&a.home, "dropped"), counter(&b.home, "dropped"));
+    // Wrong TTL: a valid advert that crossed a router.
+    send_raw(&lab, "224.0.0.18", 64, vec![valid.clone()]);
+    send_raw(
+        &lab,
+        "224.0.0.18",
+        255,
+        vec![bad_sum, wrong_vrid, truncated, oversized, other_version],
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "six drops counted on both nodes",
+        || {
+            counter(&a.home, "dropped") >= before.0 + 6
+                && counter(&b.home, "dropped") >= before.1 + 6
+        },
+    );
+    // Nothing moved: a few advertisement rounds later, same roles, same VIP.
+    std::thread::sleep(Duration::from_millis(4 * MDI_100_MS));
+    assert_eq!(vrrp_state(&a.home), "Master");
+    assert_eq!(vrrp_state(&b.home), "Backup");
+    assert!(lab.has("esc1", VIP) && !lab.has("esc2", VIP));
+    assert!(a.pid.is_some() && b.pid.is_some());
+}
+
+/// nftables rules dropping VRRP multicast in and out of a host.
+fn block_multicast(lab: &Lab, host: &str) {
+    let ns = lab.ns(host);
+    let rules = "table inet esctest {\n chain in { type filter hook input priority 0; ip daddr 224.0.0.18 drop; }\n \
+                 chain out { type filter hook output priority 0; ip daddr 224.0.0.18 drop; }\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.nft");
+    std::fs::write(&file, rules).unwrap();
+    let st = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f", file.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "nft rules in {host}");
+}
+
+// Unicast VRRP (kad_unicast_src_ip / kad_unicast_peer) works with
+// multicast blocked, and ignores adverts from unconfigured senders.
+#[test]
+fn unicast_mode_works_with_multicast_blocked() {
+    use esc_vrrp::packet::{encode, Packet, Version};
+    let Some(mut lab) = Lab::new() else { return };
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var("CI").is_err(), "CI must install nftables");
+        eprintln!("skipped: nft is not installed");
+        return;
+    }
+    lab.host("esc1", "192.0.2.11/24");
+    lab.host("esc2", "192.0.2.12/24");
+    lab.host("client", "192.0.2.50/24");
+    for h in ["esc1", "esc2"] {
+        block_multicast(&lab, h);
+    }
+    let u1 =
+        format!("{FAST_150}unicast_src_ip = \"192.0.2.11\"\nunicast_peers = [\"192.0.2.12\"]\n");
+    let u2 =
+        format!("{FAST_100}unicast_src_ip = \"192.0.2.12\"\nunicast_peers = [\"192.0.2.11\"]\n");
+    let mut a = start(&mut lab, "esc1", "192.0.2.11", &u1);
+    wait_until(Duration::from_secs(10), "esc1 master", || {
+        vrrp_state(&a.home) == "Master"
+    });
+    let b = start(&mut lab, "esc2", "192.0.2.12", &u2);
+    wait_until(
+        Duration::from_secs(10),
+        "esc2 backup hearing unicast adverts",
+        || vrrp_state(&b.home) == "Backup" && counter(&b.home, "adverts_received") >= 3,
+    );
+    // Stays backup across many rounds: the unicast adverts arrive.
+    std::thread::sleep(Duration::from_millis(4 * MDI_100_MS));
+    assert_eq!(vrrp_state(&b.home), "Backup");
+    // An unconfigured sender, even with a valid higher-priority advert, is ignored.
+    let src = "192.0.2.50".parse().unwrap();
+    let dst = "192.0.2.12".parse().unwrap();
+    let p = Packet {
+        version: Version::V3,
+        vrid: 100,
+        priority: 254,
+        adver_int_cs: 100,
+        addresses: vec![VIP.parse().unwrap()],
+    };
+    let dropped = counter(&b.home, "dropped");
+    send_raw(&lab, "192.0.2.12", 255, vec![encode(&p, src, dst)]);
+    wait_until(Duration::from_secs(10), "stranger's advert dropped", || {
+        counter(&b.home, "dropped") > dropped
+    });
+    // And the failover still works over unicast.
+    signal(&mut lab, &mut a, nix::sys::signal::Signal::SIGKILL);
+    wait_until(Duration::from_secs(10), "esc2 takes over", || {
+        vrrp_state(&b.home) == "Master" && lab.has("esc2", VIP)
+    });
+}
