@@ -289,7 +289,7 @@ fn hostile_packets_are_dropped_and_counted() {
         version,
         vrid,
         priority: 254,
-        adver_int_cs: if version == Version::V3 { 100 } else { 100 },
+        adver_int_cs: 100,
         addresses: vec![VIP.parse().unwrap()],
     };
     let valid = encode(&good(100, Version::V3), src, group);
