@@ -7,6 +7,10 @@
 //! pair and an async pair; with `--postgres`, also runs
 //! `bench/pg_sync_rep.sh` (PostgreSQL 15, synchronous streaming
 //! replication) and prints both side by side.
+//!
+//! `esc-bench vip-outage` (root): in network namespaces, the VIP outage a
+//! client probing every 10 ms sees when the master loses power, for escd
+//! and for keepalived at the same advertisement intervals.
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -43,6 +47,18 @@ enum Cmd {
         /// Also run bench/pg_sync_rep.sh (installs PostgreSQL 15; needs root).
         #[arg(long)]
         postgres: bool,
+    },
+    /// VIP outage when the master loses power: escd vs keepalived (needs root).
+    VipOutage {
+        /// Trials per system and interval.
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// Advertisement intervals to measure, in ms.
+        #[arg(long, value_delimiter = ',', default_value = "1000,100")]
+        intervals_ms: Vec<u32>,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench/out/vip_outage.json")]
+        json: PathBuf,
     },
 }
 
@@ -343,6 +359,190 @@ fn machine() -> serde_json::Value {
     serde_json::json!({ "cpus": cpus, "cpu_model": model })
 }
 
+mod vip {
+    //! One trial: two VRRP speakers (escd or keepalived) and a client in
+    //! namespaces; the master loses power (every process killed, link
+    //! down); the outage is the time to the client's first reachable probe.
+    use esc_lab::Lab;
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const VIP: &str = "192.0.2.100";
+
+    fn wait(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+        let end = Instant::now() + deadline;
+        while !f() {
+            anyhow::ensure!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn start(
+        lab: &mut Lab,
+        dir: &Path,
+        host: &str,
+        addr: &str,
+        prio: u8,
+        interval_ms: u32,
+        keepalived: bool,
+    ) -> anyhow::Result<()> {
+        let d = dir.join(host);
+        std::fs::create_dir_all(&d)?;
+        let log = std::fs::File::create(d.join("out.log"))?;
+        let ds = d.to_str().unwrap_or_default().to_string();
+        if keepalived {
+            let adv = if interval_ms.is_multiple_of(1000) {
+                format!("{}", interval_ms / 1000)
+            } else {
+                format!("{}", interval_ms as f64 / 1000.0)
+            };
+            std::fs::write(d.join("k.conf"), format!(
+                "global_defs {{\n router_id {host}\n vrrp_version 3\n}}\nvrrp_instance V {{\n state BACKUP\n interface eth0\n \
+                 virtual_router_id 100\n priority {prio}\n advert_int {adv}\n nopreempt\n virtual_ipaddress {{\n  {VIP}/24\n }}\n}}\n"))?;
+            let args = [
+                "--dont-fork".to_string(),
+                "--log-console".into(),
+                "--vrrp".into(),
+                format!("--use-file={ds}/k.conf"),
+                format!("--pid={ds}/k.pid"),
+                format!("--vrrp_pid={ds}/v.pid"),
+            ];
+            let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+            lab.spawn(host, "keepalived", &args, log);
+        } else {
+            std::fs::write(d.join("esc.toml"), format!(
+                "node_name = \"{host}\"\n[replication]\nlisten = \"{addr}:7789\"\n[api]\nlisten = \"{addr}:8080\"\n\
+                 password = \"bench-password-0123\"\n[vrrp]\ninterface = \"eth0\"\nvip = \"{VIP}/24\"\npriority = {prio}\n\
+                 advert_interval_ms = {interval_ms}\n"))?;
+            let escd = super::escd_path();
+            let logs = format!("{ds}/log");
+            lab.spawn(
+                host,
+                escd.to_str().unwrap_or("escd"),
+                &["--home", &ds, "--log-dir", &logs],
+                log,
+            );
+        }
+        Ok(())
+    }
+
+    /// One outage measurement.
+    pub fn trial(interval_ms: u32, keepalived: bool, phase: f64) -> anyhow::Result<Duration> {
+        let mut lab =
+            Lab::with_prefix("eb").ok_or_else(|| anyhow::anyhow!("vip-outage needs root"))?;
+        let dir = tempfile::Builder::new().prefix("esc-vip-").tempdir()?;
+        lab.host("n1", "192.0.2.11/24");
+        lab.host("n2", "192.0.2.12/24");
+        lab.host("client", "192.0.2.50/24");
+        let mdi = Duration::from_millis(4 * interval_ms as u64 + 1000);
+        start(
+            &mut lab,
+            dir.path(),
+            "n1",
+            "192.0.2.11",
+            150,
+            interval_ms,
+            keepalived,
+        )?;
+        wait("n1 master", mdi * 3, || lab.has("n1", VIP))?;
+        start(
+            &mut lab,
+            dir.path(),
+            "n2",
+            "192.0.2.12",
+            100,
+            interval_ms,
+            keepalived,
+        )?;
+        // n2 has heard n1 for a few intervals and stays backup.
+        std::thread::sleep(Duration::from_millis(5 * interval_ms as u64));
+        anyhow::ensure!(!lab.has("n2", VIP), "n2 took the VIP while n1 was alive");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Vec<Instant>>> = Default::default();
+        let (st, se) = (stop.clone(), seen.clone());
+        let addr: SocketAddr = format!("{VIP}:9").parse()?;
+        let probe = lab.in_ns("client", move || {
+            let end = Instant::now() + Duration::from_secs(120);
+            while !st.load(Ordering::Relaxed) && Instant::now() < end {
+                let t = Instant::now();
+                // Any answer, even "refused", means the VIP is served.
+                let r = TcpStream::connect_timeout(&addr, Duration::from_millis(20));
+                if r.is_ok()
+                    || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    se.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+                }
+                std::thread::sleep(Duration::from_millis(10).saturating_sub(t.elapsed()));
+            }
+        });
+        let reachable_after = |t: Instant| {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|x| *x > t)
+        };
+        let t0 = Instant::now();
+        wait("client reaches the VIP", Duration::from_secs(10), || {
+            reachable_after(t0)
+        })?;
+        // Kill at a random phase of the advertisement cycle.
+        std::thread::sleep(Duration::from_millis((phase * interval_ms as f64) as u64));
+        lab.power_fail("n1");
+        let killed = Instant::now();
+        wait(
+            "client reaches the new master",
+            Duration::from_secs(60),
+            || reachable_after(killed),
+        )?;
+        let first = seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .find(|x| *x > killed);
+        stop.store(true, Ordering::Relaxed);
+        let _ = probe.join();
+        Ok(first.map(|f| f - killed).unwrap_or_default())
+    }
+}
+
+fn vip_outage(trials: usize, intervals: &[u32], json: &Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    println!("| advert interval | system | trials | min ms | median ms | max ms |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for &interval in intervals {
+        for keepalived in [false, true] {
+            let system = if keepalived { "keepalived" } else { "escd" };
+            let mut ms = Vec::new();
+            for t in 0..trials {
+                let phase = (t as f64 + 0.5) / trials as f64;
+                let d = vip::trial(interval, keepalived, phase)?;
+                eprintln!("{system} interval {interval} ms trial {t}: {d:?}");
+                ms.push(d.as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(|a, b| a.total_cmp(b));
+            let (min, med, max) = (ms[0], ms[ms.len() / 2], ms[ms.len() - 1]);
+            println!("| {interval} ms | {system} | {trials} | {min:.0} | {med:.0} | {max:.0} |");
+            rows.push(
+                serde_json::json!({"advert_interval_ms": interval, "system": system,
+                "trials_ms": ms, "min_ms": min, "median_ms": med, "max_ms": max}),
+            );
+        }
+    }
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let doc = serde_json::json!({"benchmark": "VIP outage seen by a client when the master loses power",
+        "probe_interval_ms": 10, "machine": machine(), "results": rows});
+    std::fs::write(json, serde_json::to_vec_pretty(&doc)?)?;
+    eprintln!("JSON written to {}", json.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -355,5 +555,10 @@ fn main() -> anyhow::Result<()> {
             json,
             postgres,
         } => rt.block_on(writes(duration_s, &clients, &json, postgres)),
+        Cmd::VipOutage {
+            trials,
+            intervals_ms,
+            json,
+        } => vip_outage(trials, &intervals_ms, &json),
     }
 }

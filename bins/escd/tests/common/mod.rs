@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-pub mod lab;
+#[allow(unused_imports)]
+pub use esc_lab as lab;
 
 use esc_node::admin::{request, AdminRequest};
 use std::net::{SocketAddr, TcpListener};

@@ -1,4 +1,4 @@
-//! Network namespaces for multi-host tests (the lab's rules: addresses only
+//! Network namespaces for multi-host tests and benchmarks (the lab's rules: addresses only
 //! from 192.0.2.0/24, a unique prefix per run, everything deleted and every
 //! process killed by PID on drop, even when the test fails).
 //!
@@ -31,6 +31,11 @@ impl Lab {
     /// A fresh lab, or None (test skipped, said on stderr) when not root.
     /// In CI (CI=true, root) a missing capability fails instead.
     pub fn new() -> Option<Lab> {
+        Self::with_prefix("et")
+    }
+
+    /// Like [`Lab::new`] with a chosen two-letter prefix (names stay unique per process).
+    pub fn with_prefix(tag: &str) -> Option<Lab> {
         if !nix::unistd::Uid::effective().is_root() {
             assert!(
                 std::env::var("CI").is_err(),
@@ -40,7 +45,7 @@ impl Lab {
             return None;
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("et{}x{n}", std::process::id() % 100_000);
+        let prefix = format!("{tag}{}x{n}", std::process::id() % 100_000);
         let mut lab = Lab {
             prefix,
             namespaces: Vec::new(),
@@ -171,6 +176,13 @@ impl Lab {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// Power failure of a host: every process killed and its link down at
+    /// once, so nothing of it (not even its kernel) answers any more.
+    pub fn power_fail(&mut self, host: &str) {
+        ip(&["-n", &self.ns(host), "link", "set", "eth0", "down"]);
+        self.kill_host(host);
     }
 
     /// Runs `f` on a thread inside a host namespace.
