@@ -36,6 +36,10 @@ pub type ConnId = u64;
 pub const CONN_QUEUE_FRAMES: usize = 4_096;
 /// Deadline for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame body accepted before authentication.
+pub const HANDSHAKE_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Handshakes in progress at once; more connections are closed at once.
+pub const HANDSHAKES_MAX: usize = 16;
 /// Deadline for a TCP connect to the peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -104,6 +108,12 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
     read_exact_or_truncated(r, &mut buf[1..HEADER_LEN], HEADER_LEN).await?;
     let header = FrameHeader::parse(buf)?;
+    // Before authentication a peer gets a few hundred bytes, not the
+    // 32 MiB an authenticated follower may send: nobody unauthenticated
+    // makes this node allocate.
+    if mac.is_none() && header.body_len > HANDSHAKE_BODY_BYTES_MAX {
+        return Err(FrameError::TooLarge(header.body_len).into());
+    }
     let total = header.frame_len();
     buf.resize(total, 0);
     read_exact_or_truncated(r, &mut buf[HEADER_LEN..], total).await?;
@@ -144,6 +154,7 @@ fn nonce() -> [u8; NONCE_LEN] {
 
 /// Accepts followers; only a primary keeps an authenticated one.
 pub async fn listen(ctx: NetCtx, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -153,8 +164,14 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Counters::bump(&ctx.counters.handshake_failures);
+            debug!(target: HA, %addr, "too many handshakes in progress; connection closed");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&ctx, stream, addr))
                 .await
