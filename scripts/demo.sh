@@ -25,8 +25,8 @@ trap cleanup EXIT INT TERM
 SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PASS=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
-R1=$(port 127.0.0.1); A1=$(port 127.0.0.1); R2=$(port 127.0.0.2); A2=$(port 127.0.0.2)
-conf() { # name ip repl api peer role
+R1=$(port 127.0.0.1); A1=$(port 127.0.0.1); H1=$(port 127.0.0.1); R2=$(port 127.0.0.2); A2=$(port 127.0.0.2); H2=$(port 127.0.0.2)
+conf() { # name ip repl api peer role health
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/esc.toml" <<TOML
 node_name = "$1"
@@ -47,14 +47,15 @@ log_retain_entries = 10000
 group_commit_entries_max = 1024
 [api]
 listen = "$2:$4"
+health_listen = "$2:$7"
 user = "admin"
 password = "$PASS"
 body_bytes_max = 1048576
 concurrency_max = 1024
 TOML
 }
-conf esc-1 127.0.0.1 "$R1" "$A1" "127.0.0.2:$R2" primary
-conf esc-2 127.0.0.2 "$R2" "$A2" "127.0.0.1:$R1" standby
+conf esc-1 127.0.0.1 "$R1" "$A1" "127.0.0.2:$R2" primary "$H1"
+conf esc-2 127.0.0.2 "$R2" "$A2" "127.0.0.1:$R1" standby "$H2"
 start() { ESC_LOG=warn "$BIN/escd" --home "$WORK/$1" --log-dir "$WORK/$1/log" 2>"$WORK/$1/stderr" & PIDS+=($!); }
 start esc-1; P1=${PIDS[0]}
 start esc-2

@@ -103,6 +103,7 @@ fn start(
     mode: &str,
 ) -> anyhow::Result<Daemon> {
     let home = tempfile::Builder::new().prefix("esc-bench-").tempdir()?;
+    let health = free_addr(&api.ip().to_string());
     let peer = peer
         .map(|p| format!("peer = \"{p}\"\n"))
         .unwrap_or_default();
@@ -113,7 +114,7 @@ fn start(
              initial_role = \"{role}\"\nsecret = \"{SECRET}\"\nasync_lag_entries_max = 10000\n\
              heartbeat_interval_ms = 100\npeer_timeout_ms = 2000\nbatch_entries_max = 1024\n\
              [store]\ndata_dir = \"data\"\nsnapshot_every_entries = 100000\nlog_retain_entries = 10000\n\
-             group_commit_entries_max = 1024\n[api]\nlisten = \"{api}\"\nuser = \"admin\"\n\
+             group_commit_entries_max = 1024\n[api]\nlisten = \"{api}\"\nhealth_listen = \"{health}\"\nuser = \"admin\"\n\
              password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n"
         ),
     )?;

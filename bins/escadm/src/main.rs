@@ -30,6 +30,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Health of this node: a PASS/FAIL line (exit 0 when the service is
+    /// provided, 1 when not, 3 when escd does not answer). `health.sh` calls this.
+    Health {
+        /// Print the JSON report (status_code, message, stage, checks).
+        #[arg(long)]
+        json: bool,
+    },
     /// High-availability commands.
     Ha {
         #[command(subcommand)]
@@ -136,9 +143,60 @@ fn print(resp: &AdminResponse, json: bool, verbose_out: bool) {
     }
 }
 
+fn health(home: &std::path::Path, json: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("escadm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(request(home, &AdminRequest::Health)) {
+        Ok(resp) => {
+            let r = resp.status.unwrap_or_default();
+            let code = r["status_code"].as_u64().unwrap_or(0);
+            let pass = (2000..3000).contains(&code);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                let verdict = if pass { "PASS" } else { "FAIL" };
+                println!(
+                    "ESC HEALTH {verdict}: {code} {}",
+                    r["message"].as_str().unwrap_or("")
+                );
+                for c in r["checks"].as_array().into_iter().flatten() {
+                    if c["ok"] != true {
+                        println!(
+                            "  {}: {}",
+                            c["name"].as_str().unwrap_or(""),
+                            c["detail"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            if pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            println!("ESC HEALTH FAIL: escd does not answer: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Cmd::Health { json } = args.cmd {
+        return health(&args.home, json);
+    }
     let (req, verbose_out, json) = match args.cmd {
+        Cmd::Health { .. } => unreachable!("handled above"),
         Cmd::Status { verbose, json } => (AdminRequest::Status { verbose }, verbose, json),
         Cmd::Ha {
             cmd: HaCmd::Promote { reason },

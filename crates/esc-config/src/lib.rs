@@ -300,6 +300,8 @@ pub struct StoreConfig {
 pub struct ApiConfig {
     /// REST listen address (default port 8080).
     pub listen: SocketAddr,
+    /// Health API listen address, `GET /esc/health` (default port 8060).
+    pub health_listen: SocketAddr,
     /// User name for HTTP basic authentication.
     pub user: String,
     /// Password; when absent one is generated at first start and written to
@@ -343,6 +345,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("static address"),
+            health_listen: "0.0.0.0:8060".parse().expect("static address"),
             user: "admin".into(),
             password: None,
             body_bytes_max: 1 << 20,
@@ -491,6 +494,12 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if a.health_listen == a.listen || a.health_listen == r.listen {
+            return Err(bad(
+                "api.health_listen",
+                "must differ from api.listen and replication.listen".into(),
+            ));
         }
         if a.listen == r.listen {
             return Err(bad(

@@ -26,6 +26,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdminRequest {
     Status { verbose: bool },
+    Health,
     Promote { reason: String },
     Demote { reason: String },
 }
@@ -105,6 +106,15 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
     while let Some(line) = lines.next_line().await? {
         let resp = match serde_json::from_str::<AdminRequest>(&line) {
             Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
+            Ok(AdminRequest::Health) => {
+                let peer = crate::health::peer_in_sync(&shared).await;
+                let report = crate::health::report(&shared, shared.api_addr, peer).await;
+                AdminResponse {
+                    ok: true,
+                    message: report.message.clone(),
+                    status: serde_json::to_value(&report).ok(),
+                }
+            }
             Ok(req) => {
                 let verbose = matches!(req, AdminRequest::Status { verbose: true });
                 if !matches!(req, AdminRequest::Status { .. }) {

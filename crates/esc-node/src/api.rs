@@ -108,6 +108,45 @@ pub async fn serve(
     }
 }
 
+/// Serves `GET /esc/health` (basic auth) until the task is aborted: 200
+/// with the report when the service is provided, 503 otherwise.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    cfg: ApiConfig,
+    password: String,
+) {
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
+    let state = ApiState {
+        shared,
+        auth: Arc::new(format!("Basic {token}")),
+        limit: Arc::new(Semaphore::new(16)),
+    };
+    let app = Router::new()
+        .route("/esc/health", get(health))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!("health API stopped: {e}");
+    }
+}
+
+async fn health(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    // Bounded: a flood of probes waits here instead of piling up checks.
+    let _permit = state.limit.acquire().await;
+    let peer = crate::health::peer_in_sync(&state.shared).await;
+    let report = crate::health::report(&state.shared, state.shared.api_addr, peer).await;
+    let code = if report.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, serde_json::to_value(&report).unwrap_or_default())
+}
+
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }

@@ -25,6 +25,7 @@
 //! - [`net`]: replication listener, dialer, handshake, connection tasks.
 //! - [`api`]: the northbound REST API (translation only).
 //! - [`admin`]: the admin socket and its protocol (used by `escadm`).
+//! - [`health`]: local health checks behind `/esc/health` and `escadm health`.
 //! - [`logging`]: `escmanager.log` and `escadm.log`.
 //! - [`metrics`]: counters shown by `escadm status --v`.
 //! - [`vrrp`]: the VRRP speaker's sockets, VIP and gratuitous ARP (own thread).
@@ -32,6 +33,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod net;

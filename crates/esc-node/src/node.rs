@@ -115,6 +115,8 @@ pub struct Shared {
     pub role: watch::Receiver<RoleInfo>,
     pub counters: Arc<Counters>,
     pub data_dir: PathBuf,
+    /// The northbound API's address (the health check connects to it).
+    pub api_addr: std::net::SocketAddr,
 }
 
 pub fn unix_ms() -> u64 {
@@ -219,6 +221,7 @@ pub async fn run(
         role: role_rx,
         counters: counters.clone(),
         data_dir: data_dir.clone(),
+        api_addr: cfg.api.listen,
     };
     // The VRRP speaker runs on its own thread; dropping the stopper at the
     // end sends priority 0 (if master) and removes the VIP.
@@ -230,6 +233,20 @@ pub async fn run(
         None => (None, None),
     };
     let password = api::password(&home, &cfg.api)?;
+    let health_listener = tokio::net::TcpListener::bind(cfg.api.health_listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for the health API on {}: {e}",
+                cfg.api.health_listen
+            )
+        })?;
+    tasks.spawn(api::serve_health(
+        health_listener,
+        shared.clone(),
+        cfg.api.clone(),
+        password.clone(),
+    ));
     tasks.spawn(api::serve(
         api_listener,
         shared.clone(),
@@ -542,6 +559,10 @@ impl Owner {
     fn on_admin(&mut self, req: AdminRequest) -> AdminResponse {
         match req {
             AdminRequest::Status { .. } => AdminResponse::ok("status", Some(self.status())),
+            // Answered by the admin task itself (it runs I/O checks).
+            AdminRequest::Health => {
+                AdminResponse::err("health is answered by the admin task".into())
+            }
             AdminRequest::Promote { reason } => {
                 info!(target: crate::logging::ADMIN, %reason, "escadm ha promote");
                 if self.core.role() == Role::Primary {

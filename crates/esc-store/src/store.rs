@@ -594,6 +594,15 @@ impl Store {
         Ok(result)
     }
 
+    /// Health probe: a durable write that touches nothing replicated (it
+    /// fails when the disk is full or failing, as real writes would).
+    pub fn probe_write(&self, now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert("health_probe_ms", now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// One deployment by name.
     pub fn deployment(&self, name: &str) -> Result<Option<Deployment>, StoreError> {
         let tx = self.db.begin_read()?;

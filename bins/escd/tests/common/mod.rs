@@ -28,6 +28,7 @@ pub struct NodeSpec {
     pub name: String,
     pub repl: SocketAddr,
     pub api: SocketAddr,
+    pub health: SocketAddr,
     pub peer: Option<SocketAddr>,
     pub role: &'static str,
     pub mode: &'static str,
@@ -42,6 +43,7 @@ impl NodeSpec {
             name: name.into(),
             repl: free_addr(ip),
             api: free_addr(ip),
+            health: free_addr(ip),
             peer: None,
             role,
             mode: "sync",
@@ -74,6 +76,7 @@ log_retain_entries = {retain}
 group_commit_entries_max = 1024
 [api]
 listen = "{api}"
+health_listen = "{health}"
 user = "admin"
 password = "{PASSWORD}"
 body_bytes_max = 1048576
@@ -87,6 +90,7 @@ concurrency_max = 1024
             snap = self.snapshot_every_entries,
             retain = self.log_retain_entries,
             api = self.api,
+            health = self.health,
         )
     }
 }

@@ -1,0 +1,174 @@
+//! Local health (issue 4, esc-facts "CLI and health"): what `GET
+//! /esc/health` on :8060, `escadm health` and `health.sh` report. Codes in
+//! the 2000s mean the service is provided (2010: provided, but the peer is
+//! not healthy or not connected); other codes mean it is not.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 2000 | services running |
+//! | 2010 | services running; the other node is not healthy or not in sync |
+//! | 5010 | the store does not accept writes |
+//! | 5020 | the data volume is (almost) full |
+//! | 5030 | the northbound API does not answer |
+
+use crate::node::{unix_ms, Shared};
+use esc_repl::Role;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Free space below which the node reports itself unhealthy.
+pub const DISK_FREE_BYTES_MIN: u64 = 64 << 20;
+/// Deadline of each check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The ESC-style health report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HealthReport {
+    pub status_code: u16,
+    pub message: String,
+    /// `INIT` (only configuration accepted) or `READY`.
+    pub stage: String,
+    pub checks: Vec<Check>,
+}
+
+impl HealthReport {
+    /// The service is provided.
+    pub fn healthy(&self) -> bool {
+        (2000..3000).contains(&self.status_code)
+    }
+}
+
+async fn store_writable(shared: &Shared) -> Check {
+    let store = shared.store.clone();
+    let r = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        tokio::task::spawn_blocking(move || store.probe_write(unix_ms())),
+    )
+    .await;
+    let (ok, detail) = match r {
+        Ok(Ok(Ok(()))) => (true, "durable write accepted".to_string()),
+        Ok(Ok(Err(e))) => (false, e.to_string()),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (false, format!("no answer within {CHECK_TIMEOUT:?}")),
+    };
+    Check {
+        name: "store".into(),
+        ok,
+        detail,
+    }
+}
+
+fn disk_space(shared: &Shared) -> Check {
+    match nix::sys::statvfs::statvfs(&shared.data_dir) {
+        Ok(s) => {
+            let free = s.blocks_available() * s.fragment_size();
+            Check {
+                name: "disk".into(),
+                ok: free >= DISK_FREE_BYTES_MIN,
+                detail: format!("{} MiB free on the data volume", free >> 20),
+            }
+        }
+        Err(e) => Check {
+            name: "disk".into(),
+            ok: false,
+            detail: format!("statvfs {}: {e}", shared.data_dir.display()),
+        },
+    }
+}
+
+async fn api_answers(api: SocketAddr) -> Check {
+    // Connect to our own API (0.0.0.0 means any local address).
+    let target = if api.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], api.port()))
+    } else {
+        api
+    };
+    let ok = matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(target)).await,
+        Ok(Ok(_))
+    );
+    Check {
+        name: "api".into(),
+        ok,
+        detail: if ok {
+            format!("{target} accepts connections")
+        } else {
+            format!("{target} does not accept connections")
+        },
+    }
+}
+
+/// Whether the peer is connected and in sync (None: no peer configured).
+pub async fn peer_in_sync(shared: &Shared) -> Option<bool> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = crate::admin::AdminRequest::Status { verbose: false };
+    shared
+        .events
+        .send(crate::node::Event::Admin { req, reply: tx })
+        .await
+        .ok()?;
+    let status = tokio::time::timeout(CHECK_TIMEOUT, rx)
+        .await
+        .ok()?
+        .ok()?
+        .status?;
+    if status["peer_address"].is_null() {
+        return None;
+    }
+    Some(status["replication"]["peer"]["in_sync"] == true)
+}
+
+/// Runs every check.
+pub async fn report(shared: &Shared, api: SocketAddr, peer_in_sync: Option<bool>) -> HealthReport {
+    let checks = vec![
+        store_writable(shared).await,
+        disk_space(shared),
+        api_answers(api).await,
+    ];
+    let failed = |n: &str| checks.iter().any(|c| c.name == n && !c.ok);
+    let role = shared.role.borrow().role;
+    let (status_code, message) = if failed("store") {
+        (
+            5010,
+            "ESC service is not running: the store does not accept writes".to_string(),
+        )
+    } else if failed("disk") {
+        (
+            5020,
+            "ESC service is not running: the data volume is full".to_string(),
+        )
+    } else if failed("api") {
+        (
+            5030,
+            "ESC service is not running: the API does not answer".to_string(),
+        )
+    } else if peer_in_sync == Some(false) {
+        (
+            2010,
+            "ESC services are running. One node in the cluster is not healthy or not in sync"
+                .into(),
+        )
+    } else {
+        (2000, "ESC services are running".to_string())
+    };
+    let stage = if role == Role::Primary || role == Role::Standby {
+        "READY"
+    } else {
+        "INIT"
+    };
+    HealthReport {
+        status_code,
+        message,
+        stage: stage.into(),
+        checks,
+    }
+}
