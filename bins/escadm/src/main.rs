@@ -37,6 +37,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply esc.toml to the running node (after `escadm ha set`); an
+    /// invalid file is refused and nothing changes.
+    Reload,
     /// High-availability commands.
     Ha {
         #[command(subcommand)]
@@ -58,6 +61,30 @@ enum HaCmd {
         /// Why, for escadm.log.
         #[arg(long, default_value = "escadm ha demote")]
         reason: String,
+    },
+    /// Configure this node as one of the HA pair, as the seed writes it:
+    /// `escadm ha set --kad_vip=<VIP> --kad_vif=<IF> --ha_node_list=<IP1> <IP2>`
+    /// (also `--kad_vip <VIP>` and `--kad_vip= <VIP>`). Validates, writes
+    /// esc.toml, changes nothing on an error; `escadm reload` applies it.
+    Set {
+        /// The virtual IP: `IP`, `IP/prefix` (default /24), optionally `:interface`.
+        #[arg(long = "kad_vip")]
+        kad_vip: String,
+        /// Interface for VRRP and the VIP.
+        #[arg(long = "kad_vif")]
+        kad_vif: Option<String>,
+        /// The two node addresses (this node's and its peer's), for replication.
+        #[arg(long = "ha_node_list", num_args = 1.., value_delimiter = ',', required = true)]
+        ha_node_list: Vec<String>,
+        /// VRRP router id (default: the VIP's last byte).
+        #[arg(long = "kad_vri")]
+        kad_vri: Option<u8>,
+        /// Unicast VRRP: this node's source address.
+        #[arg(long = "kad_unicast_src_ip")]
+        kad_unicast_src_ip: Option<String>,
+        /// Unicast VRRP: the peer address(es); adverts from others are ignored.
+        #[arg(long = "kad_unicast_peer", num_args = 1.., value_delimiter = ',')]
+        kad_unicast_peer: Vec<String>,
     },
 }
 
@@ -190,13 +217,133 @@ fn health(home: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+/// The seed writes `--kad_vip= <VIP>`: an option ending in `=` takes the
+/// next argument as its value.
+/// `--ha_node_list=<IP1> <IP2>` likewise takes the values that follow.
+fn seed_args() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = std::env::args().peekable();
+    while let Some(a) = it.next() {
+        let mut a = if a.starts_with("--") && a.ends_with('=') {
+            match it.next() {
+                Some(v) => format!("{a}{v}"),
+                None => a,
+            }
+        } else {
+            a
+        };
+        let multi = ["--ha_node_list=", "--kad_unicast_peer="];
+        if multi.iter().any(|m| a.starts_with(m)) {
+            while let Some(next) = it.next_if(|n| !n.starts_with('-')) {
+                a = format!("{a},{next}");
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// This host's IPv4 addresses.
+fn local_addresses() -> Vec<std::net::Ipv4Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|i| i.ip())))
+        .collect()
+}
+
+fn ha_set(home: &std::path::Path, set: esc_config::ha_set::HaSet) -> Result<String, String> {
+    use esc_config::Config;
+    let path = home.join(esc_config::CONFIG_FILE);
+    let mut config = Config::load(home).map_err(|e| e.to_string())?;
+    let mut notes = esc_config::ha_set::apply(&mut config, &set, &local_addresses(), |i| {
+        std::path::Path::new("/sys/class/net").join(i).exists()
+    })?;
+    // The link must be authenticated and there is no default secret: use
+    // the node's secret file, or make one to copy to the peer.
+    let mut generated = None;
+    if config.replication.secret.is_none() && config.replication.secret_file.is_none() {
+        let file = home.join("repl.secret");
+        if !file.exists() {
+            use rand::RngCore;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut key = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut key);
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+            writeln!(f, "{hex}").map_err(|e| e.to_string())?;
+            generated = Some(file.clone());
+        }
+        config.replication.secret_file = Some("repl.secret".into());
+    }
+    config.validate(&path).map_err(|e| e.to_string())?;
+    let text = toml::to_string(&config).map_err(|e| e.to_string())?;
+    let tmp = home.join("esc.toml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+    let _ = std::fs::copy(&path, home.join("esc.toml.bak"));
+    std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    if let Some(f) = generated {
+        notes.push(format!(
+            "generated the replication secret {}: copy it to the same path on the peer before `escadm reload`",
+            f.display()
+        ));
+    }
+    notes.push(format!(
+        "wrote {} (previous file kept as esc.toml.bak); apply it with `escadm reload`",
+        path.display()
+    ));
+    Ok(notes.join("\n"))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(seed_args());
+    if let Cmd::Ha {
+        cmd:
+            HaCmd::Set {
+                kad_vip,
+                kad_vif,
+                ha_node_list,
+                kad_vri,
+                kad_unicast_src_ip,
+                kad_unicast_peer,
+            },
+    } = args.cmd
+    {
+        let set = esc_config::ha_set::HaSet {
+            kad_vip,
+            kad_vif,
+            ha_node_list,
+            kad_vri,
+            kad_unicast_src_ip,
+            kad_unicast_peer,
+        };
+        return match ha_set(&args.home, set) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("escadm ha set: {e}\nescadm ha set: nothing was changed.");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Cmd::Health { json } = args.cmd {
         return health(&args.home, json);
     }
     let (req, verbose_out, json) = match args.cmd {
-        Cmd::Health { .. } => unreachable!("handled above"),
+        Cmd::Health { .. }
+        | Cmd::Ha {
+            cmd: HaCmd::Set { .. },
+        } => unreachable!("handled above"),
+        Cmd::Reload => (AdminRequest::Reload, false, false),
         Cmd::Status { verbose, json } => (AdminRequest::Status { verbose }, verbose, json),
         Cmd::Ha {
             cmd: HaCmd::Promote { reason },

@@ -61,7 +61,21 @@ fn main() -> ExitCode {
         config,
     };
     match rt.block_on(esc_node::run(opts, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(esc_node::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(esc_node::Exit::Reload) => {
+            // Same binary, same arguments, same PID: the new esc.toml applies.
+            drop(rt);
+            drop(_guard);
+            use std::os::unix::process::CommandExt;
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let err = std::process::Command::new(
+                std::env::current_exe().unwrap_or_else(|_| "escd".into()),
+            )
+            .args(args)
+            .exec();
+            eprintln!("escd: reload failed: {err}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("escd: {e:#}");
             ExitCode::FAILURE

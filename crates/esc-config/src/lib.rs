@@ -5,6 +5,8 @@
 //! in its name; unknown fields are refused; [`Config::validate`] says which
 //! field is wrong and what to do, so a node never starts half-configured.
 
+pub mod ha_set;
+
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

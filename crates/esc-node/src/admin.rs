@@ -27,6 +27,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AdminRequest {
     Status { verbose: bool },
     Health,
+    Reload,
     Promote { reason: String },
     Demote { reason: String },
 }
@@ -144,6 +145,11 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
         let mut out = serde_json::to_vec(&resp)?;
         out.push(b'\n');
         wr.write_all(&out).await?;
+        if resp.ok && resp.message.starts_with("reloading") {
+            // The operator has the answer; now the node may restart.
+            wr.flush().await?;
+            let _ = shared.events.send(Event::ReloadNow).await;
+        }
     }
     Ok(())
 }

@@ -41,4 +41,4 @@ pub mod node;
 mod sys;
 pub mod vrrp;
 
-pub use node::{run, NodeOptions};
+pub use node::{run, Exit, NodeOptions};

@@ -58,6 +58,8 @@ pub enum Event {
     StorageFailed {
         error: String,
     },
+    /// `escadm reload` was accepted and answered: restart with the new file.
+    ReloadNow,
 }
 
 /// Jobs for the storage worker, executed strictly in order.
@@ -127,10 +129,19 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Runs a node until `shutdown` resolves or a fatal error stops it.
+/// Why `run` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Shut down (signal).
+    Stopped,
+    /// `escadm reload`: the new esc.toml is valid; start again with it.
+    Reload,
+}
+
 pub async fn run(
     opts: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let cfg = opts.config;
     let home = opts.home;
     let data_dir = Config::resolve(&home, &cfg.store.data_dir);
@@ -270,6 +281,7 @@ pub async fn run(
         start: Instant::now(),
         last_transition: None,
         node_name: cfg.node_name.clone(),
+        home: home.clone(),
         peer_addr: r.peer,
         vrrp_status,
     };
@@ -288,12 +300,14 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
-            _ = &mut shutdown => break Ok(()),
+            _ = &mut shutdown => break Ok(Exit::Stopped),
             _ = tick.tick() => owner.input(Input::Tick),
             Some(ev) = net_rx.recv() => owner.on_net(ev),
             Some(ev) = events_rx.recv() => {
-                if let Err(e) = owner.on_event(ev) {
-                    break Err(e);
+                match owner.on_event(ev) {
+                    Err(e) => break Err(e),
+                    Ok(true) => break Ok(Exit::Reload),
+                    Ok(false) => {}
                 }
             }
         }
@@ -338,6 +352,7 @@ struct Owner {
     start: Instant,
     last_transition: Option<Transition>,
     node_name: String,
+    home: PathBuf,
     peer_addr: Option<std::net::SocketAddr>,
     vrrp_status: Option<watch::Receiver<Option<crate::vrrp::VrrpStatus>>>,
 }
@@ -527,7 +542,8 @@ impl Owner {
         }
     }
 
-    fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+    /// Handles one event; `Ok(true)` asks the node to reload.
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<bool> {
         match ev {
             Event::Propose { payload, reply } => {
                 self.next_token += 1;
@@ -552,8 +568,10 @@ impl Owner {
                 let resp = self.on_admin(req);
                 let _ = reply.send(resp);
             }
+            // Sent by the admin task once the operator has its answer.
+            Event::ReloadNow => return Ok(true),
         }
-        Ok(())
+        Ok(false)
     }
 
     fn on_admin(&mut self, req: AdminRequest) -> AdminResponse {
@@ -562,6 +580,30 @@ impl Owner {
             // Answered by the admin task itself (it runs I/O checks).
             AdminRequest::Health => {
                 AdminResponse::err("health is answered by the admin task".into())
+            }
+            AdminRequest::Reload => {
+                // Only a valid configuration is applied; otherwise nothing changes.
+                let checked = Config::load(&self.home)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| match &c.vrrp {
+                        Some(v) => v.check_host().map_err(|(f, m)| format!("{f}: {m}")),
+                        None => Ok(()),
+                    });
+                match checked {
+                    Ok(()) => {
+                        info!(target: crate::logging::ADMIN, "escadm reload: restarting with the new esc.toml");
+                        AdminResponse::ok(
+                            "reloading: escd restarts with the new configuration",
+                            None,
+                        )
+                    }
+                    Err(e) => {
+                        warn!(target: crate::logging::ADMIN, error = %e, "escadm reload refused");
+                        AdminResponse::err(format!(
+                            "the configuration is not valid, nothing changed: {e}"
+                        ))
+                    }
+                }
             }
             AdminRequest::Promote { reason } => {
                 info!(target: crate::logging::ADMIN, %reason, "escadm ha promote");
