@@ -37,6 +37,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Operation mode: maintenance refuses northbound writes (in-progress
+    /// ones finish); replicated, so it survives a switchover.
+    OpMode {
+        #[command(subcommand)]
+        cmd: OpModeCmd,
+    },
+    /// Northbound transactions in progress.
+    IpTrans,
     /// Apply esc.toml to the running node (after `escadm ha set`); an
     /// invalid file is refused and nothing changes.
     Reload,
@@ -45,6 +53,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HaCmd,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum OpModeCmd {
+    /// Set the mode (on the primary).
+    Set {
+        /// `maintenance` or `operation`.
+        #[arg(long, value_parser = ["maintenance", "operation"])]
+        mode: String,
+        /// Refuse maintenance while transactions are in progress.
+        #[arg(long = "ipt_check", default_value_t = false, action = clap::ArgAction::Set)]
+        ipt_check: bool,
+    },
+    /// Print `Operation Mode = MAINTENANCE` or `OPERATION`.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,6 +367,20 @@ fn main() -> ExitCode {
             cmd: HaCmd::Set { .. },
         } => unreachable!("handled above"),
         Cmd::Reload => (AdminRequest::Reload, false, false),
+        Cmd::OpMode {
+            cmd: OpModeCmd::Show,
+        } => (AdminRequest::OpModeShow, false, false),
+        Cmd::OpMode {
+            cmd: OpModeCmd::Set { mode, ipt_check },
+        } => {
+            let mode = if mode == "maintenance" {
+                esc_store::OpMode::Maintenance
+            } else {
+                esc_store::OpMode::Operation
+            };
+            (AdminRequest::OpModeSet { mode, ipt_check }, false, false)
+        }
+        Cmd::IpTrans => (AdminRequest::IpTrans, false, true),
         Cmd::Status { verbose, json } => (AdminRequest::Status { verbose }, verbose, json),
         Cmd::Ha {
             cmd: HaCmd::Promote { reason },
@@ -364,7 +401,18 @@ fn main() -> ExitCode {
     };
     match rt.block_on(request(&args.home, &req)) {
         Ok(resp) if resp.ok => {
-            if !matches!(req, AdminRequest::Status { .. }) {
+            if matches!(req, AdminRequest::IpTrans) {
+                println!("{}", resp.message);
+                if let Some(serde_json::Value::Object(m)) = &resp.status {
+                    for (tid, t) in m {
+                        println!(
+                            "  tid={tid} {} since {} ms",
+                            t["operation"].as_str().unwrap_or(""),
+                            t["since_unix_ms"]
+                        );
+                    }
+                }
+            } else if !matches!(req, AdminRequest::Status { .. }) {
                 println!("{}", resp.message);
             } else {
                 print(&resp, json, verbose_out);

@@ -343,3 +343,80 @@ fn standby_restart_catches_up_from_the_log_while_writes_flow() {
         );
     }
 }
+
+/// `escadm op_mode`: maintenance refuses northbound writes with 503 (reads
+/// still served), is replicated, and survives a switchover to the standby.
+#[test]
+fn maintenance_mode_is_replicated_and_survives_failover() {
+    use esc_store::OpMode;
+    let (mut a, b) = pair(|_| {});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+    let show = |n: &Node| n.admin(AdminRequest::OpModeShow).message;
+    assert_eq!(show(&a), "Operation Mode = OPERATION");
+    assert_eq!(
+        post(&rt, &c, &a.url("/v0/deployments"), None, &body(1)).status(),
+        201
+    );
+    let r = a.admin(AdminRequest::OpModeSet {
+        mode: OpMode::Maintenance,
+        ipt_check: true,
+    });
+    assert!(r.ok, "{}", r.message);
+    assert_eq!(show(&a), "Operation Mode = MAINTENANCE");
+    let r = post(&rt, &c, &a.url("/v0/deployments"), None, &body(2));
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let got = rt
+        .block_on(async {
+            c.get(a.url("/v0/deployments/d-00001"))
+                .basic_auth("admin", Some(PASSWORD))
+                .send()
+                .await
+        })
+        .unwrap();
+    assert_eq!(got.status(), 200, "reads are served in maintenance");
+    // The standby refuses to set it (the primary owns it) ...
+    assert!(
+        !b.admin(AdminRequest::OpModeSet {
+            mode: OpMode::Operation,
+            ipt_check: false
+        })
+        .ok
+    );
+    // ... and has it replicated: after a failover it is still in maintenance.
+    wait_until(Duration::from_secs(10), "mode replicated", || {
+        show(&b) == "Operation Mode = MAINTENANCE"
+    });
+    a.kill();
+    assert!(
+        b.admin(AdminRequest::Promote {
+            reason: "test".into()
+        })
+        .ok
+    );
+    wait_until(Duration::from_secs(10), "b primary", || {
+        b.status()["role"] == "primary"
+    });
+    assert_eq!(show(&b), "Operation Mode = MAINTENANCE");
+    assert_eq!(
+        post(&rt, &c, &b.url("/v0/deployments"), None, &body(3)).status(),
+        503
+    );
+    assert!(
+        b.admin(AdminRequest::OpModeSet {
+            mode: OpMode::Operation,
+            ipt_check: false
+        })
+        .ok
+    );
+    assert_eq!(
+        post(&rt, &c, &b.url("/v0/deployments"), None, &body(3)).status(),
+        201
+    );
+    let t = b.admin(AdminRequest::IpTrans);
+    assert!(t.ok && t.message.ends_with("in progress"), "{}", t.message);
+}

@@ -25,11 +25,26 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdminRequest {
-    Status { verbose: bool },
+    Status {
+        verbose: bool,
+    },
     Health,
     Reload,
-    Promote { reason: String },
-    Demote { reason: String },
+    /// Set the replicated operation mode; with `ipt_check`, entering
+    /// maintenance is refused while transactions are in progress.
+    OpModeSet {
+        mode: esc_store::OpMode,
+        ipt_check: bool,
+    },
+    OpModeShow,
+    /// Northbound transactions in progress.
+    IpTrans,
+    Promote {
+        reason: String,
+    },
+    Demote {
+        reason: String,
+    },
 }
 
 /// The node's answer.
@@ -116,6 +131,26 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
                     status: serde_json::to_value(&report).ok(),
                 }
             }
+            Ok(AdminRequest::OpModeShow) => match shared.store.op_mode() {
+                Ok(m) => AdminResponse::ok(&format!("Operation Mode = {}", m.word()), None),
+                Err(e) => AdminResponse::err(e.to_string()),
+            },
+            Ok(AdminRequest::IpTrans) => {
+                let list = shared
+                    .inflight
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default();
+                AdminResponse {
+                    ok: true,
+                    message: format!("{} transaction(s) in progress", list.len()),
+                    status: serde_json::to_value(&list).ok(),
+                }
+            }
+            Ok(AdminRequest::OpModeSet { mode, ipt_check }) => {
+                info!(target: ADMIN, ?mode, ipt_check, "escadm op_mode set");
+                set_op_mode(&shared, mode, ipt_check).await
+            }
             Ok(req) => {
                 let verbose = matches!(req, AdminRequest::Status { verbose: true });
                 if !matches!(req, AdminRequest::Status { .. }) {
@@ -152,6 +187,48 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Proposes the mode change through the replicated log, like a write, so
+/// it survives a switchover.
+async fn set_op_mode(shared: &Shared, mode: esc_store::OpMode, ipt_check: bool) -> AdminResponse {
+    if shared.role.borrow().role != esc_repl::Role::Primary {
+        return AdminResponse::err(
+            "this node is standby: set the operation mode on the primary (it is replicated)".into(),
+        );
+    }
+    if ipt_check && mode == esc_store::OpMode::Maintenance {
+        let busy = shared.inflight.lock().map(|m| m.len()).unwrap_or(0);
+        if busy > 0 {
+            return AdminResponse::err(format!(
+                "{busy} transaction(s) in progress (escadm ip_trans): maintenance refused by --ipt_check"
+            ));
+        }
+    }
+    let tid = uuid::Uuid::new_v4().to_string();
+    let cmd = esc_store::Command {
+        tid: tid.clone(),
+        idempotency_key: None,
+        fingerprint: String::new(),
+        at_ms: crate::node::unix_ms(),
+        op: esc_store::Op::SetOpMode { mode },
+    };
+    let (tx, rx) = oneshot::channel();
+    let payload = serde_json::to_vec(&cmd).expect("command to JSON");
+    if shared
+        .events
+        .send(Event::Propose { payload, reply: tx })
+        .await
+        .is_err()
+    {
+        return AdminResponse::err("node stopping".into());
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(Ok(_))) => AdminResponse::ok(&format!("Operation Mode = {}", mode.word()), None),
+        _ => AdminResponse::err(format!(
+            "the mode change (tid {tid}) did not commit in time: check `escadm op_mode show`"
+        )),
+    }
 }
 
 /// Adds the state digest and size, computed off the owner task.

@@ -238,6 +238,43 @@ fn render(outcome: Outcome, replayed: bool) -> Response {
     r
 }
 
+/// Registers a transaction in `Shared::inflight` for its lifetime.
+struct InFlightGuard {
+    map: Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::node::InFlight>>>,
+    tid: String,
+}
+
+impl InFlightGuard {
+    fn new(shared: &Shared, tid: &str, op: &Op) -> InFlightGuard {
+        let operation = match op {
+            Op::CreateDeployment { name, .. } => format!("create deployment {name}"),
+            Op::DeleteDeployment { name } => format!("delete deployment {name}"),
+            Op::SetOpMode { mode } => format!("set operation mode {mode:?}"),
+        };
+        if let Ok(mut m) = shared.inflight.lock() {
+            m.insert(
+                tid.to_string(),
+                crate::node::InFlight {
+                    operation,
+                    since_unix_ms: unix_ms(),
+                },
+            );
+        }
+        InFlightGuard {
+            map: shared.inflight.clone(),
+            tid: tid.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&self.tid);
+        }
+    }
+}
+
 /// Runs one write: idempotency check, proposal, wait for the commit.
 async fn write(
     state: &ApiState,
@@ -256,6 +293,20 @@ async fn write(
             &tid,
         );
     }
+    // Maintenance (esc-facts): northbound writes refused, in-progress ones finish.
+    if let Ok(esc_store::OpMode::Maintenance) = state.shared.store.op_mode() {
+        let mut r = json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "error": "unavailable temporarily: the controller is in maintenance mode",
+                "op_mode": "maintenance",
+            }),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return with_tid(r, &tid);
+    }
+    let _inflight = InFlightGuard::new(&state.shared, &tid, &op);
     if let Some(k) = &key {
         let store = state.shared.store.clone();
         let k2 = k.clone();

@@ -119,6 +119,15 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// The northbound API's address (the health check connects to it).
     pub api_addr: std::net::SocketAddr,
+    /// Northbound transactions in progress, by transaction id (`escadm ip_trans`).
+    pub inflight: Arc<std::sync::Mutex<std::collections::BTreeMap<String, InFlight>>>,
+}
+
+/// One northbound transaction in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    pub operation: String,
+    pub since_unix_ms: u64,
 }
 
 pub fn unix_ms() -> u64 {
@@ -233,6 +242,7 @@ pub async fn run(
         counters: counters.clone(),
         data_dir: data_dir.clone(),
         api_addr: cfg.api.listen,
+        inflight: Default::default(),
     };
     // The VRRP speaker runs on its own thread; dropping the stopper at the
     // end sends priority 0 (if master) and removes the VIP.
@@ -578,9 +588,10 @@ impl Owner {
         match req {
             AdminRequest::Status { .. } => AdminResponse::ok("status", Some(self.status())),
             // Answered by the admin task itself (it runs I/O checks).
-            AdminRequest::Health => {
-                AdminResponse::err("health is answered by the admin task".into())
-            }
+            AdminRequest::Health
+            | AdminRequest::OpModeSet { .. }
+            | AdminRequest::OpModeShow
+            | AdminRequest::IpTrans => AdminResponse::err("answered by the admin task".into()),
             AdminRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)

@@ -26,5 +26,5 @@
 pub mod state;
 mod store;
 
-pub use state::{Command, Deployment, Op, Outcome};
+pub use state::{Command, Deployment, Op, OpMode, Outcome};
 pub use store::{Batch, BatchResult, LogMeta, Store, StoreError, SNAPSHOT_TABLES};

@@ -39,6 +39,30 @@ pub enum Op {
     DeleteDeployment {
         name: String,
     },
+    /// The operation mode (esc-facts: `escadm op_mode`); replicated, so it
+    /// survives a switchover.
+    SetOpMode {
+        mode: OpMode,
+    },
+}
+
+/// Operation mode: in maintenance, northbound writes are refused
+/// ("unavailable temporarily") and transactions in progress finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpMode {
+    Operation,
+    Maintenance,
+}
+
+impl OpMode {
+    /// As `escadm op_mode show` prints it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            OpMode::Operation => "OPERATION",
+            OpMode::Maintenance => "MAINTENANCE",
+        }
+    }
 }
 
 /// A deployment as stored and as the API returns it.

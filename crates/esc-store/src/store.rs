@@ -7,7 +7,7 @@
 //! - `deployments`: name -> [`Deployment`] JSON.
 //! - `idempotency`: key -> [`IdempotencyRecord`] JSON.
 
-use crate::state::{Command, Deployment, IdempotencyRecord, Op, Outcome};
+use crate::state::{Command, Deployment, IdempotencyRecord, Op, OpMode, Outcome};
 use esc_wire::entry::EntryError;
 use esc_wire::{Entry, SnapshotItem, Table};
 use redb::{
@@ -23,9 +23,13 @@ const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+/// Key of the operation mode in the settings table.
+const K_OP_MODE: &str = "op_mode";
 
 /// The state tables a snapshot carries.
-pub const SNAPSHOT_TABLES: [Table; 2] = [Table::Deployments, Table::Idempotency];
+pub const SNAPSHOT_TABLES: [Table; 3] = [Table::Deployments, Table::Idempotency, Table::Settings];
 
 const K_EPOCH: &str = "epoch";
 const K_APPLIED: &str = "applied_index";
@@ -176,6 +180,7 @@ impl Store {
             tx.open_table(META)?;
             tx.open_table(DEPLOYMENTS)?;
             tx.open_table(IDEMPOTENCY)?;
+            tx.open_table(SETTINGS)?;
         }
         tx.commit()?;
         let mut store = Store {
@@ -469,6 +474,7 @@ impl Store {
                 if up_to > m.applied_index {
                     let mut deployments = tx.open_table(DEPLOYMENTS)?;
                     let mut idem = tx.open_table(IDEMPOTENCY)?;
+                    let mut settings = tx.open_table(SETTINGS)?;
                     for item in log.range(m.applied_index + 1..=up_to)? {
                         let (_, v) = item?;
                         let e = Entry::from_bytes(v.value())?;
@@ -478,7 +484,7 @@ impl Store {
                                 message: err.to_string(),
                             }
                         })?;
-                        let outcome = apply(&cmd, &mut deployments, &mut idem)?;
+                        let outcome = apply(&cmd, &mut deployments, &mut idem, &mut settings)?;
                         result.outcomes.push((e.index, outcome));
                     }
                     m.applied_index = up_to;
@@ -530,6 +536,7 @@ impl Store {
         for (table, def) in [
             (Table::Deployments, DEPLOYMENTS),
             (Table::Idempotency, IDEMPOTENCY),
+            (Table::Settings, SETTINGS),
         ] {
             let t = tx.open_table(def)?;
             for item in t.iter()? {
@@ -574,12 +581,15 @@ impl Store {
             deployments.retain(|_, _| false)?;
             let mut idem = tx.open_table(IDEMPOTENCY)?;
             idem.retain(|_, _| false)?;
+            let mut settings = tx.open_table(SETTINGS)?;
+            settings.retain(|_, _| false)?;
             for it in items {
                 match it.table {
                     Table::Deployments => {
                         deployments.insert(it.key.as_str(), it.value.as_slice())?
                     }
                     Table::Idempotency => idem.insert(it.key.as_str(), it.value.as_slice())?,
+                    Table::Settings => settings.insert(it.key.as_str(), it.value.as_slice())?,
                 };
             }
             let mut meta = tx.open_table(META)?;
@@ -601,6 +611,17 @@ impl Store {
         tx.open_table(META)?.insert("health_probe_ms", now_ms)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The replicated operation mode (default: operation).
+    pub fn op_mode(&self) -> Result<OpMode, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SETTINGS)?;
+        let found = t.get(K_OP_MODE)?;
+        match found {
+            Some(v) => decode_json(v.value()),
+            None => Ok(OpMode::Operation),
+        }
     }
 
     /// One deployment by name.
@@ -667,7 +688,7 @@ impl Store {
         let meta = tx.open_table(META)?;
         let applied = meta_get(&meta, K_APPLIED)?;
         let mut h = Sha256::new();
-        for def in [DEPLOYMENTS, IDEMPOTENCY] {
+        for def in [DEPLOYMENTS, IDEMPOTENCY, SETTINGS] {
             let t = tx.open_table(def)?;
             for item in t.iter()? {
                 let (k, v) = item?;
@@ -695,6 +716,7 @@ fn apply(
     cmd: &Command,
     deployments: &mut redb::Table<&str, &[u8]>,
     idem: &mut redb::Table<&str, &[u8]>,
+    settings: &mut redb::Table<&str, &[u8]>,
 ) -> Result<Outcome, StoreError> {
     if let Some(key) = &cmd.idempotency_key {
         let previous = idem.get(key.as_str())?.map(|v| v.value().to_vec());
@@ -722,6 +744,14 @@ fn apply(
                     body: serde_json::to_value(&d).expect("deployment to JSON"),
                     tid: cmd.tid.clone(),
                 }
+            }
+        }
+        Op::SetOpMode { mode } => {
+            settings.insert(K_OP_MODE, encode_json(mode).as_slice())?;
+            Outcome {
+                status: 200,
+                body: serde_json::json!({ "op_mode": mode }),
+                tid: cmd.tid.clone(),
             }
         }
         Op::DeleteDeployment { name } => {

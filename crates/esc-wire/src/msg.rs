@@ -23,6 +23,8 @@ pub const SNAPSHOT_CHUNK_ITEMS_MAX: usize = 4_096;
 pub enum Table {
     Deployments,
     Idempotency,
+    /// Replicated settings (the operation mode).
+    Settings,
 }
 
 /// One key/value of the materialized state, in a snapshot.
