@@ -118,7 +118,20 @@ fn summary(status: &serde_json::Value) -> String {
         "standby" => "Standby",
         _ => "Unknown",
     };
-    format!("0 ESC status=0 ESC {word} Healthy")
+    match status["health"]["status_code"].as_u64() {
+        Some(code) if !(2000..3000).contains(&code) => format!(
+            "1 ESC status=1 ESC {word} Unhealthy: {code} {}",
+            status["health"]["message"].as_str().unwrap_or("")
+        ),
+        _ => format!("0 ESC status=0 ESC {word} Healthy"),
+    }
+}
+
+/// Whether a status (with its health) says the node serves its role.
+fn healthy(status: &serde_json::Value) -> bool {
+    status["health"]["status_code"]
+        .as_u64()
+        .is_none_or(|c| (2000..3000).contains(&c))
 }
 
 fn verbose(status: &serde_json::Value) -> String {
@@ -132,6 +145,11 @@ fn verbose(status: &serde_json::Value) -> String {
         ),
         format!("role:            {}", status["role"].as_str().unwrap_or("")),
         format!("epoch:           {}", status["epoch"]),
+        format!(
+            "health:          {} {}",
+            status["health"]["status_code"],
+            status["health"]["message"].as_str().unwrap_or("")
+        ),
         format!(
             "replication:     mode={} last_index={} durable={} commit={} snapshot={}",
             r["mode"].as_str().unwrap_or(""),
@@ -399,7 +417,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(request(&args.home, &req)) {
+    let answer = rt.block_on(async {
+        let mut resp = request(&args.home, &req).await?;
+        // The status line carries the node's health (one line, one exit code).
+        if let AdminRequest::Status { .. } = req {
+            if let Ok(h) = request(&args.home, &AdminRequest::Health).await {
+                if let (Some(serde_json::Value::Object(m)), Some(report)) =
+                    (resp.status.as_mut(), h.status)
+                {
+                    m.insert("health".into(), report);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(resp)
+    });
+    match answer {
         Ok(resp) if resp.ok => {
             if matches!(req, AdminRequest::IpTrans) {
                 println!("{}", resp.message);
@@ -416,6 +448,9 @@ fn main() -> ExitCode {
                 println!("{}", resp.message);
             } else {
                 print(&resp, json, verbose_out);
+                if !resp.status.as_ref().is_none_or(healthy) {
+                    return ExitCode::from(1);
+                }
             }
             ExitCode::SUCCESS
         }

@@ -97,6 +97,22 @@ fn health_api_and_a_full_volume() {
     });
     let (code, _) = http_health(&n, true);
     assert_eq!(code, 503);
+    // `escadm status` says so in its one line and its exit code.
+    let escadm = std::path::Path::new(env!("CARGO_BIN_EXE_escd")).with_file_name("escadm");
+    if escadm.exists() {
+        let out = Command::new(&escadm)
+            .arg("--home")
+            .arg(&n.home)
+            .arg("status")
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{line}");
+        assert!(
+            line.starts_with("1 ESC status=1 ESC Primary Unhealthy"),
+            "{line}"
+        );
+    }
     std::fs::remove_file(&filler).unwrap();
     wait_until(Duration::from_secs(10), "healthy again", || {
         health(&n)["status_code"] == 2000
