@@ -211,16 +211,21 @@ fn print(resp: &AdminResponse, json: bool, verbose_out: bool) {
     }
 }
 
-fn health(home: &std::path::Path, json: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// A small runtime for one admin request.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("escadm: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+fn health(home: &std::path::Path, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     match rt.block_on(request(home, &AdminRequest::Health)) {
         Ok(resp) => {
@@ -407,15 +412,9 @@ fn main() -> ExitCode {
             cmd: HaCmd::Demote { reason },
         } => (AdminRequest::Demote { reason }, false, false),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("escadm: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let answer = rt.block_on(async {
         let mut resp = request(&args.home, &req).await?;

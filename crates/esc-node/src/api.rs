@@ -52,6 +52,19 @@ struct ApiState {
     limit: Arc<Semaphore>,
 }
 
+impl ApiState {
+    /// Credentials from the config; at most `concurrency` requests at once.
+    fn new(shared: Shared, cfg: &ApiConfig, password: &str, concurrency: usize) -> ApiState {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
+        ApiState {
+            shared,
+            auth: Arc::new(format!("Basic {token}")),
+            limit: Arc::new(Semaphore::new(concurrency)),
+        }
+    }
+}
+
 /// The API password: from the config, or generated once (0600 file).
 pub fn password(home: &Path, cfg: &ApiConfig) -> anyhow::Result<String> {
     if let Some(p) = &cfg.password {
@@ -91,13 +104,7 @@ pub async fn serve(
     cfg: ApiConfig,
     password: String,
 ) {
-    let token =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
-    let state = ApiState {
-        shared,
-        auth: Arc::new(format!("Basic {token}")),
-        limit: Arc::new(Semaphore::new(cfg.concurrency_max)),
-    };
+    let state = ApiState::new(shared, &cfg, &password, cfg.concurrency_max);
     let app = Router::new()
         .route("/v0/deployments", get(list).post(create))
         .route("/v0/deployments/{name}", get(fetch).delete(remove))
@@ -116,13 +123,7 @@ pub async fn serve_health(
     cfg: ApiConfig,
     password: String,
 ) {
-    let token =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
-    let state = ApiState {
-        shared,
-        auth: Arc::new(format!("Basic {token}")),
-        limit: Arc::new(Semaphore::new(16)),
-    };
+    let state = ApiState::new(shared, &cfg, &password, 16);
     let app = Router::new()
         .route("/esc/health", get(health))
         .with_state(state);
