@@ -12,7 +12,10 @@ use std::time::Duration;
 
 fn escadm() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_escd")).with_file_name("escadm");
-    assert!(p.exists(), "build escadm too (cargo test --workspace)");
+    assert!(
+        p.exists(),
+        "build escadm first: scripts/test.sh does (cargo build --workspace --bins)"
+    );
     p
 }
 

@@ -99,7 +99,8 @@ fn health_api_and_a_full_volume() {
     assert_eq!(code, 503);
     // `escadm status` says so in its one line and its exit code.
     let escadm = std::path::Path::new(env!("CARGO_BIN_EXE_escd")).with_file_name("escadm");
-    if escadm.exists() {
+    assert!(escadm.exists(), "build escadm first: scripts/test.sh does");
+    {
         let out = Command::new(&escadm)
             .arg("--home")
             .arg(&n.home)
