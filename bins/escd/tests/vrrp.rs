@@ -191,6 +191,12 @@ fn sigkill_of_the_master_moves_the_vip() {
     wait_until(Duration::from_secs(10), "stale VIP removed", || {
         !lab.has("esc1", VIP)
     });
+    // Its speaker reports its first state, then keeps it.
+    wait_until(
+        Duration::from_secs(10),
+        "restored node reports a state",
+        || !vrrp_state(&a.home).is_empty(),
+    );
     let until = Instant::now() + Duration::from_millis(4 * MDI_100_MS);
     while Instant::now() < until {
         assert_eq!(
