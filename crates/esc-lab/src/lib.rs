@@ -9,9 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+/// One lab at a time per process: timing-sensitive protocols (VRRP at
+/// 100 ms) must not compete with a second lab for two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub struct Lab {
     pub prefix: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
     namespaces: Vec<String>,
     children: Vec<Child>,
 }
@@ -44,10 +48,12 @@ impl Lab {
             eprintln!("skipped: network namespace tests need root");
             return None;
         }
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{tag}{}x{n}", std::process::id() % 100_000);
         let mut lab = Lab {
             prefix,
+            _serial: serial,
             namespaces: Vec::new(),
             children: Vec::new(),
         };
