@@ -57,6 +57,11 @@ pub struct VrrpStatus {
 pub fn spawn(cfg: VrrpConfig) -> anyhow::Result<(watch::Receiver<Option<VrrpStatus>>, Stopper)> {
     cfg.check_host()
         .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+    // Fail at start, not later on the speaker's thread: without a raw
+    // socket the node would run without VRRP (half-configured).
+    Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO))).map_err(|e| {
+        anyhow::anyhow!("the [vrrp] section needs a raw socket (run as root / CAP_NET_RAW): {e}")
+    })?;
     let (status_tx, status_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
