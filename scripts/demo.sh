@@ -82,6 +82,10 @@ show() { printf '%6.1fs  esc-1=%-8s esc-2=%-8s acknowledged writes=%s\n' "$1" "$
 for t in $(seq 1 10); do show "$(echo "$t*0.3" | bc)"; sleep 0.3; done
 echo "== power failure of the primary esc-1 (SIGKILL)"
 kill -9 "$P1"; T0=$(date +%s%N); wait "$P1" 2>/dev/null || true
+# As an operator would: once esc-2 sees its link to esc-1 gone (it then
+# knows whether it held every committed write), promote it.
+peer_gone() { "$BIN/escadm" --home "$WORK/esc-2" status --json | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["status"]["replication"]["peer"]["connected"] else 1)'; }
+for _ in $(seq 500); do peer_gone && break; sleep 0.01; done
 "$BIN/escadm" --home "$WORK/esc-2" ha promote --reason "demo: esc-1 lost power" >/dev/null
 N0=$(wc -l < "$ACKED")
 until [ "$(wc -l < "$ACKED")" -gt "$N0" ]; do sleep 0.01; done

@@ -78,6 +78,10 @@ enum HaCmd {
         /// Why, for escadm.log.
         #[arg(long, default_value = "escadm ha promote")]
         reason: String,
+        /// Promote even if this node may be outdated or the primary is
+        /// still connected (can lose acknowledged writes).
+        #[arg(long)]
+        force: bool,
     },
     /// Make this node standby now; in-flight writes end "outcome unknown".
     Demote {
@@ -406,8 +410,8 @@ fn main() -> ExitCode {
         Cmd::IpTrans => (AdminRequest::IpTrans, false, true),
         Cmd::Status { verbose, json } => (AdminRequest::Status { verbose }, verbose, json),
         Cmd::Ha {
-            cmd: HaCmd::Promote { reason },
-        } => (AdminRequest::Promote { reason }, false, false),
+            cmd: HaCmd::Promote { reason, force },
+        } => (AdminRequest::Promote { reason, force }, false, false),
         Cmd::Ha {
             cmd: HaCmd::Demote { reason },
         } => (AdminRequest::Demote { reason }, false, false),

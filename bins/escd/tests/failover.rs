@@ -170,8 +170,20 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     );
 
     // --- failover: promote the standby
+    // As an operator would: see the link to the dead primary gone first.
+    wait_until(
+        Duration::from_secs(10),
+        "standby sees the primary gone",
+        || b.status()["replication"]["peer"]["connected"] == false,
+    );
+    assert_eq!(
+        b.status()["replication"]["promotion_blocker"],
+        serde_json::Value::Null,
+        "the standby was in sync: promotion is safe"
+    );
     let r = b.admin(AdminRequest::Promote {
         reason: "test: primary killed".into(),
+        force: false,
     });
     assert!(r.ok, "{}", r.message);
     wait_until(Duration::from_secs(10), "standby promoted", || {
@@ -391,13 +403,28 @@ fn maintenance_mode_is_replicated_and_survives_failover() {
     wait_until(Duration::from_secs(10), "mode replicated", || {
         show(&b) == "Operation Mode = MAINTENANCE"
     });
-    a.kill();
+    // Promoting while the primary is alive is refused (two primaries) ...
+    let r = b.admin(AdminRequest::Promote {
+        reason: "test".into(),
+        force: false,
+    });
     assert!(
-        b.admin(AdminRequest::Promote {
-            reason: "test".into()
-        })
-        .ok
+        !r.ok && r.message.contains("still connected"),
+        "{}",
+        r.message
     );
+    a.kill();
+    wait_until(
+        Duration::from_secs(10),
+        "standby sees the primary gone",
+        || b.status()["replication"]["peer"]["connected"] == false,
+    );
+    // ... and allowed once it is gone, the standby having been in sync.
+    let r = b.admin(AdminRequest::Promote {
+        reason: "test".into(),
+        force: false,
+    });
+    assert!(r.ok, "{}", r.message);
     wait_until(Duration::from_secs(10), "b primary", || {
         b.status()["role"] == "primary"
     });

@@ -39,8 +39,12 @@ pub enum AdminRequest {
     OpModeShow,
     /// Northbound transactions in progress.
     IpTrans,
+    /// Promote; refused when it could lose writes or make two primaries,
+    /// unless `force` (the operator takes that risk knowingly).
     Promote {
         reason: String,
+        #[serde(default)]
+        force: bool,
     },
     Demote {
         reason: String,

@@ -616,10 +616,19 @@ impl Owner {
                     }
                 }
             }
-            AdminRequest::Promote { reason } => {
-                info!(target: crate::logging::ADMIN, %reason, "escadm ha promote");
+            AdminRequest::Promote { reason, force } => {
+                info!(target: crate::logging::ADMIN, %reason, force, "escadm ha promote");
                 if self.core.role() == Role::Primary {
                     return AdminResponse::ok("already primary", Some(self.status()));
+                }
+                if let Some(why) = self.core.promotion_blocker() {
+                    if !force {
+                        warn!(target: crate::logging::ADMIN, %why, "promotion refused");
+                        return AdminResponse::err(format!(
+                            "promotion refused: {why}. Check `escadm status --v`; `--force` promotes anyway"
+                        ));
+                    }
+                    warn!(target: crate::logging::ADMIN, %why, "promotion forced by the operator");
                 }
                 self.input(Input::Promote {
                     reason: format!("operator: {reason}"),

@@ -172,6 +172,8 @@ struct Upstream {
     snapshot: Option<(u64, u64)>,
     /// We asked for a snapshot because our applied state diverged.
     diverged: bool,
+    /// The primary's commit index, as last heard.
+    primary_commit: u64,
 }
 
 /// What `escadm status --v` shows of the peer.
@@ -197,6 +199,8 @@ pub struct ReplStatus {
     pub pending_writes: usize,
     /// Primary: the follower. Standby: the link to the primary.
     pub peer: PeerStatus,
+    /// Standby: why `escadm ha promote` would be refused (none: safe).
+    pub promotion_blocker: Option<String>,
 }
 
 /// The replication core of one node.
@@ -218,6 +222,9 @@ pub struct Core {
     /// connection): until it is done, the log view is about to be replaced,
     /// so no entry may be accepted against it.
     installing: Option<ConnId>,
+    /// Whether this standby held every entry the primary had committed when
+    /// it last heard it (None: it has not followed a primary since start).
+    in_sync_at_loss: Option<bool>,
     now_ms: u64,
 }
 
@@ -240,6 +247,7 @@ impl Core {
             peer: None,
             upstream: None,
             installing: None,
+            in_sync_at_loss: None,
             now_ms: 0,
         }
     }
@@ -387,7 +395,7 @@ impl Core {
                     conn: u.conn,
                     reason: format!("primary silent for more than {timeout} ms"),
                 });
-                self.upstream = None;
+                self.lose_upstream();
                 return;
             }
         }
@@ -606,6 +614,7 @@ impl Core {
                     ack_after_persist: None,
                     snapshot: None,
                     diverged: false,
+                    primary_commit: 0,
                 });
                 out.push(Output::Send {
                     conn,
@@ -627,7 +636,44 @@ impl Core {
             self.advance_commit(out);
         }
         if self.upstream.as_ref().is_some_and(|u| u.conn == conn) {
-            self.upstream = None;
+            self.lose_upstream();
+        }
+    }
+
+    /// The link to the primary is gone: remember whether we were in sync.
+    fn lose_upstream(&mut self) {
+        if let Some(u) = self.upstream.take() {
+            self.in_sync_at_loss = Some(self.upstream_in_sync(&u));
+        }
+    }
+
+    fn upstream_in_sync(&self, u: &Upstream) -> bool {
+        u.matched_index >= u.primary_commit && self.durable_index >= u.primary_commit
+    }
+
+    /// Why promoting this node now could lose acknowledged writes or make a
+    /// second primary; `None` when it is safe (architecture section 2:
+    /// "a standby promotes only if its copy was in sync").
+    pub fn promotion_blocker(&self) -> Option<String> {
+        if self.role == Role::Primary {
+            return None;
+        }
+        if let Some(u) = &self.upstream {
+            return Some(format!(
+                "the primary is still connected (commit index {}): demote it first",
+                u.primary_commit
+            ));
+        }
+        match self.in_sync_at_loss {
+            Some(true) => None,
+            Some(false) => Some(
+                "this node was behind the primary when the link was lost: it may miss acknowledged writes"
+                    .into(),
+            ),
+            None => Some(
+                "this node has not followed a primary since it started: its copy may be outdated"
+                    .into(),
+            ),
         }
     }
 
@@ -852,7 +898,10 @@ impl Core {
                 commit_index,
                 entries,
                 ..
-            } => self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out),
+            } => {
+                u.primary_commit = u.primary_commit.max(commit_index);
+                self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out)
+            }
             Message::SnapshotBegin {
                 index, index_epoch, ..
             } => {
@@ -1121,6 +1170,7 @@ impl Core {
             snapshot_index: self.log.snapshot_index,
             pending_writes: self.queue.len() + self.waiting.len(),
             peer,
+            promotion_blocker: self.promotion_blocker(),
         }
     }
 }

@@ -524,3 +524,47 @@ fn primary_sends_a_snapshot_when_the_log_was_truncated() {
     );
     assert_eq!(out, vec![Output::SendSnapshot { conn: 4, epoch: 1 }]);
 }
+
+// Architecture section 2: a standby promotes only if its copy was in sync
+// when it lost the primary; never while the primary is connected.
+#[test]
+fn promotion_blocker_follows_what_the_standby_held() {
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log_of(&[(1, 1)]), 1);
+    assert!(c
+        .promotion_blocker()
+        .unwrap()
+        .contains("not followed a primary"));
+    c.handle(0, Input::PeerUp { conn: 1 });
+    assert!(c.promotion_blocker().unwrap().contains("still connected"));
+    // The primary says 3 is committed; we hold only 1.
+    let msg = Message::Append {
+        epoch: 1,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 3,
+        entries: vec![],
+    };
+    c.handle(1, Input::Received { conn: 1, msg });
+    c.handle(2, Input::PeerDown { conn: 1 });
+    assert!(c
+        .promotion_blocker()
+        .unwrap()
+        .contains("behind the primary"));
+    // Reconnect, receive 2 and 3, durable: in sync when the link drops.
+    c.handle(3, Input::PeerUp { conn: 2 });
+    let e = vec![
+        Entry::new(1, 2, b"b".to_vec()),
+        Entry::new(1, 3, b"c".to_vec()),
+    ];
+    let msg = Message::Append {
+        epoch: 1,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 3,
+        entries: e,
+    };
+    c.handle(4, Input::Received { conn: 2, msg });
+    c.handle(5, Input::Persisted { last_index: 3 });
+    c.handle(6, Input::PeerDown { conn: 2 });
+    assert_eq!(c.promotion_blocker(), None);
+}
