@@ -137,6 +137,21 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let path = dir.join("esc.redb");
+        if !path.exists() {
+            // A first start interrupted while redb lays out a new file would
+            // leave a file it refuses forever: create it aside, sync, rename.
+            let tmp = dir.join("esc.redb.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            Self::guard(|| Self::from_db(Self::builder().create(&tmp)?))?;
+            let io = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         Self::guard(|| Self::from_db(Self::builder().create(&path)?))
     }
 
