@@ -13,11 +13,13 @@
 //! - [`frame`]: frame header, encode/decode, size bounds.
 //! - [`auth`]: the handshake proofs and per-frame MACs.
 //! - [`msg`]: the messages carried in frames.
+//! - [`witness`]: the requests and replies of the witness protocol.
 
 pub mod auth;
 pub mod entry;
 pub mod frame;
 pub mod msg;
+pub mod witness;
 
 pub use auth::{FrameMac, Handshake};
 pub use entry::Entry;

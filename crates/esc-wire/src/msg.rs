@@ -91,6 +91,13 @@ pub enum Message {
     SnapshotEnd { epoch: u64, index: u64 },
     /// Either way: the sender has a higher epoch; the receiver must not lead.
     StaleEpoch { epoch: u64 },
+    /// Primary -> follower (switchover): writes are drained, the follower
+    /// holds every entry up to `last_index`; take over.
+    Handover { epoch: u64, last_index: u64 },
+    /// Node -> witness.
+    Witness(crate::witness::Request),
+    /// Witness -> node, in request order.
+    WitnessReply(crate::witness::Reply),
 }
 
 impl Message {
@@ -110,6 +117,9 @@ impl Message {
             Message::SnapshotChunk { .. } => "snapshot_chunk",
             Message::SnapshotEnd { .. } => "snapshot_end",
             Message::StaleEpoch { .. } => "stale_epoch",
+            Message::Handover { .. } => "handover",
+            Message::Witness(_) => "witness_request",
+            Message::WitnessReply(_) => "witness_reply",
         }
     }
 }

@@ -1,0 +1,887 @@
+//! The role authority (architecture section 2): the one place that decides
+//! this node's role, and the one function, [`Authority::change_role`], that
+//! performs every transition and says why.
+//!
+//! It reacts to reports ([`Input`]) and emits commands ([`Output`]); it
+//! never reads a clock or does I/O. The runtime feeds it the VRRP engine's
+//! state, a [`ReplView`] of the replication core after every change, health
+//! results, witness replies and operator commands, and executes its outputs
+//! in order.
+//!
+//! Decisions, each also stated where it is made:
+//! * A standby takes over only when both failure detectors agree: VRRP
+//!   declared the primary down (or no VRRP is configured) AND the
+//!   replication link to it is gone. A VRRP-only partition therefore never
+//!   makes a second primary.
+//! * Two-node mode: it promotes only if its copy was in sync when it lost
+//!   the primary (the replication core's `promotion_blocker`).
+//! * Witness mode: it promotes only with the witness's grant, in the epoch
+//!   the witness gives; the primary commits alone only after the witness
+//!   marked the standby outdated, and steps down when its lease runs out
+//!   without an in-sync standby (architecture section 4).
+//! * The VIP and write admission follow the role, not the VRRP election.
+//! * The primary advertises [`PRIMARY_PRIORITY`] and preempts; a standby
+//!   advertises the configured priority without preemption; a node that
+//!   could not safely take over (FAULT, outdated, stopping) does not contend.
+
+use crate::witness::{Reply, Request};
+use serde::Serialize;
+
+/// Priority the primary advertises (below 255, the address owner's).
+pub const PRIMARY_PRIORITY: u8 = 254;
+
+/// The node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Role {
+    /// Starting: nothing decided yet.
+    Init,
+    Standby,
+    Primary,
+    /// Local health failed: no VIP, no writes, does not contend.
+    Fault,
+}
+
+/// The words of `$ESC_HOME/keepalived_state`, as operators know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StateWord {
+    Master,
+    Backup,
+    Fault,
+    Stop,
+}
+
+impl StateWord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateWord::Master => "MASTER",
+            StateWord::Backup => "BACKUP",
+            StateWord::Fault => "FAULT",
+            StateWord::Stop => "STOP",
+        }
+    }
+}
+
+/// Tuning, from `esc.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A witness is configured (architecture section 4).
+    pub witness: bool,
+    /// A VRRP speaker is configured: it is the fast failure detector.
+    pub vrrp: bool,
+    /// Take over automatically when the primary is lost. Without VRRP or a
+    /// witness there is no failure detector besides the replication link,
+    /// so the runtime leaves this off and takeover is `escadm ha promote`.
+    pub auto_takeover: bool,
+    /// Priority a standby advertises.
+    pub priority: u8,
+    /// How often the primary renews its lease.
+    pub renew_interval_ms: u64,
+    /// How often an unanswered witness request is repeated.
+    pub witness_retry_ms: u64,
+    /// How long a switchover waits for the standby to hold everything.
+    pub switchover_timeout_ms: u64,
+    /// How long a primary tolerates another node advertising as primary
+    /// (two primaries after a healed partition) before stepping down.
+    pub contest_grace_ms: u64,
+    /// A fresh store with `initial_role = "primary"`.
+    pub initial_primary: bool,
+}
+
+/// The VRRP engine's state, as far as the authority cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VrrpState {
+    Initialize,
+    Backup,
+    Master,
+}
+
+/// What the VRRP engine reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VrrpView {
+    pub state: VrrpState,
+    /// The priority of the master we hear (Backup state).
+    pub master_priority: Option<u8>,
+}
+
+/// What the replication core reports after every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplView {
+    pub primary: bool,
+    pub epoch: u64,
+    /// Where the durable log ends.
+    pub last_epoch: u64,
+    pub last_index: u64,
+    /// Primary: a follower is connected. Standby: the link to the primary is up.
+    pub linked: bool,
+    /// Primary: the follower is in sync (holds every committed entry).
+    /// Standby: promoting now would lose no acknowledged write (two-node rule).
+    pub in_sync: bool,
+    /// Standby: why promotion is unsafe (shown to the operator).
+    pub blocker: Option<String>,
+    /// Primary: nothing pending and the follower holds every durable entry.
+    pub drained: bool,
+    /// The core may commit without its follower (witness mode gate).
+    pub commit_alone: bool,
+    /// Standby: the primary handed over and this node holds everything.
+    pub handover: bool,
+}
+
+/// Everything the authority reacts to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Tick,
+    Vrrp(VrrpView),
+    Repl(ReplView),
+    /// The periodic local health check (architecture section 2: FAULT).
+    Health(Result<(), String>),
+    /// The store failed for good: FAULT until restarted.
+    StoreFailed(String),
+    /// The witness's reply to `request`, sent at `sent_at_ms`.
+    Witness {
+        request: Request,
+        reply: Reply,
+        sent_at_ms: u64,
+    },
+    /// Operator commands; each is answered by `Output::Reply { id, .. }`.
+    Switchover {
+        id: u64,
+    },
+    Promote {
+        id: u64,
+        force: bool,
+    },
+    Demote {
+        id: u64,
+    },
+    /// Graceful stop: a primary hands over first; answered by `ReadyToStop`.
+    Stop,
+}
+
+/// Commands, in the order the runtime must perform them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Output {
+    /// Log the transition to `escadm.log`.
+    Transition {
+        from: Role,
+        to: Role,
+        reason: String,
+    },
+    /// Write `$ESC_HOME/keepalived_state`.
+    StateFile(StateWord),
+    /// Add (and announce) or remove the VIP.
+    Vip(bool),
+    /// Admit northbound writes.
+    Admission(bool),
+    /// Take part in the VRRP election (false: Shutdown, priority 0 if master).
+    VrrpContend(bool),
+    VrrpPriority(u8),
+    VrrpPreempt(bool),
+    /// Make the replication core primary, in this epoch (None: next one).
+    Promote {
+        epoch: Option<u64>,
+        reason: String,
+    },
+    Demote {
+        reason: String,
+    },
+    /// Allow the core to commit without its follower (witness mode).
+    CommitAlone(bool),
+    /// Tell the follower to take over: it holds every entry (switchover).
+    Handover,
+    ToWitness(Request),
+    Reply {
+        id: u64,
+        result: Result<String, String>,
+    },
+    /// The graceful stop may proceed.
+    ReadyToStop,
+}
+
+/// The outdated mark, as this primary knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Mark {
+    /// Not known to be set: commits need the follower.
+    Clear,
+    /// Set at the witness: this primary may commit alone.
+    Marked,
+}
+
+#[derive(Debug, Clone)]
+struct Switching {
+    id: Option<u64>,
+    since_ms: u64,
+    then_stop: bool,
+}
+
+/// What `escadm status --v` shows of the authority.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub role: Role,
+    pub state_word: StateWord,
+    pub reason: String,
+    pub since_ms: u64,
+    pub mode: &'static str,
+    pub health: Result<(), String>,
+    pub vip: bool,
+    pub admission: bool,
+    pub vrrp_priority: Option<u8>,
+    pub lease_left_ms: Option<u64>,
+    pub standby_marked_outdated: bool,
+    pub switchover_in_progress: bool,
+}
+
+/// The role authority of one node.
+#[derive(Debug)]
+pub struct Authority {
+    cfg: Config,
+    now_ms: u64,
+    role: Role,
+    reason: String,
+    since_ms: u64,
+    vrrp: Option<VrrpView>,
+    /// Since when a primary hears another node advertising as primary.
+    contested_since: Option<u64>,
+    repl: Option<ReplView>,
+    health: Result<(), String>,
+    store_failed: Option<String>,
+    /// A Promote/Demote was sent; the ReplView has not caught up yet.
+    awaiting_primary: Option<(bool, u64)>,
+    // Witness mode.
+    lease_until_ms: Option<u64>,
+    renew_sent_ms: Option<u64>,
+    mark: Mark,
+    mark_sent_ms: Option<u64>,
+    grant_sent_ms: Option<u64>,
+    forced_grant: bool,
+    switching: Option<Switching>,
+    stopping: bool,
+    stopped: bool,
+    // What was last emitted, so commands are sent on change only.
+    vip: bool,
+    admission: bool,
+    contend: Option<bool>,
+    priority: Option<u8>,
+    preempt: Option<bool>,
+}
+
+impl Authority {
+    pub fn new(cfg: Config) -> Authority {
+        Authority {
+            cfg,
+            now_ms: 0,
+            role: Role::Init,
+            reason: "starting".into(),
+            since_ms: 0,
+            vrrp: None,
+            contested_since: None,
+            repl: None,
+            health: Ok(()),
+            store_failed: None,
+            awaiting_primary: None,
+            lease_until_ms: None,
+            renew_sent_ms: None,
+            mark: Mark::Clear,
+            mark_sent_ms: None,
+            grant_sent_ms: None,
+            forced_grant: false,
+            switching: None,
+            stopping: false,
+            stopped: false,
+            vip: false,
+            admission: false,
+            contend: None,
+            priority: None,
+            preempt: None,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether northbound writes are admitted.
+    pub fn admits_writes(&self) -> bool {
+        self.admission
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            role: self.role,
+            state_word: self.word(),
+            reason: self.reason.clone(),
+            since_ms: self.since_ms,
+            mode: if self.cfg.witness {
+                "witness"
+            } else {
+                "two-node"
+            },
+            health: self.fault_reason().map_or(Ok(()), Err),
+            vip: self.vip,
+            admission: self.admission,
+            vrrp_priority: self.priority,
+            lease_left_ms: self
+                .lease_until_ms
+                .map(|u| u.saturating_sub(self.now_ms))
+                .filter(|_| self.role == Role::Primary),
+            standby_marked_outdated: self.mark == Mark::Marked,
+            switchover_in_progress: self.switching.is_some(),
+        }
+    }
+
+    /// The one entry point.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => {}
+            Input::Vrrp(v) => self.vrrp = Some(v),
+            Input::Repl(r) => {
+                if let Some((want, _)) = self.awaiting_primary {
+                    if r.primary == want {
+                        self.awaiting_primary = None;
+                    }
+                }
+                self.repl = Some(r);
+            }
+            Input::Health(h) => self.health = h,
+            Input::StoreFailed(e) => self.store_failed = Some(e),
+            Input::Witness {
+                request,
+                reply,
+                sent_at_ms,
+            } => self.on_witness(request, reply, sent_at_ms, &mut out),
+            Input::Switchover { id } => self.on_switchover(id, false, &mut out),
+            Input::Promote { id, force } => self.on_admin_promote(id, force, &mut out),
+            Input::Demote { id } => {
+                if self.role == Role::Primary {
+                    self.step_down("operator: escadm ha demote".into(), &mut out);
+                    out.push(Output::Reply {
+                        id,
+                        result: Ok("demoted to standby".into()),
+                    });
+                } else {
+                    out.push(Output::Reply {
+                        id,
+                        result: Ok("not primary: nothing to do".into()),
+                    });
+                }
+            }
+            Input::Stop => {
+                self.stopping = true;
+                if self.role == Role::Primary && self.follower_in_sync() {
+                    self.on_switchover(u64::MAX, true, &mut out);
+                }
+            }
+        }
+        self.reconcile(&mut out);
+        out
+    }
+
+    fn fault_reason(&self) -> Option<String> {
+        if let Some(e) = &self.store_failed {
+            return Some(format!("store failed: {e}"));
+        }
+        self.health.clone().err()
+    }
+
+    fn follower_in_sync(&self) -> bool {
+        self.repl
+            .as_ref()
+            .is_some_and(|r| r.primary && r.linked && r.in_sync)
+    }
+
+    fn word(&self) -> StateWord {
+        if self.stopped {
+            return StateWord::Stop;
+        }
+        match self.role {
+            Role::Primary => StateWord::Master,
+            Role::Standby | Role::Init => StateWord::Backup,
+            Role::Fault => StateWord::Fault,
+        }
+    }
+
+    /// Every role transition goes through here (architecture section 2):
+    /// it logs the reason, writes the state file and brings the VIP,
+    /// admission and VRRP commands in line with the new role.
+    fn change_role(&mut self, to: Role, reason: String, out: &mut Vec<Output>) {
+        let from = self.role;
+        self.role = to;
+        self.reason = reason.clone();
+        self.since_ms = self.now_ms;
+        self.contested_since = None;
+        if to != Role::Primary {
+            self.lease_until_ms = None;
+            self.renew_sent_ms = None;
+            self.mark = Mark::Clear;
+            self.mark_sent_ms = None;
+        }
+        if to != Role::Standby {
+            self.grant_sent_ms = None;
+            self.forced_grant = false;
+        }
+        out.push(Output::Transition { from, to, reason });
+        out.push(Output::StateFile(self.word()));
+        self.sync_commands(out);
+    }
+
+    /// Emits the VIP, admission and VRRP commands the role calls for, on
+    /// change only.
+    fn sync_commands(&mut self, out: &mut Vec<Output>) {
+        let primary = self.role == Role::Primary;
+        // Admission waits for the core to be primary, and stops while a
+        // switchover drains or the node stops.
+        let repl_primary = self.repl.as_ref().is_some_and(|r| r.primary);
+        let admission = primary && repl_primary && self.switching.is_none() && !self.stopping;
+        let vip = primary && !self.stopped;
+        let contend = !self.stopped
+            && match self.role {
+                Role::Primary => true,
+                Role::Standby => !self.stopping && self.could_take_over(),
+                Role::Init | Role::Fault => false,
+            };
+        let (priority, preempt) = if primary {
+            (PRIMARY_PRIORITY, true)
+        } else {
+            (self.cfg.priority, false)
+        };
+        if self.cfg.vrrp {
+            // Priority first, so an election started by Contend sees it.
+            if self.priority != Some(priority) {
+                self.priority = Some(priority);
+                out.push(Output::VrrpPriority(priority));
+            }
+            if self.preempt != Some(preempt) {
+                self.preempt = Some(preempt);
+                out.push(Output::VrrpPreempt(preempt));
+            }
+        }
+        // Removing the VIP goes before anything that lets the peer take it.
+        if self.vip && !vip {
+            self.vip = false;
+            out.push(Output::Vip(false));
+        }
+        if self.admission != admission {
+            self.admission = admission;
+            out.push(Output::Admission(admission));
+        }
+        if self.cfg.vrrp && self.contend != Some(contend) {
+            self.contend = Some(contend);
+            out.push(Output::VrrpContend(contend));
+        }
+        if !self.vip && vip {
+            self.vip = true;
+            out.push(Output::Vip(true));
+        }
+    }
+
+    /// Whether this standby could take over safely if the primary went
+    /// away now (it then takes part in the VRRP election).
+    fn could_take_over(&self) -> bool {
+        if self.fault_reason().is_some() {
+            return false;
+        }
+        if self.cfg.witness {
+            // The witness decides; being outdated is its to know.
+            return true;
+        }
+        self.repl.as_ref().is_some_and(|r| r.in_sync)
+    }
+
+    fn on_witness(
+        &mut self,
+        request: Request,
+        reply: Reply,
+        sent_at_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let epoch_now = self.repl.as_ref().map_or(0, |r| r.epoch);
+        match reply {
+            Reply::LeaseOk { epoch, lease_ms }
+                if self.role == Role::Primary && epoch == epoch_now =>
+            {
+                // Counted from when the request left: this node's view of
+                // the lease ends before the witness's (architecture 4).
+                let until = sent_at_ms + lease_ms;
+                self.lease_until_ms = Some(self.lease_until_ms.map_or(until, |u| u.max(until)));
+            }
+            Reply::Marked { epoch } if self.role == Role::Primary && epoch == epoch_now => {
+                self.mark = Mark::Marked;
+                self.mark_sent_ms = None;
+            }
+            Reply::Cleared { epoch } if epoch == epoch_now => {
+                self.mark = Mark::Clear;
+                self.mark_sent_ms = None;
+            }
+            Reply::Released { .. } => {}
+            Reply::Granted { epoch, lease_ms } => {
+                self.grant_sent_ms = None;
+                let forced = std::mem::take(&mut self.forced_grant);
+                if self.role == Role::Standby && self.fault_reason().is_none() && !self.stopping {
+                    self.lease_until_ms = Some(sent_at_ms + lease_ms);
+                    let why = if forced {
+                        format!("operator forced promotion; witness granted epoch {epoch}")
+                    } else {
+                        format!("primary lost; witness granted epoch {epoch}")
+                    };
+                    self.promote(Some(epoch), why, out);
+                    // change_role cleared the lease; it is held from the request.
+                    self.lease_until_ms = Some(sent_at_ms + lease_ms);
+                }
+            }
+            Reply::Denied { reason } => match request {
+                Request::Promote { .. } => {
+                    // Retried after `witness_retry_ms` from the request.
+                    self.forced_grant = false;
+                    if self.role == Role::Standby {
+                        self.reason = format!("witness refused promotion: {reason}");
+                    }
+                }
+                Request::Renew { epoch }
+                | Request::MarkOutdated { epoch }
+                | Request::ClearOutdated { epoch }
+                    if self.role == Role::Primary && epoch == epoch_now =>
+                {
+                    // Another node holds the lease: this one no longer leads.
+                    self.step_down(format!("witness: {reason}"), out);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_switchover(&mut self, id: u64, then_stop: bool, out: &mut Vec<Output>) {
+        let reply = |out: &mut Vec<Output>, result| {
+            if id != u64::MAX {
+                out.push(Output::Reply { id, result });
+            }
+        };
+        if self.role != Role::Primary {
+            return reply(
+                out,
+                Err("this node is not primary: run `escadm ha switchover` on the primary".into()),
+            );
+        }
+        if self.switching.is_some() {
+            return reply(out, Err("a switchover is already in progress".into()));
+        }
+        if !self.follower_in_sync() {
+            return reply(
+                out,
+                Err("no in-sync standby to hand over to: check `escadm status --v`".into()),
+            );
+        }
+        self.switching = Some(Switching {
+            id: (id != u64::MAX).then_some(id),
+            since_ms: self.now_ms,
+            then_stop,
+        });
+    }
+
+    fn on_admin_promote(&mut self, id: u64, force: bool, out: &mut Vec<Output>) {
+        let reply = |out: &mut Vec<Output>, result| out.push(Output::Reply { id, result });
+        match self.role {
+            Role::Primary => return reply(out, Ok("already primary".into())),
+            Role::Fault | Role::Init => {
+                return reply(
+                    out,
+                    Err(format!(
+                        "this node is {:?}: {}",
+                        self.role,
+                        self.fault_reason().unwrap_or_else(|| "starting".into())
+                    )),
+                )
+            }
+            Role::Standby => {}
+        }
+        let Some(r) = self.repl.clone() else {
+            return reply(out, Err("the replication core has not reported yet".into()));
+        };
+        if self.cfg.witness {
+            // Even a forced promotion goes through the witness, which
+            // bumps the epoch and takes the lease from the old primary.
+            self.forced_grant = force;
+            self.request_grant(&r, force, out);
+            return reply(
+                out,
+                Ok("promotion requested from the witness; see `escadm status`".into()),
+            );
+        }
+        if let Some(why) = &r.blocker {
+            if !force {
+                return reply(
+                    out,
+                    Err(format!(
+                        "promotion refused: {why}. Check `escadm status --v`; `--force` promotes anyway"
+                    )),
+                );
+            }
+        }
+        let why = if force {
+            "operator: escadm ha promote --force"
+        } else {
+            "operator: escadm ha promote"
+        };
+        self.promote(None, why.into(), out);
+        reply(out, Ok("promoted to primary".into()))
+    }
+
+    fn request_grant(&mut self, r: &ReplView, force: bool, out: &mut Vec<Output>) {
+        self.grant_sent_ms = Some(self.now_ms);
+        out.push(Output::ToWitness(Request::Promote {
+            epoch: r.epoch,
+            last_epoch: r.last_epoch,
+            last_index: r.last_index,
+            force,
+        }));
+    }
+
+    fn promote(&mut self, epoch: Option<u64>, reason: String, out: &mut Vec<Output>) {
+        self.awaiting_primary = Some((true, self.now_ms));
+        out.push(Output::Promote {
+            epoch,
+            reason: reason.clone(),
+        });
+        self.change_role(Role::Primary, reason, out);
+    }
+
+    fn step_down(&mut self, reason: String, out: &mut Vec<Output>) {
+        self.awaiting_primary = Some((false, self.now_ms));
+        if self.cfg.witness {
+            if let Some(r) = &self.repl {
+                // A primary that gives up also gives its lease up, so the
+                // standby's grant need not wait for it to run out.
+                out.push(Output::ToWitness(Request::Release { epoch: r.epoch }));
+            }
+            if self.repl.as_ref().is_some_and(|r| r.commit_alone) {
+                out.push(Output::CommitAlone(false));
+            }
+        }
+        out.push(Output::Demote {
+            reason: reason.clone(),
+        });
+        self.switching = None;
+        let to = if self.fault_reason().is_some() {
+            Role::Fault
+        } else {
+            Role::Standby
+        };
+        self.change_role(to, reason, out);
+    }
+
+    fn due(sent: Option<u64>, now: u64, every: u64) -> bool {
+        sent.is_none_or(|s| now >= s + every)
+    }
+
+    /// Brings the role in line with what is known now.
+    fn reconcile(&mut self, out: &mut Vec<Output>) {
+        let now = self.now_ms;
+        if let Some((_, since)) = self.awaiting_primary {
+            // A command the core did not carry out (it refused the epoch):
+            // stop waiting; the view decides.
+            if now >= since + 5_000 {
+                self.awaiting_primary = None;
+            }
+        }
+        let Some(r) = self.repl.clone() else {
+            return;
+        };
+        let fault = self.fault_reason();
+        match self.role {
+            Role::Init => {
+                if let Some(f) = fault {
+                    self.change_role(Role::Fault, f, out);
+                } else if self.cfg.initial_primary && r.epoch == 0 && r.last_index == 0 {
+                    self.change_role(Role::Standby, "started".into(), out);
+                    if self.cfg.witness {
+                        self.request_grant(&r, false, out);
+                    } else {
+                        self.promote(
+                            None,
+                            "initial_role = \"primary\" in esc.toml (fresh store)".into(),
+                            out,
+                        );
+                    }
+                } else {
+                    self.change_role(
+                        Role::Standby,
+                        "started: a node with data comes back as standby".into(),
+                        out,
+                    );
+                }
+            }
+            Role::Fault => {
+                if fault.is_none() {
+                    self.change_role(Role::Standby, "health restored".into(), out);
+                }
+            }
+            Role::Standby => {
+                if let Some(f) = fault {
+                    self.change_role(Role::Fault, f, out);
+                } else if r.primary && self.awaiting_primary.is_none() {
+                    // Cannot happen unless something bypassed the authority.
+                    out.push(Output::Demote {
+                        reason: "the role authority holds this node as standby".into(),
+                    });
+                    self.awaiting_primary = Some((false, now));
+                } else if !self.stopping && self.awaiting_primary.is_none() {
+                    self.maybe_take_over(&r, out);
+                }
+            }
+            Role::Primary => {
+                if let Some(f) = fault {
+                    self.step_down(f, out);
+                } else if !r.primary && self.awaiting_primary.is_none() {
+                    self.change_role(
+                        Role::Standby,
+                        "the replication core stepped down: a peer has a higher epoch".into(),
+                        out,
+                    );
+                } else if r.primary {
+                    self.primary_duties(&r, out);
+                }
+            }
+        }
+        if self.stopping && !self.stopped && self.switching.is_none() {
+            if self.role == Role::Primary {
+                self.step_down("graceful stop".into(), out);
+            }
+            self.stopped = true;
+            out.push(Output::StateFile(StateWord::Stop));
+            self.sync_commands(out);
+            out.push(Output::ReadyToStop);
+            return;
+        }
+        self.sync_commands(out);
+    }
+
+    /// A standby decides whether to take over.
+    fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
+        if r.handover {
+            // Planned handover: the primary drained and stepped down.
+            if self.cfg.witness {
+                if Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms) {
+                    self.request_grant(r, false, out);
+                }
+            } else {
+                self.promote(None, "the primary handed over (switchover)".into(), out);
+            }
+            return;
+        }
+        if !self.cfg.auto_takeover || r.linked {
+            return;
+        }
+        // Both detectors agree: no replication link, and VRRP says the
+        // primary is down (or no VRRP is configured).
+        let vrrp_says_down =
+            !self.cfg.vrrp || self.vrrp.is_some_and(|v| v.state == VrrpState::Master);
+        if !vrrp_says_down {
+            return;
+        }
+        if self.cfg.witness {
+            if Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms) {
+                self.request_grant(r, false, out);
+            }
+        } else if r.blocker.is_none() {
+            self.promote(
+                None,
+                "primary lost (VRRP master down and replication link gone); this copy was in sync"
+                    .into(),
+                out,
+            );
+        }
+    }
+
+    /// Lease, outdated mark, switchover and contest checks of a primary.
+    fn primary_duties(&mut self, r: &ReplView, out: &mut Vec<Output>) {
+        let now = self.now_ms;
+        if !self.cfg.witness {
+            // Two primaries after a healed partition (two-node mode): the
+            // one that loses the VRRP election steps down; its divergent
+            // entries go to the recovery file when it follows the winner.
+            let contested = self.vrrp.is_some_and(|v| {
+                v.state == VrrpState::Backup && v.master_priority == Some(PRIMARY_PRIORITY)
+            });
+            match (contested, self.contested_since) {
+                (false, _) => self.contested_since = None,
+                (true, None) => self.contested_since = Some(now),
+                (true, Some(s)) if now >= s + self.cfg.contest_grace_ms => {
+                    return self.step_down(
+                        "another node advertises as primary (two-node split brain healed): stepping down"
+                            .into(),
+                        out,
+                    );
+                }
+                _ => {}
+            }
+        } else {
+            let lease_valid = self.lease_until_ms.is_some_and(|u| now < u);
+            if !lease_valid && !r.in_sync {
+                return self.step_down(
+                    "lease at the witness ran out and no standby is in sync: stepping down".into(),
+                    out,
+                );
+            }
+            if Self::due(self.renew_sent_ms, now, self.cfg.renew_interval_ms) {
+                self.renew_sent_ms = Some(now);
+                out.push(Output::ToWitness(Request::Renew { epoch: r.epoch }));
+            }
+            if r.in_sync {
+                // Stop committing alone first, then clear the mark: the
+                // mark must never be clear while the core may commit alone.
+                if r.commit_alone {
+                    out.push(Output::CommitAlone(false));
+                } else if self.mark == Mark::Marked
+                    && Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms)
+                {
+                    self.mark_sent_ms = Some(now);
+                    out.push(Output::ToWitness(Request::ClearOutdated { epoch: r.epoch }));
+                }
+            } else if self.mark == Mark::Marked {
+                if !r.commit_alone {
+                    out.push(Output::CommitAlone(true));
+                }
+            } else if Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms) {
+                self.mark_sent_ms = Some(now);
+                out.push(Output::ToWitness(Request::MarkOutdated { epoch: r.epoch }));
+            }
+        }
+        if let Some(s) = self.switching.clone() {
+            if r.drained && r.in_sync && r.linked {
+                out.push(Output::Handover);
+                if let Some(id) = s.id {
+                    out.push(Output::Reply {
+                        id,
+                        result: Ok(
+                            "handed over: the standby takes over; this node is standby".into()
+                        ),
+                    });
+                }
+                self.step_down("switchover: handed over to the standby".into(), out);
+                if s.then_stop {
+                    self.stopping = true;
+                }
+            } else if now >= s.since_ms + self.cfg.switchover_timeout_ms || !r.linked {
+                self.switching = None;
+                if s.then_stop {
+                    // Stop anyway: the standby takes over as after a failure.
+                    return;
+                }
+                if let Some(id) = s.id {
+                    out.push(Output::Reply {
+                        id,
+                        result: Err(
+                            "switchover aborted: the standby did not hold every entry in time; this node stays primary"
+                                .into(),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Exact-output tests of the role authority (architecture sections 2 and 4).
+
+use esc_authority::authority::{
+    Config, Input, Output, ReplView, Role, StateWord, VrrpState, VrrpView, PRIMARY_PRIORITY,
+};
+use esc_authority::{Authority, WitnessReply, WitnessRequest};
+
+fn cfg(witness: bool) -> Config {
+    Config {
+        witness,
+        vrrp: true,
+        auto_takeover: true,
+        priority: 100,
+        renew_interval_ms: 100,
+        witness_retry_ms: 100,
+        switchover_timeout_ms: 2_000,
+        contest_grace_ms: 1_000,
+        initial_primary: false,
+    }
+}
+
+fn standby_view() -> ReplView {
+    ReplView {
+        primary: false,
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 10,
+        linked: true,
+        in_sync: true,
+        blocker: Some("the primary is still connected".into()),
+        drained: false,
+        commit_alone: false,
+        handover: false,
+    }
+}
+
+fn vrrp(state: VrrpState) -> Input {
+    Input::Vrrp(VrrpView {
+        state,
+        master_priority: None,
+    })
+}
+
+fn started(witness: bool) -> Authority {
+    let mut a = Authority::new(cfg(witness));
+    let out = a.handle(0, Input::Repl(standby_view()));
+    assert_eq!(a.role(), Role::Standby);
+    assert!(
+        out.contains(&Output::StateFile(StateWord::Backup)),
+        "{out:?}"
+    );
+    assert!(out.contains(&Output::VrrpContend(true)), "{out:?}");
+    a
+}
+
+#[test]
+fn two_node_standby_takes_over_only_when_both_detectors_agree() {
+    let mut a = started(false);
+    // VRRP alone (link still up): no takeover (a VRRP-only partition).
+    let out = a.handle(10, vrrp(VrrpState::Master));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Promote { .. })),
+        "{out:?}"
+    );
+    assert_eq!(a.role(), Role::Standby);
+    // Link lost while in sync: promote, VIP, state file, priority.
+    let mut lost = standby_view();
+    lost.linked = false;
+    lost.blocker = None;
+    let out = a.handle(20, Input::Repl(lost));
+    assert_eq!(a.role(), Role::Primary);
+    assert!(
+        matches!(&out[0], Output::Promote { epoch: None, .. }),
+        "{out:?}"
+    );
+    assert!(matches!(
+        &out[1],
+        Output::Transition {
+            from: Role::Standby,
+            to: Role::Primary,
+            ..
+        }
+    ));
+    assert_eq!(out[2], Output::StateFile(StateWord::Master));
+    assert_eq!(out[3], Output::VrrpPriority(PRIMARY_PRIORITY));
+    assert_eq!(out[4], Output::VrrpPreempt(true));
+    assert_eq!(out[5], Output::Vip(true));
+    assert_eq!(out.len(), 6);
+}
+
+#[test]
+fn two_node_outdated_standby_does_not_contend_or_promote() {
+    let mut a = started(false);
+    let mut behind = standby_view();
+    behind.linked = false;
+    behind.in_sync = false;
+    behind.blocker = Some("this node was behind the primary".into());
+    let out = a.handle(10, Input::Repl(behind));
+    assert_eq!(out, vec![Output::VrrpContend(false)]);
+    let out = a.handle(20, vrrp(VrrpState::Master));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(a.role(), Role::Standby);
+}
+
+#[test]
+fn witness_mode_promotes_only_with_a_grant_in_its_epoch() {
+    let mut a = started(true);
+    let mut lost = standby_view();
+    lost.linked = false;
+    a.handle(10, Input::Repl(lost.clone()));
+    let out = a.handle(20, vrrp(VrrpState::Master));
+    let req = WitnessRequest::Promote {
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 10,
+        force: false,
+    };
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    // Not repeated before the retry interval.
+    assert!(a.handle(50, Input::Tick).is_empty());
+    let out = a.handle(
+        60,
+        Input::Witness {
+            request: req.clone(),
+            reply: WitnessReply::Denied {
+                reason: "the primary's lease is valid".into(),
+            },
+            sent_at_ms: 20,
+        },
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = a.handle(130, Input::Tick);
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    let out = a.handle(
+        140,
+        Input::Witness {
+            request: req,
+            reply: WitnessReply::Granted {
+                epoch: 4,
+                lease_ms: 1_000,
+            },
+            sent_at_ms: 130,
+        },
+    );
+    assert!(
+        matches!(&out[0], Output::Promote { epoch: Some(4), .. }),
+        "{out:?}"
+    );
+    assert_eq!(a.role(), Role::Primary);
+    assert!(out.contains(&Output::Vip(true)));
+}
+
+fn witness_primary() -> Authority {
+    let mut a = Authority::new(Config {
+        initial_primary: true,
+        ..cfg(true)
+    });
+    let fresh = ReplView {
+        epoch: 0,
+        last_epoch: 0,
+        last_index: 0,
+        linked: false,
+        in_sync: false,
+        blocker: None,
+        ..standby_view()
+    };
+    let out = a.handle(0, Input::Repl(fresh.clone()));
+    let req = WitnessRequest::Promote {
+        epoch: 0,
+        last_epoch: 0,
+        last_index: 0,
+        force: false,
+    };
+    assert!(out.contains(&Output::ToWitness(req.clone())), "{out:?}");
+    a.handle(
+        5,
+        Input::Witness {
+            request: req,
+            reply: WitnessReply::Granted {
+                epoch: 1,
+                lease_ms: 1_000,
+            },
+            sent_at_ms: 0,
+        },
+    );
+    assert_eq!(a.role(), Role::Primary);
+    a
+}
+
+fn primary_view(in_sync: bool, commit_alone: bool) -> ReplView {
+    ReplView {
+        primary: true,
+        epoch: 1,
+        last_epoch: 1,
+        last_index: 0,
+        linked: in_sync,
+        in_sync,
+        blocker: None,
+        drained: in_sync,
+        commit_alone,
+        handover: false,
+    }
+}
+
+#[test]
+fn witness_primary_commits_alone_only_after_the_mark_and_clears_it_after_stopping() {
+    let mut a = witness_primary();
+    let out = a.handle(10, Input::Repl(primary_view(false, false)));
+    assert_eq!(
+        out,
+        vec![
+            Output::ToWitness(WitnessRequest::Renew { epoch: 1 }),
+            Output::ToWitness(WitnessRequest::MarkOutdated { epoch: 1 }),
+            Output::Admission(true),
+        ]
+    );
+    let out = a.handle(
+        20,
+        Input::Witness {
+            request: WitnessRequest::MarkOutdated { epoch: 1 },
+            reply: WitnessReply::Marked { epoch: 1 },
+            sent_at_ms: 10,
+        },
+    );
+    assert_eq!(out, vec![Output::CommitAlone(true)]);
+    // The standby is back in sync: first stop committing alone ...
+    let out = a.handle(30, Input::Repl(primary_view(true, true)));
+    assert_eq!(out, vec![Output::CommitAlone(false)]);
+    // ... and only once the core says so, clear the mark.
+    let out = a.handle(40, Input::Repl(primary_view(true, false)));
+    assert_eq!(
+        out,
+        vec![Output::ToWitness(WitnessRequest::ClearOutdated {
+            epoch: 1
+        })]
+    );
+}
+
+#[test]
+fn witness_primary_without_lease_or_standby_steps_down_and_drops_the_vip() {
+    let mut a = witness_primary();
+    a.handle(10, Input::Repl(primary_view(false, false)));
+    // Lease from the grant: sent at 0, 1000 ms. No renew answered.
+    let out = a.handle(1_000, Input::Tick);
+    assert!(
+        out.contains(&Output::Demote {
+            reason: "lease at the witness ran out and no standby is in sync: stepping down".into()
+        }),
+        "{out:?}"
+    );
+    assert!(out.contains(&Output::Vip(false)));
+    assert!(out.contains(&Output::Admission(false)));
+    assert_eq!(a.role(), Role::Standby);
+}
+
+#[test]
+fn fault_hands_over_primary_and_recovers_as_standby() {
+    let mut a = witness_primary();
+    a.handle(10, Input::Repl(primary_view(true, false)));
+    let out = a.handle(20, Input::Health(Err("store: disk full".into())));
+    assert_eq!(a.role(), Role::Fault);
+    let pos = |o: &Output| out.iter().position(|x| x == o).unwrap();
+    // Release the lease and stop writing before anything else.
+    assert!(
+        pos(&Output::ToWitness(WitnessRequest::Release { epoch: 1 }))
+            < pos(&Output::StateFile(StateWord::Fault))
+    );
+    assert!(pos(&Output::Vip(false)) < pos(&Output::VrrpContend(false)));
+    assert!(out.contains(&Output::Admission(false)));
+    let out = a.handle(30, Input::Repl(standby_view()));
+    assert!(out.is_empty(), "{out:?}");
+    let out = a.handle(40, Input::Health(Ok(())));
+    assert_eq!(a.role(), Role::Standby);
+    assert!(out.contains(&Output::StateFile(StateWord::Backup)));
+    assert!(out.contains(&Output::VrrpContend(true)));
+}
+
+#[test]
+fn switchover_drains_then_hands_over_and_answers() {
+    let mut a = witness_primary();
+    let mut v = primary_view(true, false);
+    v.drained = false;
+    a.handle(10, Input::Repl(v.clone()));
+    let out = a.handle(20, Input::Switchover { id: 7 });
+    assert_eq!(out, vec![Output::Admission(false)]);
+    v.drained = true;
+    let out = a.handle(30, Input::Repl(v));
+    assert_eq!(out[0], Output::Handover);
+    assert!(matches!(
+        &out[1],
+        Output::Reply {
+            id: 7,
+            result: Ok(_)
+        }
+    ));
+    assert!(out.contains(&Output::ToWitness(WitnessRequest::Release { epoch: 1 })));
+    assert!(out.contains(&Output::Vip(false)));
+    assert_eq!(a.role(), Role::Standby);
+}
+
+#[test]
+fn switchover_without_an_in_sync_standby_is_refused() {
+    let mut a = witness_primary();
+    a.handle(10, Input::Repl(primary_view(false, false)));
+    let out = a.handle(20, Input::Switchover { id: 1 });
+    assert!(
+        matches!(
+            &out[0],
+            Output::Reply {
+                id: 1,
+                result: Err(_)
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(a.role(), Role::Primary);
+}
