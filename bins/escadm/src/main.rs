@@ -83,6 +83,11 @@ enum HaCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Planned handover (run on the primary; failback is the same command on
+    /// the new primary): writes pause (clients get 503 and retry), the
+    /// standby receives every entry, takes over with the VIP, and this node
+    /// rejoins as standby. No acknowledged write is lost.
+    Switchover,
     /// Make this node standby now; in-flight writes end "outcome unknown".
     Demote {
         /// Why, for escadm.log.
@@ -112,16 +117,35 @@ enum HaCmd {
         /// Unicast VRRP: the peer address(es); adverts from others are ignored.
         #[arg(long = "kad_unicast_peer", num_args = 1.., value_delimiter = ',')]
         kad_unicast_peer: Vec<String>,
+        /// Witness host (`IP` or `IP:port`, default port 7790) running
+        /// `escd --witness`: no split brain, no lost write (recommended).
+        /// An empty value returns to two-node mode.
+        #[arg(long = "witness")]
+        witness: Option<String>,
     },
 }
 
 fn summary(status: &serde_json::Value) -> String {
-    let role = status["role"].as_str().unwrap_or("unknown");
-    let word = match role {
+    // The role authority's word when the node is one of a pair.
+    let role = status["ha"]["authority"]["role"]
+        .as_str()
+        .map(str::to_lowercase)
+        .unwrap_or_else(|| status["role"].as_str().unwrap_or("unknown").to_string());
+    let word = match role.as_str() {
         "primary" => "Primary",
         "standby" => "Standby",
+        "fault" => "Fault",
+        "init" => "Init",
         _ => "Unknown",
     };
+    if role == "fault" {
+        return format!(
+            "1 ESC status=1 ESC Fault: {}",
+            status["ha"]["authority"]["health"]["Err"]
+                .as_str()
+                .unwrap_or("local health failed")
+        );
+    }
     match status["health"]["status_code"].as_u64() {
         Some(code) if !(2000..3000).contains(&code) => format!(
             "1 ESC status=1 ESC {word} Unhealthy: {code} {}",
@@ -133,6 +157,9 @@ fn summary(status: &serde_json::Value) -> String {
 
 /// Whether a status (with its health) says the node serves its role.
 fn healthy(status: &serde_json::Value) -> bool {
+    if status["ha"]["authority"]["role"] == "FAULT" {
+        return false;
+    }
     status["health"]["status_code"]
         .as_u64()
         .is_none_or(|c| (2000..3000).contains(&c))
@@ -178,6 +205,45 @@ fn verbose(status: &serde_json::Value) -> String {
             s["applied_index"],
             s["deployments"],
             s["digest"].as_str().unwrap_or("")
+        ));
+    }
+    let ha = &status["ha"];
+    if let Some(a) = ha.get("authority").filter(|a| !a.is_null()) {
+        lines.push(format!(
+            "ha:              role={} state_file={} mode={} vip_here={} admitting={} since={} ms: {}",
+            a["role"].as_str().unwrap_or(""),
+            a["state_word"].as_str().unwrap_or(""),
+            a["mode"].as_str().unwrap_or(""),
+            a["vip"],
+            a["admission"],
+            a["since_ms"],
+            a["reason"].as_str().unwrap_or("")
+        ));
+        lines.push(format!(
+            "witness:         {} lease_left_ms={} standby_marked_outdated={} switchover={}",
+            ha["witness"].as_str().unwrap_or("none (two-node mode)"),
+            a["lease_left_ms"],
+            a["standby_marked_outdated"],
+            a["switchover_in_progress"]
+        ));
+    }
+    if let Some(v) = ha.get("vrrp").filter(|v| !v.is_null()) {
+        lines.push(format!(
+            "vrrp:            state={} priority={} vrid={} vip={} master={} sent={} received={} dropped={}",
+            v["state"].as_str().unwrap_or(""),
+            v["priority"],
+            v["vrid"],
+            v["vip"].as_str().unwrap_or(""),
+            v["master"].as_str().unwrap_or("-"),
+            v["adverts_sent"],
+            v["adverts_received"],
+            v["dropped"]
+        ));
+    }
+    if let Some(e) = ha["last_health_error"].as_str() {
+        lines.push(format!(
+            "health checks:   {} consecutive failure(s); last: {e}",
+            ha["health_failures"]
         ));
     }
     if let Some(t) = status.get("last_transition").filter(|t| !t.is_null()) {
@@ -363,6 +429,7 @@ fn main() -> ExitCode {
                 kad_vri,
                 kad_unicast_src_ip,
                 kad_unicast_peer,
+                witness,
             },
     } = args.cmd
     {
@@ -373,6 +440,7 @@ fn main() -> ExitCode {
             kad_vri,
             kad_unicast_src_ip,
             kad_unicast_peer,
+            witness,
         };
         return match ha_set(&args.home, set) {
             Ok(msg) => {
@@ -415,6 +483,9 @@ fn main() -> ExitCode {
         Cmd::Ha {
             cmd: HaCmd::Demote { reason },
         } => (AdminRequest::Demote { reason }, false, false),
+        Cmd::Ha {
+            cmd: HaCmd::Switchover,
+        } => (AdminRequest::Switchover, false, false),
     };
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -16,6 +16,12 @@ struct Args {
     /// Log directory (escmanager.log, escadm.log).
     #[arg(long, env = "ESC_LOG_DIR", default_value = DEFAULT_LOG_DIR)]
     log_dir: PathBuf,
+    /// Run as the pair's witness on a third host (architecture section 4):
+    /// no data, only the lease, the outdated mark and promotion grants.
+    /// Uses `node_name`, `[witness] listen`/`lease_ms`, the replication
+    /// secret and `store.data_dir` of esc.toml.
+    #[arg(long)]
+    witness: bool,
 }
 
 async fn shutdown_signal() {
@@ -56,6 +62,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.witness {
+        return match rt.block_on(esc_node::witness::serve(
+            &args.home,
+            config,
+            shutdown_signal(),
+        )) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("escd --witness: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = esc_node::NodeOptions {
         home: args.home,
         config,

@@ -36,6 +36,16 @@ fn run_escadm(lab: &Lab, host: &str, home: &Path, args: &[&str]) -> (i32, String
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Runs its closure if the test panics (diagnostics).
+struct OnPanic<F: Fn()>(F);
+impl<F: Fn()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
+}
+
 #[test]
 fn the_seeds_ha_set_line_then_reload_makes_a_pair() {
     let Some(mut lab) = Lab::new() else { return };
@@ -153,6 +163,14 @@ fn the_seeds_ha_set_line_then_reload_makes_a_pair() {
             .map(|s| s["vrrp"]["state"].as_str().unwrap_or("").to_string())
             .unwrap_or_default()
     };
+    let dump = |h: &Path| {
+        format!(
+            "{}\n{}",
+            status_of(h).map(|s| s.to_string()).unwrap_or_default(),
+            std::fs::read_to_string(h.join("log/escadm.log")).unwrap_or_default()
+        )
+    };
+    let _diag = OnPanic(|| eprintln!("esc1: {}\nesc2: {}", dump(h1), dump(h2)));
     wait_until(
         Duration::from_secs(30),
         "one master, one backup, the VIP on one host",

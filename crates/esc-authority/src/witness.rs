@@ -64,6 +64,21 @@ impl Witness {
         &self.state
     }
 
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
+    }
+
+    /// The node's connection closed. A holder whose process died has its
+    /// connection closed by its kernel: the lease ends now, so the standby
+    /// need not wait for it to run out (architecture section 4). Safe: a
+    /// primary that is in fact alive still cannot commit alone without a
+    /// new mark, which it no longer gets once another node holds the lease.
+    pub fn disconnected(&mut self, now_ms: u64, node: &str) {
+        if self.state.holder.as_deref() == Some(node) {
+            self.lease_until_ms = self.lease_until_ms.min(now_ms);
+        }
+    }
+
     /// Milliseconds left on the holder's lease.
     pub fn lease_left_ms(&self, now_ms: u64) -> u64 {
         self.lease_until_ms.saturating_sub(now_ms)

@@ -10,6 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 /// Replication port on the `ha_node_list` addresses (architecture section 7).
 pub const REPLICATION_PORT: u16 = 7789;
+/// Default port of the witness.
+pub const WITNESS_PORT: u16 = 7790;
 
 /// The parsed options.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +23,8 @@ pub struct HaSet {
     pub kad_vri: Option<u8>,
     pub kad_unicast_src_ip: Option<String>,
     pub kad_unicast_peer: Vec<String>,
+    /// `IP` or `IP:port` of the witness (architecture section 4).
+    pub witness: Option<String>,
 }
 
 fn ip(field: &str, s: &str) -> Result<Ipv4Addr, String> {
@@ -112,6 +116,22 @@ pub fn apply(
         })
         .map(|s| ip("kad_unicast_peer", &s))
         .collect::<Result<_, _>>()?;
+    let witness = match set.witness.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(w) => Some(match w.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => SocketAddr::from((ip("witness", w)?, WITNESS_PORT)),
+        }),
+    };
+    if let Some(w) = witness {
+        if nodes.iter().any(|n| std::net::IpAddr::V4(*n) == w.ip())
+            || w.ip() == std::net::IpAddr::V4(vip)
+        {
+            return Err(format!(
+                "--witness {w} is a node address or the VIP: the witness runs on a third host"
+            ));
+        }
+    }
     let previous = config.vrrp.clone();
     let mut v = VrrpConfig {
         interface: interface.clone(),
@@ -139,10 +159,18 @@ pub fn apply(
     config.vrrp = Some(v);
     config.replication.listen = SocketAddr::from((me, REPLICATION_PORT));
     config.replication.peer = Some(SocketAddr::from((peer, REPLICATION_PORT)));
-    Ok(vec![
+    let mut changed = vec![
         format!("vrrp: interface {interface}, VIP {vip}/{prefix}"),
         format!("replication: this node {me}:{REPLICATION_PORT}, peer {peer}:{REPLICATION_PORT}"),
-    ])
+    ];
+    if set.witness.is_some() {
+        config.witness.address = witness;
+        changed.push(match witness {
+            Some(w) => format!("witness: {w}"),
+            None => "witness: none (two-node mode)".into(),
+        });
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -182,11 +210,18 @@ mod tests {
         );
         assert_eq!(c.replication.listen.to_string(), "192.0.2.11:7789");
         assert_eq!(c.replication.peer.unwrap().to_string(), "192.0.2.12:7789");
+        assert_eq!(c.witness.address, None);
+        let w = HaSet {
+            witness: Some("192.0.2.13".into()),
+            ..set("192.0.2.100", &["192.0.2.11", "192.0.2.12"])
+        };
+        apply(&mut c, &w, &LOCAL, |_| true).unwrap();
+        assert_eq!(c.witness.address.unwrap().to_string(), "192.0.2.13:7790");
     }
 
     #[test]
     fn bad_arguments_are_refused_and_change_nothing() {
-        let cases: [(HaSet, &str); 5] = [
+        let cases: [(HaSet, &str); 6] = [
             (set("192.0.2.100", &["192.0.2.11"]), "exactly two"),
             (
                 set("192.0.2.100", &["192.0.2.13", "192.0.2.12"]),
@@ -201,6 +236,13 @@ mod tests {
                 "not an IPv4",
             ),
             (set("192.0.2.100", &["192.0.2.11", "x"]), "not an IPv4"),
+            (
+                HaSet {
+                    witness: Some("192.0.2.12".into()),
+                    ..set("192.0.2.100", &["192.0.2.11", "192.0.2.12"])
+                },
+                "third host",
+            ),
         ];
         for (s, needle) in cases {
             let mut c = base();

@@ -52,6 +52,63 @@ pub struct Config {
     pub api: ApiConfig,
     /// VRRP and the virtual IP (absent: no VRRP speaker, no VIP).
     pub vrrp: Option<VrrpConfig>,
+    #[serde(default)]
+    pub witness: WitnessConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// The witness (architecture section 4): on a node, where it is; on the
+/// witness host (`escd --witness`), where it listens. Same shared secret as
+/// replication.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WitnessConfig {
+    /// The witness's address (TCP, default port 7790); absent: two-node mode.
+    pub address: Option<SocketAddr>,
+    /// Where `escd --witness` listens.
+    pub listen: SocketAddr,
+    /// The primary's lease at the witness; a silent failure costs about this.
+    pub lease_ms: u64,
+    /// How often the primary renews it.
+    pub renew_interval_ms: u64,
+}
+
+impl Default for WitnessConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            listen: "0.0.0.0:7790".parse().expect("static address"),
+            lease_ms: 1_000,
+            renew_interval_ms: 200,
+        }
+    }
+}
+
+/// The role authority's tuning (architecture section 2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Take over automatically when the primary is lost (needs `[vrrp]` or
+    /// a witness as failure detector; otherwise takeover is `escadm ha promote`).
+    pub auto_takeover: bool,
+    /// How often the HA agent checks the service (API, store, disk).
+    pub health_interval_ms: u64,
+    /// Consecutive failed checks before the node goes FAULT.
+    pub health_failures_max: u32,
+    /// How long `escadm ha switchover` waits for the standby to catch up.
+    pub switchover_timeout_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            auto_takeover: true,
+            health_interval_ms: 500,
+            health_failures_max: 2,
+            switchover_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// VRRP speaker and virtual IP (RFC 5798; the seed's `kad_*` options).
@@ -430,6 +487,39 @@ impl Config {
                     "is this node's own `listen` address: give the other node's".into(),
                 ));
             }
+        }
+        let w = &self.witness;
+        if w.address.is_some() && r.peer.is_none() {
+            return Err(bad(
+                "witness.address",
+                "a witness arbitrates a pair: set `replication.peer` too".into(),
+            ));
+        }
+        if !(100..=60_000).contains(&w.lease_ms)
+            || w.renew_interval_ms * 3 > w.lease_ms
+            || w.renew_interval_ms == 0
+        {
+            return Err(bad(
+                "witness.lease_ms",
+                format!(
+                    "lease_ms ({}) must be within 100..=60000 and at least 3 x renew_interval_ms ({})",
+                    w.lease_ms, w.renew_interval_ms
+                ),
+            ));
+        }
+        let h = &self.ha;
+        if !(50..=60_000).contains(&h.health_interval_ms) || h.health_failures_max == 0 {
+            return Err(bad(
+                "ha.health_interval_ms",
+                "health_interval_ms must be within 50..=60000 and health_failures_max at least 1"
+                    .into(),
+            ));
+        }
+        if !(100..=600_000).contains(&h.switchover_timeout_ms) {
+            return Err(bad(
+                "ha.switchover_timeout_ms",
+                "must be within 100..=600000".into(),
+            ));
         }
         if !(10..=10_000).contains(&r.heartbeat_interval_ms) {
             return Err(bad(

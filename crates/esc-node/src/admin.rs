@@ -49,6 +49,8 @@ pub enum AdminRequest {
     Demote {
         reason: String,
     },
+    /// Planned handover to the in-sync standby (failback is the same command).
+    Switchover,
 }
 
 /// The node's answer.
@@ -151,6 +153,17 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
                     status: serde_json::to_value(&list).ok(),
                 }
             }
+            Ok(
+                req @ (AdminRequest::Switchover
+                | AdminRequest::Promote { .. }
+                | AdminRequest::Demote { .. }),
+            ) if shared.agent.get().is_some_and(|a| a.pair) => {
+                info!(target: ADMIN, request = %line, "admin request");
+                to_agent(&shared, req).await
+            }
+            Ok(AdminRequest::Switchover) => {
+                AdminResponse::err("no peer configured: there is nothing to switch over to".into())
+            }
             Ok(AdminRequest::OpModeSet { mode, ipt_check }) => {
                 info!(target: ADMIN, ?mode, ipt_check, "escadm op_mode set");
                 set_op_mode(&shared, mode, ipt_check).await
@@ -191,6 +204,30 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Role commands in a pair go to the role authority (architecture section 2:
+/// roles are decided in one place).
+async fn to_agent(shared: &Shared, req: AdminRequest) -> AdminResponse {
+    use crate::agent::AgentCmd;
+    let Some(link) = shared.agent.get() else {
+        return AdminResponse::err("the HA agent is not running".into());
+    };
+    let (tx, rx) = oneshot::channel();
+    let cmd = match req {
+        AdminRequest::Switchover => AgentCmd::Switchover { reply: tx },
+        AdminRequest::Promote { force, .. } => AgentCmd::Promote { force, reply: tx },
+        AdminRequest::Demote { .. } => AgentCmd::Demote { reply: tx },
+        _ => return AdminResponse::err("not a role command".into()),
+    };
+    if link.cmds.send(cmd).await.is_err() {
+        return AdminResponse::err("the HA agent is not running".into());
+    }
+    match tokio::time::timeout(link.switchover_timeout + ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(Ok(message))) => AdminResponse::ok(&message, None),
+        Ok(Ok(Err(e))) => AdminResponse::err(e),
+        _ => AdminResponse::err("the HA agent did not answer in time".into()),
+    }
 }
 
 /// Proposes the mode change through the replicated log, like a write, so

@@ -294,6 +294,21 @@ async fn write(
             &tid,
         );
     }
+    // The role authority stops admitting writes while a switchover drains
+    // or the node stops: the client retries and lands on the new primary.
+    if !state
+        .shared
+        .admission
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return with_tid(
+            unavailable(
+                role,
+                "unavailable temporarily: handing over to the standby; retry",
+            ),
+            &tid,
+        );
+    }
     // Maintenance (esc-facts): northbound writes refused, in-progress ones finish.
     if let Ok(esc_store::OpMode::Maintenance) = state.shared.store.op_mode() {
         let mut r = json(

@@ -28,10 +28,14 @@
 //! - [`health`]: local health checks behind `/esc/health` and `escadm health`.
 //! - [`logging`]: `escmanager.log` and `escadm.log`.
 //! - [`metrics`]: counters shown by `escadm status --v`.
-//! - [`vrrp`]: the VRRP speaker's sockets, VIP and gratuitous ARP (own thread).
+//! - [`agent`]: the HA agent thread: role authority, VRRP speaker, witness
+//!   client, health probes, `keepalived_state` (architecture sections 1-2).
+//! - [`vrrp`]: the VRRP speaker's sockets, VIP and gratuitous ARP.
+//! - [`witness`]: `escd --witness` and the client the agent uses.
 //! - `sys`: the one `unsafe` module (AF_PACKET send for gratuitous ARP).
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod health;
 pub mod logging;
@@ -40,5 +44,6 @@ pub mod net;
 pub mod node;
 mod sys;
 pub mod vrrp;
+pub mod witness;
 
 pub use node::{run, Exit, NodeOptions};

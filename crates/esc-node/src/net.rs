@@ -65,6 +65,23 @@ pub enum NetEvent {
         conn: ConnId,
         reason: String,
     },
+    /// A standby peer told us where its durable log ends (cold start:
+    /// architecture section 4, "has seen its peer and holds the fresher log").
+    PeerPosition {
+        peer_name: String,
+        last_epoch: u64,
+        last_index: u64,
+    },
+}
+
+/// Where this node's durable log ends, for a standby peer's question:
+/// `Message::Status` fields (epoch, last_index, last_epoch, applied_index).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u64,
+    pub last_index: u64,
+    pub last_epoch: u64,
+    pub applied_index: u64,
 }
 
 /// What the network tasks share.
@@ -75,11 +92,12 @@ pub struct NetCtx {
     pub counters: Arc<Counters>,
     pub events: mpsc::Sender<NetEvent>,
     pub role: watch::Receiver<Role>,
+    pub position: watch::Receiver<Position>,
     pub next_conn: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(crate) enum LinkError {
     #[error("connection closed")]
     Closed,
     #[error("{0}")]
@@ -95,7 +113,7 @@ enum LinkError {
 }
 
 /// Reads one frame. `Ok(None)` is a clean close between frames.
-async fn read_frame<R: AsyncRead + Unpin>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     mac: Option<&mut FrameMac>,
@@ -188,13 +206,16 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
     }
 }
 
-async fn server_handshake(
-    ctx: &NetCtx,
-    mut stream: TcpStream,
-    addr: SocketAddr,
-) -> Result<(), LinkError> {
+/// The server half of the handshake (hello, challenge, proof); returns the
+/// client's name and the session MACs (receive, send). `AuthOk` is the
+/// caller's to send.
+pub(crate) async fn server_auth(
+    secret: &[u8],
+    node_name: &str,
+    stream: &mut TcpStream,
+) -> Result<(String, FrameMac, FrameMac), LinkError> {
     let mut buf = Vec::new();
-    let (client_name, client_nonce) = match read_frame(&mut stream, &mut buf, None).await? {
+    let (client_name, client_nonce) = match read_frame(stream, &mut buf, None).await? {
         Some(Message::ClientHello {
             protocol,
             node_name,
@@ -216,19 +237,19 @@ async fn server_handshake(
         None => return Err(LinkError::Closed),
     };
     let hs = Handshake {
-        secret: &ctx.secret,
+        secret,
         client_nonce,
         server_nonce: nonce(),
     };
     let challenge = Message::ServerChallenge {
-        node_name: ctx.node_name.clone(),
+        node_name: node_name.to_string(),
         nonce: hs.server_nonce,
-        proof: hs.server_proof(&ctx.node_name),
+        proof: hs.server_proof(node_name),
     };
     stream
         .write_all(&esc_wire::encode(&challenge, None))
         .await?;
-    match read_frame(&mut stream, &mut buf, None).await? {
+    match read_frame(stream, &mut buf, None).await? {
         Some(Message::ClientProof { proof }) => {
             if !Handshake::check(&hs.client_proof(&client_name), &proof) {
                 return Err(LinkError::Auth(format!(
@@ -244,33 +265,78 @@ async fn server_handshake(
         }
         None => return Err(LinkError::Closed),
     }
+    let (c2s, s2c) = hs.session();
+    Ok((client_name, c2s, s2c))
+}
+
+async fn server_handshake(
+    ctx: &NetCtx,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<(), LinkError> {
+    let (client_name, mut c2s, mut s2c) =
+        server_auth(&ctx.secret, &ctx.node_name, &mut stream).await?;
     if *ctx.role.borrow() != Role::Primary {
+        // Not primary: no follower. Two standbys (cold start) still trade
+        // where their logs end, so the fresher one may lead (architecture
+        // section 4), then the connection closes.
         Counters::bump(&ctx.counters.connections_refused_not_primary);
-        info!(target: HA, %addr, peer = %client_name, "follower refused: this node is not primary");
+        debug!(target: HA, %addr, peer = %client_name, "standby peer: trading log positions");
+        stream
+            .write_all(&esc_wire::encode(&Message::AuthOk, None))
+            .await?;
+        let mut buf = Vec::new();
+        if let Some(Message::Status {
+            last_index,
+            last_epoch,
+            ..
+        }) = read_frame(&mut stream, &mut buf, Some(&mut c2s)).await?
+        {
+            let _ = ctx
+                .events
+                .send(NetEvent::PeerPosition {
+                    peer_name: client_name,
+                    last_epoch,
+                    last_index,
+                })
+                .await;
+        }
+        let p = *ctx.position.borrow();
+        let status = Message::Status {
+            epoch: p.epoch,
+            last_index: p.last_index,
+            last_epoch: p.last_epoch,
+            applied_index: p.applied_index,
+        };
+        stream
+            .write_all(&esc_wire::encode(&status, Some(&mut s2c)))
+            .await?;
+        let _ = stream.shutdown().await;
         return Ok(());
     }
     stream
         .write_all(&esc_wire::encode(&Message::AuthOk, None))
         .await?;
-    let (c2s, s2c) = hs.session();
     spawn_conn(ctx, stream, s2c, c2s, client_name, addr).await;
     Ok(())
 }
 
-async fn client_handshake(
-    ctx: &NetCtx,
-    mut stream: TcpStream,
-    addr: SocketAddr,
-) -> Result<tokio::task::JoinHandle<()>, LinkError> {
+/// The client half of the handshake, up to `AuthOk`; returns the server's
+/// name and the session MACs (send, receive).
+pub(crate) async fn client_auth(
+    secret: &[u8],
+    node_name: &str,
+    stream: &mut TcpStream,
+) -> Result<(String, FrameMac, FrameMac), LinkError> {
     let mut buf = Vec::new();
     let client_nonce = nonce();
     let hello = Message::ClientHello {
         protocol: PROTOCOL_VERSION,
-        node_name: ctx.node_name.clone(),
+        node_name: node_name.to_string(),
         nonce: client_nonce,
     };
     stream.write_all(&esc_wire::encode(&hello, None)).await?;
-    let (server_name, server_nonce, proof) = match read_frame(&mut stream, &mut buf, None).await? {
+    let (server_name, server_nonce, proof) = match read_frame(stream, &mut buf, None).await? {
         Some(Message::ServerChallenge {
             node_name,
             nonce,
@@ -285,7 +351,7 @@ async fn client_handshake(
         None => return Err(LinkError::Closed),
     };
     let hs = Handshake {
-        secret: &ctx.secret,
+        secret,
         client_nonce,
         server_nonce,
     };
@@ -293,15 +359,15 @@ async fn client_handshake(
     // wrong secret sees (counts, logs) the failure too; the proof is an HMAC
     // and reveals nothing of the secret.
     let reply = Message::ClientProof {
-        proof: hs.client_proof(&ctx.node_name),
+        proof: hs.client_proof(node_name),
     };
     stream.write_all(&esc_wire::encode(&reply, None)).await?;
     if !Handshake::check(&hs.server_proof(&server_name), &proof) {
         return Err(LinkError::Auth(format!(
-            "primary {server_name:?} did not prove the shared secret (wrong secret?)"
+            "{server_name:?} did not prove the shared secret (wrong secret?)"
         )));
     }
-    match read_frame(&mut stream, &mut buf, None).await? {
+    match read_frame(stream, &mut buf, None).await? {
         Some(Message::AuthOk) => {}
         Some(m) => {
             return Err(LinkError::Protocol(format!(
@@ -313,6 +379,15 @@ async fn client_handshake(
         None => return Err(LinkError::Closed),
     }
     let (c2s, s2c) = hs.session();
+    Ok((server_name, c2s, s2c))
+}
+
+async fn client_handshake(
+    ctx: &NetCtx,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, LinkError> {
+    let (server_name, c2s, s2c) = client_auth(&ctx.secret, &ctx.node_name, &mut stream).await?;
     Ok(spawn_conn(ctx, stream, c2s, s2c, server_name, addr).await)
 }
 
@@ -402,8 +477,13 @@ pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
         };
         match attempt.await {
             Ok(reader) => {
-                backoff = Duration::from_millis(50);
+                let since = std::time::Instant::now();
                 let _ = reader.await;
+                // A link that held is retried at once; one that closed right
+                // away (a standby peer trading positions) backs off.
+                if since.elapsed() > Duration::from_secs(2) {
+                    backoff = Duration::from_millis(50);
+                }
             }
             Err(LinkError::Closed) => {
                 debug!(target: HA, %peer, "peer is not accepting followers (not primary?)")

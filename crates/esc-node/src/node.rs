@@ -60,6 +60,10 @@ pub enum Event {
     },
     /// `escadm reload` was accepted and answered: restart with the new file.
     ReloadNow,
+    /// A command of the role authority (HA agent).
+    Ha(crate::agent::HaCommand),
+    /// The HA agent finished its part of a graceful stop (handover).
+    HaReadyToStop,
 }
 
 /// Jobs for the storage worker, executed strictly in order.
@@ -121,6 +125,20 @@ pub struct Shared {
     pub api_addr: std::net::SocketAddr,
     /// Northbound transactions in progress, by transaction id (`escadm ip_trans`).
     pub inflight: Arc<std::sync::Mutex<std::collections::BTreeMap<String, InFlight>>>,
+    /// The role authority admits northbound writes (off while a switchover
+    /// drains, while stopping, and on every node that is not primary).
+    pub admission: Arc<std::sync::atomic::AtomicBool>,
+    /// The HA agent's command channel and status (set once it runs).
+    pub agent: Arc<std::sync::OnceLock<AgentLink>>,
+}
+
+/// How the node's tasks reach the HA agent.
+pub struct AgentLink {
+    pub cmds: mpsc::Sender<crate::agent::AgentCmd>,
+    pub status: watch::Receiver<crate::agent::AgentStatus>,
+    /// A replication peer is configured: the agent arbitrates roles.
+    pub pair: bool,
+    pub switchover_timeout: Duration,
 }
 
 /// One northbound transaction in progress.
@@ -154,9 +172,9 @@ pub async fn run(
     let cfg = opts.config;
     let home = opts.home;
     let data_dir = Config::resolve(&home, &cfg.store.data_dir);
-    let secret = cfg
-        .load_secret(&home)?
-        .unwrap_or_else(|| b"standalone node: no peer configured".to_vec());
+    // No default secret: a node without one has no replication link and
+    // does not listen for one (it runs standalone).
+    let secret = cfg.load_secret(&home)?.map(Arc::new);
     let store = {
         let dir = data_dir.clone();
         tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -193,6 +211,9 @@ pub async fn run(
     // a restored node comes back as standby); `initial_role` only applies to
     // a fresh store.
     let mut core = Core::new(core_cfg, Role::Standby, meta.epoch, log, meta.applied_index);
+    // Witness mode: a primary commits without its follower only once the
+    // witness marked the standby outdated (architecture section 4).
+    core.set_commit_alone(cfg.witness.address.is_none() || r.peer.is_none());
     info!(target: HA, epoch = meta.epoch, last_index = meta.last_index,
           applied_index = meta.applied_index, "store opened; starting as standby");
 
@@ -202,6 +223,7 @@ pub async fn run(
         epoch: meta.epoch,
     });
     let (net_role_tx, net_role_rx) = watch::channel(Role::Standby);
+    let (position_tx, position_rx) = watch::channel(net::Position::default());
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(EVENT_QUEUE);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
@@ -215,25 +237,33 @@ pub async fn run(
             .spawn(move || storage_worker(store, jobs_rx, events, counters, dir))?;
     }
 
-    let repl_listener = tokio::net::TcpListener::bind(r.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for replication on {}: {e}", r.listen))?;
+    let repl_listener =
+        match &secret {
+            Some(_) => Some(tokio::net::TcpListener::bind(r.listen).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen for replication on {}: {e}", r.listen)
+            })?),
+            None => None,
+        };
     let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {}: {e}", cfg.api.listen))?;
-    let net_ctx = NetCtx {
-        node_name: cfg.node_name.clone(),
-        secret: Arc::new(secret),
-        counters: counters.clone(),
-        events: net_tx.clone(),
-        role: net_role_rx,
-        next_conn: Arc::new(AtomicU64::new(0)),
-    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(net::listen(net_ctx.clone(), repl_listener));
-    if let Some(peer) = r.peer {
-        tasks.spawn(net::dial(net_ctx.clone(), peer));
+    if let (Some(secret), Some(listener)) = (&secret, repl_listener) {
+        let net_ctx = NetCtx {
+            node_name: cfg.node_name.clone(),
+            secret: secret.clone(),
+            counters: counters.clone(),
+            events: net_tx.clone(),
+            role: net_role_rx,
+            position: position_rx,
+            next_conn: Arc::new(AtomicU64::new(0)),
+        };
+        tasks.spawn(net::listen(net_ctx.clone(), listener));
+        if let Some(peer) = r.peer {
+            tasks.spawn(net::dial(net_ctx.clone(), peer));
+        }
     }
+    let pair = r.peer.is_some();
     let shared = Shared {
         node_name: cfg.node_name.clone(),
         store: store.clone(),
@@ -243,16 +273,27 @@ pub async fn run(
         data_dir: data_dir.clone(),
         api_addr: cfg.api.listen,
         inflight: Default::default(),
+        // A standalone node admits writes whenever it is primary; in a pair
+        // the role authority decides.
+        admission: Arc::new(std::sync::atomic::AtomicBool::new(!pair)),
+        agent: Default::default(),
     };
-    // The VRRP speaker runs on its own thread; dropping the stopper at the
-    // end sends priority 0 (if master) and removes the VIP.
-    let (vrrp_status, _vrrp_stopper) = match &cfg.vrrp {
-        Some(v) => {
-            let (status, stopper) = crate::vrrp::spawn(v.clone())?;
-            (Some(status), Some(stopper))
-        }
-        None => (None, None),
-    };
+    // The HA agent (role authority, VRRP, witness client, health) runs on
+    // its own thread; dropping its handle at the end sends priority 0 (if
+    // VRRP master) and removes the VIP.
+    let agent = crate::agent::spawn(
+        &cfg,
+        &home,
+        shared.clone(),
+        secret.clone(),
+        shared.admission.clone(),
+    )?;
+    let _ = shared.agent.set(AgentLink {
+        cmds: agent.cmds.clone(),
+        status: agent.status.clone(),
+        pair,
+        switchover_timeout: Duration::from_millis(cfg.ha.switchover_timeout_ms),
+    });
     let password = api::password(&home, &cfg.api)?;
     let health_listener = tokio::net::TcpListener::bind(cfg.api.health_listen)
         .await
@@ -293,39 +334,77 @@ pub async fn run(
         node_name: cfg.node_name.clone(),
         home: home.clone(),
         peer_addr: r.peer,
-        vrrp_status,
+        agent_cmds: agent.cmds.clone(),
+        position_tx,
+        agent_status: agent.status.clone(),
+        last_view: None,
+        pair,
     };
     let first = owner.core.start(owner.now_ms());
     owner.exec(first);
-    if meta.epoch == 0 && r.initial_role == InitialRole::Primary {
+    if !pair && meta.epoch == 0 && r.initial_role == InitialRole::Primary {
+        // A standalone node has no authority to ask.
         owner.input(Input::Promote {
             reason: "initial_role = \"primary\" in esc.toml (fresh store)".into(),
         });
     }
+    owner.report_view();
     info!(node = %cfg.node_name, api = %cfg.api.listen, replication = %r.listen, "escd running");
 
     let tick_ms = (r.heartbeat_interval_ms / 2).max(5);
     let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // A graceful stop lets the agent hand over first (a primary drains and
+    // passes its role to the in-sync standby), bounded in time.
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    let stop_grace = Duration::from_millis(cfg.ha.switchover_timeout_ms + 1_000);
     let result = loop {
+        let deadline = stop_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = &mut shutdown => break Ok(Exit::Stopped),
+            _ = &mut shutdown, if stop_deadline.is_none() => {
+                info!(target: HA, "stop requested: handing over first if primary");
+                stop_deadline = Some(tokio::time::Instant::now() + stop_grace);
+                let _ = owner.agent_cmds.try_send(crate::agent::AgentCmd::Stop);
+            }
+            _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
+                warn!(target: HA, "handover did not finish in time; stopping anyway");
+                break Ok(Exit::Stopped);
+            }
             _ = tick.tick() => owner.input(Input::Tick),
             Some(ev) = net_rx.recv() => owner.on_net(ev),
             Some(ev) = events_rx.recv() => {
                 match owner.on_event(ev) {
                     Err(e) => break Err(e),
-                    Ok(true) => break Ok(Exit::Reload),
-                    Ok(false) => {}
+                    Ok(Some(exit)) => break Ok(exit),
+                    Ok(None) => {}
                 }
             }
         }
     };
+    drop(agent);
     tasks.abort_all();
     admin::cleanup(&home);
     info!(target: HA, "escd stopping");
     result
+}
+
+/// What the role authority needs to know of the replication core.
+fn repl_view(core: &Core) -> esc_authority::ReplView {
+    let (last_epoch, last_index) = core.durable_position();
+    esc_authority::ReplView {
+        primary: core.role() == Role::Primary,
+        epoch: core.epoch(),
+        last_epoch,
+        last_index,
+        linked: core.linked(),
+        in_sync: core.in_sync(),
+        blocker: core.promotion_blocker(),
+        drained: core.drained(),
+        commit_alone: core.commit_alone(),
+        handover: core.handed_over(),
+    }
 }
 
 /// Only used to move the real core into the owner without cloning.
@@ -364,7 +443,12 @@ struct Owner {
     node_name: String,
     home: PathBuf,
     peer_addr: Option<std::net::SocketAddr>,
-    vrrp_status: Option<watch::Receiver<Option<crate::vrrp::VrrpStatus>>>,
+    agent_cmds: mpsc::Sender<crate::agent::AgentCmd>,
+    position_tx: watch::Sender<net::Position>,
+    agent_status: watch::Receiver<crate::agent::AgentStatus>,
+    /// The last view sent to the role authority (sent again on change only).
+    last_view: Option<esc_authority::ReplView>,
+    pair: bool,
 }
 
 impl Owner {
@@ -376,6 +460,38 @@ impl Owner {
         let now = self.now_ms();
         let out = self.core.handle(now, input);
         self.exec(out);
+        self.report_view();
+    }
+
+    /// Tells the role authority what the replication core looks like now,
+    /// when it changed.
+    fn report_view(&mut self) {
+        if !self.pair {
+            return;
+        }
+        let (last_epoch, last_index) = self.core.durable_position();
+        let pos = net::Position {
+            epoch: self.core.epoch(),
+            last_index,
+            last_epoch,
+            applied_index: self.core.commit_index(),
+        };
+        self.position_tx.send_if_modified(|p| {
+            let changed = *p != pos;
+            *p = pos;
+            changed
+        });
+        let v = repl_view(&self.core);
+        if self.last_view.as_ref() != Some(&v) {
+            // A full queue drops the view; the next change sends a fresh one.
+            if self
+                .agent_cmds
+                .try_send(crate::agent::AgentCmd::Repl(v.clone()))
+                .is_ok()
+            {
+                self.last_view = Some(v);
+            }
+        }
     }
 
     fn job(&self, job: Job) {
@@ -527,6 +643,20 @@ impl Owner {
                 );
                 self.input(Input::PeerUp { conn });
             }
+            NetEvent::Received {
+                conn,
+                msg:
+                    Message::Status {
+                        last_epoch,
+                        last_index,
+                        ..
+                    },
+            } if self.core.role() == Role::Standby => {
+                // A standby peer answered our Status with its own (cold start).
+                if let Some(name) = self.conns.get(&conn).map(|c| c.peer_name.clone()) {
+                    self.peer_position(&name, last_epoch, last_index);
+                }
+            }
             NetEvent::Received { conn, msg } => {
                 if self.conns.contains_key(&conn) {
                     if let Message::SnapshotBegin { .. } = msg {
@@ -538,9 +668,22 @@ impl Owner {
             NetEvent::SnapshotChunk { conn, items } => {
                 if let Some(buf) = self.snapshot_buf.get_mut(&conn) {
                     buf.extend(items);
+                    // The stream is liveness: a snapshot longer than the
+                    // peer timeout must not time the primary out.
+                    self.input(Input::Received {
+                        conn,
+                        msg: Message::SnapshotChunk { items: Vec::new() },
+                    });
                 } else {
                     Counters::bump(&self.counters.frames_unexpected);
                 }
+            }
+            NetEvent::PeerPosition {
+                peer_name,
+                last_epoch,
+                last_index,
+            } => {
+                self.peer_position(&peer_name, last_epoch, last_index);
             }
             NetEvent::Down { conn, reason } => {
                 if let Some(c) = self.conns.remove(&conn) {
@@ -552,8 +695,19 @@ impl Owner {
         }
     }
 
-    /// Handles one event; `Ok(true)` asks the node to reload.
-    fn on_event(&mut self, ev: Event) -> anyhow::Result<bool> {
+    /// Cold start: a standby peer's log position. On equal logs the node
+    /// with the lower name leads, so both never contend at once.
+    fn peer_position(&mut self, peer_name: &str, last_epoch: u64, last_index: u64) {
+        info!(target: HA, peer = %peer_name, last_epoch, last_index, "standby peer's log position");
+        self.input(Input::PeerPosition {
+            last_epoch,
+            last_index,
+            tie_goes_to_peer: peer_name < self.node_name.as_str(),
+        });
+    }
+
+    /// Handles one event; `Ok(Some(exit))` ends the node's loop.
+    fn on_event(&mut self, ev: Event) -> anyhow::Result<Option<Exit>> {
         match ev {
             Event::Propose { payload, reply } => {
                 self.next_token += 1;
@@ -568,20 +722,48 @@ impl Owner {
             }
             Event::StorageFailed { error } => {
                 Counters::bump(&self.counters.store_errors);
-                error!(target: HA, %error, "store failed; stepping down and stopping");
                 self.input(Input::Demote {
                     reason: format!("store failure: {error}"),
                 });
-                return Err(anyhow::anyhow!("store failure: {error}"));
+                if !self.pair {
+                    error!(target: HA, %error, "store failed; stopping");
+                    return Err(anyhow::anyhow!("store failure: {error}"));
+                }
+                // In a pair the node stays up as FAULT (it says why in
+                // `escadm status`) and the standby takes over.
+                error!(target: HA, %error, "store failed; this node goes FAULT");
+                let _ = self
+                    .agent_cmds
+                    .try_send(crate::agent::AgentCmd::StoreFailed(error));
             }
+            Event::Ha(cmd) => self.on_ha(cmd),
+            Event::HaReadyToStop => return Ok(Some(Exit::Stopped)),
             Event::Admin { req, reply } => {
                 let resp = self.on_admin(req);
                 let _ = reply.send(resp);
             }
             // Sent by the admin task once the operator has its answer.
-            Event::ReloadNow => return Ok(true),
+            Event::ReloadNow => return Ok(Some(Exit::Reload)),
         }
-        Ok(false)
+        Ok(None)
+    }
+
+    /// Carries out the role authority's commands on the replication core.
+    fn on_ha(&mut self, cmd: crate::agent::HaCommand) {
+        use crate::agent::HaCommand;
+        match cmd {
+            HaCommand::Promote {
+                epoch: Some(epoch),
+                reason,
+            } => self.input(Input::PromoteInEpoch { epoch, reason }),
+            HaCommand::Promote {
+                epoch: None,
+                reason,
+            } => self.input(Input::Promote { reason }),
+            HaCommand::Demote { reason } => self.input(Input::Demote { reason }),
+            HaCommand::CommitAlone(on) => self.input(Input::CommitAlone(on)),
+            HaCommand::Handover => self.input(Input::Handover),
+        }
     }
 
     fn on_admin(&mut self, req: AdminRequest) -> AdminResponse {
@@ -591,7 +773,8 @@ impl Owner {
             AdminRequest::Health
             | AdminRequest::OpModeSet { .. }
             | AdminRequest::OpModeShow
-            | AdminRequest::IpTrans => AdminResponse::err("answered by the admin task".into()),
+            | AdminRequest::IpTrans
+            | AdminRequest::Switchover => AdminResponse::err("answered by the admin task".into()),
             AdminRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)
@@ -659,7 +842,8 @@ impl Owner {
             "counters": self.counters.snapshot(),
             "last_transition": self.last_transition,
             "recovery_note": self.store.recovery_note,
-            "vrrp": self.vrrp_status.as_ref().map(|v| v.borrow().clone()),
+            "vrrp": self.agent_status.borrow().vrrp.clone(),
+            "ha": self.agent_status.borrow().clone(),
         })
     }
 }

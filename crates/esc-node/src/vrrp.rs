@@ -27,7 +27,6 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// The VRRP multicast group (RFC 5798 section 5.1.1.2).
@@ -35,7 +34,7 @@ pub const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 /// IP protocol number of VRRP (RFC 5798 section 5.1.1.4).
 pub const VRRP_PROTO: i32 = 112;
 /// Largest datagram read (IP header + VRRP with the most addresses).
-const RECV_BYTES_MAX: usize = 2048;
+pub(crate) const RECV_BYTES_MAX: usize = 2048;
 
 /// What `escadm status --v` shows of VRRP.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -52,54 +51,9 @@ pub struct VrrpStatus {
     pub dropped: u64,
 }
 
-/// Starts the speaker on its own thread; returns its status channel and a
-/// handle that stops it (sending priority 0 if master) when dropped.
-pub fn spawn(cfg: VrrpConfig) -> anyhow::Result<(watch::Receiver<Option<VrrpStatus>>, Stopper)> {
-    cfg.check_host()
-        .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
-    // Fail at start, not later on the speaker's thread: without a raw
-    // socket the node would run without VRRP (half-configured).
-    Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO))).map_err(|e| {
-        anyhow::anyhow!("the [vrrp] section needs a raw socket (run as root / CAP_NET_RAW): {e}")
-    })?;
-    let (status_tx, status_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("esc-vrrp".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(target: HA, "VRRP runtime: {e}");
-                    return;
-                }
-            };
-            if let Err(e) = rt.block_on(run(cfg, status_tx, stop_rx)) {
-                warn!(target: HA, "VRRP speaker stopped: {e:#}");
-            }
-            let _ = done_tx.send(());
-        })?;
-    Ok((status_rx, Stopper { stop_tx, done_rx }))
-}
-
-/// Stops the speaker and waits (bounded) for its shutdown advert and VIP removal.
-pub struct Stopper {
-    stop_tx: watch::Sender<bool>,
-    done_rx: std::sync::mpsc::Receiver<()>,
-}
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
-        let _ = self.done_rx.recv_timeout(Duration::from_secs(3));
-    }
-}
-
-struct Speaker {
+/// The VRRP speaker: the sans-IO state machine plus its socket, the VIP
+/// and gratuitous ARP. Driven by the HA agent (`agent.rs`) on its thread.
+pub(crate) struct Speaker {
     cfg: VrrpConfig,
     fsm: Vrrp,
     /// The raw socket, driven through tokio's UDP type: recvfrom and sendto
@@ -112,80 +66,129 @@ struct Speaker {
     netlink: rtnetlink::Handle,
     start: Instant,
     dropped: u64,
+    /// Standalone node (no replication peer): the VIP follows the VRRP
+    /// election, as keepalived does. In a pair the role authority moves it.
+    vip_follows_vrrp: bool,
+    /// Priority of the last advert heard from the current master.
+    master_priority: Option<u8>,
 }
 
-async fn run(
-    cfg: VrrpConfig,
-    status: watch::Sender<Option<VrrpStatus>>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let (ifindex, mac) = crate::sys::interface(&cfg.interface)?;
-    let vip = cfg
-        .vip_net()
-        .map_err(|m| anyhow::anyhow!("vrrp.vip: {m}"))?;
-    let (conn, netlink, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
-    let src = match cfg.unicast_src_ip {
-        Some(ip) => ip,
-        None => primary_address(&netlink, ifindex, vip.0)
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "interface {} has no IPv4 address to send VRRP from",
-                    cfg.interface
-                )
-            })?,
-    };
-    let sock = open_socket(&cfg, ifindex, src)?;
-    let fsm = Vrrp::new(FsmConfig {
-        vrid: cfg.vrid(),
-        priority: cfg.priority,
-        adver_int_cs: cfg.advert_interval_cs(),
-        preempt: cfg.preempt,
-        primary_ip: src,
-    });
-    let mut sp = Speaker {
-        cfg,
-        fsm,
-        sock: tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock))?,
-        src,
-        vip,
-        ifindex,
-        mac,
-        netlink,
-        start: Instant::now(),
-        dropped: 0,
-    };
-    // A VIP left behind by a crash is not ours until we are master again.
-    if sp.remove_vip().await? {
-        warn!(target: HA, vip = %sp.cfg.vip, "removed a stale VIP left by an earlier run");
+/// Checks at start-up that VRRP can run here (interface, raw socket).
+pub(crate) fn preflight(cfg: &VrrpConfig) -> anyhow::Result<()> {
+    cfg.check_host()
+        .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+    // Fail at start, not later on the agent's thread: without a raw
+    // socket the node would run without VRRP (half-configured).
+    Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO))).map_err(|e| {
+        anyhow::anyhow!("the [vrrp] section needs a raw socket (run as root / CAP_NET_RAW): {e}")
+    })?;
+    Ok(())
+}
+
+impl Speaker {
+    /// Opens the socket and netlink handle; removes a VIP a crash left.
+    /// Call on the agent's runtime.
+    pub(crate) async fn open(
+        cfg: VrrpConfig,
+        vip_follows_vrrp: bool,
+        start: Instant,
+    ) -> anyhow::Result<Speaker> {
+        let (ifindex, mac) = crate::sys::interface(&cfg.interface)?;
+        let vip = cfg
+            .vip_net()
+            .map_err(|m| anyhow::anyhow!("vrrp.vip: {m}"))?;
+        let (conn, netlink, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        let src = match cfg.unicast_src_ip {
+            Some(ip) => ip,
+            None => primary_address(&netlink, ifindex, vip.0)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "interface {} has no IPv4 address to send VRRP from",
+                        cfg.interface
+                    )
+                })?,
+        };
+        let sock = open_socket(&cfg, ifindex, src)?;
+        let fsm = Vrrp::new(FsmConfig {
+            vrid: cfg.vrid(),
+            priority: cfg.priority,
+            adver_int_cs: cfg.advert_interval_cs(),
+            preempt: cfg.preempt,
+            primary_ip: src,
+        });
+        let sp = Speaker {
+            cfg,
+            fsm,
+            sock: tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock))?,
+            src,
+            vip,
+            ifindex,
+            mac,
+            netlink,
+            start,
+            dropped: 0,
+            vip_follows_vrrp,
+            master_priority: None,
+        };
+        // A VIP left behind by a crash is not ours until we are master again.
+        if sp.remove_vip().await? {
+            warn!(target: HA, vip = %sp.cfg.vip, "removed a stale VIP left by an earlier run");
+        }
+        info!(target: HA, interface = %sp.cfg.interface, vrid = sp.cfg.vrid(), priority = sp.cfg.priority,
+              version = sp.cfg.version, src = %src, "VRRP speaker starting");
+        Ok(sp)
     }
-    info!(target: HA, interface = %sp.cfg.interface, vrid = sp.cfg.vrid(), priority = sp.cfg.priority,
-          version = sp.cfg.version, src = %src, "VRRP speaker starting");
-    sp.input(Input::Startup).await;
-    let mut buf = vec![0u8; RECV_BYTES_MAX];
-    loop {
-        let _ = status.send(Some(sp.status()));
-        let deadline = sp
-            .fsm
+
+    /// When the state machine next needs a `Tick`.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.fsm
             .next_deadline_ms()
-            .map(|d| sp.start + Duration::from_millis(d))
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            _ = stop.changed() => {
-                sp.input(Input::Shutdown).await;
-                let _ = status.send(Some(sp.status()));
-                return Ok(());
+            .map(|d| self.start + Duration::from_millis(d))
+    }
+
+    /// Receives one datagram and turns it into an input (None: dropped).
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Option<Input> {
+        match self.sock.recv(buf).await {
+            Ok(n) => self.validate(&buf[..n]),
+            Err(e) => {
+                warn!(target: HA, "VRRP receive: {e}");
+                None
             }
-            _ = tokio::time::sleep_until(deadline.into()) => sp.input(Input::Tick).await,
-            r = sp.sock.recv(&mut buf) => match r {
-                Ok(n) => {
-                    if let Some(input) = sp.validate(&buf[..n]) {
-                        sp.input(input).await;
-                    }
-                }
-                Err(e) => warn!(target: HA, "VRRP receive: {e}"),
+        }
+    }
+
+    /// What the role authority sees.
+    pub(crate) fn view(&self) -> esc_authority::VrrpView {
+        use esc_authority::authority::VrrpState;
+        esc_authority::VrrpView {
+            state: match self.fsm.state() {
+                State::Initialize => VrrpState::Initialize,
+                State::Backup => VrrpState::Backup,
+                State::Master => VrrpState::Master,
             },
+            master_priority: if self.fsm.state() == State::Backup {
+                self.master_priority
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Adds (and announces) or removes the VIP, on the role authority's word.
+    pub(crate) async fn set_vip(&mut self, on: bool) {
+        let r = if on {
+            let r = self.add_vip().await;
+            if r.is_ok() {
+                self.announce();
+            }
+            r
+        } else {
+            self.remove_vip().await.map(|_| ())
+        };
+        if let Err(e) = r {
+            warn!(target: HA, vip = %self.cfg.vip, on, "cannot change the VIP: {e}");
         }
     }
 }
@@ -243,7 +246,7 @@ impl Speaker {
         }
     }
 
-    fn status(&self) -> VrrpStatus {
+    pub(crate) fn status(&self) -> VrrpStatus {
         let st = self.fsm.stats();
         VrrpStatus {
             state: self.fsm.state(),
@@ -301,6 +304,9 @@ impl Speaker {
             // RFC 5798 7.1: a mismatched address list is logged, the packet still counts.
             tracing::debug!(target: HA, %src, "advert's address list does not hold our VIP");
         }
+        if self.fsm.master_ip() == Some(src) || self.fsm.state() != State::Master {
+            self.master_priority = Some(p.priority);
+        }
         Some(Input::Advert {
             src,
             priority: p.priority,
@@ -308,28 +314,37 @@ impl Speaker {
         })
     }
 
-    async fn input(&mut self, input: Input) {
+    /// Feeds the state machine; true when its state changed.
+    pub(crate) async fn input(&mut self, input: Input) -> bool {
         let now = self.now_ms();
         let actions = self.fsm.handle(now, input);
+        let mut changed = false;
         for a in actions {
             match a {
                 Action::SendAdvert { priority } => self.send_advert(priority),
-                Action::AddVip => {
+                Action::AddVip if self.vip_follows_vrrp => {
                     if let Err(e) = self.add_vip().await {
                         warn!(target: HA, vip = %self.cfg.vip, "cannot add the VIP: {e}");
                     }
                 }
-                Action::RemoveVip => {
+                Action::RemoveVip if self.vip_follows_vrrp => {
                     if let Err(e) = self.remove_vip().await {
                         warn!(target: HA, vip = %self.cfg.vip, "cannot remove the VIP: {e}");
                     }
                 }
-                Action::AnnounceVip => self.announce(),
+                Action::AnnounceVip if self.vip_follows_vrrp => self.announce(),
+                // In a pair the role authority moves the VIP (architecture 2).
+                Action::AddVip | Action::RemoveVip | Action::AnnounceVip => {}
                 Action::StateChanged { from, to, reason } => {
+                    changed = true;
+                    if to != State::Backup {
+                        self.master_priority = None;
+                    }
                     info!(target: HA, ?from, ?to, %reason, vip = %self.cfg.vip, "VRRP state change");
                 }
             }
         }
+        changed
     }
 
     fn send_advert(&mut self, priority: u8) {
@@ -354,7 +369,7 @@ impl Speaker {
         }
     }
 
-    async fn add_vip(&self) -> anyhow::Result<()> {
+    pub(crate) async fn add_vip(&self) -> anyhow::Result<()> {
         match self
             .netlink
             .address()
@@ -372,7 +387,7 @@ impl Speaker {
     }
 
     /// Removes the VIP if present; says whether it was.
-    async fn remove_vip(&self) -> anyhow::Result<bool> {
+    pub(crate) async fn remove_vip(&self) -> anyhow::Result<bool> {
         let mut found = self
             .netlink
             .address()

@@ -10,6 +10,10 @@ use std::collections::VecDeque;
 /// well under the frame bound `esc_wire::MAX_BODY_BYTES`.
 pub const GROUP_BYTES_MAX: usize = 8 << 20;
 
+/// Why a promotion is impossible once the epoch counter is at its maximum.
+const EPOCH_EXHAUSTED: &str =
+    "the epoch counter is exhausted: no new epoch can be started, so this node cannot lead";
+
 /// Identifies a client proposal; the runtime maps it to a responder.
 pub type Token = u64;
 /// Identifies one authenticated connection, chosen by the runtime.
@@ -69,7 +73,10 @@ pub enum Input {
     PeerUp { conn: ConnId },
     /// A connection is gone.
     PeerDown { conn: ConnId },
-    /// A message from an authenticated peer.
+    /// A message from an authenticated peer. Every message from the primary
+    /// counts as liveness, `SnapshotChunk` included: a runtime that keeps the
+    /// chunk items itself still passes the message on (items may be emptied),
+    /// or a snapshot longer than `peer_timeout_ms` times out.
     Received { conn: ConnId, msg: Message },
     /// The storage worker installed the snapshot; the log now starts after it.
     SnapshotInstalled { index: u64, index_epoch: u64 },
@@ -77,13 +84,33 @@ pub enum Input {
     Promote { reason: String },
     /// Operator: become standby.
     Demote { reason: String },
+    /// The role authority: become primary in exactly this epoch (the
+    /// witness's grant); refused unless it is above ours.
+    PromoteInEpoch { epoch: u64, reason: String },
+    /// The role authority (witness mode): may the primary commit without an
+    /// in-sync follower? Only once the witness marked the standby outdated
+    /// (architecture section 4). Two-node mode leaves it on.
+    CommitAlone(bool),
+    /// The role authority (switchover): tell the in-sync follower to take
+    /// over; it holds every entry. The authority demotes this node next.
+    Handover,
+    /// A standby peer's durable log end, learnt at cold start; on equal
+    /// logs one side must win, decided by the runtime (node names).
+    PeerPosition {
+        last_epoch: u64,
+        last_index: u64,
+        tie_goes_to_peer: bool,
+    },
 }
 
 /// Everything the core asks the runtime to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Durably: cut entries after `truncate_after` (to the recovery file),
-    /// append `entries`, record `epoch`. Answer with `Persisted`.
+    /// append `entries`, record `epoch`. Answer with `Persisted`, in order;
+    /// one answer may cover several, but a `Persist` with `truncate_after`
+    /// is not answered together with an earlier one (an old log and the new
+    /// one may end at the same index, see `Core::on_persisted`).
     Persist {
         truncate_after: Option<u64>,
         entries: Vec<Entry>,
@@ -124,7 +151,9 @@ pub enum Output {
     Disconnect { conn: ConnId, reason: String },
     /// A proposal got no commit.
     Refuse { token: Token, refusal: Refusal },
-    /// The role or epoch changed (log it; dial or accept accordingly).
+    /// The role or epoch changed (log it; dial or accept accordingly). Also
+    /// emitted, with the role and epoch unchanged, when a promotion is
+    /// refused, so the reason is logged.
     RoleChanged {
         role: Role,
         epoch: u64,
@@ -172,8 +201,10 @@ struct Upstream {
     snapshot: Option<(u64, u64)>,
     /// We asked for a snapshot because our applied state diverged.
     diverged: bool,
-    /// The primary's commit index, as last heard.
-    primary_commit: u64,
+    /// The primary's commit index, as carried by the `Append`s heard on this
+    /// link; None until one arrived. Never assumed 0: a standby that has
+    /// heard nothing of the primary's commit cannot claim to hold it all.
+    primary_commit: Option<u64>,
 }
 
 /// What `escadm status --v` shows of the peer.
@@ -225,7 +256,29 @@ pub struct Core {
     /// Whether this standby held every entry the primary had committed when
     /// it last heard it (None: it has not followed a primary since start).
     in_sync_at_loss: Option<bool>,
+    /// The primary may commit without an in-sync follower.
+    commit_alone: bool,
+    /// What `commit_alone` starts as whenever this node becomes primary.
+    commit_alone_default: bool,
+    /// Standby: the primary handed over to us (switchover) and we held
+    /// everything it had; cleared by promotion or a new primary link.
+    handover: bool,
+    /// Where a standby peer's durable log ended when we last traded
+    /// positions `(last_epoch, last_index)` (cold start, both standby),
+    /// and whether it wins on equal logs.
+    peer_position: Option<((u64, u64), bool)>,
+    /// `Persist`s emitted and not yet answered, oldest first.
+    persisting: VecDeque<Persisting>,
     now_ms: u64,
+}
+
+/// One `Persist` the storage worker has not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct Persisting {
+    /// Where the log on disk ends once it is done.
+    last_index: u64,
+    /// It cuts the log after this index.
+    cut: Option<u64>,
 }
 
 impl Core {
@@ -248,6 +301,11 @@ impl Core {
             upstream: None,
             installing: None,
             in_sync_at_loss: None,
+            commit_alone: true,
+            commit_alone_default: true,
+            handover: false,
+            peer_position: None,
+            persisting: VecDeque::new(),
             now_ms: 0,
         }
     }
@@ -304,8 +362,17 @@ impl Core {
             }
             Input::Promote { reason } => {
                 if self.role != Role::Primary {
-                    let epoch = self.epoch.max(self.log.last_epoch) + 1;
-                    self.change_role(Role::Primary, epoch, reason, &mut out);
+                    match self.next_epoch() {
+                        Some(epoch) => self.change_role(Role::Primary, epoch, reason, &mut out),
+                        // Reusing the last epoch would let two nodes lead in
+                        // one epoch (architecture section 3): refuse, and say
+                        // why through the role-change log.
+                        None => out.push(Output::RoleChanged {
+                            role: self.role,
+                            epoch: self.epoch,
+                            reason: format!("promotion refused ({reason}): {EPOCH_EXHAUSTED}"),
+                        }),
+                    }
                 }
             }
             Input::Demote { reason } => {
@@ -313,14 +380,126 @@ impl Core {
                     self.change_role(Role::Standby, self.epoch, reason, &mut out);
                 }
             }
+            Input::PromoteInEpoch { epoch, reason } => {
+                if self.role != Role::Primary {
+                    if epoch > self.epoch.max(self.log.last_epoch) {
+                        self.change_role(Role::Primary, epoch, reason, &mut out);
+                    } else {
+                        out.push(Output::RoleChanged {
+                            role: self.role,
+                            epoch: self.epoch,
+                            reason: format!(
+                                "promotion refused ({reason}): epoch {epoch} is not above ours ({})",
+                                self.epoch.max(self.log.last_epoch)
+                            ),
+                        });
+                    }
+                }
+            }
+            Input::CommitAlone(on) => {
+                self.commit_alone = on;
+                if on && self.role == Role::Primary {
+                    self.advance_commit(&mut out);
+                }
+            }
+            Input::PeerPosition {
+                last_epoch,
+                last_index,
+                tie_goes_to_peer,
+            } => self.peer_position = Some(((last_epoch, last_index), tie_goes_to_peer)),
+            Input::Handover => {
+                if let Some(p) = self.peer.as_ref().filter(|_| self.role == Role::Primary) {
+                    out.push(Output::Send {
+                        conn: p.conn,
+                        msg: Message::Handover {
+                            epoch: self.epoch,
+                            last_index: self.durable_index,
+                        },
+                    });
+                }
+            }
         }
         out
+    }
+
+    /// Whether the core may commit without its follower (for the authority).
+    pub fn commit_alone(&self) -> bool {
+        self.commit_alone
+    }
+
+    /// Start-up value of the commit-alone gate: off in witness mode until
+    /// the witness marked the standby outdated.
+    pub fn set_commit_alone(&mut self, on: bool) {
+        self.commit_alone = on;
+        self.commit_alone_default = on;
+    }
+
+    /// Primary: a follower is connected. Standby: the link to the primary is up.
+    pub fn linked(&self) -> bool {
+        match self.role {
+            Role::Primary => self.peer.is_some(),
+            Role::Standby => self.upstream.is_some(),
+        }
+    }
+
+    /// Primary: the follower is in sync. Standby: promoting now would lose
+    /// no acknowledged write (in sync with the linked primary, or was in
+    /// sync when the link was lost).
+    pub fn in_sync(&self) -> bool {
+        match self.role {
+            Role::Primary => self.peer.as_ref().is_some_and(|p| p.in_sync),
+            Role::Standby => match self
+                .upstream
+                .as_ref()
+                .map(|u| (u, self.upstream_in_sync(u)))
+            {
+                Some((_, Some(held))) => held,
+                // A link that has carried no Append yet (just connected, or
+                // a standby peer trading positions) changes nothing.
+                _ => self.blocker_without_link().is_none(),
+            },
+        }
+    }
+
+    /// Primary: nothing pending and the follower holds every durable entry
+    /// (a switchover may hand over).
+    pub fn drained(&self) -> bool {
+        self.role == Role::Primary
+            && self.queue.is_empty()
+            && self.waiting.is_empty()
+            && !self.flushing
+            && self.commit_index == self.durable_index
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.in_sync && p.match_index >= self.durable_index)
+    }
+
+    /// Standby: the primary handed over and this node holds everything.
+    pub fn handed_over(&self) -> bool {
+        self.role == Role::Standby && self.handover
+    }
+
+    /// The durable end of the log: `(epoch, index)`.
+    pub fn durable_position(&self) -> (u64, u64) {
+        let idx = self.durable_index;
+        (self.log.epoch_at(idx).unwrap_or(self.log.last_epoch), idx)
+    }
+
+    /// The epoch a promotion would lead in; None when the counter is exhausted.
+    fn next_epoch(&self) -> Option<u64> {
+        self.epoch.max(self.log.last_epoch).checked_add(1)
     }
 
     /// Every role or epoch change goes through here (style principle 3).
     fn change_role(&mut self, role: Role, epoch: u64, reason: String, out: &mut Vec<Output>) {
         let was = self.role;
         self.role = role;
+        self.handover = false;
+        if role != was {
+            // A new term starts gated as configured (witness mode: closed).
+            self.commit_alone = self.commit_alone_default;
+        }
         let epoch_changed = epoch != self.epoch;
         self.epoch = epoch;
         if was == Role::Primary && role == Role::Standby {
@@ -355,11 +534,7 @@ impl Core {
         if epoch_changed {
             // The epoch must be durable before this node leads in it; a
             // primary's writes queue behind this Persist (architecture 3).
-            out.push(Output::Persist {
-                truncate_after: None,
-                entries: Vec::new(),
-                epoch: Some(epoch),
-            });
+            self.persist(None, Vec::new(), Some(epoch), out);
             if role == Role::Primary {
                 self.flushing = true;
             }
@@ -379,7 +554,14 @@ impl Core {
         let now = self.now_ms;
         let timeout = self.cfg.peer_timeout_ms;
         if let Some(p) = &self.peer {
-            if now.saturating_sub(p.last_heard_ms) > timeout {
+            // A follower receiving a snapshot is silent by design until it
+            // has received and installed all of it, which may take longer
+            // than the timeout; the core does not see when the runtime has
+            // finished streaming, so that phase is never timed out. A broken
+            // connection still ends it (`PeerDown`), a new connection from
+            // the follower replaces it, and no commit waits for it meanwhile
+            // (it is not in sync).
+            if p.phase != PeerPhase::Snapshotting && now.saturating_sub(p.last_heard_ms) > timeout {
                 let conn = p.conn;
                 out.push(Output::Disconnect {
                     conn,
@@ -390,7 +572,11 @@ impl Core {
             }
         }
         if let Some(u) = &self.upstream {
-            if now.saturating_sub(u.last_heard_ms) > timeout {
+            // While our snapshot install runs the primary waits for our
+            // answer and sends nothing: that silence is ours, not its. (The
+            // snapshot stream itself is liveness: every message refreshes
+            // `last_heard_ms`, chunks included, see `Input::Received`.)
+            if self.installing.is_none() && now.saturating_sub(u.last_heard_ms) > timeout {
                 out.push(Output::Disconnect {
                     conn: u.conn,
                     reason: format!("primary silent for more than {timeout} ms"),
@@ -491,15 +677,54 @@ impl Core {
                 });
             }
         }
+        self.persist(None, entries, None, out);
+    }
+
+    /// Emits a `Persist` whose effect the log view already shows.
+    fn persist(
+        &mut self,
+        truncate_after: Option<u64>,
+        entries: Vec<Entry>,
+        epoch: Option<u64>,
+        out: &mut Vec<Output>,
+    ) {
+        self.persisting.push_back(Persisting {
+            last_index: self.log.last_index,
+            cut: truncate_after,
+        });
         out.push(Output::Persist {
-            truncate_after: None,
+            truncate_after,
             entries,
-            epoch: None,
+            epoch,
         });
     }
 
     fn on_persisted(&mut self, last_index: u64, out: &mut Vec<Output>) {
-        self.durable_index = self.durable_index.max(last_index).min(self.log.last_index);
+        // Which `Persist`s this answer covers: they are answered in order,
+        // one answer possibly for several, with where the log on disk ends.
+        // After a cut an old log and the new one may end at the same index,
+        // so assume the fewest: up to the first pending one that ends there
+        // (none matching: assume none is done).
+        if let Some(i) = self
+            .persisting
+            .iter()
+            .position(|p| p.last_index == last_index)
+        {
+            self.persisting.drain(..=i);
+        }
+        // Until a cut is done, the disk still holds the entries it removes:
+        // beyond it, the answer speaks of the old log, not of ours. Taking it
+        // as ours would acknowledge entries a crash would lose (section 3).
+        let cut = self
+            .persisting
+            .iter()
+            .filter_map(|p| p.cut)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.durable_index = self
+            .durable_index
+            .max(last_index.min(cut))
+            .min(self.log.last_index);
         match self.role {
             Role::Primary => {
                 self.flushing = false;
@@ -523,6 +748,7 @@ impl Core {
                         });
                     }
                 }
+                self.follow_commit(out);
             }
         }
     }
@@ -537,8 +763,10 @@ impl Core {
                 Mode::Async => durable.min(p.match_index + self.cfg.async_lag_entries_max),
             },
             // No follower in sync: the primary commits alone (degraded; the
-            // standby is outdated and `escadm status` says so).
-            _ => durable,
+            // standby is outdated and `escadm status` says so) -- in witness
+            // mode only once the witness recorded that (architecture 4).
+            _ if self.commit_alone => durable,
+            _ => self.commit_index,
         };
         self.advance_commit_to(target, out);
     }
@@ -601,6 +829,8 @@ impl Core {
                 });
             }
             Role::Standby => {
+                // Following a primary again: a handover no longer stands.
+                self.handover = false;
                 if let Some(old) = self.upstream.take() {
                     out.push(Output::Disconnect {
                         conn: old.conn,
@@ -614,17 +844,9 @@ impl Core {
                     ack_after_persist: None,
                     snapshot: None,
                     diverged: false,
-                    primary_commit: 0,
+                    primary_commit: None,
                 });
-                out.push(Output::Send {
-                    conn,
-                    msg: Message::Status {
-                        epoch: self.epoch,
-                        last_index: self.log.last_index,
-                        last_epoch: self.log.last_epoch,
-                        applied_index: self.commit_index,
-                    },
-                });
+                out.push(self.status_message(conn));
             }
         }
     }
@@ -640,15 +862,53 @@ impl Core {
         }
     }
 
-    /// The link to the primary is gone: remember whether we were in sync.
-    fn lose_upstream(&mut self) {
-        if let Some(u) = self.upstream.take() {
-            self.in_sync_at_loss = Some(self.upstream_in_sync(&u));
+    /// The standby's `Status`: where its *durable* log ends. Entries in the
+    /// log view whose `Persist` is still queued must not be claimed: the
+    /// primary would count them as held by the follower and could commit
+    /// (sync mode) what a crash here would lose (architecture section 3).
+    fn status_message(&self, conn: ConnId) -> Output {
+        let (last_index, last_epoch) = match self.log.epoch_at(self.durable_index) {
+            Some(epoch) => (self.durable_index, epoch),
+            // Compaction ran ahead of a queued `Persist` (the storage worker
+            // runs them in order): the snapshot point is applied, so already
+            // committed on the primary; claiming it cannot advance its commit.
+            None => (self.log.snapshot_index, self.log.snapshot_epoch),
+        };
+        Output::Send {
+            conn,
+            msg: Message::Status {
+                epoch: self.epoch,
+                last_index,
+                last_epoch,
+                applied_index: self.commit_index,
+            },
         }
     }
 
-    fn upstream_in_sync(&self, u: &Upstream) -> bool {
-        u.matched_index >= u.primary_commit && self.durable_index >= u.primary_commit
+    /// The link to the primary is gone: remember whether we were in sync.
+    /// A link that carried no `Append` taught us nothing of the primary's
+    /// commit and (unless a snapshot came, which counts as behind) did not
+    /// change our log: the answer of the previous loss still describes this
+    /// log, so it is kept (None stays None, "not followed a primary").
+    fn lose_upstream(&mut self) {
+        if let Some(u) = self.upstream.take() {
+            if let Some(in_sync) = self.upstream_in_sync(&u) {
+                self.in_sync_at_loss = Some(in_sync);
+            }
+        }
+    }
+
+    /// Whether this standby durably holds every entry the primary is known
+    /// to have committed (architecture section 2, the two-node promotion
+    /// rule); None when no `Append` told us the primary's commit index.
+    fn upstream_in_sync(&self, u: &Upstream) -> Option<bool> {
+        if u.diverged || u.snapshot.is_some() || self.installing.is_some() {
+            // Our applied state differs from the primary's, or a snapshot
+            // (sent only to a follower that lacks entries) is replacing it.
+            return Some(false);
+        }
+        let commit = u.primary_commit?;
+        Some(u.matched_index >= commit && self.durable_index >= commit)
     }
 
     /// Why promoting this node now could lose acknowledged writes or make a
@@ -658,22 +918,45 @@ impl Core {
         if self.role == Role::Primary {
             return None;
         }
-        if let Some(u) = &self.upstream {
-            return Some(format!(
-                "the primary is still connected (commit index {}): demote it first",
-                u.primary_commit
-            ));
+        if self.next_epoch().is_none() {
+            return Some(EPOCH_EXHAUSTED.into());
         }
+        if let Some(u) = &self.upstream {
+            return Some(match u.primary_commit {
+                Some(commit) => format!(
+                    "the primary is still connected (commit index {commit}): demote it first"
+                ),
+                None => "the primary is still connected: demote it first".into(),
+            });
+        }
+        self.blocker_without_link()
+    }
+
+    /// The promotion rule once the primary's link is gone.
+    fn blocker_without_link(&self) -> Option<String> {
         match self.in_sync_at_loss {
             Some(true) => None,
             Some(false) => Some(
                 "this node was behind the primary when the link was lost: it may miss acknowledged writes"
                     .into(),
             ),
-            None => Some(
-                "this node has not followed a primary since it started: its copy may be outdated"
-                    .into(),
-            ),
+            // Cold start (architecture section 4): lead only after seeing
+            // the peer and holding the fresher (or as fresh) log.
+            None => match self.peer_position {
+                Some((peer, tie_to_peer))
+                    if self.durable_position() > peer
+                        || (self.durable_position() == peer && !tie_to_peer) =>
+                {
+                    None
+                }
+                Some(((e, i), _)) => Some(format!(
+                    "the peer's log (epoch {e}, index {i}) is fresher, or as fresh and the peer wins the tie (lower node name): it should lead"
+                )),
+                None => Some(
+                    "this node has not followed a primary or seen its peer since it started: its copy may be outdated"
+                        .into(),
+                ),
+            },
         }
     }
 
@@ -885,6 +1168,7 @@ impl Core {
         let Some(u) = self.upstream.as_mut().filter(|u| u.conn == conn) else {
             return;
         };
+        // Any message from the primary is liveness, snapshot chunks included.
         u.last_heard_ms = now;
         if installing {
             // Dropped: after the install we send our new position and the
@@ -892,16 +1176,27 @@ impl Core {
             return;
         }
         match msg {
+            // Switchover: the primary drained and hands over. Taken only if
+            // we hold everything it had; the role authority then promotes
+            // this node (architecture section 2).
+            Message::Handover { last_index, .. }
+                if u.matched_index >= last_index && self.durable_index >= last_index =>
+            {
+                self.upstream = None;
+                self.in_sync_at_loss = Some(true);
+                self.handover = true;
+                out.push(Output::Disconnect {
+                    conn,
+                    reason: "the primary handed over".into(),
+                });
+            }
             Message::Append {
                 prev_index,
                 prev_epoch,
                 commit_index,
                 entries,
                 ..
-            } => {
-                u.primary_commit = u.primary_commit.max(commit_index);
-                self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out)
-            }
+            } => self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out),
             Message::SnapshotBegin {
                 index, index_epoch, ..
             } => {
@@ -933,13 +1228,27 @@ impl Core {
                     });
                     return;
                 }
-                // Entries we hold beyond what is known to match may diverge:
-                // keep them in the recovery file, never drop them silently.
-                let keep = u.matched_index.max(self.commit_index);
+                // Entries about to be replaced that were not verified equal
+                // to the primary's log go to the recovery file, never dropped
+                // silently (architecture section 3). Verified: up to
+                // `matched_index` on this link, and what we applied (a
+                // primary committed it) unless we diverged, which means some
+                // applied entry differs from this primary's: then only
+                // `matched_index` vouches. Compacted entries are no longer in
+                // the log to save.
+                let verified = if u.diverged {
+                    u.matched_index
+                } else {
+                    u.matched_index.max(self.commit_index)
+                };
+                let keep = verified.max(self.log.snapshot_index);
                 if self.log.last_index > keep {
                     out.push(Output::SaveRecovery { from: keep + 1 });
                 }
                 self.installing = Some(conn);
+                // The log is being replaced: whether we were in sync at an
+                // earlier loss of the link no longer describes it.
+                self.in_sync_at_loss = Some(false);
                 out.push(Output::InstallSnapshot {
                     conn,
                     index,
@@ -950,6 +1259,9 @@ impl Core {
         }
     }
 
+    /// The follower side of `Append` (architecture section 3). The whole
+    /// message is checked before anything changes, so a bad one leaves the
+    /// core as it was.
     fn standby_append(
         &mut self,
         conn: ConnId,
@@ -959,115 +1271,81 @@ impl Core {
         entries: Vec<Entry>,
         out: &mut Vec<Output>,
     ) {
+        let epoch = self.epoch;
+        if let Err(reason) = check_append(prev_index, prev_epoch, &entries, epoch) {
+            out.push(Output::Disconnect { conn, reason });
+            return;
+        }
+        let Some(u) = self.upstream.as_mut() else {
+            return;
+        };
+        u.primary_commit = Some(
+            u.primary_commit
+                .map_or(leader_commit, |c| c.max(leader_commit)),
+        );
         let reject = |log: &LogView, conflict_index: u64| Output::Send {
             conn,
             msg: Message::AppendReject {
-                epoch: 0,
+                epoch,
                 last_index: log.last_index,
                 conflict_index,
             },
         };
-        let epoch = self.epoch;
-        let with_epoch = |mut o: Output| {
-            if let Output::Send {
-                msg: Message::AppendReject { epoch: e, .. },
-                ..
-            } = &mut o
-            {
-                *e = epoch;
-            }
-            o
-        };
         if prev_index > self.log.last_index {
-            out.push(with_epoch(reject(&self.log, self.log.last_index + 1)));
+            out.push(reject(&self.log, self.log.last_index + 1));
             return;
         }
         if prev_index < self.log.snapshot_index {
-            out.push(with_epoch(reject(&self.log, self.log.snapshot_index + 1)));
+            out.push(reject(&self.log, self.log.snapshot_index + 1));
             return;
         }
         if self.log.epoch_at(prev_index) != Some(prev_epoch) {
-            let conflict = self.log.epoch_start(prev_index);
-            if conflict <= self.commit_index {
-                // Divergence inside what we applied: only a snapshot repairs it.
-                if let Some(u) = self.upstream.as_mut() {
-                    u.diverged = true;
-                }
-                out.push(Output::Send {
-                    conn,
-                    msg: Message::NeedSnapshot { epoch },
-                });
+            if prev_index <= self.commit_index {
+                // The entry at prev_index is applied and differs from the
+                // primary's: only a snapshot repairs applied state.
+                self.ask_for_snapshot(conn, out);
             } else {
-                out.push(with_epoch(reject(&self.log, conflict)));
+                // What we applied came from a primary's committed log, so the
+                // divergence starts after it: skip back a whole epoch (one
+                // round per epoch), but never into applied state, or an
+                // applied entry would be probed and a snapshot asked for no
+                // reason.
+                let conflict = self.log.epoch_start(prev_index).max(self.commit_index + 1);
+                out.push(reject(&self.log, conflict));
             }
             return;
         }
-        // prev matches. Skip entries we already hold; cut at the first conflict.
-        let mut truncate_after = None;
-        let mut fresh = Vec::new();
-        for e in entries {
-            if e.verify().is_err() || e.epoch > self.epoch {
-                out.push(Output::Disconnect {
-                    conn,
-                    reason: format!("entry {} failed validation", e.index),
-                });
-                return;
-            }
-            if !fresh.is_empty() || e.index > self.log.last_index {
-                fresh.push(e);
-                continue;
-            }
-            if self.log.epoch_at(e.index) == Some(e.epoch) {
-                continue;
-            }
-            if e.index <= self.commit_index {
-                if let Some(u) = self.upstream.as_mut() {
-                    u.diverged = true;
-                }
-                out.push(Output::Send {
-                    conn,
-                    msg: Message::NeedSnapshot { epoch },
-                });
-                return;
-            }
-            truncate_after = Some(e.index - 1);
-            self.log.truncate_after(e.index - 1);
-            self.durable_index = self.durable_index.min(e.index - 1);
-            fresh.push(e);
+        // prev matches. Entries we already hold (same index and epoch) are
+        // skipped; the first one we hold in another epoch is the cut point.
+        let conflict = entries
+            .iter()
+            .find(|e| e.index <= self.log.last_index && self.log.epoch_at(e.index) != Some(e.epoch))
+            .map(|e| e.index);
+        if conflict.is_some_and(|c| c <= self.commit_index) {
+            self.ask_for_snapshot(conn, out);
+            return;
         }
-        let matched = fresh.last().map(|e| e.index).unwrap_or(prev_index);
-        // Contiguity of what the primary sent.
-        for (i, e) in fresh.iter().enumerate() {
-            let want = fresh[0].index + i as u64;
-            if e.index != want || (i == 0 && e.index != self.log.last_index + 1) {
-                out.push(Output::Disconnect {
-                    conn,
-                    reason: "non-contiguous entries".into(),
-                });
-                return;
-            }
+        // Everything up to the last entry sent is now verified equal to the
+        // primary's log, held entries included: acknowledging only
+        // prev_index would make the primary resend them forever.
+        let matched = entries.last().map_or(prev_index, |e| e.index);
+        let truncate_after = conflict.map(|c| c - 1);
+        if let Some(after) = truncate_after {
+            self.log.truncate_after(after);
+            self.durable_index = self.durable_index.min(after);
         }
-        for e in &fresh {
-            if e.epoch < self.log.last_epoch {
-                out.push(Output::Disconnect {
-                    conn,
-                    reason: format!("entry {} goes back to epoch {}", e.index, e.epoch),
-                });
-                return;
-            }
-        }
+        let fresh: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| e.index > self.log.last_index)
+            .collect();
         for e in &fresh {
             self.log.append(e.epoch, e.index, e.index);
         }
-        let u = self.upstream.as_mut().expect("checked by caller");
+        let u = self.upstream.as_mut().expect("checked above");
         u.matched_index = u.matched_index.max(matched);
         if truncate_after.is_some() || !fresh.is_empty() {
             u.ack_after_persist = Some(matched);
-            out.push(Output::Persist {
-                truncate_after,
-                entries: fresh,
-                epoch: None,
-            });
+            self.persist(truncate_after, fresh, None, out);
         } else if self.durable_index >= matched {
             out.push(Output::Send {
                 conn,
@@ -1078,8 +1356,30 @@ impl Core {
             });
         } else {
             u.ack_after_persist = Some(matched);
+            if self.persisting.iter().any(|p| p.cut.is_some()) {
+                // Held, not yet durable, behind a cut whose answer may have
+                // been taken for an earlier `Persist` ending at the same
+                // index (`on_persisted` assumes the fewest done): an empty
+                // `Persist` is answered after the cut, so the acknowledgement
+                // cannot wait forever.
+                self.persist(None, Vec::new(), None, out);
+            }
         }
-        let commit = leader_commit.min(u.matched_index);
+        self.follow_commit(out);
+    }
+
+    /// The follower applies up to the primary's commit index, no further
+    /// than what is verified equal to the primary's log (architecture
+    /// section 3) and durable here: an entry whose `Persist` (or whose
+    /// replacement's, after a cut) is still queued is not committed on this
+    /// node yet, so `commit_index` never names an entry the disk does not
+    /// hold, and `Persisted` moves it on.
+    fn follow_commit(&mut self, out: &mut Vec<Output>) {
+        let Some(u) = &self.upstream else { return };
+        let Some(primary_commit) = u.primary_commit else {
+            return;
+        };
+        let commit = primary_commit.min(u.matched_index).min(self.durable_index);
         if commit > self.commit_index {
             self.commit_index = commit;
             out.push(Output::Apply {
@@ -1088,6 +1388,17 @@ impl Core {
             });
             self.maybe_compact(out);
         }
+    }
+
+    /// Our applied state diverged from the primary's log: ask for a snapshot.
+    fn ask_for_snapshot(&mut self, conn: ConnId, out: &mut Vec<Output>) {
+        if let Some(u) = self.upstream.as_mut() {
+            u.diverged = true;
+        }
+        out.push(Output::Send {
+            conn,
+            msg: Message::NeedSnapshot { epoch: self.epoch },
+        });
     }
 
     fn on_snapshot_installed(&mut self, index: u64, index_epoch: u64, out: &mut Vec<Output>) {
@@ -1100,34 +1411,35 @@ impl Core {
         };
         self.durable_index = index;
         self.commit_index = index;
+        // Everything queued before the install is done (the worker runs in
+        // order); what was queued since makes no cut (nothing is accepted
+        // while installing) and ends the log at the snapshot now.
+        self.persisting.clear();
         let for_conn = self.installing.take();
-        let (epoch, applied) = (self.epoch, self.commit_index);
-        if let Some(u) = self.upstream.as_mut() {
-            u.ack_after_persist = None;
-            u.diverged = false;
-            if Some(u.conn) == for_conn {
-                u.matched_index = index;
-                out.push(Output::Send {
-                    conn: u.conn,
-                    msg: Message::AppendOk {
-                        epoch,
-                        match_index: index,
-                    },
-                });
-            } else {
-                // The link changed during the install: start over from our
-                // new position.
-                u.matched_index = 0;
-                out.push(Output::Send {
-                    conn: u.conn,
-                    msg: Message::Status {
-                        epoch,
-                        last_index: index,
-                        last_epoch: index_epoch,
-                        applied_index: applied,
-                    },
-                });
-            }
+        let (epoch, now) = (self.epoch, self.now_ms);
+        let Some(u) = self.upstream.as_mut() else {
+            return;
+        };
+        u.ack_after_persist = None;
+        u.diverged = false;
+        // The primary was silent while we installed (it waits for our
+        // answer): the timeout runs from now, not from the snapshot's end.
+        u.last_heard_ms = now;
+        let conn = u.conn;
+        if Some(conn) == for_conn {
+            u.matched_index = index;
+            out.push(Output::Send {
+                conn,
+                msg: Message::AppendOk {
+                    epoch,
+                    match_index: index,
+                },
+            });
+        } else {
+            // The link changed during the install: start over from our new
+            // position.
+            u.matched_index = 0;
+            out.push(self.status_message(conn));
         }
     }
 
@@ -1149,8 +1461,12 @@ impl Core {
                     "following".into()
                 },
                 match_index: u.matched_index,
-                in_sync: u.matched_index >= self.log.last_index,
-                lag_entries: 0,
+                // The promotion rule's answer, were the link lost now: held
+                // durably up to the primary's commit (not merely received).
+                in_sync: self.upstream_in_sync(u) == Some(true),
+                lag_entries: u
+                    .primary_commit
+                    .map_or(0, |c| c.saturating_sub(self.durable_index)),
             },
             (None, None) => PeerStatus {
                 connected: false,
@@ -1173,4 +1489,29 @@ impl Core {
             promotion_blocker: self.promotion_blocker(),
         }
     }
+}
+
+/// Checks an `Append` on its own: every entry intact and not from an epoch
+/// above the sender's, contiguous right after `prev_index`, and epochs never
+/// going back (from `prev_epoch` on). The reason closes the link.
+fn check_append(
+    prev_index: u64,
+    prev_epoch: u64,
+    entries: &[Entry],
+    epoch: u64,
+) -> Result<(), String> {
+    let mut last_epoch = prev_epoch;
+    for (i, e) in entries.iter().enumerate() {
+        if e.verify().is_err() || e.epoch > epoch {
+            return Err(format!("entry {} failed validation", e.index));
+        }
+        if prev_index.checked_add(i as u64 + 1) != Some(e.index) {
+            return Err("non-contiguous entries".into());
+        }
+        if e.epoch < last_epoch {
+            return Err(format!("entry {} goes back to epoch {}", e.index, e.epoch));
+        }
+        last_epoch = e.epoch;
+    }
+    Ok(())
 }

@@ -568,3 +568,698 @@ fn promotion_blocker_follows_what_the_standby_held() {
     c.handle(6, Input::PeerDown { conn: 2 });
     assert_eq!(c.promotion_blocker(), None);
 }
+
+const BEHIND: &str =
+    "this node was behind the primary when the link was lost: it may miss acknowledged writes";
+
+fn heartbeat(epoch: u64, prev_index: u64, prev_epoch: u64, commit_index: u64) -> Message {
+    Message::Append {
+        epoch,
+        prev_index,
+        prev_epoch,
+        commit_index,
+        entries: vec![],
+    }
+}
+
+// Architecture section 2: a link that carried no `Append` taught the standby
+// nothing of the primary's commit, so it never makes it eligible; it keeps
+// what the previous loss said (its log did not change), unless a snapshot
+// came, which means it was behind.
+#[test]
+fn a_link_lost_before_any_append_proves_nothing() {
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log_of(&[(1, 1)]), 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    assert_eq!(c.handle(1, Input::PeerDown { conn: 1 }), vec![]);
+    assert!(c
+        .promotion_blocker()
+        .is_some_and(|b| b.contains("has not followed a primary")));
+    // Heard commit 1 and holds it: in sync at this loss.
+    c.handle(2, Input::PeerUp { conn: 2 });
+    let out = c.handle(
+        3,
+        Input::Received {
+            conn: 2,
+            msg: heartbeat(1, 1, 1, 1),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: 2,
+            msg: Message::AppendOk {
+                epoch: 1,
+                match_index: 1
+            }
+        }]
+    );
+    c.handle(4, Input::PeerDown { conn: 2 });
+    assert_eq!(c.promotion_blocker(), None);
+    // Reconnected, nothing heard, lost again: the log is the same, so is the answer.
+    c.handle(5, Input::PeerUp { conn: 3 });
+    c.handle(6, Input::PeerDown { conn: 3 });
+    assert_eq!(c.promotion_blocker(), None);
+    // Lost in the middle of a snapshot: behind.
+    c.handle(7, Input::PeerUp { conn: 4 });
+    let begin = Message::SnapshotBegin {
+        epoch: 1,
+        index: 9,
+        index_epoch: 1,
+    };
+    assert_eq!(
+        c.handle(
+            8,
+            Input::Received {
+                conn: 4,
+                msg: begin
+            }
+        ),
+        vec![]
+    );
+    c.handle(9, Input::PeerDown { conn: 4 });
+    assert_eq!(c.promotion_blocker(), Some(BEHIND.into()));
+}
+
+// Architecture section 2: a snapshot installed on a link that then carried no
+// `Append` leaves the standby behind, whatever an earlier loss said.
+#[test]
+fn a_snapshot_install_without_an_append_is_not_in_sync() {
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log_of(&[(1, 1)]), 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    c.handle(
+        1,
+        Input::Received {
+            conn: 1,
+            msg: heartbeat(1, 1, 1, 1),
+        },
+    );
+    c.handle(2, Input::PeerDown { conn: 1 });
+    assert_eq!(c.promotion_blocker(), None);
+    c.handle(3, Input::PeerUp { conn: 2 });
+    let begin = Message::SnapshotBegin {
+        epoch: 1,
+        index: 9,
+        index_epoch: 1,
+    };
+    c.handle(
+        4,
+        Input::Received {
+            conn: 2,
+            msg: begin,
+        },
+    );
+    let end = Message::SnapshotEnd { epoch: 1, index: 9 };
+    assert_eq!(
+        c.handle(5, Input::Received { conn: 2, msg: end }),
+        vec![Output::InstallSnapshot {
+            conn: 2,
+            index: 9,
+            index_epoch: 1
+        }]
+    );
+    assert_eq!(
+        c.handle(
+            6,
+            Input::SnapshotInstalled {
+                index: 9,
+                index_epoch: 1
+            }
+        ),
+        vec![Output::Send {
+            conn: 2,
+            msg: Message::AppendOk {
+                epoch: 1,
+                match_index: 9
+            }
+        }]
+    );
+    c.handle(7, Input::PeerDown { conn: 2 });
+    assert_eq!(c.promotion_blocker(), Some(BEHIND.into()));
+}
+
+/// A primary in epoch 1 whose log was compacted past index 3.
+fn compacted_primary() -> Core {
+    let mut c = Core::new(
+        Config {
+            snapshot_every_entries: 4,
+            log_retain_entries: 1,
+            ..cfg(Mode::Sync)
+        },
+        Role::Standby,
+        0,
+        LogView::default(),
+        0,
+    );
+    c.handle(0, Input::Promote { reason: "t".into() });
+    c.handle(0, Input::Persisted { last_index: 0 });
+    for t in 1..=5 {
+        c.handle(
+            1,
+            Input::Propose {
+                token: t,
+                payload: vec![t as u8],
+            },
+        );
+        c.handle(1, Input::Persisted { last_index: t });
+    }
+    assert!(c.log().snapshot_index >= 3, "compacted: {:?}", c.log());
+    c
+}
+
+// Section 3: a follower receiving a snapshot is silent until it has installed
+// it; however long that takes, the primary does not drop it for silence.
+#[test]
+fn primary_does_not_time_out_a_follower_receiving_a_snapshot() {
+    let mut c = compacted_primary();
+    c.handle(2, Input::PeerUp { conn: 4 });
+    let status = Message::Status {
+        epoch: 0,
+        last_index: 1,
+        last_epoch: 1,
+        applied_index: 1,
+    };
+    let out = c.handle(
+        2,
+        Input::Received {
+            conn: 4,
+            msg: status,
+        },
+    );
+    assert_eq!(out, vec![Output::SendSnapshot { conn: 4, epoch: 1 }]);
+    assert_eq!(c.handle(5_000, Input::Tick), vec![]);
+    // Installed: from its answer on, silence counts again.
+    let index = c.log().snapshot_index;
+    c.handle(
+        5_000,
+        Input::Received {
+            conn: 4,
+            msg: Message::AppendOk {
+                epoch: 1,
+                match_index: index,
+            },
+        },
+    );
+    assert_eq!(
+        c.handle(6_001, Input::Tick),
+        vec![Output::Disconnect {
+            conn: 4,
+            reason: "follower silent for more than 1000 ms".into()
+        }]
+    );
+}
+
+// Section 3: every message of a snapshot stream (chunks too) is liveness;
+// while the install runs the standby does not time the primary out, and the
+// timeout restarts when the install is done.
+#[test]
+fn standby_does_not_time_out_a_primary_during_a_snapshot() {
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log_of(&[(1, 1)]), 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let begin = Message::SnapshotBegin {
+        epoch: 1,
+        index: 9,
+        index_epoch: 1,
+    };
+    c.handle(
+        0,
+        Input::Received {
+            conn: 1,
+            msg: begin,
+        },
+    );
+    let chunk = Message::SnapshotChunk { items: vec![] };
+    assert_eq!(
+        c.handle(
+            900,
+            Input::Received {
+                conn: 1,
+                msg: chunk
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(c.handle(1_500, Input::Tick), vec![]);
+    let end = Message::SnapshotEnd { epoch: 1, index: 9 };
+    assert_eq!(
+        c.handle(1_800, Input::Received { conn: 1, msg: end }),
+        vec![Output::InstallSnapshot {
+            conn: 1,
+            index: 9,
+            index_epoch: 1
+        }]
+    );
+    // A long install: the primary waits for our answer, silent.
+    assert_eq!(c.handle(10_000, Input::Tick), vec![]);
+    let out = c.handle(
+        10_000,
+        Input::SnapshotInstalled {
+            index: 9,
+            index_epoch: 1,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: 1,
+            msg: Message::AppendOk {
+                epoch: 1,
+                match_index: 9
+            }
+        }]
+    );
+    assert_eq!(c.handle(10_900, Input::Tick), vec![]);
+    assert_eq!(
+        c.handle(11_001, Input::Tick),
+        vec![Output::Disconnect {
+            conn: 1,
+            reason: "primary silent for more than 1000 ms".into()
+        }]
+    );
+}
+
+// Section 3: a conflict above what the follower applied is repaired by
+// entries, not a snapshot: the answer skips back an epoch, but not into
+// applied state.
+#[test]
+fn follower_rejects_a_conflict_above_what_it_applied() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3), (1, 4)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 2, log, 2);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let out = c.handle(
+        1,
+        Input::Received {
+            conn: 1,
+            msg: heartbeat(2, 4, 2, 2),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: 1,
+            msg: Message::AppendReject {
+                epoch: 2,
+                last_index: 4,
+                conflict_index: 3
+            }
+        }]
+    );
+}
+
+// Section 3, divergence: before a snapshot replaces a diverged follower's
+// log, every entry not verified equal to the primary's goes to the recovery
+// file, applied ones included.
+#[test]
+fn diverged_follower_saves_its_applied_entries_before_a_snapshot() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3), (1, 4)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 2, log, 3);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    // The primary has epoch 2 at index 2, which we applied in epoch 1.
+    let out = c.handle(
+        1,
+        Input::Received {
+            conn: 1,
+            msg: heartbeat(2, 2, 2, 5),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send {
+            conn: 1,
+            msg: Message::NeedSnapshot { epoch: 2 }
+        }]
+    );
+    let begin = Message::SnapshotBegin {
+        epoch: 2,
+        index: 6,
+        index_epoch: 2,
+    };
+    c.handle(
+        2,
+        Input::Received {
+            conn: 1,
+            msg: begin,
+        },
+    );
+    let end = Message::SnapshotEnd { epoch: 2, index: 6 };
+    assert_eq!(
+        c.handle(3, Input::Received { conn: 1, msg: end }),
+        vec![
+            Output::SaveRecovery { from: 1 },
+            Output::InstallSnapshot {
+                conn: 1,
+                index: 6,
+                index_epoch: 2
+            },
+        ]
+    );
+}
+
+// Section 3, catch-up: entries the follower already holds are acknowledged up
+// to the last one sent, or the primary would resend the same batch forever.
+#[test]
+fn follower_acknowledges_entries_it_already_held() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log, 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let msg = Message::Append {
+        epoch: 1,
+        prev_index: 0,
+        prev_epoch: 0,
+        commit_index: 3,
+        entries: (1..=3).map(|i| Entry::new(1, i, vec![i as u8])).collect(),
+    };
+    assert_eq!(
+        c.handle(1, Input::Received { conn: 1, msg }),
+        vec![
+            Output::Send {
+                conn: 1,
+                msg: Message::AppendOk {
+                    epoch: 1,
+                    match_index: 3
+                }
+            },
+            Output::Apply {
+                up_to: 3,
+                replies: vec![]
+            },
+        ]
+    );
+}
+
+// Section 3: the follower's `Status` claims only durable entries; received
+// ones whose `Persist` is still queued could be lost in a crash.
+#[test]
+fn follower_status_claims_only_durable_entries() {
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 2, log_of(&[(1, 1)]), 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let new = vec![
+        Entry::new(2, 2, b"b".to_vec()),
+        Entry::new(2, 3, b"c".to_vec()),
+    ];
+    // The primary committed 2 and 3 alone (we were not in sync yet).
+    let msg = Message::Append {
+        epoch: 2,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 3,
+        entries: new.clone(),
+    };
+    assert_eq!(
+        c.handle(1, Input::Received { conn: 1, msg }),
+        vec![Output::Persist {
+            truncate_after: None,
+            entries: new,
+            epoch: None
+        }]
+    );
+    // Received but not durable: not in sync, and not claimed.
+    let s = c.status();
+    assert_eq!((s.peer.in_sync, s.peer.lag_entries), (false, 2));
+    c.handle(2, Input::PeerDown { conn: 1 });
+    assert_eq!(
+        c.handle(3, Input::PeerUp { conn: 2 }),
+        vec![Output::Send {
+            conn: 2,
+            msg: Message::Status {
+                epoch: 2,
+                last_index: 1,
+                last_epoch: 1,
+                applied_index: 1
+            }
+        }]
+    );
+    // Durable now, but this link has not told us the commit index yet.
+    assert_eq!(c.handle(4, Input::Persisted { last_index: 3 }), vec![]);
+    assert_eq!(
+        c.handle(
+            5,
+            Input::Received {
+                conn: 2,
+                msg: heartbeat(2, 3, 2, 3),
+            },
+        ),
+        vec![
+            Output::Send {
+                conn: 2,
+                msg: Message::AppendOk {
+                    epoch: 2,
+                    match_index: 3
+                }
+            },
+            Output::Apply {
+                up_to: 3,
+                replies: vec![]
+            },
+        ]
+    );
+    let s = c.status();
+    assert_eq!(
+        (s.peer.in_sync, s.peer.lag_entries, s.durable_index),
+        (true, 0, 3)
+    );
+}
+
+// Section 3: the follower commits only what is durable here: entries that
+// replace a cut suffix are not committed before their `Persist` is done, so
+// the disk never holds an old entry at a committed index.
+#[test]
+fn follower_commits_only_what_is_durable() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 2, log, 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let new = vec![
+        Entry::new(2, 2, b"B".to_vec()),
+        Entry::new(2, 3, b"C".to_vec()),
+    ];
+    let msg = Message::Append {
+        epoch: 2,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 3,
+        entries: new.clone(),
+    };
+    assert_eq!(
+        c.handle(1, Input::Received { conn: 1, msg }),
+        vec![Output::Persist {
+            truncate_after: Some(1),
+            entries: new,
+            epoch: None
+        }]
+    );
+    assert_eq!(c.commit_index(), 1);
+    assert_eq!(
+        c.handle(2, Input::Persisted { last_index: 3 }),
+        vec![
+            Output::Send {
+                conn: 1,
+                msg: Message::AppendOk {
+                    epoch: 2,
+                    match_index: 3
+                }
+            },
+            Output::Apply {
+                up_to: 3,
+                replies: vec![]
+            },
+        ]
+    );
+}
+
+// Section 3: an `Append` is checked whole before anything changes: a bad one
+// closes the link and leaves the follower's log as it was.
+#[test]
+fn a_bad_append_changes_nothing() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 2, log.clone(), 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let mut bad = Entry::new(2, 3, b"c".to_vec());
+    bad.payload = b"x".to_vec();
+    let cases = [
+        (
+            vec![Entry::new(2, 2, b"b".to_vec()), bad],
+            "entry 3 failed validation",
+        ),
+        (
+            vec![
+                Entry::new(2, 2, b"b".to_vec()),
+                Entry::new(2, 4, b"d".to_vec()),
+            ],
+            "non-contiguous entries",
+        ),
+        (
+            vec![
+                Entry::new(2, 2, b"b".to_vec()),
+                Entry::new(1, 3, b"c".to_vec()),
+            ],
+            "entry 3 goes back to epoch 1",
+        ),
+    ];
+    for (entries, reason) in cases {
+        let msg = Message::Append {
+            epoch: 2,
+            prev_index: 1,
+            prev_epoch: 1,
+            commit_index: 1,
+            entries,
+        };
+        assert_eq!(
+            c.handle(1, Input::Received { conn: 1, msg }),
+            vec![Output::Disconnect {
+                conn: 1,
+                reason: reason.into()
+            }]
+        );
+        assert_eq!(c.log(), &log);
+        assert_eq!(c.status().durable_index, 3);
+    }
+}
+
+// Section 3: the epoch never wraps: with the counter exhausted a promotion is
+// refused (and logged) instead of reusing an epoch.
+#[test]
+fn promotion_is_refused_when_the_epoch_is_exhausted() {
+    let mut c = Core::new(
+        cfg(Mode::Sync),
+        Role::Standby,
+        u64::MAX,
+        log_of(&[(1, 1)]),
+        1,
+    );
+    let exhausted =
+        "the epoch counter is exhausted: no new epoch can be started, so this node cannot lead";
+    assert_eq!(c.promotion_blocker(), Some(exhausted.into()));
+    let out = c.handle(
+        0,
+        Input::Promote {
+            reason: "operator".into(),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::RoleChanged {
+            role: Role::Standby,
+            epoch: u64::MAX,
+            reason: format!("promotion refused (operator): {exhausted}"),
+        }]
+    );
+    assert_eq!((c.role(), c.epoch()), (Role::Standby, u64::MAX));
+}
+
+// Section 3: an answer to a `Persist` queued before a cut speaks of the old
+// log: the follower does not take it as durability of the entries that
+// replace the cut suffix (it would acknowledge what a crash would lose).
+#[test]
+fn an_answer_from_before_a_cut_does_not_make_new_entries_durable() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log, 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    let new = vec![
+        Entry::new(2, 2, b"B".to_vec()),
+        Entry::new(2, 3, b"C".to_vec()),
+    ];
+    let msg = Message::Append {
+        epoch: 2,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 1,
+        entries: new.clone(),
+    };
+    assert_eq!(
+        c.handle(1, Input::Received { conn: 1, msg }),
+        vec![
+            Output::Persist {
+                truncate_after: None,
+                entries: vec![],
+                epoch: Some(2)
+            },
+            Output::RoleChanged {
+                role: Role::Standby,
+                epoch: 2,
+                reason: "primary is in epoch 2".into()
+            },
+            Output::Persist {
+                truncate_after: Some(1),
+                entries: new,
+                epoch: None
+            },
+        ]
+    );
+    // The epoch is durable; the disk still ends at 3, with the old entries.
+    assert_eq!(c.handle(2, Input::Persisted { last_index: 3 }), vec![]);
+    assert_eq!(c.status().durable_index, 1);
+    // The cut and the new entries are durable.
+    assert_eq!(
+        c.handle(3, Input::Persisted { last_index: 3 }),
+        vec![Output::Send {
+            conn: 1,
+            msg: Message::AppendOk {
+                epoch: 2,
+                match_index: 3
+            }
+        }]
+    );
+}
+
+// Section 3: when one answer covered two `Persist`s ending at the same index,
+// the cut behind them may look undone; held entries waiting for it get an
+// empty `Persist`, whose answer settles it (no acknowledgement waits forever).
+#[test]
+fn a_merged_answer_before_a_cut_does_not_stall_the_acknowledgement() {
+    let log = log_of(&[(1, 1), (1, 2), (1, 3)]);
+    let mut c = Core::new(cfg(Mode::Sync), Role::Standby, 1, log, 1);
+    c.handle(0, Input::PeerUp { conn: 1 });
+    c.handle(
+        1,
+        Input::Received {
+            conn: 1,
+            msg: heartbeat(2, 3, 1, 1),
+        },
+    );
+    let new = vec![
+        Entry::new(3, 2, b"B".to_vec()),
+        Entry::new(3, 3, b"C".to_vec()),
+    ];
+    let append = Message::Append {
+        epoch: 3,
+        prev_index: 1,
+        prev_epoch: 1,
+        commit_index: 1,
+        entries: new,
+    };
+    let out = c.handle(
+        2,
+        Input::Received {
+            conn: 1,
+            msg: append.clone(),
+        },
+    );
+    assert_eq!(out.len(), 3, "epoch, role change, cut: {out:?}");
+    // One answer for both epoch records, then the cut's own.
+    assert_eq!(c.handle(3, Input::Persisted { last_index: 3 }), vec![]);
+    assert_eq!(c.handle(4, Input::Persisted { last_index: 3 }), vec![]);
+    // The primary resends what we hold.
+    assert_eq!(
+        c.handle(
+            5,
+            Input::Received {
+                conn: 1,
+                msg: append
+            }
+        ),
+        vec![Output::Persist {
+            truncate_after: None,
+            entries: vec![],
+            epoch: None
+        }]
+    );
+    assert_eq!(
+        c.handle(6, Input::Persisted { last_index: 3 }),
+        vec![Output::Send {
+            conn: 1,
+            msg: Message::AppendOk {
+                epoch: 3,
+                match_index: 3
+            }
+        }]
+    );
+}

@@ -67,6 +67,8 @@ pub enum Input {
     Tick,
     /// The role authority changes the priority we advertise (not 0 or 255).
     SetPriority(u8),
+    /// The role authority turns Preempt_Mode on (the primary) or off.
+    SetPreempt(bool),
 }
 
 /// What the runtime must do, in order.
@@ -189,6 +191,7 @@ impl Vrrp {
                     self.cfg.priority = p;
                 }
             }
+            Input::SetPreempt(on) => self.cfg.preempt = on,
         }
         out
     }

@@ -31,12 +31,25 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The lease runs `lease_ms` from when the request was sent.
-    LeaseOk { epoch: u64, lease_ms: u64 },
-    Marked { epoch: u64 },
-    Cleared { epoch: u64 },
-    Released { epoch: u64 },
+    LeaseOk {
+        epoch: u64,
+        lease_ms: u64,
+    },
+    Marked {
+        epoch: u64,
+    },
+    Cleared {
+        epoch: u64,
+    },
+    Released {
+        epoch: u64,
+    },
     /// Promote, in exactly this epoch; the lease is held from the request.
-    Granted { epoch: u64, lease_ms: u64 },
-    Denied { reason: String },
+    Granted {
+        epoch: u64,
+        lease_ms: u64,
+    },
+    Denied {
+        reason: String,
+    },
 }
-

@@ -1,0 +1,525 @@
+//! The HA agent (architecture sections 1 and 2): the role authority, the
+//! VRRP speaker, the witness client and the local health checks, on their
+//! own OS thread and single-threaded runtime, apart from the service. A
+//! saturated or wedged service cannot delay advertisements or lease
+//! renewals; the agent sees the service only as an operator would, through
+//! health probes (the store accepts a write, the owner task and the API
+//! answer within a deadline).
+//!
+//! ```text
+//!   owner task ──ReplView / StoreFailed / admin──┐
+//!   VRRP socket + timers ──VrrpView─────────────┤
+//!   witness client ──replies────────────────────┼─> Authority::handle
+//!   health timer ──probe results────────────────┤        │
+//!   tick ───────────────────────────────────────┘        v
+//!     Promote / Demote / CommitAlone / Handover ──> owner task (HaCommand)
+//!     Vip / VrrpContend / VrrpPriority ──> speaker
+//!     ToWitness ──> witness client;  StateFile ──> $ESC_HOME/keepalived_state
+//!     Admission ──> the API's gate;  Transition ──> escadm.log
+//! ```
+
+use crate::logging::HA;
+use crate::node::{Event, Shared};
+use crate::vrrp::{Speaker, VrrpStatus};
+use crate::witness;
+use esc_authority::authority::{Config as AuthConfig, Input, Output, Status};
+use esc_authority::{Authority, ReplView, WitnessRequest};
+use esc_config::Config;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+/// How often the authority gets a `Tick` (lease checks, retries).
+const TICK: Duration = Duration::from_millis(20);
+
+/// What the owner task and the admin socket send the agent.
+pub enum AgentCmd {
+    Repl(ReplView),
+    StoreFailed(String),
+    Switchover {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Promote {
+        force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Demote {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Graceful stop; the agent answers `Event::HaReadyToStop`.
+    Stop,
+}
+
+/// What the agent asks of the owner task (it owns the replication core).
+#[derive(Debug, Clone)]
+pub enum HaCommand {
+    Promote { epoch: Option<u64>, reason: String },
+    Demote { reason: String },
+    CommitAlone(bool),
+    Handover,
+}
+
+/// What `escadm status --v` shows of the agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    pub authority: Option<Status>,
+    pub vrrp: Option<VrrpStatus>,
+    pub witness: Option<String>,
+    pub health_failures: u32,
+    pub last_health_error: Option<String>,
+}
+
+/// Handle kept by the node.
+pub struct AgentHandle {
+    pub cmds: mpsc::Sender<AgentCmd>,
+    pub status: watch::Receiver<AgentStatus>,
+    stop_tx: watch::Sender<bool>,
+    done_rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for AgentHandle {
+    /// Stops the thread: the speaker sends priority 0 if master and removes
+    /// the VIP (bounded wait).
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.done_rx.recv_timeout(Duration::from_secs(3));
+    }
+}
+
+/// Where the state file lives.
+pub fn state_file(home: &Path) -> PathBuf {
+    home.join("keepalived_state")
+}
+
+/// Starts the agent thread.
+pub fn spawn(
+    cfg: &Config,
+    home: &Path,
+    shared: Shared,
+    secret: Option<Arc<Vec<u8>>>,
+    admission: Arc<AtomicBool>,
+) -> anyhow::Result<AgentHandle> {
+    if let Some(v) = &cfg.vrrp {
+        crate::vrrp::preflight(v)?;
+    }
+    let pair = cfg.replication.peer.is_some();
+    let witness_addr = cfg.witness.address.filter(|_| pair);
+    let auth_cfg = AuthConfig {
+        witness: witness_addr.is_some(),
+        vrrp: cfg.vrrp.is_some() && pair,
+        // Without VRRP or a witness, the only failure detector would be
+        // the replication link; takeover is then the operator's.
+        auto_takeover: pair
+            && cfg.ha.auto_takeover
+            && (cfg.vrrp.is_some() || witness_addr.is_some()),
+        priority: cfg.vrrp.as_ref().map_or(100, |v| v.priority),
+        renew_interval_ms: cfg.witness.renew_interval_ms,
+        witness_retry_ms: cfg.witness.renew_interval_ms,
+        switchover_timeout_ms: cfg.ha.switchover_timeout_ms,
+        contest_grace_ms: cfg
+            .vrrp
+            .as_ref()
+            .map_or(3_000, |v| 3 * u64::from(v.advert_interval_ms) + 1_000),
+        initial_primary: cfg.replication.initial_role == esc_config::InitialRole::Primary,
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(1_024);
+    let (status_tx, status_rx) = watch::channel(AgentStatus {
+        authority: None,
+        vrrp: None,
+        witness: witness_addr.map(|a| a.to_string()),
+        health_failures: 0,
+        last_health_error: None,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let ctx = Ctx {
+        vrrp: cfg.vrrp.clone(),
+        pair,
+        witness: witness_addr.zip(secret),
+        node_name: cfg.node_name.clone(),
+        home: home.to_path_buf(),
+        shared,
+        admission,
+        health_interval: Duration::from_millis(cfg.ha.health_interval_ms),
+        health_failures_max: cfg.ha.health_failures_max,
+        api: cfg.api.listen,
+    };
+    std::thread::Builder::new()
+        .name("esc-ha-agent".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(target: HA, "HA agent runtime: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = rt.block_on(run(ctx, auth_cfg, cmd_rx, status_tx, stop_rx)) {
+                warn!(target: HA, "HA agent stopped: {e:#}");
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok(AgentHandle {
+        cmds: cmd_tx,
+        status: status_rx,
+        stop_tx,
+        done_rx,
+    })
+}
+
+struct Ctx {
+    vrrp: Option<esc_config::VrrpConfig>,
+    pair: bool,
+    witness: Option<(std::net::SocketAddr, Arc<Vec<u8>>)>,
+    node_name: String,
+    home: PathBuf,
+    shared: Shared,
+    admission: Arc<AtomicBool>,
+    health_interval: Duration,
+    health_failures_max: u32,
+    api: std::net::SocketAddr,
+}
+
+struct Agent {
+    ctx: Ctx,
+    auth: Authority,
+    speaker: Option<Speaker>,
+    witness_tx: Option<mpsc::Sender<WitnessRequest>>,
+    start: Instant,
+    replies: Vec<(u64, oneshot::Sender<Result<String, String>>)>,
+    next_id: u64,
+    health_failures: u32,
+    last_health_error: Option<String>,
+}
+
+async fn run(
+    ctx: Ctx,
+    auth_cfg: AuthConfig,
+    mut cmds: mpsc::Receiver<AgentCmd>,
+    status: watch::Sender<AgentStatus>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let speaker = match &ctx.vrrp {
+        Some(v) => Some(Speaker::open(v.clone(), !ctx.pair, start).await?),
+        None => None,
+    };
+    let (wreply_tx, mut wreply_rx) = mpsc::channel(64);
+    let witness_tx = ctx.witness.as_ref().map(|(addr, secret)| {
+        witness::client(
+            *addr,
+            secret.clone(),
+            ctx.node_name.clone(),
+            start,
+            wreply_tx.clone(),
+        )
+    });
+    let mut a = Agent {
+        auth: Authority::new(auth_cfg),
+        ctx,
+        speaker,
+        witness_tx,
+        start,
+        replies: Vec::new(),
+        next_id: 0,
+        health_failures: 0,
+        last_health_error: None,
+    };
+    if let Some(sp) = a.speaker.as_mut() {
+        // A pair's speaker waits for the authority's word to contend; a
+        // standalone one behaves as keepalived does.
+        if !a.ctx.pair {
+            sp.input(esc_vrrp::fsm::Input::Startup).await;
+        }
+    }
+    let (health_tx, mut health_rx) = mpsc::channel::<Result<(), String>>(4);
+    let mut health_timer = tokio::time::interval(a.ctx.health_interval);
+    health_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health_running = false;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; crate::vrrp::RECV_BYTES_MAX];
+    loop {
+        let _ = status.send(a.status());
+        let deadline = a
+            .speaker
+            .as_ref()
+            .and_then(Speaker::deadline)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.changed() => {
+                if let Some(sp) = a.speaker.as_mut() {
+                    sp.input(esc_vrrp::fsm::Input::Shutdown).await;
+                    sp.set_vip(false).await;
+                }
+                let _ = std::fs::write(state_file(&a.ctx.home), "STOP\n");
+                let _ = status.send(a.status());
+                return Ok(());
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if let Some(sp) = a.speaker.as_mut() {
+                    if sp.input(esc_vrrp::fsm::Input::Tick).await {
+                        let v = sp.view();
+                        a.feed(Input::Vrrp(v)).await;
+                    }
+                }
+            }
+            Some(input) = recv_vrrp(&mut a.speaker, &mut buf) => {
+                if let Some(sp) = a.speaker.as_mut() {
+                    let before = sp.view();
+                    let changed = sp.input(input).await;
+                    let after = sp.view();
+                    if changed || before != after {
+                        a.feed(Input::Vrrp(after)).await;
+                    }
+                }
+            }
+            Some(cmd) = cmds.recv() => a.on_cmd(cmd).await,
+            Some(d) = wreply_rx.recv() => {
+                a.feed(Input::Witness { request: d.request, reply: d.reply, sent_at_ms: d.sent_at_ms }).await;
+            }
+            _ = health_timer.tick(), if a.ctx.pair && !health_running => {
+                health_running = true;
+                let shared = a.ctx.shared.clone();
+                let api = a.ctx.api;
+                let tx = health_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(probe(&shared, api).await).await;
+                });
+            }
+            Some(h) = health_rx.recv() => {
+                health_running = false;
+                a.on_health(h).await;
+            }
+            _ = tick.tick() => a.feed(Input::Tick).await,
+        }
+    }
+}
+
+async fn recv_vrrp(sp: &mut Option<Speaker>, buf: &mut [u8]) -> Option<esc_vrrp::fsm::Input> {
+    match sp.as_mut() {
+        Some(s) => s.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The agent's health probe: what an operator's check would see.
+async fn probe(shared: &Shared, api: std::net::SocketAddr) -> Result<(), String> {
+    // The owner task answers (a hung service fails here).
+    let (tx, rx) = oneshot::channel();
+    let req = crate::admin::AdminRequest::Status { verbose: false };
+    let asked = shared
+        .events
+        .try_send(Event::Admin { req, reply: tx })
+        .is_ok();
+    let answered = asked
+        && matches!(
+            tokio::time::timeout(crate::health::CHECK_TIMEOUT, rx).await,
+            Ok(Ok(_))
+        );
+    if !answered {
+        return Err(format!(
+            "the service does not answer within {:?}",
+            crate::health::CHECK_TIMEOUT
+        ));
+    }
+    let report = crate::health::report(shared, api, None).await;
+    if report.healthy() {
+        Ok(())
+    } else {
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        Err(format!("{} ({})", report.message, failed.join("; ")))
+    }
+}
+
+impl Agent {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn status(&self) -> AgentStatus {
+        AgentStatus {
+            authority: self.ctx.pair.then(|| self.auth.status()),
+            vrrp: self.speaker.as_ref().map(Speaker::status),
+            witness: self.ctx.witness.as_ref().map(|(a, _)| a.to_string()),
+            health_failures: self.health_failures,
+            last_health_error: self.last_health_error.clone(),
+        }
+    }
+
+    async fn on_health(&mut self, h: Result<(), String>) {
+        match h {
+            Ok(()) => {
+                if self.health_failures > 0 {
+                    info!(target: HA, "health check passes again");
+                }
+                self.health_failures = 0;
+                self.feed(Input::Health(Ok(()))).await;
+            }
+            Err(e) => {
+                self.health_failures += 1;
+                warn!(target: HA, failures = self.health_failures, error = %e, "health check failed");
+                self.last_health_error = Some(e.clone());
+                if self.health_failures >= self.ctx.health_failures_max {
+                    self.feed(Input::Health(Err(e))).await;
+                }
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: AgentCmd) {
+        if !self.ctx.pair {
+            // A standalone node has no role to arbitrate.
+            let refuse = |r: oneshot::Sender<Result<String, String>>| {
+                let _ = r.send(Err("no peer configured: nothing to switch over to".into()));
+            };
+            match cmd {
+                AgentCmd::Switchover { reply } => refuse(reply),
+                AgentCmd::Promote { reply, .. } | AgentCmd::Demote { reply } => {
+                    let _ = reply.send(Err("handled by the node".into()));
+                }
+                AgentCmd::Stop => {
+                    let _ = self.ctx.shared.events.send(Event::HaReadyToStop).await;
+                }
+                _ => {}
+            }
+            return;
+        }
+        let mut reply_with = |reply| {
+            self.next_id += 1;
+            self.replies.push((self.next_id, reply));
+            self.next_id
+        };
+        let input = match cmd {
+            AgentCmd::Repl(v) => Input::Repl(v),
+            AgentCmd::StoreFailed(e) => Input::StoreFailed(e),
+            AgentCmd::Switchover { reply } => Input::Switchover {
+                id: reply_with(reply),
+            },
+            AgentCmd::Promote { force, reply } => Input::Promote {
+                id: reply_with(reply),
+                force,
+            },
+            AgentCmd::Demote { reply } => Input::Demote {
+                id: reply_with(reply),
+            },
+            AgentCmd::Stop => Input::Stop,
+        };
+        self.feed(input).await;
+    }
+
+    /// Runs the authority and performs its outputs in order.
+    async fn feed(&mut self, input: Input) {
+        if !self.ctx.pair {
+            return;
+        }
+        let now = self.now_ms();
+        let outputs = self.auth.handle(now, input);
+        for o in outputs {
+            self.perform(o).await;
+        }
+    }
+
+    async fn perform(&mut self, o: Output) {
+        let to_owner = |c: HaCommand| Event::Ha(c);
+        match o {
+            Output::Transition { from, to, reason } => {
+                info!(target: HA, ?from, ?to, %reason, "role transition");
+            }
+            Output::StateFile(w) => {
+                let path = state_file(&self.ctx.home);
+                let tmp = path.with_extension("tmp");
+                if let Err(e) = std::fs::write(&tmp, format!("{}\n", w.as_str()))
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                {
+                    warn!(target: HA, "cannot write {}: {e}", path.display());
+                }
+            }
+            Output::Vip(on) => {
+                if let Some(sp) = self.speaker.as_mut() {
+                    sp.set_vip(on).await;
+                }
+            }
+            Output::Admission(on) => self.ctx.admission.store(on, Ordering::SeqCst),
+            Output::VrrpContend(on) => {
+                if let Some(sp) = self.speaker.as_mut() {
+                    let input = if on {
+                        esc_vrrp::fsm::Input::Startup
+                    } else {
+                        esc_vrrp::fsm::Input::Shutdown
+                    };
+                    sp.input(input).await;
+                }
+            }
+            Output::VrrpPriority(p) => {
+                if let Some(sp) = self.speaker.as_mut() {
+                    sp.input(esc_vrrp::fsm::Input::SetPriority(p)).await;
+                }
+            }
+            Output::VrrpPreempt(on) => {
+                if let Some(sp) = self.speaker.as_mut() {
+                    sp.input(esc_vrrp::fsm::Input::SetPreempt(on)).await;
+                }
+            }
+            Output::Promote { epoch, reason } => {
+                let _ = self
+                    .ctx
+                    .shared
+                    .events
+                    .send(to_owner(HaCommand::Promote { epoch, reason }))
+                    .await;
+            }
+            Output::Demote { reason } => {
+                let _ = self
+                    .ctx
+                    .shared
+                    .events
+                    .send(to_owner(HaCommand::Demote { reason }))
+                    .await;
+            }
+            Output::CommitAlone(on) => {
+                let _ = self
+                    .ctx
+                    .shared
+                    .events
+                    .send(to_owner(HaCommand::CommitAlone(on)))
+                    .await;
+            }
+            Output::Handover => {
+                let _ = self
+                    .ctx
+                    .shared
+                    .events
+                    .send(to_owner(HaCommand::Handover))
+                    .await;
+            }
+            Output::ToWitness(req) => {
+                if let Some(tx) = &self.witness_tx {
+                    // Dropped when the queue is full: the authority retries.
+                    let _ = tx.try_send(req);
+                }
+            }
+            Output::Reply { id, result } => {
+                if let Some(pos) = self.replies.iter().position(|(i, _)| *i == id) {
+                    let (_, r) = self.replies.swap_remove(pos);
+                    let _ = r.send(result);
+                }
+            }
+            Output::ReadyToStop => {
+                let _ = self.ctx.shared.events.send(Event::HaReadyToStop).await;
+            }
+        }
+    }
+}
