@@ -29,6 +29,9 @@ use serde::Serialize;
 
 /// Priority the primary advertises (below 255, the address owner's).
 pub const PRIMARY_PRIORITY: u8 = 254;
+/// How long a promotion request may wait for the witness's answer before
+/// it is sent again (the witness client's reply deadline).
+pub const GRANT_ANSWER_MS: u64 = 1_000;
 
 /// The node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,7 +88,8 @@ pub struct Config {
     /// How long a primary tolerates another node advertising as primary
     /// (two primaries after a healed partition) before stepping down.
     pub contest_grace_ms: u64,
-    /// A fresh store with `initial_role = "primary"`.
+    /// A fresh store with `initial_role = "primary"`: promote at once
+    /// (manual mode) or ask the witness (witness mode).
     pub initial_primary: bool,
 }
 
@@ -125,6 +129,8 @@ pub struct ReplView {
     pub drained: bool,
     /// The core may commit without its follower (witness mode gate).
     pub commit_alone: bool,
+    /// The sequence number of the last `CommitAlone` the core carried out.
+    pub commit_alone_seq: u64,
     /// Standby: the primary handed over and this node holds everything.
     pub handover: bool,
 }
@@ -187,8 +193,12 @@ pub enum Output {
     Demote {
         reason: String,
     },
-    /// Allow the core to commit without its follower (witness mode).
-    CommitAlone(bool),
+    /// Allow the core to commit without its follower (witness mode); the
+    /// core echoes `seq` in its view once it has carried it out.
+    CommitAlone {
+        on: bool,
+        seq: u64,
+    },
     /// Tell the follower to take over: it holds every entry (switchover).
     Handover,
     ToWitness(Request),
@@ -250,11 +260,23 @@ pub struct Authority {
     store_failed: Option<String>,
     /// A Promote/Demote was sent; the ReplView has not caught up yet.
     awaiting_primary: Option<(bool, u64)>,
+    /// The epoch this node leads in (from the grant or the core's view):
+    /// requests carry it and replies for any other epoch are stale.
+    term: Option<u64>,
+    /// A promotion request awaits the witness's answer.
+    grant_in_flight: bool,
+    /// The last `CommitAlone` command: (on, seq).
+    alone_cmd: (bool, u64),
     // Witness mode.
     lease_until_ms: Option<u64>,
     renew_sent_ms: Option<u64>,
     mark: Mark,
     mark_sent_ms: Option<u64>,
+    /// When the last ClearOutdated was sent: a `Marked` answering a request
+    /// sent before it is stale (the witness may have cleared since).
+    last_clear_sent_ms: Option<u64>,
+    /// The witness may hold a mark this primary wants cleared.
+    clear_pending: bool,
     grant_sent_ms: Option<u64>,
     forced_grant: bool,
     switching: Option<Switching>,
@@ -282,10 +304,15 @@ impl Authority {
             health: Ok(()),
             store_failed: None,
             awaiting_primary: None,
+            term: None,
+            grant_in_flight: false,
+            alone_cmd: (false, 0),
             lease_until_ms: None,
             renew_sent_ms: None,
             mark: Mark::Clear,
             mark_sent_ms: None,
+            last_clear_sent_ms: None,
+            clear_pending: false,
             grant_sent_ms: None,
             forced_grant: false,
             switching: None,
@@ -344,6 +371,9 @@ impl Authority {
                     if r.primary == want {
                         self.awaiting_primary = None;
                     }
+                }
+                if r.primary && self.role == Role::Primary && self.awaiting_primary.is_none() {
+                    self.term = Some(r.epoch);
                 }
                 self.repl = Some(r);
             }
@@ -415,10 +445,12 @@ impl Authority {
         self.since_ms = self.now_ms;
         self.contested_since = None;
         if to != Role::Primary {
+            self.term = None;
             self.lease_until_ms = None;
             self.renew_sent_ms = None;
             self.mark = Mark::Clear;
             self.mark_sent_ms = None;
+            self.clear_pending = false;
         }
         if to != Role::Standby {
             self.grant_sent_ms = None;
@@ -499,7 +531,12 @@ impl Authority {
         sent_at_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let epoch_now = self.repl.as_ref().map_or(0, |r| r.epoch);
+        // Replies about another term than the one this node leads in are
+        // stale (the view of the core may lag behind a new grant).
+        let epoch_now = self.term.unwrap_or(u64::MAX);
+        if matches!(request, Request::Promote { .. }) {
+            self.grant_in_flight = false;
+        }
         match reply {
             Reply::LeaseOk { epoch, lease_ms }
                 if self.role == Role::Primary && epoch == epoch_now =>
@@ -509,12 +546,19 @@ impl Authority {
                 let until = sent_at_ms + lease_ms;
                 self.lease_until_ms = Some(self.lease_until_ms.map_or(until, |u| u.max(until)));
             }
-            Reply::Marked { epoch } if self.role == Role::Primary && epoch == epoch_now => {
+            // Only a mark requested after the last clear is in force.
+            Reply::Marked { epoch }
+                if self.role == Role::Primary
+                    && epoch == epoch_now
+                    && self.last_clear_sent_ms.is_none_or(|c| sent_at_ms > c) =>
+            {
                 self.mark = Mark::Marked;
                 self.mark_sent_ms = None;
             }
             Reply::Cleared { epoch } if epoch == epoch_now => {
-                self.mark = Mark::Clear;
+                if self.last_clear_sent_ms.is_some_and(|c| sent_at_ms >= c) {
+                    self.clear_pending = false;
+                }
                 self.mark_sent_ms = None;
             }
             Reply::Released { .. } => {}
@@ -633,6 +677,7 @@ impl Authority {
 
     fn request_grant(&mut self, r: &ReplView, force: bool, out: &mut Vec<Output>) {
         self.grant_sent_ms = Some(self.now_ms);
+        self.grant_in_flight = true;
         out.push(Output::ToWitness(Request::Promote {
             epoch: r.epoch,
             last_epoch: r.last_epoch,
@@ -643,6 +688,7 @@ impl Authority {
 
     fn promote(&mut self, epoch: Option<u64>, reason: String, out: &mut Vec<Output>) {
         self.awaiting_primary = Some((true, self.now_ms));
+        self.term = epoch;
         out.push(Output::Promote {
             epoch,
             reason: reason.clone(),
@@ -653,13 +699,13 @@ impl Authority {
     fn step_down(&mut self, reason: String, out: &mut Vec<Output>) {
         self.awaiting_primary = Some((false, self.now_ms));
         if self.cfg.witness {
-            if let Some(r) = &self.repl {
+            if let Some(epoch) = self.term {
                 // A primary that gives up also gives its lease up, so the
                 // standby's grant need not wait for it to run out.
-                out.push(Output::ToWitness(Request::Release { epoch: r.epoch }));
+                out.push(Output::ToWitness(Request::Release { epoch }));
             }
-            if self.repl.as_ref().is_some_and(|r| r.commit_alone) {
-                out.push(Output::CommitAlone(false));
+            if self.alone_cmd.0 || self.repl.as_ref().is_some_and(|r| r.commit_alone) {
+                self.command_alone(false, out);
             }
         }
         out.push(Output::Demote {
@@ -672,6 +718,23 @@ impl Authority {
             Role::Standby
         };
         self.change_role(to, reason, out);
+    }
+
+    fn command_alone(&mut self, on: bool, out: &mut Vec<Output>) {
+        self.alone_cmd = (on, self.alone_cmd.1 + 1);
+        out.push(Output::CommitAlone {
+            on,
+            seq: self.alone_cmd.1,
+        });
+    }
+
+    /// Another promotion request may go out: the last one was answered (or
+    /// its answer is overdue) and the retry interval passed. One at a time,
+    /// since each grant bumps the witness's epoch.
+    fn grant_due(&self) -> bool {
+        Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms)
+            && (!self.grant_in_flight
+                || Self::due(self.grant_sent_ms, self.now_ms, GRANT_ANSWER_MS))
     }
 
     fn due(sent: Option<u64>, now: u64, every: u64) -> bool {
@@ -696,7 +759,16 @@ impl Authority {
             Role::Init => {
                 if let Some(f) = fault {
                     self.change_role(Role::Fault, f, out);
-                } else if self.cfg.initial_primary && r.epoch == 0 && r.last_index == 0 {
+                } else if self.cfg.initial_primary
+                    && r.epoch == 0
+                    && r.last_index == 0
+                    && (self.cfg.witness || !self.cfg.auto_takeover)
+                {
+                    // A fresh store told to start as primary. Two-node mode
+                    // with a failure detector ignores it: a node whose disk
+                    // was replaced would otherwise lead with nothing; the
+                    // cold-start rule (fresher log, then the lower name)
+                    // elects the first primary instead.
                     self.change_role(Role::Standby, "started".into(), out);
                     if self.cfg.witness {
                         self.request_grant(&r, false, out);
@@ -765,7 +837,7 @@ impl Authority {
         if r.handover {
             // Planned handover: the primary drained and stepped down.
             if self.cfg.witness {
-                if Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms) {
+                if self.grant_due() {
                     self.request_grant(r, false, out);
                 }
             } else {
@@ -777,14 +849,21 @@ impl Authority {
             return;
         }
         // Both detectors agree: no replication link, and VRRP says the
-        // primary is down (or no VRRP is configured).
-        let vrrp_says_down =
-            !self.cfg.vrrp || self.vrrp.is_some_and(|v| v.state == VrrpState::Master);
+        // primary is down (or no VRRP is configured): we are VRRP master,
+        // or the master we hear advertises a standby's priority (no primary
+        // is alive: in witness mode the one the witness favours may be us).
+        let vrrp_says_down = !self.cfg.vrrp
+            || self.vrrp.is_some_and(|v| {
+                v.state == VrrpState::Master
+                    || (self.cfg.witness
+                        && v.state == VrrpState::Backup
+                        && v.master_priority.is_some_and(|p| p < PRIMARY_PRIORITY))
+            });
         if !vrrp_says_down {
             return;
         }
         if self.cfg.witness {
-            if Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms) {
+            if self.grant_due() {
                 self.request_grant(r, false, out);
             }
         } else if r.blocker.is_none() {
@@ -820,6 +899,9 @@ impl Authority {
                 _ => {}
             }
         } else {
+            let Some(term) = self.term else {
+                return; // the core has not reported its epoch yet
+            };
             let lease_valid = self.lease_until_ms.is_some_and(|u| now < u);
             if !lease_valid && !r.in_sync {
                 return self.step_down(
@@ -829,26 +911,37 @@ impl Authority {
             }
             if Self::due(self.renew_sent_ms, now, self.cfg.renew_interval_ms) {
                 self.renew_sent_ms = Some(now);
-                out.push(Output::ToWitness(Request::Renew { epoch: r.epoch }));
+                out.push(Output::ToWitness(Request::Renew { epoch: term }));
             }
+            // Whether the core carried out our last CommitAlone command.
+            let confirmed = r.commit_alone_seq == self.alone_cmd.1;
             if r.in_sync {
                 // Stop committing alone first, then clear the mark: the
-                // mark must never be clear while the core may commit alone.
-                if r.commit_alone {
-                    out.push(Output::CommitAlone(false));
-                } else if self.mark == Mark::Marked
+                // mark must never be clear while the core may commit alone,
+                // so the clear waits until the core confirmed the stop.
+                // From the moment a clear is sent the mark counts as gone
+                // (it may take effect at any time), so committing alone
+                // again needs a fresh mark requested after it.
+                if self.alone_cmd.0 {
+                    self.command_alone(false, out);
+                } else if confirmed
+                    && !r.commit_alone
+                    && (self.mark == Mark::Marked || self.clear_pending)
                     && Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms)
                 {
+                    self.mark = Mark::Clear;
+                    self.clear_pending = true;
                     self.mark_sent_ms = Some(now);
-                    out.push(Output::ToWitness(Request::ClearOutdated { epoch: r.epoch }));
+                    self.last_clear_sent_ms = Some(now);
+                    out.push(Output::ToWitness(Request::ClearOutdated { epoch: term }));
                 }
             } else if self.mark == Mark::Marked {
-                if !r.commit_alone {
-                    out.push(Output::CommitAlone(true));
+                if !self.alone_cmd.0 {
+                    self.command_alone(true, out);
                 }
             } else if Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms) {
                 self.mark_sent_ms = Some(now);
-                out.push(Output::ToWitness(Request::MarkOutdated { epoch: r.epoch }));
+                out.push(Output::ToWitness(Request::MarkOutdated { epoch: term }));
             }
         }
         if let Some(s) = self.switching.clone() {

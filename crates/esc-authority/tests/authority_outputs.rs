@@ -30,6 +30,7 @@ fn standby_view() -> ReplView {
         blocker: Some("the primary is still connected".into()),
         drained: false,
         commit_alone: false,
+        commit_alone_seq: 0,
         handover: false,
     }
 }
@@ -188,6 +189,10 @@ fn witness_primary() -> Authority {
 }
 
 fn primary_view(in_sync: bool, commit_alone: bool) -> ReplView {
+    primary_view_seq(in_sync, commit_alone, 0)
+}
+
+fn primary_view_seq(in_sync: bool, commit_alone: bool, commit_alone_seq: u64) -> ReplView {
     ReplView {
         primary: true,
         epoch: 1,
@@ -198,6 +203,7 @@ fn primary_view(in_sync: bool, commit_alone: bool) -> ReplView {
         blocker: None,
         drained: in_sync,
         commit_alone,
+        commit_alone_seq,
         handover: false,
     }
 }
@@ -222,17 +228,44 @@ fn witness_primary_commits_alone_only_after_the_mark_and_clears_it_after_stoppin
             sent_at_ms: 10,
         },
     );
-    assert_eq!(out, vec![Output::CommitAlone(true)]);
+    assert_eq!(out, vec![Output::CommitAlone { on: true, seq: 1 }]);
+    // Said once, not again while the core has not confirmed it.
+    assert!(a.handle(25, Input::Tick).is_empty());
     // The standby is back in sync: first stop committing alone ...
-    let out = a.handle(30, Input::Repl(primary_view(true, true)));
-    assert_eq!(out, vec![Output::CommitAlone(false)]);
-    // ... and only once the core says so, clear the mark.
-    let out = a.handle(40, Input::Repl(primary_view(true, false)));
+    let out = a.handle(30, Input::Repl(primary_view_seq(true, true, 1)));
+    assert_eq!(out, vec![Output::CommitAlone { on: false, seq: 2 }]);
+    // ... a view from before the core carried that out clears nothing ...
+    let out = a.handle(35, Input::Repl(primary_view_seq(true, false, 1)));
+    assert!(out.is_empty(), "{out:?}");
+    // ... and only once the core confirms it, clear the mark.
+    let out = a.handle(40, Input::Repl(primary_view_seq(true, false, 2)));
     assert_eq!(
         out,
         vec![Output::ToWitness(WitnessRequest::ClearOutdated {
             epoch: 1
         })]
+    );
+    // A `Marked` answering a request sent before that clear is stale.
+    let out = a.handle(
+        45,
+        Input::Witness {
+            request: WitnessRequest::MarkOutdated { epoch: 1 },
+            reply: WitnessReply::Marked { epoch: 1 },
+            sent_at_ms: 10,
+        },
+    );
+    assert!(out.is_empty(), "{out:?}");
+    // Out of sync again: a fresh mark, after the retry interval.
+    assert!(a
+        .handle(50, Input::Repl(primary_view_seq(false, false, 2)))
+        .is_empty());
+    let out = a.handle(140, Input::Tick);
+    assert_eq!(
+        out,
+        vec![
+            Output::ToWitness(WitnessRequest::Renew { epoch: 1 }),
+            Output::ToWitness(WitnessRequest::MarkOutdated { epoch: 1 })
+        ]
     );
 }
 

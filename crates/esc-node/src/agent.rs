@@ -59,7 +59,7 @@ pub enum AgentCmd {
 pub enum HaCommand {
     Promote { epoch: Option<u64>, reason: String },
     Demote { reason: String },
-    CommitAlone(bool),
+    CommitAlone { on: bool, seq: u64 },
     Handover,
 }
 
@@ -489,12 +489,12 @@ impl Agent {
                     .send(to_owner(HaCommand::Demote { reason }))
                     .await;
             }
-            Output::CommitAlone(on) => {
+            Output::CommitAlone { on, seq } => {
                 let _ = self
                     .ctx
                     .shared
                     .events
-                    .send(to_owner(HaCommand::CommitAlone(on)))
+                    .send(to_owner(HaCommand::CommitAlone { on, seq }))
                     .await;
             }
             Output::Handover => {

@@ -194,6 +194,22 @@ pub async fn run(
         epochs: store.epoch_table()?,
     };
     let r = &cfg.replication;
+    // Two-node fencing by time (docs/architecture.md, "Two-node mode"):
+    // with VRRP as failure detector and no witness, a standby may promote
+    // only within a window after it last knew itself in sync, and the
+    // primary commits alone only after a longer grace. The window covers
+    // both detectors (VRRP master down, at most 4 adverts; the replication
+    // timeout) plus a heartbeat. Witness mode fences with the witness's
+    // mark; manual promotion has no time bound (the operator decides).
+    let (alone_grace_ms, in_sync_window_ms) = match (&cfg.vrrp, cfg.witness.address) {
+        (Some(v), None) if r.peer.is_some() => {
+            let window = (4 * u64::from(v.advert_interval_ms)).max(r.peer_timeout_ms)
+                + r.heartbeat_interval_ms
+                + 250;
+            (window + 500, window)
+        }
+        _ => (0, u64::MAX),
+    };
     let core_cfg = esc_repl::Config {
         mode: match r.mode {
             ReplicationMode::Sync => esc_repl::Mode::Sync,
@@ -206,6 +222,8 @@ pub async fn run(
         group_commit_entries_max: cfg.store.group_commit_entries_max,
         snapshot_every_entries: cfg.store.snapshot_every_entries,
         log_retain_entries: cfg.store.log_retain_entries,
+        alone_grace_ms,
+        in_sync_window_ms,
     };
     // A node with data always restarts as standby (architecture section 2:
     // a restored node comes back as standby); `initial_role` only applies to
@@ -403,6 +421,7 @@ fn repl_view(core: &Core) -> esc_authority::ReplView {
         blocker: core.promotion_blocker(),
         drained: core.drained(),
         commit_alone: core.commit_alone(),
+        commit_alone_seq: core.commit_alone_seq(),
         handover: core.handed_over(),
     }
 }
@@ -419,6 +438,8 @@ fn placeholder_core() -> Core {
             group_commit_entries_max: 1,
             snapshot_every_entries: 2,
             log_retain_entries: 1,
+            alone_grace_ms: 0,
+            in_sync_window_ms: u64::MAX,
         },
         Role::Standby,
         0,
@@ -761,7 +782,7 @@ impl Owner {
                 reason,
             } => self.input(Input::Promote { reason }),
             HaCommand::Demote { reason } => self.input(Input::Demote { reason }),
-            HaCommand::CommitAlone(on) => self.input(Input::CommitAlone(on)),
+            HaCommand::CommitAlone { on, seq } => self.input(Input::CommitAlone { on, seq }),
             HaCommand::Handover => self.input(Input::Handover),
         }
     }

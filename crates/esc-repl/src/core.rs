@@ -48,6 +48,17 @@ pub struct Config {
     pub group_commit_entries_max: usize,
     pub snapshot_every_entries: u64,
     pub log_retain_entries: u64,
+    /// Two-node fencing by time (architecture section 4, see
+    /// `docs/architecture.md`): a primary commits without its follower only
+    /// once it has sent the follower nothing for this long, ...
+    pub alone_grace_ms: u64,
+    /// ... and a standby counts as in sync only within this long of the
+    /// last `Append` that found it holding the primary's commit point.
+    /// `alone_grace_ms` must exceed it by the largest network delay; then a
+    /// standby that promotes in time cannot miss a write its dead primary
+    /// committed alone. `u64::MAX` and 0: no time bound (witness mode, where
+    /// the witness's outdated mark fences, or manual promotion).
+    pub in_sync_window_ms: u64,
 }
 
 /// Why a proposal got no commit.
@@ -90,7 +101,7 @@ pub enum Input {
     /// The role authority (witness mode): may the primary commit without an
     /// in-sync follower? Only once the witness marked the standby outdated
     /// (architecture section 4). Two-node mode leaves it on.
-    CommitAlone(bool),
+    CommitAlone { on: bool, seq: u64 },
     /// The role authority (switchover): tell the in-sync follower to take
     /// over; it holds every entry. The authority demotes this node next.
     Handover,
@@ -260,9 +271,22 @@ pub struct Core {
     commit_alone: bool,
     /// What `commit_alone` starts as whenever this node becomes primary.
     commit_alone_default: bool,
+    /// The sequence number of the last `CommitAlone` command, echoed to the
+    /// authority so it knows the view reflects its last command.
+    commit_alone_seq: u64,
     /// Standby: the primary handed over to us (switchover) and we held
     /// everything it had; cleared by promotion or a new primary link.
     handover: bool,
+    /// Primary: the end of its log when it took over. Every entry up to
+    /// it may have been committed (and acknowledged) in an earlier term even
+    /// if this node's commit index, recovered from what it had applied,
+    /// is lower: a follower is in sync only once it holds them all.
+    sync_floor: u64,
+    /// Primary: when it last sent the follower an `Append`, entries or a
+    /// snapshot (any of which may let it believe it is in sync).
+    last_follower_send_ms: Option<u64>,
+    /// Standby: when an `Append` last found it holding the primary's commit.
+    last_in_sync_ms: Option<u64>,
     /// Where a standby peer's durable log ended when we last traded
     /// positions `(last_epoch, last_index)` (cold start, both standby),
     /// and whether it wins on equal logs.
@@ -303,8 +327,12 @@ impl Core {
             in_sync_at_loss: None,
             commit_alone: true,
             commit_alone_default: true,
+            commit_alone_seq: 0,
             handover: false,
             peer_position: None,
+            last_follower_send_ms: None,
+            last_in_sync_ms: None,
+            sync_floor: 0,
             persisting: VecDeque::new(),
             now_ms: 0,
         }
@@ -338,6 +366,33 @@ impl Core {
 
     /// The one entry point.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        let mut out = self.handle_inner(now_ms, input);
+        self.note_follower_sends(&mut out);
+        out
+    }
+
+    /// Records when the primary last told its follower anything that may
+    /// make it believe it is in sync (the two-node fence by time).
+    fn note_follower_sends(&mut self, out: &mut [Output]) {
+        if self.role != Role::Primary {
+            return;
+        }
+        let sent = out.iter().any(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: Message::Append { .. },
+                    ..
+                } | Output::SendEntries { .. }
+                    | Output::SendSnapshot { .. }
+            )
+        });
+        if sent {
+            self.last_follower_send_ms = Some(self.now_ms);
+        }
+    }
+
+    fn handle_inner(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         self.now_ms = self.now_ms.max(now_ms);
         let mut out = Vec::new();
         match input {
@@ -396,8 +451,9 @@ impl Core {
                     }
                 }
             }
-            Input::CommitAlone(on) => {
+            Input::CommitAlone { on, seq } => {
                 self.commit_alone = on;
+                self.commit_alone_seq = seq;
                 if on && self.role == Role::Primary {
                     self.advance_commit(&mut out);
                 }
@@ -406,7 +462,16 @@ impl Core {
                 last_epoch,
                 last_index,
                 tie_goes_to_peer,
-            } => self.peer_position = Some(((last_epoch, last_index), tie_goes_to_peer)),
+            } => {
+                // The peer is alive and standby too: whatever we knew from
+                // a lost link is moot; the fresher log leads (cold start,
+                // architecture section 4), so at most one of us is eligible.
+                self.peer_position = Some(((last_epoch, last_index), tie_goes_to_peer));
+                if self.upstream.is_none() {
+                    self.in_sync_at_loss = None;
+                    self.last_in_sync_ms = None;
+                }
+            }
             Input::Handover => {
                 if let Some(p) = self.peer.as_ref().filter(|_| self.role == Role::Primary) {
                     out.push(Output::Send {
@@ -425,6 +490,11 @@ impl Core {
     /// Whether the core may commit without its follower (for the authority).
     pub fn commit_alone(&self) -> bool {
         self.commit_alone
+    }
+
+    /// The sequence number of the last `CommitAlone` command carried out.
+    pub fn commit_alone_seq(&self) -> u64 {
+        self.commit_alone_seq
     }
 
     /// Start-up value of the commit-alone gate: off in witness mode until
@@ -545,12 +615,21 @@ impl Core {
             reason,
         });
         if role == Role::Primary && was == Role::Standby {
-            // Everything in the winner's log is committed.
-            self.advance_commit_to(self.log.last_index.min(self.durable_index), out);
+            self.sync_floor = self.log.last_index;
+            // The winner's log is committed under the commit rule like any
+            // new write: at once where it may commit alone (two-node mode,
+            // or witness mode once the standby is marked outdated), else
+            // when the follower holds it. Committing it unconditionally
+            // would commit entries the other node lacks without fencing it.
+            self.advance_commit(out);
         }
     }
 
     fn on_tick(&mut self, out: &mut Vec<Output>) {
+        if self.role == Role::Primary && self.cfg.alone_grace_ms > 0 {
+            // The grace may have run out: commit alone what waits.
+            self.advance_commit(out);
+        }
         let now = self.now_ms;
         let timeout = self.cfg.peer_timeout_ms;
         if let Some(p) = &self.peer {
@@ -765,7 +844,7 @@ impl Core {
             // No follower in sync: the primary commits alone (degraded; the
             // standby is outdated and `escadm status` says so) -- in witness
             // mode only once the witness recorded that (architecture 4).
-            _ if self.commit_alone => durable,
+            _ if self.commit_alone && self.alone_grace_passed() => durable,
             _ => self.commit_index,
         };
         self.advance_commit_to(target, out);
@@ -788,8 +867,9 @@ impl Core {
             up_to: target,
             replies,
         });
+        let sync_point = self.sync_point();
         if let Some(p) = self.peer.as_mut() {
-            if !p.in_sync && p.phase == PeerPhase::Replicating && p.match_index >= target {
+            if !p.in_sync && p.phase == PeerPhase::Replicating && p.match_index >= sync_point {
                 p.in_sync = true;
             }
         }
@@ -898,6 +978,30 @@ impl Core {
         }
     }
 
+    /// What a follower must hold to count as in sync (see `sync_floor`).
+    fn sync_point(&self) -> u64 {
+        self.commit_index.max(self.sync_floor)
+    }
+
+    /// The primary may commit without its follower: nothing was sent to
+    /// it for `alone_grace_ms` (a standby promoting within its window
+    /// cannot then miss an entry committed alone).
+    fn alone_grace_passed(&self) -> bool {
+        self.cfg.alone_grace_ms == 0
+            || self
+                .last_follower_send_ms
+                .is_none_or(|t| self.now_ms >= t.saturating_add(self.cfg.alone_grace_ms))
+    }
+
+    /// The standby's in-sync knowledge is recent enough to promote on.
+    fn in_sync_recent(&self) -> bool {
+        self.cfg.in_sync_window_ms == u64::MAX
+            || self.cfg.in_sync_window_ms == 0
+            || self
+                .last_in_sync_ms
+                .is_some_and(|t| self.now_ms <= t.saturating_add(self.cfg.in_sync_window_ms))
+    }
+
     /// Whether this standby durably holds every entry the primary is known
     /// to have committed (architecture section 2, the two-node promotion
     /// rule); None when no `Append` told us the primary's commit index.
@@ -935,7 +1039,11 @@ impl Core {
     /// The promotion rule once the primary's link is gone.
     fn blocker_without_link(&self) -> Option<String> {
         match self.in_sync_at_loss {
-            Some(true) => None,
+            Some(true) if self.in_sync_recent() => None,
+            Some(true) => Some(format!(
+                "the link to the primary was lost more than {} ms ago: the primary may have committed alone since",
+                self.cfg.in_sync_window_ms
+            )),
             Some(false) => Some(
                 "this node was behind the primary when the link was lost: it may miss acknowledged writes"
                     .into(),
@@ -1020,6 +1128,7 @@ impl Core {
 
     fn primary_receive(&mut self, conn: ConnId, msg: Message, out: &mut Vec<Output>) {
         let now = self.now_ms;
+        let sync_point = self.sync_point();
         let Some(p) = self.peer.as_mut().filter(|p| p.conn == conn) else {
             return;
         };
@@ -1043,7 +1152,7 @@ impl Core {
                     p.phase = PeerPhase::Replicating;
                     // Holding every committed entry makes it in sync now, not
                     // at its first acknowledgement.
-                    p.in_sync = last_index >= self.commit_index;
+                    p.in_sync = last_index >= sync_point;
                     self.catch_up(out);
                     self.advance_commit(out);
                 } else {
@@ -1069,10 +1178,11 @@ impl Core {
                 }
                 self.catch_up(out);
                 self.advance_commit(out);
+                let sync_point = self.sync_point();
                 if let Some(p) = self.peer.as_mut() {
                     if !p.in_sync
                         && p.phase == PeerPhase::Replicating
-                        && p.match_index >= self.commit_index
+                        && p.match_index >= sync_point
                     {
                         p.in_sync = true;
                     }
@@ -1184,6 +1294,7 @@ impl Core {
             {
                 self.upstream = None;
                 self.in_sync_at_loss = Some(true);
+                self.last_in_sync_ms = Some(self.now_ms);
                 self.handover = true;
                 out.push(Output::Disconnect {
                     conn,
@@ -1196,7 +1307,18 @@ impl Core {
                 commit_index,
                 entries,
                 ..
-            } => self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out),
+            } => {
+                self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out);
+                // Following a primary: an old standby-to-standby position is moot.
+                self.peer_position = None;
+                if self
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|u| self.upstream_in_sync(u) == Some(true))
+                {
+                    self.last_in_sync_ms = Some(self.now_ms);
+                }
+            }
             Message::SnapshotBegin {
                 index, index_epoch, ..
             } => {
@@ -1215,9 +1337,10 @@ impl Core {
                     });
                     return;
                 }
-                if !u.diverged && index <= self.commit_index {
-                    // Our applied state already covers the snapshot and came
-                    // from this primary's history: keep it (never go back).
+                if !u.diverged && index <= self.commit_index.max(u.matched_index) {
+                    // Our applied state, or our log verified equal to the
+                    // primary's, already covers the snapshot: keep it (never
+                    // go back, never drop entries we acknowledged).
                     u.matched_index = u.matched_index.max(index);
                     out.push(Output::Send {
                         conn,
@@ -1296,7 +1419,11 @@ impl Core {
             return;
         }
         if prev_index < self.log.snapshot_index {
-            out.push(reject(&self.log, self.log.snapshot_index + 1));
+            // The primary probes below what we folded into our snapshot:
+            // its log ends before our applied state, which therefore came
+            // from another history (a two-node split brain). Only a
+            // snapshot repairs applied state; rejecting would loop.
+            self.ask_for_snapshot(conn, out);
             return;
         }
         if self.log.epoch_at(prev_index) != Some(prev_epoch) {
@@ -1314,6 +1441,15 @@ impl Core {
                 out.push(reject(&self.log, conflict));
             }
             return;
+        }
+        // prev matches at or above what we applied: our log up to prev_index
+        // equals the primary's, so our applied state is its history after
+        // all. A snapshot asked for on an older probe must not then replace
+        // entries we acknowledge from here on (they would be lost).
+        if prev_index >= self.commit_index {
+            if let Some(u) = self.upstream.as_mut() {
+                u.diverged = false;
+            }
         }
         // prev matches. Entries we already hold (same index and epoch) are
         // skipped; the first one we hold in another epoch is the cut point.

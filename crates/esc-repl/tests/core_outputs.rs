@@ -14,6 +14,8 @@ fn cfg(mode: Mode) -> Config {
         group_commit_entries_max: 8,
         snapshot_every_entries: 1_000,
         log_retain_entries: 100,
+        alone_grace_ms: 0,
+        in_sync_window_ms: u64::MAX,
     }
 }
 
@@ -488,6 +490,8 @@ fn primary_sends_a_snapshot_when_the_log_was_truncated() {
         Config {
             snapshot_every_entries: 4,
             log_retain_entries: 1,
+            alone_grace_ms: 0,
+            in_sync_window_ms: u64::MAX,
             ..cfg(Mode::Sync)
         },
         Role::Standby,
@@ -703,6 +707,8 @@ fn compacted_primary() -> Core {
         Config {
             snapshot_every_entries: 4,
             log_retain_entries: 1,
+            alone_grace_ms: 0,
+            in_sync_window_ms: u64::MAX,
             ..cfg(Mode::Sync)
         },
         Role::Standby,

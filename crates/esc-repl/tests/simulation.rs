@@ -31,6 +31,8 @@ fn cfg(mode: Mode) -> Config {
         group_commit_entries_max: 5,
         snapshot_every_entries: 20,
         log_retain_entries: 5,
+        alone_grace_ms: 0,
+        in_sync_window_ms: u64::MAX,
     }
 }
 
