@@ -131,6 +131,9 @@ pub struct ReplView {
     pub commit_alone: bool,
     /// The sequence number of the last `CommitAlone` the core carried out.
     pub commit_alone_seq: u64,
+    /// How many checked promotions the core refused (it found them unsafe
+    /// at the moment it acted).
+    pub promotions_refused: u64,
     /// Standby: the primary handed over and this node holds everything.
     pub handover: bool,
 }
@@ -186,8 +189,10 @@ pub enum Output {
     VrrpPriority(u8),
     VrrpPreempt(bool),
     /// Make the replication core primary, in this epoch (None: next one).
+    /// `checked`: the core refuses if its promotion check fails by then.
     Promote {
         epoch: Option<u64>,
+        checked: bool,
         reason: String,
     },
     Demote {
@@ -265,6 +270,9 @@ pub struct Authority {
     term: Option<u64>,
     /// A promotion request awaits the witness's answer.
     grant_in_flight: bool,
+    /// When the core last refused a checked promotion: automatic attempts
+    /// pause for `witness_retry_ms` x 10 after it.
+    refused_at_ms: Option<u64>,
     /// The last `CommitAlone` command: (on, seq).
     alone_cmd: (bool, u64),
     // Witness mode.
@@ -306,6 +314,7 @@ impl Authority {
             awaiting_primary: None,
             term: None,
             grant_in_flight: false,
+            refused_at_ms: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
             renew_sent_ms: None,
@@ -371,6 +380,24 @@ impl Authority {
                     if r.primary == want {
                         self.awaiting_primary = None;
                     }
+                }
+                let refused = self
+                    .repl
+                    .as_ref()
+                    .is_some_and(|old| r.promotions_refused > old.promotions_refused);
+                if refused && self.role == Role::Primary && !r.primary {
+                    // The core found the promotion unsafe when it acted.
+                    self.awaiting_primary = None;
+                    self.refused_at_ms = Some(self.now_ms);
+                    let why = r.blocker.clone().unwrap_or_default();
+                    self.repl = Some(r);
+                    self.change_role(
+                        Role::Standby,
+                        format!("the replication core refused the promotion: {why}"),
+                        &mut out,
+                    );
+                    self.reconcile(&mut out);
+                    return out;
                 }
                 if r.primary && self.role == Role::Primary && self.awaiting_primary.is_none() {
                     self.term = Some(r.epoch);
@@ -671,7 +698,8 @@ impl Authority {
         } else {
             "operator: escadm ha promote"
         };
-        self.promote(None, why.into(), out);
+        // A forced promotion is not checked again by the core.
+        self.promote_as(None, !force, why.into(), out);
         reply(out, Ok("promoted to primary".into()))
     }
 
@@ -687,10 +715,21 @@ impl Authority {
     }
 
     fn promote(&mut self, epoch: Option<u64>, reason: String, out: &mut Vec<Output>) {
+        self.promote_as(epoch, true, reason, out)
+    }
+
+    fn promote_as(
+        &mut self,
+        epoch: Option<u64>,
+        checked: bool,
+        reason: String,
+        out: &mut Vec<Output>,
+    ) {
         self.awaiting_primary = Some((true, self.now_ms));
         self.term = epoch;
         out.push(Output::Promote {
             epoch,
+            checked: checked && epoch.is_none(),
             reason: reason.clone(),
         });
         self.change_role(Role::Primary, reason, out);
@@ -834,13 +873,19 @@ impl Authority {
 
     /// A standby decides whether to take over.
     fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
+        if self
+            .refused_at_ms
+            .is_some_and(|t| self.now_ms < t + 10 * self.cfg.witness_retry_ms)
+        {
+            return;
+        }
         if r.handover {
             // Planned handover: the primary drained and stepped down.
             if self.cfg.witness {
                 if self.grant_due() {
                     self.request_grant(r, false, out);
                 }
-            } else {
+            } else if r.blocker.is_none() {
                 self.promote(None, "the primary handed over (switchover)".into(), out);
             }
             return;

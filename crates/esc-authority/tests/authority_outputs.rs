@@ -31,6 +31,7 @@ fn standby_view() -> ReplView {
         drained: false,
         commit_alone: false,
         commit_alone_seq: 0,
+        promotions_refused: 0,
         handover: false,
     }
 }
@@ -204,6 +205,7 @@ fn primary_view_seq(in_sync: bool, commit_alone: bool, commit_alone_seq: u64) ->
         drained: in_sync,
         commit_alone,
         commit_alone_seq,
+        promotions_refused: 0,
         handover: false,
     }
 }

@@ -44,7 +44,7 @@ const ADVERT_CS: u16 = 10;
 /// The witness client's reply deadline (`esc-node/src/witness.rs`).
 const WITNESS_REPLY_MS: u64 = 1_000;
 
-fn repl_cfg(witness_mode: bool) -> Config {
+fn repl_cfg(witness_mode: bool, i: usize) -> Config {
     // Two-node mode fences by time (as esc-node computes it): window =
     // max(4 adverts, peer timeout) + heartbeat + 250, grace = window + 500.
     let (alone_grace_ms, in_sync_window_ms) = if witness_mode {
@@ -56,6 +56,7 @@ fn repl_cfg(witness_mode: bool) -> Config {
     Config {
         alone_grace_ms,
         in_sync_window_ms,
+        epoch_slot: (!witness_mode).then_some((2, i as u64)),
         mode: Mode::Sync,
         async_lag_entries_max: 5,
         heartbeat_interval_ms: 50,
@@ -88,7 +89,7 @@ fn ip(i: usize) -> Ipv4Addr {
 /// Commands from the agent to the owner task (node.rs `HaCommand`).
 #[derive(Debug, Clone)]
 enum HaCmd {
-    Promote(Option<u64>, String),
+    Promote(Option<u64>, bool, String),
     Demote(String),
     CommitAlone(bool, u64),
     Handover,
@@ -184,6 +185,7 @@ impl Node {
             drained: c.drained(),
             commit_alone: c.commit_alone(),
             commit_alone_seq: c.commit_alone_seq(),
+            promotions_refused: c.promotions_refused(),
             handover: c.handed_over(),
         })
     }
@@ -298,7 +300,7 @@ impl Sim {
         n.w_queue.clear();
         n.w_inflight = None;
         let mut c = Core::new(
-            repl_cfg(self.witness_mode),
+            repl_cfg(self.witness_mode, i),
             Role::Standby,
             n.epoch,
             n.view(),
@@ -456,6 +458,11 @@ impl Sim {
                 }
                 other => {
                     let epoch = self.nodes[i].core.as_ref().map_or(0, |c| c.epoch());
+                    if let Output::Apply { replies, .. } = &other {
+                        if !replies.is_empty() {
+                            self.check_writer(i, epoch);
+                        }
+                    }
                     self.nodes[i].jobs.push_back((other, epoch));
                 }
             }
@@ -504,22 +511,7 @@ impl Sim {
                     });
                     n.state.push(e.payload.clone());
                 }
-                if !replies.is_empty() {
-                    let epoch = job_epoch;
-                    if let Some(&other) = self.writers.get(&epoch) {
-                        if other != i {
-                            self.fail(format!("two nodes acknowledged writes in epoch {epoch}"));
-                        }
-                    }
-                    if epoch < self.last_ack_epoch {
-                        self.fail(format!(
-                            "node {i} acknowledged writes in epoch {epoch} after epoch {} did: two writers",
-                            self.last_ack_epoch
-                        ));
-                    }
-                    self.last_ack_epoch = epoch;
-                    self.writers.insert(epoch, i);
-                }
+                let _ = job_epoch;
                 let n = &mut self.nodes[i];
                 for (index, token) in replies {
                     let Some(p) = self.proposed.remove(&token) else {
@@ -731,9 +723,13 @@ impl Sim {
         }
         for o in outs {
             match o {
-                AOut::Promote { epoch, reason } => self.nodes[i]
+                AOut::Promote {
+                    epoch,
+                    checked,
+                    reason,
+                } => self.nodes[i]
                     .to_core
-                    .push_back(HaCmd::Promote(epoch, reason)),
+                    .push_back(HaCmd::Promote(epoch, checked, reason)),
                 AOut::Demote { reason } => self.nodes[i].to_core.push_back(HaCmd::Demote(reason)),
                 AOut::CommitAlone { on, seq } => {
                     self.nodes[i].to_core.push_back(HaCmd::CommitAlone(on, seq))
@@ -764,8 +760,9 @@ impl Sim {
             return;
         };
         let input = match cmd {
-            HaCmd::Promote(Some(epoch), reason) => Input::PromoteInEpoch { epoch, reason },
-            HaCmd::Promote(None, reason) => Input::Promote { reason },
+            HaCmd::Promote(Some(epoch), _, reason) => Input::PromoteInEpoch { epoch, reason },
+            HaCmd::Promote(None, true, reason) => Input::PromoteIfSafe { reason },
+            HaCmd::Promote(None, false, reason) => Input::Promote { reason },
             HaCmd::Demote(reason) => Input::Demote { reason },
             HaCmd::CommitAlone(on, seq) => Input::CommitAlone { on, seq },
             HaCmd::Handover => Input::Handover,
@@ -910,6 +907,25 @@ impl Sim {
         }
     }
 
+    /// Node `i` commits client writes in `epoch` now (the core decided;
+    /// the replies go out once the disk has applied them): one writer per
+    /// epoch, and never back to a lower epoch once a higher one committed.
+    fn check_writer(&mut self, i: usize, epoch: u64) {
+        if let Some(&other) = self.writers.get(&epoch) {
+            if other != i {
+                self.fail(format!("two nodes committed writes in epoch {epoch}"));
+            }
+        }
+        if epoch < self.last_ack_epoch {
+            self.fail(format!(
+                "node {i} committed writes in epoch {epoch} after epoch {} did: two writers",
+                self.last_ack_epoch
+            ));
+        }
+        self.last_ack_epoch = epoch;
+        self.writers.insert(epoch, i);
+    }
+
     fn check_logs_agree(&self) {
         let (a, b) = (&self.nodes[0], &self.nodes[1]);
         let (Some(ca), Some(cb)) = (&a.core, &b.core) else {
@@ -1026,9 +1042,16 @@ impl Sim {
         for _ in 0..40_000 {
             self.connect();
             for i in 0..2 {
+                let mut rounds = 0;
                 while !self.nodes[i].to_core.is_empty() || !self.nodes[i].to_agent.is_empty() {
                     self.ha_command(i);
                     self.agent_input(i);
+                    rounds += 1;
+                    if rounds > 10_000 {
+                        self.fail(format!(
+                            "node {i}: authority and core never settle (livelock)"
+                        ));
+                    }
                 }
                 self.deliver(i);
                 self.disk(i);

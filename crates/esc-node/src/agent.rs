@@ -57,9 +57,18 @@ pub enum AgentCmd {
 /// What the agent asks of the owner task (it owns the replication core).
 #[derive(Debug, Clone)]
 pub enum HaCommand {
-    Promote { epoch: Option<u64>, reason: String },
-    Demote { reason: String },
-    CommitAlone { on: bool, seq: u64 },
+    Promote {
+        epoch: Option<u64>,
+        checked: bool,
+        reason: String,
+    },
+    Demote {
+        reason: String,
+    },
+    CommitAlone {
+        on: bool,
+        seq: u64,
+    },
     Handover,
 }
 
@@ -473,12 +482,20 @@ impl Agent {
                     sp.input(esc_vrrp::fsm::Input::SetPreempt(on)).await;
                 }
             }
-            Output::Promote { epoch, reason } => {
+            Output::Promote {
+                epoch,
+                checked,
+                reason,
+            } => {
                 let _ = self
                     .ctx
                     .shared
                     .events
-                    .send(to_owner(HaCommand::Promote { epoch, reason }))
+                    .send(to_owner(HaCommand::Promote {
+                        epoch,
+                        checked,
+                        reason,
+                    }))
                     .await;
             }
             Output::Demote { reason } => {

@@ -224,6 +224,12 @@ pub async fn run(
         log_retain_entries: cfg.store.log_retain_entries,
         alone_grace_ms,
         in_sync_window_ms,
+        // Two-node mode: the node with the lower replication address takes
+        // even epochs, the other odd ones (see esc_repl::Config::epoch_slot).
+        epoch_slot: match (r.peer, cfg.witness.address) {
+            (Some(peer), None) => Some((2, u64::from(r.listen > peer))),
+            _ => None,
+        },
     };
     // A node with data always restarts as standby (architecture section 2:
     // a restored node comes back as standby); `initial_role` only applies to
@@ -422,6 +428,7 @@ fn repl_view(core: &Core) -> esc_authority::ReplView {
         drained: core.drained(),
         commit_alone: core.commit_alone(),
         commit_alone_seq: core.commit_alone_seq(),
+        promotions_refused: core.promotions_refused(),
         handover: core.handed_over(),
     }
 }
@@ -440,6 +447,7 @@ fn placeholder_core() -> Core {
             log_retain_entries: 1,
             alone_grace_ms: 0,
             in_sync_window_ms: u64::MAX,
+            epoch_slot: None,
         },
         Role::Standby,
         0,
@@ -776,9 +784,16 @@ impl Owner {
             HaCommand::Promote {
                 epoch: Some(epoch),
                 reason,
+                ..
             } => self.input(Input::PromoteInEpoch { epoch, reason }),
             HaCommand::Promote {
                 epoch: None,
+                checked: true,
+                reason,
+            } => self.input(Input::PromoteIfSafe { reason }),
+            HaCommand::Promote {
+                epoch: None,
+                checked: false,
                 reason,
             } => self.input(Input::Promote { reason }),
             HaCommand::Demote { reason } => self.input(Input::Demote { reason }),

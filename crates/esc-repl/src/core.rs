@@ -59,6 +59,9 @@ pub struct Config {
     /// committed alone. `u64::MAX` and 0: no time bound (witness mode, where
     /// the witness's outdated mark fences, or manual promotion).
     pub in_sync_window_ms: u64,
+    /// `(modulus, residue)`: this node's own promotions use epochs with
+    /// this residue (two-node mode; None when a witness grants epochs).
+    pub epoch_slot: Option<(u64, u64)>,
 }
 
 /// Why a proposal got no commit.
@@ -93,6 +96,11 @@ pub enum Input {
     SnapshotInstalled { index: u64, index_epoch: u64 },
     /// Operator: become primary (bumps the epoch).
     Promote { reason: String },
+    /// The role authority (two-node mode): become primary only if
+    /// `promotion_blocker` still says it is safe now; otherwise refuse
+    /// (counted in `promotions_refused`). The authority decided on a view
+    /// that may be a moment old; this is the check at the moment it acts.
+    PromoteIfSafe { reason: String },
     /// Operator: become standby.
     Demote { reason: String },
     /// The role authority: become primary in exactly this epoch (the
@@ -277,6 +285,12 @@ pub struct Core {
     /// Standby: the primary handed over to us (switchover) and we held
     /// everything it had; cleared by promotion or a new primary link.
     handover: bool,
+    /// When this node, as primary, handed over to its follower.
+    handed_away_ms: Option<u64>,
+    /// `PromoteIfSafe` inputs refused (for the authority's view).
+    promotions_refused: u64,
+    /// When the standby peer's position was learnt.
+    peer_position_ms: Option<u64>,
     /// Primary: the end of its log when it took over. Every entry up to
     /// it may have been committed (and acknowledged) in an earlier term even
     /// if this node's commit index, recovered from what it had applied,
@@ -333,6 +347,9 @@ impl Core {
             last_follower_send_ms: None,
             last_in_sync_ms: None,
             sync_floor: 0,
+            peer_position_ms: None,
+            promotions_refused: 0,
+            handed_away_ms: None,
             persisting: VecDeque::new(),
             now_ms: 0,
         }
@@ -430,6 +447,21 @@ impl Core {
                     }
                 }
             }
+            Input::PromoteIfSafe { reason } => {
+                if self.role != Role::Primary {
+                    match self.promotion_blocker() {
+                        None => return self.handle_inner(now_ms, Input::Promote { reason }),
+                        Some(why) => {
+                            self.promotions_refused += 1;
+                            out.push(Output::RoleChanged {
+                                role: self.role,
+                                epoch: self.epoch,
+                                reason: format!("promotion refused ({reason}): {why}"),
+                            });
+                        }
+                    }
+                }
+            }
             Input::Demote { reason } => {
                 if self.role != Role::Standby {
                     self.change_role(Role::Standby, self.epoch, reason, &mut out);
@@ -467,13 +499,23 @@ impl Core {
                 // a lost link is moot; the fresher log leads (cold start,
                 // architecture section 4), so at most one of us is eligible.
                 self.peer_position = Some(((last_epoch, last_index), tie_goes_to_peer));
-                if self.upstream.is_none() {
+                // A handover stands: the peer handed its role to us.
+                if self.upstream.is_none() && !self.handover {
                     self.in_sync_at_loss = None;
                     self.last_in_sync_ms = None;
                 }
+                // Both sides may now judge eligibility from this exchange for
+                // `in_sync_window_ms`: like a send to a follower, it holds
+                // off commits without the peer for `alone_grace_ms`, should
+                // this node become primary meanwhile (two-node fence).
+                self.peer_position_ms = Some(self.now_ms);
+                self.last_follower_send_ms = Some(self.now_ms);
             }
             Input::Handover => {
                 if let Some(p) = self.peer.as_ref().filter(|_| self.role == Role::Primary) {
+                    // Having handed over, this node must not take the role
+                    // back on its own right away (the peer takes it).
+                    self.handed_away_ms = Some(self.now_ms);
                     out.push(Output::Send {
                         conn: p.conn,
                         msg: Message::Handover {
@@ -490,6 +532,11 @@ impl Core {
     /// Whether the core may commit without its follower (for the authority).
     pub fn commit_alone(&self) -> bool {
         self.commit_alone
+    }
+
+    /// How many `PromoteIfSafe` inputs were refused.
+    pub fn promotions_refused(&self) -> u64 {
+        self.promotions_refused
     }
 
     /// The sequence number of the last `CommitAlone` command carried out.
@@ -558,7 +605,18 @@ impl Core {
 
     /// The epoch a promotion would lead in; None when the counter is exhausted.
     fn next_epoch(&self) -> Option<u64> {
-        self.epoch.max(self.log.last_epoch).checked_add(1)
+        let base = self.epoch.max(self.log.last_epoch).checked_add(1)?;
+        // Two-node mode has no one to hand out epochs: each node takes its
+        // own residue class (architecture section 3: an epoch has a single
+        // leader), so two nodes promoting on their own can never both lead
+        // in one epoch and write different entries under it.
+        match self.cfg.epoch_slot {
+            Some((m, r)) if m > 1 => {
+                let add = (r % m + m - base % m) % m;
+                base.checked_add(add)
+            }
+            _ => Some(base),
+        }
     }
 
     /// Every role or epoch change goes through here (style principle 3).
@@ -699,7 +757,7 @@ impl Core {
                 epoch: self.epoch,
                 prev_index,
                 prev_epoch,
-                commit_index: self.commit_index,
+                commit_index: self.sync_point(),
                 entries: Vec::new(),
             },
         });
@@ -750,7 +808,7 @@ impl Core {
                         epoch: self.epoch,
                         prev_index,
                         prev_epoch,
-                        commit_index: self.commit_index,
+                        commit_index: self.sync_point(),
                         entries: entries.clone(),
                     },
                 });
@@ -978,7 +1036,12 @@ impl Core {
         }
     }
 
-    /// What a follower must hold to count as in sync (see `sync_floor`).
+    /// What a follower must hold to count as in sync (see `sync_floor`),
+    /// and the commit point carried in `Append`: the follower judges its own
+    /// eligibility by it, so it must cover everything that may have been
+    /// acknowledged, even in an earlier term. Applying up to it is safe:
+    /// the follower holds those entries verified equal to ours, so every
+    /// later primary (one of the two) has them and commits them.
     fn sync_point(&self) -> u64 {
         self.commit_index.max(self.sync_floor)
     }
@@ -995,11 +1058,14 @@ impl Core {
 
     /// The standby's in-sync knowledge is recent enough to promote on.
     fn in_sync_recent(&self) -> bool {
+        self.recent(self.last_in_sync_ms)
+    }
+
+    /// Within `in_sync_window_ms` of `t` (always, without a window).
+    fn recent(&self, t: Option<u64>) -> bool {
         self.cfg.in_sync_window_ms == u64::MAX
             || self.cfg.in_sync_window_ms == 0
-            || self
-                .last_in_sync_ms
-                .is_some_and(|t| self.now_ms <= t.saturating_add(self.cfg.in_sync_window_ms))
+            || t.is_some_and(|t| self.now_ms <= t.saturating_add(self.cfg.in_sync_window_ms))
     }
 
     /// Whether this standby durably holds every entry the primary is known
@@ -1038,6 +1104,14 @@ impl Core {
 
     /// The promotion rule once the primary's link is gone.
     fn blocker_without_link(&self) -> Option<String> {
+        if self.handed_away_ms.is_some()
+            && self.cfg.in_sync_window_ms != u64::MAX
+            && self.recent(self.handed_away_ms)
+        {
+            return Some(
+                "this node handed over to its peer moments ago: the peer takes over".into(),
+            );
+        }
         match self.in_sync_at_loss {
             Some(true) if self.in_sync_recent() => None,
             Some(true) => Some(format!(
@@ -1051,6 +1125,10 @@ impl Core {
             // Cold start (architecture section 4): lead only after seeing
             // the peer and holding the fresher (or as fresh) log.
             None => match self.peer_position {
+                Some(_) if !self.recent(self.peer_position_ms) => Some(format!(
+                    "the peer's log position was learnt more than {} ms ago: it may have led since",
+                    self.cfg.in_sync_window_ms
+                )),
                 Some((peer, tie_to_peer))
                     if self.durable_position() > peer
                         || (self.durable_position() == peer && !tie_to_peer) =>
@@ -1264,7 +1342,7 @@ impl Core {
             epoch: self.epoch,
             prev_index,
             prev_epoch,
-            commit_index: self.commit_index,
+            commit_index: self.sync_point(),
             from,
             to,
         });
@@ -1419,10 +1497,24 @@ impl Core {
             return;
         }
         if prev_index < self.log.snapshot_index {
-            // The primary probes below what we folded into our snapshot:
-            // its log ends before our applied state, which therefore came
-            // from another history (a two-node split brain). Only a
-            // snapshot repairs applied state; rejecting would loop.
+            let matched = self.upstream.as_ref().map_or(0, |u| u.matched_index);
+            if matched >= self.log.snapshot_index {
+                // A batch resent after we already held it (and compacted
+                // it): nothing to do but say how far we hold its log.
+                out.push(Output::Send {
+                    conn,
+                    msg: Message::AppendOk {
+                        epoch,
+                        match_index: matched,
+                    },
+                });
+                return;
+            }
+            // The primary probes below what we folded into our snapshot and
+            // this link never verified it: its log ends before our applied
+            // state, which therefore came from another history (a two-node
+            // split brain). Only a snapshot repairs applied state;
+            // rejecting would loop.
             self.ask_for_snapshot(conn, out);
             return;
         }

@@ -16,6 +16,7 @@ fn cfg(mode: Mode) -> Config {
         log_retain_entries: 100,
         alone_grace_ms: 0,
         in_sync_window_ms: u64::MAX,
+        epoch_slot: None,
     }
 }
 
@@ -492,6 +493,7 @@ fn primary_sends_a_snapshot_when_the_log_was_truncated() {
             log_retain_entries: 1,
             alone_grace_ms: 0,
             in_sync_window_ms: u64::MAX,
+            epoch_slot: None,
             ..cfg(Mode::Sync)
         },
         Role::Standby,
@@ -709,6 +711,7 @@ fn compacted_primary() -> Core {
             log_retain_entries: 1,
             alone_grace_ms: 0,
             in_sync_window_ms: u64::MAX,
+            epoch_slot: None,
             ..cfg(Mode::Sync)
         },
         Role::Standby,

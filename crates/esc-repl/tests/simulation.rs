@@ -33,6 +33,7 @@ fn cfg(mode: Mode) -> Config {
         log_retain_entries: 5,
         alone_grace_ms: 0,
         in_sync_window_ms: u64::MAX,
+        epoch_slot: None,
     }
 }
 
