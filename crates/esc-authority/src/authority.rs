@@ -270,6 +270,10 @@ pub struct Authority {
     term: Option<u64>,
     /// A promotion request awaits the witness's answer.
     grant_in_flight: bool,
+    /// When this node handed its role over (switchover): it does not take
+    /// it back on its own for `switchover_timeout_ms`, while the peer takes
+    /// over.
+    handed_over_at_ms: Option<u64>,
     /// When the core last refused a checked promotion: automatic attempts
     /// pause for `witness_retry_ms` x 10 after it.
     refused_at_ms: Option<u64>,
@@ -315,6 +319,7 @@ impl Authority {
             term: None,
             grant_in_flight: false,
             refused_at_ms: None,
+            handed_over_at_ms: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
             renew_sent_ms: None,
@@ -874,6 +879,13 @@ impl Authority {
     /// A standby decides whether to take over.
     fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
         if self
+            .handed_over_at_ms
+            .is_some_and(|t| self.now_ms < t + self.cfg.switchover_timeout_ms)
+            && !r.handover
+        {
+            return;
+        }
+        if self
             .refused_at_ms
             .is_some_and(|t| self.now_ms < t + 10 * self.cfg.witness_retry_ms)
         {
@@ -1001,6 +1013,7 @@ impl Authority {
                     });
                 }
                 self.step_down("switchover: handed over to the standby".into(), out);
+                self.handed_over_at_ms = Some(now);
                 if s.then_stop {
                     self.stopping = true;
                 }

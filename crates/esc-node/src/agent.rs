@@ -434,10 +434,23 @@ impl Agent {
         if !self.ctx.pair {
             return;
         }
-        let now = self.now_ms();
-        let outputs = self.auth.handle(now, input);
-        for o in outputs {
-            self.perform(o).await;
+        let mut input = Some(input);
+        // The authority's commands may change the VRRP state (contend,
+        // priority): it hears of that at once, not at the next advert.
+        for _ in 0..8 {
+            let Some(i) = input.take() else { break };
+            let now = self.now_ms();
+            let outputs = self.auth.handle(now, i);
+            let before = self.speaker.as_ref().map(Speaker::view);
+            for o in outputs {
+                self.perform(o).await;
+            }
+            let after = self.speaker.as_ref().map(Speaker::view);
+            if let (Some(b), Some(a)) = (before, after) {
+                if a != b {
+                    input = Some(Input::Vrrp(a));
+                }
+            }
         }
     }
 

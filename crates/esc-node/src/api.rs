@@ -338,7 +338,7 @@ async fn write(
                     );
                 }
                 info!(key = %k, first_tid = %outcome.tid, "idempotent resend: returning the first outcome");
-                return render(outcome, true);
+                return stamp(render(outcome, true), state);
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -377,7 +377,7 @@ async fn write(
         Ok(Ok(Ok(outcome))) => {
             info!(status = outcome.status, "write committed");
             let replayed = outcome.tid != tid;
-            render(outcome, replayed)
+            stamp(render(outcome, replayed), state)
         }
         Ok(Ok(Err(Refusal::NotPrimary))) => with_tid(
             unavailable(
@@ -394,6 +394,17 @@ async fn write(
             &tid,
         ),
     }
+}
+
+/// Which node answered a write, in which epoch: a client's history then
+/// shows whether two nodes ever acknowledged writes at once.
+fn stamp(mut r: Response, state: &ApiState) -> Response {
+    let epoch = state.shared.role.borrow().epoch;
+    if let Ok(v) = HeaderValue::from_str(&state.shared.node_name) {
+        r.headers_mut().insert("esc-node", v);
+    }
+    r.headers_mut().insert("esc-epoch", HeaderValue::from(epoch));
+    r
 }
 
 fn fingerprint(parts: &[&[u8]]) -> String {
