@@ -158,7 +158,10 @@ impl Pair {
         if witness {
             args.push("--witness");
         }
-        h.pid = Some(self.lab.spawn(&h.name, env!("CARGO_BIN_EXE_escd"), &args, log));
+        h.pid = Some(
+            self.lab
+                .spawn(&h.name, env!("CARGO_BIN_EXE_escd"), &args, log),
+        );
     }
 
     fn restart(&mut self, i: usize) {
@@ -337,7 +340,11 @@ impl Drop for Pair {
             );
             let log = std::fs::read_to_string(h.home.join("log/escadm.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- esc{} escadm.log (last 40, newest first):\n{}", i + 1, tail.join("\n"));
+            eprintln!(
+                "---- esc{} escadm.log (last 40, newest first):\n{}",
+                i + 1,
+                tail.join("\n")
+            );
             eprintln!(
                 "---- esc{} stderr:\n{}",
                 i + 1,
@@ -415,7 +422,8 @@ impl Workload {
                 let end = Instant::now() + Duration::from_secs(300);
                 let mut tasks = Vec::new();
                 for _ in 0..writers {
-                    let (c, s, a, h, next) = (c.clone(), s.clone(), a.clone(), h.clone(), next.clone());
+                    let (c, s, a, h, next) =
+                        (c.clone(), s.clone(), a.clone(), h.clone(), next.clone());
                     tasks.push(tokio::spawn(async move {
                         while !s.load(Ordering::Relaxed) && Instant::now() < end {
                             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -459,7 +467,8 @@ impl Workload {
 
 async fn write_once(c: &reqwest::Client, i: usize) -> Rec {
     let name = format!("d-{i:05}");
-    let body = serde_json::json!({"name": name, "vim": "openstack", "image": "img", "flavor": "m1.small"});
+    let body =
+        serde_json::json!({"name": name, "vim": "openstack", "image": "img", "flavor": "m1.small"});
     let deadline = Instant::now() + WRITE_DEADLINE;
     let mut attempts = 0;
     let mut last_error = String::new();
@@ -552,7 +561,11 @@ fn check(pair: &Pair, history: &[Rec], failures_allowed: bool) {
     for (e, nodes) in &by_epoch {
         assert_eq!(nodes.len(), 1, "epoch {e} acknowledged by {nodes:?}");
     }
-    assert_eq!(pair.vip_holders().len(), 1, "the VIP is on exactly one host");
+    assert_eq!(
+        pair.vip_holders().len(),
+        1,
+        "the VIP is on exactly one host"
+    );
     eprintln!(
         "checker: {} acknowledged, {} failed, epochs {:?}, max attempts {}",
         acked.len(),
@@ -586,14 +599,18 @@ fn handover_is_clean(history: &[Rec], old: &str, new: &str) {
 }
 
 fn wait_acked(w: &Workload, n: usize) {
-    wait_until(Duration::from_secs(60), &format!("{n} writes acknowledged"), || {
-        w.acked() >= n
-    });
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} writes acknowledged"),
+        || w.acked() >= n,
+    );
 }
 
 #[test]
 fn sigkill_of_the_primary_is_taken_over_automatically() {
-    let Some(mut pair) = Pair::new("hk", true) else { return };
+    let Some(mut pair) = Pair::new("hk", true) else {
+        return;
+    };
     let p = pair.wait_ready("a ready pair (witness mode)");
     let s = 1 - p;
     let w = Workload::start(&pair.lab, 4, 600);
@@ -615,24 +632,24 @@ fn sigkill_of_the_primary_is_taken_over_automatically() {
     assert_eq!(p2, s, "the survivor stays primary (no preemption)");
     let history = w.finish();
     check(&pair, &history, false);
-    handover_is_clean(
-        &history,
-        &format!("esc{}", p + 1),
-        &format!("esc{}", s + 1),
-    );
+    handover_is_clean(&history, &format!("esc{}", p + 1), &format!("esc{}", s + 1));
 }
 
 #[test]
 fn partition_of_the_primary_with_a_witness_never_makes_a_second_writer() {
-    let Some(pair) = Pair::new("hp", true) else { return };
+    let Some(pair) = Pair::new("hp", true) else {
+        return;
+    };
     let p = pair.wait_ready("a ready pair (witness mode)");
     let s = 1 - p;
     let w = Workload::start(&pair.lab, 4, 1_000_000);
     wait_acked(&w, 100);
     pair.partition(p);
-    wait_until(TAKEOVER, "the standby takes over; the old primary steps down", || {
-        pair.role(s) == "PRIMARY" && pair.role(p) != "PRIMARY" && pair.vip_holders() == vec![s]
-    });
+    wait_until(
+        TAKEOVER,
+        "the standby takes over; the old primary steps down",
+        || pair.role(s) == "PRIMARY" && pair.role(p) != "PRIMARY" && pair.vip_holders() == vec![s],
+    );
     // The isolated node holds no lease: it must not be primary again while cut off.
     let before = w.acked();
     wait_acked(&w, before + 100);
@@ -641,16 +658,14 @@ fn partition_of_the_primary_with_a_witness_never_makes_a_second_writer() {
     pair.wait_ready("the old primary rejoins as standby");
     let history = w.finish();
     check(&pair, &history, false);
-    handover_is_clean(
-        &history,
-        &format!("esc{}", p + 1),
-        &format!("esc{}", s + 1),
-    );
+    handover_is_clean(&history, &format!("esc{}", p + 1), &format!("esc{}", s + 1));
 }
 
 #[test]
 fn switchover_and_back_with_zero_failed_requests() {
-    let Some(pair) = Pair::new("hs", true) else { return };
+    let Some(pair) = Pair::new("hs", true) else {
+        return;
+    };
     let p = pair.wait_ready("a ready pair (witness mode)");
     let s = 1 - p;
     let w = Workload::start(&pair.lab, 4, 1_000_000);
@@ -676,7 +691,9 @@ fn switchover_and_back_with_zero_failed_requests() {
 
 #[test]
 fn a_full_data_volume_on_the_primary_is_fault_and_hands_over() {
-    let Some(mut pair) = Pair::new("hf", true) else { return };
+    let Some(mut pair) = Pair::new("hf", true) else {
+        return;
+    };
     let p = pair.wait_ready("a ready pair (witness mode)");
     let s = 1 - p;
     // Put the primary's data on a small tmpfs (restart it there), as the
@@ -687,7 +704,14 @@ fn a_full_data_volume_on_the_primary_is_fault_and_hands_over() {
     std::fs::rename(&data, &moved).unwrap();
     std::fs::create_dir(&data).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=96m", "esc-test", data.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=96m",
+            "esc-test",
+            data.to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(st.success(), "mount tmpfs");
@@ -718,14 +742,21 @@ fn a_full_data_volume_on_the_primary_is_fault_and_hands_over() {
     // Fill the data volume.
     let fill = data.join("fill");
     let st = Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", fill.display()), "bs=1M", "count=60"])
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", fill.display()),
+            "bs=1M",
+            "count=60",
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     let _ = st; // leaves about 30 MiB: below the 64 MiB health floor, the store still writable
-    wait_until(TAKEOVER, "the primary goes FAULT and the standby takes over", || {
-        pair.role(p) == "FAULT" && pair.role(s) == "PRIMARY" && pair.vip_holders() == vec![s]
-    });
+    wait_until(
+        TAKEOVER,
+        "the primary goes FAULT and the standby takes over",
+        || pair.role(p) == "FAULT" && pair.role(s) == "PRIMARY" && pair.vip_holders() == vec![s],
+    );
     assert_eq!(pair.state_file(p), "FAULT");
     let (code, text) = pair.escadm(p, &["status"]);
     assert_eq!(code, 1, "escadm status exit code on FAULT: {text}");

@@ -817,8 +817,10 @@ impl Authority {
                     if self.cfg.witness {
                         self.request_grant(&r, false, out);
                     } else {
-                        self.promote(
+                        // The operator's explicit word, not checked again.
+                        self.promote_as(
                             None,
+                            false,
                             "initial_role = \"primary\" in esc.toml (fresh store)".into(),
                             out,
                         );

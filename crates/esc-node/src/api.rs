@@ -403,7 +403,8 @@ fn stamp(mut r: Response, state: &ApiState) -> Response {
     if let Ok(v) = HeaderValue::from_str(&state.shared.node_name) {
         r.headers_mut().insert("esc-node", v);
     }
-    r.headers_mut().insert("esc-epoch", HeaderValue::from(epoch));
+    r.headers_mut()
+        .insert("esc-epoch", HeaderValue::from(epoch));
     r
 }
 
