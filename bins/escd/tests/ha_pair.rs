@@ -21,7 +21,7 @@ mod common;
 
 use common::lab::Lab;
 use common::{status_of, wait_until, PASSWORD, SECRET};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
