@@ -12,8 +12,9 @@
 //!
 //! Scenarios: automatic takeover after SIGKILL of the primary; a full
 //! partition of the primary with a witness (the old primary steps down,
-//! never a second writer); `escadm ha switchover` and back with zero failed
-//! requests; FAULT and handover when the primary's data volume fills up.
+//! never a second writer); `escadm ha switchover` and back, then a graceful
+//! stop (SIGTERM) of the primary, with zero failed requests; FAULT and
+//! handover when the primary's data volume fills up.
 //! Timing bounds prove the mechanism with a margin a loaded 2-core machine
 //! cannot flake on; the tight figures are benchmarks.
 
@@ -178,6 +179,13 @@ impl Pair {
         let pid = self.nodes[i].pid.take().expect("running");
         self.lab
             .signal_and_reap(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// A graceful stop; returns once the process has exited.
+    fn sigterm(&mut self, i: usize) {
+        let pid = self.nodes[i].pid.take().expect("running");
+        self.lab
+            .signal_and_reap(pid, nix::sys::signal::Signal::SIGTERM);
     }
 
     fn status(&self, i: usize) -> Option<serde_json::Value> {
@@ -662,8 +670,8 @@ fn partition_of_the_primary_with_a_witness_never_makes_a_second_writer() {
 }
 
 #[test]
-fn switchover_and_back_with_zero_failed_requests() {
-    let Some(pair) = Pair::new("hs", true) else {
+fn switchover_and_back_and_graceful_stop_with_zero_failed_requests() {
+    let Some(mut pair) = Pair::new("hs", true) else {
         return;
     };
     let p = pair.wait_ready("a ready pair (witness mode)");
@@ -685,6 +693,13 @@ fn switchover_and_back_with_zero_failed_requests() {
     pair.wait_primary(p, "switched back");
     let before = w.acked();
     wait_acked(&w, before + 100);
+    // A graceful stop of the primary (SIGTERM) hands over the same way.
+    pair.sigterm(p);
+    assert_eq!(pair.role(s), "PRIMARY", "the standby took over at the stop");
+    let before = w.acked();
+    wait_acked(&w, before + 100);
+    pair.restart(p);
+    pair.wait_primary(s, "the stopped node rejoins as standby");
     let history = w.finish();
     check(&pair, &history, false);
 }
