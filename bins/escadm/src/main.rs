@@ -119,7 +119,7 @@ enum HaCmd {
         kad_unicast_peer: Vec<String>,
         /// Witness host (`IP` or `IP:port`, default port 7790) running
         /// `escd --witness`: no split brain, no lost write (recommended).
-        /// An empty value returns to two-node mode.
+        /// `--witness=none` returns to two-node mode.
         #[arg(long = "witness")]
         witness: Option<String>,
     },

@@ -117,7 +117,7 @@ pub fn apply(
         .map(|s| ip("kad_unicast_peer", &s))
         .collect::<Result<_, _>>()?;
     let witness = match set.witness.as_deref().map(str::trim) {
-        None | Some("") => None,
+        None | Some("") | Some("none") => None,
         Some(w) => Some(match w.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => SocketAddr::from((ip("witness", w)?, WITNESS_PORT)),
