@@ -597,7 +597,15 @@ impl Authority {
             Reply::Granted { epoch, lease_ms } => {
                 self.grant_sent_ms = None;
                 let forced = std::mem::take(&mut self.forced_grant);
-                if self.role == Role::Standby && self.fault_reason().is_none() && !self.stopping {
+                // A grant whose lease has already run out (a reply delayed
+                // past it) is void: the witness may have granted another
+                // node since. Within the lease, it cannot have.
+                let live = self.now_ms < sent_at_ms.saturating_add(lease_ms);
+                if live
+                    && self.role == Role::Standby
+                    && self.fault_reason().is_none()
+                    && !self.stopping
+                {
                     self.lease_until_ms = Some(sent_at_ms + lease_ms);
                     let why = if forced {
                         format!("operator forced promotion; witness granted epoch {epoch}")

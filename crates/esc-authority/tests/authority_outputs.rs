@@ -350,3 +350,35 @@ fn switchover_without_an_in_sync_standby_is_refused() {
     );
     assert_eq!(a.role(), Role::Primary);
 }
+
+#[test]
+fn a_grant_arriving_after_its_lease_ran_out_is_void() {
+    let mut a = started(true);
+    let mut lost = standby_view();
+    lost.linked = false;
+    a.handle(10, Input::Repl(lost));
+    a.handle(20, vrrp(VrrpState::Master));
+    // The answer took longer than the lease: the witness may have granted
+    // the other node since (architecture section 4).
+    let out = a.handle(
+        1_500,
+        Input::Witness {
+            request: WitnessRequest::Promote {
+                epoch: 3,
+                last_epoch: 3,
+                last_index: 10,
+                force: false,
+            },
+            reply: WitnessReply::Granted {
+                epoch: 4,
+                lease_ms: 1_000,
+            },
+            sent_at_ms: 20,
+        },
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Promote { .. })),
+        "{out:?}"
+    );
+    assert_eq!(a.role(), Role::Standby);
+}

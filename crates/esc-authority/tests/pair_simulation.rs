@@ -619,10 +619,17 @@ impl Sim {
             return;
         }
         if r0 == Role::Standby && r1 == Role::Standby {
+            // As esc-node does it: the dialer's link comes up (it sends its
+            // Status), the listener answers with its own and closes; each
+            // side learns the other's position.
+            let dialer = self.rng.gen_range(0..2);
+            self.next_conn += 1;
+            let conn = self.next_conn;
+            self.input(dialer, Input::PeerUp { conn });
             let pos: Vec<(u64, u64)> = (0..2)
                 .map(|i| self.nodes[i].core.as_ref().unwrap().durable_position())
                 .collect();
-            for i in 0..2 {
+            for i in [1 - dialer, dialer] {
                 let (last_epoch, last_index) = pos[1 - i];
                 // Equal logs: the lower name (node 0) leads.
                 self.input(
@@ -634,6 +641,7 @@ impl Sim {
                     },
                 );
             }
+            self.input(dialer, Input::PeerDown { conn });
             return;
         }
         self.next_conn += 1;

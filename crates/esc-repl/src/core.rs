@@ -967,8 +967,6 @@ impl Core {
                 });
             }
             Role::Standby => {
-                // Following a primary again: a handover no longer stands.
-                self.handover = false;
                 if let Some(old) = self.upstream.take() {
                     out.push(Output::Disconnect {
                         conn: old.conn,
@@ -1387,8 +1385,11 @@ impl Core {
                 ..
             } => {
                 self.standby_append(conn, prev_index, prev_epoch, commit_index, entries, out);
-                // Following a primary: an old standby-to-standby position is moot.
+                // Following a primary: an old standby-to-standby position,
+                // or a handover to us, no longer stands. (A mere link to
+                // the peer does not say that: two standbys trade positions.)
                 self.peer_position = None;
+                self.handover = false;
                 if self
                     .upstream
                     .as_ref()
