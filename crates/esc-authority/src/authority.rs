@@ -33,6 +33,36 @@ pub const PRIMARY_PRIORITY: u8 = 254;
 /// it is sent again (the witness client's reply deadline).
 pub const GRANT_ANSWER_MS: u64 = 1_000;
 
+/// Two-node mode's timing (docs/architecture.md, "fencing by time"), one
+/// formula for the runtime and the simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwoNodeTiming {
+    /// A standby may promote within this long of last knowing itself in
+    /// sync: both detectors (VRRP master down, at most 4 adverts; the
+    /// replication timeout) plus a heartbeat and a margin.
+    pub in_sync_window_ms: u64,
+    /// A primary that hears another node advertise as primary steps down
+    /// after this long (VRRP settles a tie in one advert interval).
+    pub contest_grace_ms: u64,
+    /// A primary commits without its follower only after sending it nothing
+    /// for this long: longer than the window plus the contest, so a standby
+    /// that took over either had everything or made this primary step down
+    /// first.
+    pub alone_grace_ms: u64,
+}
+
+impl TwoNodeTiming {
+    pub fn new(advert_ms: u64, peer_timeout_ms: u64, heartbeat_ms: u64) -> TwoNodeTiming {
+        let in_sync_window_ms = (4 * advert_ms).max(peer_timeout_ms) + heartbeat_ms + 250;
+        let contest_grace_ms = 2 * advert_ms + 100;
+        TwoNodeTiming {
+            in_sync_window_ms,
+            contest_grace_ms,
+            alone_grace_ms: in_sync_window_ms + contest_grace_ms + 500,
+        }
+    }
+}
+
 /// The node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -85,8 +115,9 @@ pub struct Config {
     pub witness_retry_ms: u64,
     /// How long a switchover waits for the standby to hold everything.
     pub switchover_timeout_ms: u64,
-    /// How long a primary tolerates another node advertising as primary
-    /// (two primaries after a healed partition) before stepping down.
+    /// For this long after its promotion, a primary ignores adverts of
+    /// another primary (still in flight from before); later, one makes it
+    /// step down at once (two-node mode).
     pub contest_grace_ms: u64,
     /// A fresh store with `initial_role = "primary"`: promote at once
     /// (manual mode) or ask the witness (witness mode).
@@ -108,6 +139,9 @@ pub struct VrrpView {
     pub state: VrrpState,
     /// The priority of the master we hear (Backup state).
     pub master_priority: Option<u8>,
+    /// Adverts heard from another router with [`PRIMARY_PRIORITY`], ever
+    /// (whatever our state: a master discards a lower address's adverts).
+    pub primary_adverts: u64,
 }
 
 /// What the replication core reports after every change.
@@ -258,8 +292,9 @@ pub struct Authority {
     reason: String,
     since_ms: u64,
     vrrp: Option<VrrpView>,
-    /// Since when a primary hears another node advertising as primary.
-    contested_since: Option<u64>,
+    /// Primary adverts heard from another node when this node last checked
+    /// (two-node mode).
+    primary_adverts_seen: u64,
     repl: Option<ReplView>,
     health: Result<(), String>,
     store_failed: Option<String>,
@@ -311,7 +346,7 @@ impl Authority {
             reason: "starting".into(),
             since_ms: 0,
             vrrp: None,
-            contested_since: None,
+            primary_adverts_seen: 0,
             repl: None,
             health: Ok(()),
             store_failed: None,
@@ -475,7 +510,6 @@ impl Authority {
         self.role = to;
         self.reason = reason.clone();
         self.since_ms = self.now_ms;
-        self.contested_since = None;
         if to != Role::Primary {
             self.term = None;
             self.lease_until_ms = None;
@@ -947,23 +981,21 @@ impl Authority {
     fn primary_duties(&mut self, r: &ReplView, out: &mut Vec<Output>) {
         let now = self.now_ms;
         if !self.cfg.witness {
-            // Two primaries after a healed partition (two-node mode): the
-            // one that loses the VRRP election steps down; its divergent
-            // entries go to the recovery file when it follows the winner.
-            let contested = self.vrrp.is_some_and(|v| {
-                v.state == VrrpState::Backup && v.master_priority == Some(PRIMARY_PRIORITY)
-            });
-            match (contested, self.contested_since) {
-                (false, _) => self.contested_since = None,
-                (true, None) => self.contested_since = Some(now),
-                (true, Some(s)) if now >= s + self.cfg.contest_grace_ms => {
-                    return self.step_down(
-                        "another node advertises as primary (two-node split brain healed): stepping down"
-                            .into(),
-                        out,
-                    );
-                }
-                _ => {}
+            // Another node advertises as primary (two-node mode: a
+            // partition, one-way or healed): it may have been promoted and
+            // acknowledged writes this node lacks, so this node stops at
+            // once, before its alone-grace could let it commit without its
+            // follower. Both may step down; the cold-start rule then picks
+            // the fresher log. Adverts in flight from before this node's
+            // promotion are ignored for `contest_grace_ms`.
+            let heard = self.vrrp.map_or(0, |v| v.primary_adverts);
+            if now < self.since_ms + self.cfg.contest_grace_ms {
+                self.primary_adverts_seen = heard;
+            } else if heard > self.primary_adverts_seen {
+                return self.step_down(
+                    "another node advertises as primary: stepping down (two-node mode)".into(),
+                    out,
+                );
             }
         } else {
             let Some(term) = self.term else {

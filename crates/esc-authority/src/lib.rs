@@ -22,5 +22,7 @@
 pub mod authority;
 pub mod witness;
 
-pub use authority::{Authority, Config, Input, Output, ReplView, Role, StateWord, VrrpView};
+pub use authority::{
+    Authority, Config, Input, Output, ReplView, Role, StateWord, TwoNodeTiming, VrrpView,
+};
 pub use witness::{Reply as WitnessReply, Request as WitnessRequest, Witness, WitnessState};

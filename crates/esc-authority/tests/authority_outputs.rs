@@ -40,6 +40,7 @@ fn vrrp(state: VrrpState) -> Input {
     Input::Vrrp(VrrpView {
         state,
         master_priority: None,
+        primary_adverts: 0,
     })
 }
 

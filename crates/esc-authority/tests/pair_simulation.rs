@@ -10,8 +10,10 @@
 //! store stops: FAULT), operator switchovers, and the authority's commands
 //! and the core's reports queued between them as between the agent thread
 //! and the owner task. Witness mode runs every fault; two-node mode runs
-//! every fault but partitions and advert loss (without a witness a
-//! partition makes two primaries by design: architecture section 4).
+//! every fault but advert loss and full partitions: its partitions are
+//! one-way, one at a time, with the pair settled in between (without a
+//! witness a full partition, or one-way partitions reversing before the
+//! pair settles, make two primaries by design: architecture section 4).
 //!
 //! Invariants, checked at every step:
 //! - at most one node acknowledges writes per epoch, and acknowledgements
@@ -28,8 +30,11 @@
 
 use esc_authority::authority::{
     Config as AuthConfig, Input as AIn, Output as AOut, Role as ARole, VrrpState, VrrpView,
+    PRIMARY_PRIORITY,
 };
-use esc_authority::{Authority, ReplView, Witness, WitnessReply, WitnessRequest, WitnessState};
+use esc_authority::{
+    Authority, ReplView, TwoNodeTiming, Witness, WitnessReply, WitnessRequest, WitnessState,
+};
 use esc_repl::{Config, Core, Input, LogView, Mode, Output, Role};
 use esc_vrrp::fsm::{Action, Config as VConfig, Input as VIn, State as VState, Vrrp};
 use esc_wire::{Entry, Message};
@@ -44,14 +49,16 @@ const ADVERT_CS: u16 = 10;
 /// The witness client's reply deadline (`esc-node/src/witness.rs`).
 const WITNESS_REPLY_MS: u64 = 1_000;
 
+fn timing() -> TwoNodeTiming {
+    TwoNodeTiming::new(10 * ADVERT_CS as u64, 400, 50)
+}
+
 fn repl_cfg(witness_mode: bool, i: usize) -> Config {
-    // Two-node mode fences by time (as esc-node computes it): window =
-    // max(4 adverts, peer timeout) + heartbeat + 250, grace = window + 500.
+    // Two-node mode fences by time, as esc-node computes it.
     let (alone_grace_ms, in_sync_window_ms) = if witness_mode {
         (0, u64::MAX)
     } else {
-        let window = (4 * 10 * ADVERT_CS as u64).max(400) + 50 + 250;
-        (window + 500, window)
+        (timing().alone_grace_ms, timing().in_sync_window_ms)
     };
     Config {
         alone_grace_ms,
@@ -77,7 +84,7 @@ fn auth_cfg(witness: bool, initial_primary: bool) -> AuthConfig {
         renew_interval_ms: 100,
         witness_retry_ms: 100,
         switchover_timeout_ms: 2_000,
-        contest_grace_ms: 3 * 10 * ADVERT_CS as u64 + 300,
+        contest_grace_ms: timing().contest_grace_ms,
         initial_primary,
     }
 }
@@ -118,6 +125,8 @@ struct Node {
     last_view: Option<ReplView>,
     last_vrrp: Option<VrrpView>,
     master_priority: Option<u8>,
+    /// Adverts with the primary's priority heard from the peer (ever, this run).
+    primary_adverts: u64,
     vip: bool,
     admission: bool,
     /// Witness client: queued requests, and the one in flight.
@@ -146,6 +155,7 @@ impl Node {
             last_view: None,
             last_vrrp: None,
             master_priority: None,
+            primary_adverts: 0,
             vip: false,
             admission: false,
             w_queue: VecDeque::new(),
@@ -219,6 +229,9 @@ struct Sim {
     last_ack_epoch: u64,
     snapshots: HashMap<(u64, u64), Vec<Vec<u8>>>,
     faults: bool,
+    /// When the last partition healed (two-node mode waits for the pair to
+    /// settle before the next one).
+    healed_at: Option<u64>,
     takeovers: u64,
     switchovers: u64,
     trace: bool,
@@ -248,6 +261,7 @@ impl Sim {
             last_ack_epoch: 0,
             snapshots: HashMap::new(),
             faults: true,
+            healed_at: Some(0),
             takeovers: 0,
             switchovers: 0,
             trace: std::env::var("ESC_SIM_TRACE").is_ok(),
@@ -295,6 +309,7 @@ impl Sim {
         n.last_view = None;
         n.last_vrrp = None;
         n.master_priority = None;
+        n.primary_adverts = 0;
         n.vip = false;
         n.admission = false;
         n.w_queue.clear();
@@ -678,8 +693,12 @@ impl Sim {
             return;
         };
         if let VIn::Advert { priority, .. } = &input {
-            if v.state() != VState::Master {
-                self.nodes[i].master_priority = Some(*priority);
+            // As esc-node's speaker: the advertised priority is recorded
+            // whatever our state (a master receiving a higher one turns
+            // Backup on it), and primary adverts are counted.
+            self.nodes[i].master_priority = Some(*priority);
+            if *priority == PRIMARY_PRIORITY {
+                self.nodes[i].primary_adverts += 1;
             }
         }
         let actions = v.handle(self.now, input);
@@ -703,6 +722,7 @@ impl Sim {
             master_priority: (v.state() == VState::Backup)
                 .then_some(self.nodes[i].master_priority)
                 .flatten(),
+            primary_adverts: self.nodes[i].primary_adverts,
         };
         if self.nodes[i].last_vrrp != Some(view) {
             self.nodes[i].last_vrrp = Some(view);
@@ -973,6 +993,20 @@ impl Sim {
 
     fn partition(&mut self) {
         if !self.witness_mode {
+            // Two-node mode: a one-way partition between the nodes, and only
+            // once the pair has settled since the last one healed. A full
+            // partition, or one-way partitions that reverse before the pair
+            // settles (together a full one), make two primaries by design:
+            // without a witness neither node can learn what the other did.
+            let settled = self.healed_at.is_some_and(|t| self.now >= t + 5_000);
+            let any = self.blocked.iter().flatten().any(|b| *b);
+            if settled && !any {
+                let a = self.rng.gen_range(0..2);
+                self.blocked[a][1 - a] = true;
+            }
+            if self.trace {
+                eprintln!("{} PARTITION {:?}", self.now, self.blocked);
+            }
             return;
         }
         let a = self.rng.gen_range(0..3);
@@ -1020,7 +1054,12 @@ impl Sim {
             9830..=9854 if self.faults => self.crash(i),
             9855..=9864 if self.faults => self.fail_disk(i),
             9865..=9889 if self.faults => self.partition(),
-            9890..=9929 if self.rng.gen_bool(0.5) => self.blocked = [[false; 3]; 3],
+            9890..=9929 if self.rng.gen_bool(0.5) => {
+                if self.blocked.iter().flatten().any(|b| *b) {
+                    self.healed_at = Some(self.now);
+                }
+                self.blocked = [[false; 3]; 3];
+            }
             9930..=9939 if self.faults && self.witness_mode => self.crash_witness(),
             9940..=9959 => self.restart_witness(),
             9960..=9979 => {

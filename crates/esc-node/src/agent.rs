@@ -129,10 +129,14 @@ pub fn spawn(
         renew_interval_ms: cfg.witness.renew_interval_ms,
         witness_retry_ms: cfg.witness.renew_interval_ms,
         switchover_timeout_ms: cfg.ha.switchover_timeout_ms,
-        contest_grace_ms: cfg
-            .vrrp
-            .as_ref()
-            .map_or(3_000, |v| 3 * u64::from(v.advert_interval_ms) + 1_000),
+        contest_grace_ms: cfg.vrrp.as_ref().map_or(3_000, |v| {
+            esc_authority::TwoNodeTiming::new(
+                u64::from(v.advert_interval_ms),
+                cfg.replication.peer_timeout_ms,
+                cfg.replication.heartbeat_interval_ms,
+            )
+            .contest_grace_ms
+        }),
         initial_primary: cfg.replication.initial_role == esc_config::InitialRole::Primary,
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(1_024);

@@ -203,10 +203,12 @@ pub async fn run(
     // mark; manual promotion has no time bound (the operator decides).
     let (alone_grace_ms, in_sync_window_ms) = match (&cfg.vrrp, cfg.witness.address) {
         (Some(v), None) if r.peer.is_some() => {
-            let window = (4 * u64::from(v.advert_interval_ms)).max(r.peer_timeout_ms)
-                + r.heartbeat_interval_ms
-                + 250;
-            (window + 500, window)
+            let t = esc_authority::TwoNodeTiming::new(
+                u64::from(v.advert_interval_ms),
+                r.peer_timeout_ms,
+                r.heartbeat_interval_ms,
+            );
+            (t.alone_grace_ms, t.in_sync_window_ms)
         }
         _ => (0, u64::MAX),
     };

@@ -71,6 +71,9 @@ pub(crate) struct Speaker {
     vip_follows_vrrp: bool,
     /// Priority of the last advert heard from the current master.
     master_priority: Option<u8>,
+    /// Adverts heard with the primary's priority (another node claims the
+    /// primary role: two-node mode's contest, see esc-authority).
+    primary_adverts: u64,
 }
 
 /// Checks at start-up that VRRP can run here (interface, raw socket).
@@ -131,6 +134,7 @@ impl Speaker {
             dropped: 0,
             vip_follows_vrrp,
             master_priority: None,
+            primary_adverts: 0,
         };
         // A VIP left behind by a crash is not ours until we are master again.
         if sp.remove_vip().await? {
@@ -173,6 +177,7 @@ impl Speaker {
             } else {
                 None
             },
+            primary_adverts: self.primary_adverts,
         }
     }
 
@@ -304,8 +309,11 @@ impl Speaker {
             // RFC 5798 7.1: a mismatched address list is logged, the packet still counts.
             tracing::debug!(target: HA, %src, "advert's address list does not hold our VIP");
         }
-        if self.fsm.master_ip() == Some(src) || self.fsm.state() != State::Master {
-            self.master_priority = Some(p.priority);
+        // Recorded whatever our state: a master that turns Backup on this
+        // advert must know the new master's priority.
+        self.master_priority = Some(p.priority);
+        if p.priority == esc_authority::authority::PRIMARY_PRIORITY {
+            self.primary_adverts += 1;
         }
         Some(Input::Advert {
             src,

@@ -499,10 +499,11 @@ impl Core {
                 // a lost link is moot; the fresher log leads (cold start,
                 // architecture section 4), so at most one of us is eligible.
                 self.peer_position = Some(((last_epoch, last_index), tie_goes_to_peer));
-                // A handover stands: the peer handed its role to us.
-                if self.upstream.is_none() && !self.handover {
+                // A recent handover stands: the peer handed its role to us.
+                if self.upstream.is_none() && !(self.handover && self.in_sync_recent()) {
                     self.in_sync_at_loss = None;
                     self.last_in_sync_ms = None;
+                    self.handover = false;
                 }
                 // Both sides may now judge eligibility from this exchange for
                 // `in_sync_window_ms`: like a send to a follower, it holds
