@@ -695,7 +695,9 @@ fn switchover_and_back_and_graceful_stop_with_zero_failed_requests() {
     wait_acked(&w, before + 100);
     // A graceful stop of the primary (SIGTERM) hands over the same way.
     pair.sigterm(p);
-    assert_eq!(pair.role(s), "PRIMARY", "the standby took over at the stop");
+    wait_until(TAKEOVER, "the standby takes over at the stop", || {
+        pair.role(s) == "PRIMARY" && pair.vip_holders() == vec![s]
+    });
     let before = w.acked();
     wait_acked(&w, before + 100);
     pair.restart(p);
