@@ -53,6 +53,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HaCmd,
     },
+    /// Lab fault injection (needs `[debug] allow_fault_injection = true`).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// The service stops answering for a while; the HA agent lives.
+    Hang {
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -486,6 +501,9 @@ fn main() -> ExitCode {
         Cmd::Ha {
             cmd: HaCmd::Switchover,
         } => (AdminRequest::Switchover, false, false),
+        Cmd::Debug {
+            cmd: DebugCmd::Hang { seconds },
+        } => (AdminRequest::Hang { seconds }, false, false),
     };
     let rt = match runtime() {
         Ok(rt) => rt,

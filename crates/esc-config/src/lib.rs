@@ -56,6 +56,18 @@ pub struct Config {
     pub witness: WitnessConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    #[serde(default)]
+    pub debug: DebugConfig,
+}
+
+/// Test and lab knobs; all off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Allow `escadm debug hang` (the lab's "internal application failure":
+    /// the service stops answering while the HA agent lives). Never in
+    /// production.
+    pub allow_fault_injection: bool,
 }
 
 /// The witness (architecture section 4): on a node, where it is; on the

@@ -5,6 +5,10 @@
 //! Topology: a `sw` namespace holding bridge `br0`; each host namespace has
 //! `eth0`, a veth whose peer is a port of the bridge.
 
+pub mod cluster;
+pub mod scenario;
+pub mod workload;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -51,6 +51,11 @@ pub enum AdminRequest {
     },
     /// Planned handover to the in-sync standby (failback is the same command).
     Switchover,
+    /// Lab only (`[debug] allow_fault_injection`): the service task stops
+    /// answering for `seconds` while the HA agent lives.
+    Hang {
+        seconds: u64,
+    },
 }
 
 /// The node's answer.

@@ -365,6 +365,7 @@ pub async fn run(
         agent_status: agent.status.clone(),
         last_view: None,
         pair,
+        allow_fault_injection: cfg.debug.allow_fault_injection,
     };
     let first = owner.core.start(owner.now_ms());
     owner.exec(first);
@@ -480,6 +481,7 @@ struct Owner {
     /// The last view sent to the role authority (sent again on change only).
     last_view: Option<esc_authority::ReplView>,
     pair: bool,
+    allow_fault_injection: bool,
 }
 
 impl Owner {
@@ -769,6 +771,27 @@ impl Owner {
             }
             Event::Ha(cmd) => self.on_ha(cmd),
             Event::HaReadyToStop => return Ok(Some(Exit::Stopped)),
+            Event::Admin {
+                req: AdminRequest::Hang { seconds },
+                reply,
+            } => {
+                if !self.allow_fault_injection {
+                    let _ = reply.send(AdminResponse::err(
+                        "fault injection is off: set [debug] allow_fault_injection = true (lab only)"
+                            .into(),
+                    ));
+                } else {
+                    let seconds = seconds.clamp(1, 60);
+                    warn!(target: crate::logging::ADMIN, seconds, "fault injection: the service hangs");
+                    let _ = reply.send(AdminResponse::ok(
+                        &format!("the service hangs for {seconds} s"),
+                        None,
+                    ));
+                    // The fault itself: this task stops answering (the HA
+                    // agent, on its own thread, sees it as a failed probe).
+                    std::thread::sleep(Duration::from_secs(seconds));
+                }
+            }
             Event::Admin { req, reply } => {
                 let resp = self.on_admin(req);
                 let _ = reply.send(resp);
@@ -812,7 +835,8 @@ impl Owner {
             | AdminRequest::OpModeSet { .. }
             | AdminRequest::OpModeShow
             | AdminRequest::IpTrans
-            | AdminRequest::Switchover => AdminResponse::err("answered by the admin task".into()),
+            | AdminRequest::Switchover
+            | AdminRequest::Hang { .. } => AdminResponse::err("answered by the admin task".into()),
             AdminRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)
