@@ -305,10 +305,14 @@ impl Cluster {
             .to_string()
     }
 
-    /// Hosts whose eth0 holds the VIP.
+    /// Hosts whose eth0 is up and holds the VIP (a powered-off host's
+    /// address answers nobody).
     pub fn vip_holders(&self) -> Vec<usize> {
         (0..2)
-            .filter(|&i| self.lab.has(&self.nodes[i].ns_host, VIP))
+            .filter(|&i| {
+                let h = &self.nodes[i].ns_host;
+                self.lab.link_up(h) && self.lab.has(h, VIP)
+            })
             .collect()
     }
 

@@ -35,6 +35,23 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Namespaces this crate creates: a two-letter tag, the PID, `x`, a
+/// counter, the host name (`esc-lab down` removes what a crash left).
+pub fn is_lab_namespace(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 4
+        && b[0].is_ascii_lowercase()
+        && b[1].is_ascii_lowercase()
+        && b[2].is_ascii_digit()
+        && name[2..].split_once('x').is_some_and(|(pid, rest)| {
+            pid.chars().all(|c| c.is_ascii_digit())
+                && rest.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && ["sw", "esc1", "esc2", "witness", "client", "ka", "n1", "n2"]
+                    .iter()
+                    .any(|h| rest.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with(h))
+        })
+}
+
 impl Lab {
     /// A fresh lab, or None (test skipped, said on stderr) when not root.
     /// In CI (CI=true, root) a missing capability fails instead.
@@ -113,6 +130,17 @@ impl Lab {
             .lines()
             .filter_map(|l| l.split_whitespace().nth(3).map(|a| a.to_string()))
             .collect()
+    }
+
+    /// Whether `eth0` of a host is up (a powered-off host's is not).
+    pub fn link_up(&self, host: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(host), "-o", "link", "show", "dev", "eth0"])
+            .output();
+        out.is_ok_and(|o| {
+            let t = String::from_utf8_lossy(&o.stdout);
+            t.contains("state UP") || t.contains(",UP")
+        })
     }
 
     pub fn has(&self, host: &str, addr: &str) -> bool {

@@ -10,7 +10,9 @@
 //! - `Idempotency-Key`: a resend gets the first outcome, even after a
 //!   failover (the key table is replicated state).
 //! - A standby answers writes with 503, `Retry-After` and its role.
-//! - HTTP basic authentication on every route; no default password.
+//! - HTTP basic authentication on every route; no default password. The
+//!   credentials are checked before a request body is read: an
+//!   unauthenticated client cannot make the node buffer bodies.
 
 // Validation helpers return the finished error response as their `Err`: the
 // size of `Response` is irrelevant next to a network round trip.
@@ -18,7 +20,7 @@
 
 use crate::node::{unix_ms, Event, Shared};
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -332,7 +334,7 @@ async fn write(
                     return with_tid(
                         error(
                             StatusCode::UNPROCESSABLE_ENTITY,
-                            "Idempotency-Key was already used for a different request",
+                            esc_store::state::IDEMPOTENCY_KEY_REUSED,
                         ),
                         &tid,
                     );
@@ -418,13 +420,19 @@ fn fingerprint(parts: &[&[u8]]) -> String {
 }
 
 /// The common path of every write: transaction id and its span, auth, the
-/// concurrency limit, the idempotency key; `build` validates the request
-/// and yields its fingerprint and operation.
+/// concurrency limit, the idempotency key, the body (`body`: the request,
+/// when it has one); `build` validates the request and yields its
+/// fingerprint and operation.
+///
+/// The body is read only once the credentials are checked, and within the
+/// concurrency limit: unauthenticated clients make the node buffer nothing,
+/// authenticated ones at most `concurrency_max` bodies of `body_bytes_max`.
 async fn write_request(
     state: ApiState,
     headers: HeaderMap,
     method: &'static str,
-    build: impl FnOnce() -> Result<(String, Op), Response>,
+    body: Option<Request>,
+    build: impl FnOnce(Bytes) -> Result<(String, Op), Response>,
 ) -> Response {
     let tid = uuid::Uuid::new_v4().to_string();
     let span = info_span!("nbi", tid = %tid, method, path = "/v0/deployments");
@@ -437,7 +445,16 @@ async fn write_request(
             Ok(k) => k,
             Err(r) => return with_tid(r, &tid),
         };
-        match build() {
+        // The `Bytes` extractor, run here rather than before the handler:
+        // same body limit (`DefaultBodyLimit`) and the same rejections.
+        let body = match body {
+            Some(req) => match Bytes::from_request(req, &state).await {
+                Ok(b) => b,
+                Err(rejection) => return with_tid(rejection.into_response(), &tid),
+            },
+            None => Bytes::new(),
+        };
+        match build(body) {
             Ok((fp, op)) => write(&state, tid.clone(), key, fp, op).await,
             Err(r) => with_tid(r, &tid),
         }
@@ -446,8 +463,8 @@ async fn write_request(
     .await
 }
 
-async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    write_request(state, headers, "POST", || {
+async fn create(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
+    write_request(state, headers, "POST", Some(req), |body| {
         let spec: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
@@ -478,7 +495,7 @@ async fn remove(
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    write_request(state, headers, "DELETE", || {
+    write_request(state, headers, "DELETE", None, |_| {
         valid_name(&name).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
         info!(%name, "delete deployment");
         let fp = fingerprint(&[b"DELETE /v0/deployments/", name.as_bytes()]);

@@ -16,6 +16,9 @@ pub struct Counters {
     pub frames_unexpected: AtomicU64,
     pub auth_failures: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Connections closed unanswered: too many handshakes in progress (in
+    /// all, or from their source address).
+    pub handshakes_refused: AtomicU64,
     pub connections_refused_not_primary: AtomicU64,
     pub peer_connections: AtomicU64,
     pub recovery_entries: AtomicU64,
@@ -36,6 +39,8 @@ pub struct CountersSnapshot {
     pub frames_unexpected: u64,
     pub auth_failures: u64,
     pub handshake_failures: u64,
+    #[serde(default)]
+    pub handshakes_refused: u64,
     pub connections_refused_not_primary: u64,
     pub peer_connections: u64,
     pub recovery_entries: u64,
@@ -75,6 +80,7 @@ impl Counters {
             frames_unexpected: g(&self.frames_unexpected),
             auth_failures: g(&self.auth_failures),
             handshake_failures: g(&self.handshake_failures),
+            handshakes_refused: g(&self.handshakes_refused),
             connections_refused_not_primary: g(&self.connections_refused_not_primary),
             peer_connections: g(&self.peer_connections),
             recovery_entries: g(&self.recovery_entries),

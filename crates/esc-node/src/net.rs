@@ -13,6 +13,16 @@
 //! A frame that fails its checksum, MAC, bounds or parse is counted and the
 //! connection is closed: a byte stream cannot be resynchronized safely, and
 //! nothing from a bad frame reaches the core.
+//!
+//! Before authentication a connection is cheap for anyone to open, so the
+//! listener bounds what it may hold: [`HANDSHAKES_MAX`] in all, at most
+//! [`HANDSHAKES_PER_IP_MAX`] from one source address, and the hello must
+//! arrive within [`FIRST_FRAME_TIMEOUT`]; a host that connects and stays
+//! silent cannot keep the real peer out.
+//!
+//! A connection ends for good through [`ConnTx::close`]: the writer sends
+//! what is already queued (bounded by [`CLOSE_DRAIN`]), the reader stops and
+//! reports [`NetEvent::Down`], whoever still holds a clone of the sender.
 
 use crate::logging::HA;
 use crate::metrics::Counters;
@@ -20,9 +30,10 @@ use esc_repl::Role;
 use esc_wire::msg::{NONCE_LEN, PROTOCOL_VERSION};
 use esc_wire::{FrameError, FrameHeader, FrameMac, Handshake, Message, SnapshotItem, HEADER_LEN};
 use rand::RngCore;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,17 +49,53 @@ pub const CONN_QUEUE_FRAMES: usize = 4_096;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame body accepted before authentication.
 pub const HANDSHAKE_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Deadline for the first frame (the hello) of an accepted connection: a
+/// peer sends it right after connecting; a silent host loses its slot soon.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 /// Handshakes in progress at once; more connections are closed at once.
 pub const HANDSHAKES_MAX: usize = 16;
+/// Handshakes in progress at once from one source address (a peer dials one
+/// connection at a time); more are closed at once, so one host cannot take
+/// every slot of [`HANDSHAKES_MAX`].
+pub const HANDSHAKES_PER_IP_MAX: usize = 2;
+/// Once a link is closed, how long its writer may still spend sending what
+/// was queued before (e.g. a `Handover` right before a demote).
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Deadline for a TCP connect to the peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The sending side of one connection: frames for its writer (through
+/// `Deref`, as an `mpsc::Sender`), and the switch that closes the link.
+/// Clones (a snapshot stream, a catch-up job) do not keep a closed link
+/// open: once closed, their sends fail within [`CLOSE_DRAIN`].
+#[derive(Debug, Clone)]
+pub struct ConnTx {
+    tx: mpsc::Sender<Message>,
+    close: Arc<watch::Sender<bool>>,
+}
+
+impl ConnTx {
+    /// Closes the link: nothing more is accepted; the writer sends what is
+    /// already queued (for at most [`CLOSE_DRAIN`]) and ends; the reader
+    /// ends at once and reports [`NetEvent::Down`] (unless aborted).
+    pub fn close(&self) {
+        self.close.send_replace(true);
+    }
+}
+
+impl std::ops::Deref for ConnTx {
+    type Target = mpsc::Sender<Message>;
+    fn deref(&self) -> &mpsc::Sender<Message> {
+        &self.tx
+    }
+}
 
 /// What connection tasks tell the owner.
 #[derive(Debug)]
 pub enum NetEvent {
     Up {
         conn: ConnId,
-        tx: mpsc::Sender<Message>,
+        tx: ConnTx,
         reader: AbortHandle,
         peer_name: String,
         addr: SocketAddr,
@@ -170,9 +217,48 @@ fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
+/// Handshakes in progress, by source address.
+type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One handshake in progress from `ip`; released when dropped.
+struct IpSlot {
+    map: PerIp,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn acquire(map: &PerIp, ip: IpAddr) -> Option<IpSlot> {
+        // An IPv4 peer on a dual-stack socket is the same host as over IPv4.
+        let ip = ip.to_canonical();
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= HANDSHAKES_PER_IP_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts followers; only a primary keeps an authenticated one.
 pub async fn listen(ctx: NetCtx, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
+    let per_ip: PerIp = Arc::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -182,14 +268,20 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
                 continue;
             }
         };
+        // Closed at once (the stream is dropped) when over a cap.
+        let Some(ip_slot) = IpSlot::acquire(&per_ip, addr.ip()) else {
+            Counters::bump(&ctx.counters.handshakes_refused);
+            debug!(target: HA, %addr, "too many handshakes in progress from this address; connection closed");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Counters::bump(&ctx.counters.handshake_failures);
+            Counters::bump(&ctx.counters.handshakes_refused);
             debug!(target: HA, %addr, "too many handshakes in progress; connection closed");
             continue;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, ip_slot);
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&ctx, stream, addr))
                 .await
@@ -214,8 +306,26 @@ pub(crate) async fn server_auth(
     node_name: &str,
     stream: &mut TcpStream,
 ) -> Result<(String, FrameMac, FrameMac), LinkError> {
+    server_auth_within(secret, node_name, stream, None).await
+}
+
+/// [`server_auth`], with an optional deadline for the client's hello (the
+/// caller bounds the whole handshake).
+async fn server_auth_within(
+    secret: &[u8],
+    node_name: &str,
+    stream: &mut TcpStream,
+    hello_within: Option<Duration>,
+) -> Result<(String, FrameMac, FrameMac), LinkError> {
     let mut buf = Vec::new();
-    let (client_name, client_nonce) = match read_frame(stream, &mut buf, None).await? {
+    let hello = read_frame(stream, &mut buf, None);
+    let hello = match hello_within {
+        Some(d) => tokio::time::timeout(d, hello)
+            .await
+            .map_err(|_| LinkError::Timeout)?,
+        None => hello.await,
+    };
+    let (client_name, client_nonce) = match hello? {
         Some(Message::ClientHello {
             protocol,
             node_name,
@@ -274,8 +384,13 @@ async fn server_handshake(
     mut stream: TcpStream,
     addr: SocketAddr,
 ) -> Result<(), LinkError> {
-    let (client_name, mut c2s, mut s2c) =
-        server_auth(&ctx.secret, &ctx.node_name, &mut stream).await?;
+    let (client_name, mut c2s, mut s2c) = server_auth_within(
+        &ctx.secret,
+        &ctx.node_name,
+        &mut stream,
+        Some(FIRST_FRAME_TIMEOUT),
+    )
+    .await?;
     if *ctx.role.borrow() != Role::Primary {
         // Not primary: no follower. Two standbys (cold start) still trade
         // where their logs end, so the fresher one may lead (architecture
@@ -404,22 +519,59 @@ async fn spawn_conn(
     Counters::bump(&ctx.counters.peer_connections);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Message>(CONN_QUEUE_FRAMES);
+    let (close, closed) = watch::channel(false);
+    let close = Arc::new(close);
+    let wclose = close.clone();
+    let mut wstop = closed.clone();
+    let mut wdeadline = closed.clone();
     tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let frame = esc_wire::encode(&msg, Some(&mut send_mac));
-            if wr.write_all(&frame).await.is_err() {
-                break;
+        let send = async {
+            let mut closing = false;
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    // Closed: accept nothing more, send what is queued.
+                    _ = wstop.wait_for(|c| *c), if !closing => {
+                        rx.close();
+                        closing = true;
+                        continue;
+                    }
+                    m = rx.recv() => m,
+                };
+                let Some(msg) = msg else { break };
+                let frame = esc_wire::encode(&msg, Some(&mut send_mac));
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
             }
+            let _ = wr.shutdown().await;
+        };
+        // Once the link is closed, the queue gets CLOSE_DRAIN to leave (a
+        // peer that stopped reading cannot hold the connection open).
+        let deadline = async {
+            let _ = wdeadline.wait_for(|c| *c).await;
+            tokio::time::sleep(CLOSE_DRAIN).await;
+        };
+        tokio::select! {
+            _ = send => {}
+            _ = deadline => {}
         }
-        let _ = wr.shutdown().await;
+        // A link that cannot send is down: the reader stops too.
+        wclose.send_replace(true);
     });
     let events = ctx.events.clone();
     let rctx = ctx.clone();
     let name = peer_name.clone();
+    let rclose = close.clone();
+    let mut rstop = closed;
     let reader = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         let reason = loop {
-            match read_frame(&mut rd, &mut buf, Some(&mut recv_mac)).await {
+            let read = tokio::select! {
+                r = read_frame(&mut rd, &mut buf, Some(&mut recv_mac)) => r,
+                _ = rstop.wait_for(|c| *c) => break "link closed by this node".to_string(),
+            };
+            match read {
                 Ok(Some(Message::SnapshotChunk { items })) => {
                     if events
                         .send(NetEvent::SnapshotChunk { conn, items })
@@ -442,6 +594,8 @@ async fn spawn_conn(
                 }
             }
         };
+        // The writer ends too (after sending what is queued).
+        rclose.send_replace(true);
         let _ = events.send(NetEvent::Down { conn, reason }).await;
     });
     info!(target: HA, conn, peer = %peer_name, %addr, "replication link up");
@@ -449,7 +603,7 @@ async fn spawn_conn(
         .events
         .send(NetEvent::Up {
             conn,
-            tx,
+            tx: ConnTx { tx, close },
             reader: reader.abort_handle(),
             peer_name,
             addr,

@@ -83,7 +83,7 @@ enum Job {
         items: Vec<SnapshotItem>,
     },
     SendEntries {
-        tx: mpsc::Sender<Message>,
+        tx: net::ConnTx,
         msg: Message,
         from: u64,
         to: u64,
@@ -107,7 +107,8 @@ pub struct Transition {
 }
 
 struct ConnHandle {
-    tx: mpsc::Sender<Message>,
+    /// Frames for the writer; `tx.close()` ends the link (see `disconnect`).
+    tx: net::ConnTx,
     reader: AbortHandle,
     peer_name: String,
 }
@@ -652,6 +653,12 @@ impl Owner {
         if let Some(c) = self.conns.remove(&conn) {
             info!(target: HA, conn, peer = %c.peer_name, %reason, "closing replication link");
             c.reader.abort();
+            // Dropping our sender is not enough: a snapshot stream or a
+            // catch-up job may hold clones. Closing ends the writer whoever
+            // holds one, after it sent what is already queued (at most
+            // net::CLOSE_DRAIN): a `Handover` sent right before a demote
+            // that disconnects still reaches the peer.
+            c.tx.close();
             self.snapshot_buf.remove(&conn);
             self.input(Input::PeerDown { conn });
         }
@@ -1132,7 +1139,23 @@ fn storage_worker(
                                 commit_index,
                                 entries,
                             };
-                            let _ = tx.try_send(m);
+                            // The core has this one catch-up batch in flight
+                            // and waits for its ack: a batch that cannot be
+                            // queued must not vanish silently. Waiting for room
+                            // would stall every write behind this worker, so
+                            // the link is closed instead: its reader reports
+                            // `Down` (the core forgets the peer), the follower
+                            // dials again and catch-up restarts from its log.
+                            match tx.try_send(m) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    warn!(target: HA, from, to,
+                                          "peer too slow: send queue full for a catch-up batch; closing the link");
+                                    tx.close();
+                                }
+                                // The link is already closing; its `Down` follows.
+                                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                            }
                         }
                     }
                     Err(e) => return fail(e.to_string()),

@@ -5,6 +5,8 @@
 //! reads a clock or a random source. An idempotency key makes a command apply
 //! at most once: the first outcome is stored under the key, replicated with
 //! the state, and returned for every resend (esc-facts: "resending is safe").
+//! A later command with the key but another fingerprint (a different
+//! request) does nothing and gets 422 [`IDEMPOTENCY_KEY_REUSED`].
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const NAME_LEN_MAX: usize = 255;
 /// Longest idempotency key.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+/// The error of a request whose idempotency key was already used for a
+/// different request (HTTP 422).
+pub const IDEMPOTENCY_KEY_REUSED: &str = "Idempotency-Key was already used for a different request";
 
 /// One replicated change, the payload of a log entry (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,9 @@
 //! - `deployments`: name -> [`Deployment`] JSON.
 //! - `idempotency`: key -> [`IdempotencyRecord`] JSON.
 
-use crate::state::{Command, Deployment, IdempotencyRecord, Op, OpMode, Outcome};
+use crate::state::{
+    Command, Deployment, IdempotencyRecord, Op, OpMode, Outcome, IDEMPOTENCY_KEY_REUSED,
+};
 use esc_wire::entry::EntryError;
 use esc_wire::{Entry, SnapshotItem, Table};
 use redb::{
@@ -736,8 +738,19 @@ fn apply(
     if let Some(key) = &cmd.idempotency_key {
         let previous = idem.get(key.as_str())?.map(|v| v.value().to_vec());
         if let Some(bytes) = previous {
-            // A resend that reached the log twice: the first outcome stands.
             let r: IdempotencyRecord = decode_json(&bytes)?;
+            if r.fingerprint != cmd.fingerprint {
+                // The key of an earlier entry, for a different request (two
+                // requests raced past the API's check): this one does
+                // nothing, and the record of the first stays. Decided from
+                // the log alone, so every node answers the same.
+                return Ok(Outcome::error(
+                    422,
+                    &cmd.tid,
+                    IDEMPOTENCY_KEY_REUSED.to_string(),
+                ));
+            }
+            // A resend that reached the log twice: the first outcome stands.
             return Ok(r.outcome);
         }
     }
@@ -789,4 +802,89 @@ fn apply(
         idem.insert(key.as_str(), encode_json(&record).as_slice())?;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, tid: &str, key: &str, fingerprint: &str, op: Op) -> Entry {
+        let cmd = Command {
+            tid: tid.into(),
+            idempotency_key: Some(key.into()),
+            fingerprint: fingerprint.into(),
+            at_ms: 1_700_000_000_000 + index,
+            op,
+        };
+        Entry::new(1, index, serde_json::to_vec(&cmd).unwrap())
+    }
+
+    fn create(name: &str) -> Op {
+        Op::CreateDeployment {
+            id: format!("id-{name}"),
+            name: name.into(),
+            spec: serde_json::json!({ "name": name }),
+        }
+    }
+
+    /// Two requests with one key but different bodies that both reached the
+    /// log (they raced past the API's check): the second does nothing and
+    /// gets 422 on every node, however the log is applied; a true resend
+    /// still gets the first outcome.
+    #[test]
+    fn a_key_reused_for_a_different_request_is_refused_when_applied() {
+        let log = vec![
+            entry(1, "t1", "k", "fp-a", create("a")),
+            entry(2, "t2", "k", "fp-b", create("b")),
+            entry(3, "t3", "k", "fp-a", create("a")),
+            entry(
+                4,
+                "t4",
+                "k",
+                "fp-del",
+                Op::DeleteDeployment { name: "a".into() },
+            ),
+        ];
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let stores: Vec<Store> = dirs.iter().map(|d| Store::open(d.path()).unwrap()).collect();
+        let mut outcomes = Vec::new();
+        // One node applies the whole log at once, the other entry by entry.
+        let r = stores[0]
+            .write(Batch {
+                append: log.clone(),
+                apply_up_to: Some(4),
+                ..Batch::default()
+            })
+            .unwrap();
+        outcomes.push(r.outcomes);
+        let mut one_by_one = Vec::new();
+        for e in &log {
+            let r = stores[1]
+                .write(Batch {
+                    append: vec![e.clone()],
+                    apply_up_to: Some(e.index),
+                    ..Batch::default()
+                })
+                .unwrap();
+            one_by_one.extend(r.outcomes);
+        }
+        outcomes.push(one_by_one);
+        assert_eq!(outcomes[0], outcomes[1], "apply is deterministic");
+        assert_eq!(stores[0].digest().unwrap(), stores[1].digest().unwrap());
+
+        let o = &outcomes[0];
+        assert_eq!((o[0].0, o[0].1.status, o[0].1.tid.as_str()), (1, 201, "t1"));
+        for (i, tid) in [(1, "t2"), (3, "t4")] {
+            assert_eq!(o[i].1.status, 422, "{:?}", o[i]);
+            assert_eq!(o[i].1.tid, tid, "the refusal is the second request's own");
+            assert_eq!(o[i].1.body["error"], IDEMPOTENCY_KEY_REUSED);
+        }
+        assert_eq!(o[2].1, o[0].1, "a resend gets the first outcome");
+        for s in &stores {
+            assert!(s.deployment("a").unwrap().is_some(), "the delete did nothing");
+            assert!(s.deployment("b").unwrap().is_none(), "the create did nothing");
+            let (fp, first) = s.idempotency("k").unwrap().unwrap();
+            assert_eq!((fp.as_str(), first), ("fp-a", o[0].1.clone()));
+        }
+    }
 }

@@ -1,0 +1,425 @@
+//! `esc-lab`: the lab on one machine (issue 5). Thin: every piece lives in
+//! the `esc-lab` library (topology, faults, workload, checker, scenarios).
+//!
+//! ```text
+//! esc-lab demo                          the README's first command
+//! esc-lab scenario <fault|all>          one run per failure class, checked
+//! esc-lab chaos --seed N --minutes M    random faults (or none) under load
+//! esc-lab bench --runs 20               interruption per class and state size
+//! esc-lab up | down                     keep a cluster up / remove leftovers
+//! ```
+//! Needs root (network namespaces, raw sockets) and the release build.
+
+use clap::{Parser, Subcommand};
+use esc_lab::cluster::{wait_for, Bins, Cluster, Fault, READY};
+use esc_lab::scenario::{self, Options, Outcome};
+use esc_lab::workload::{check, Workload};
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "The esc lab: an HA pair with a witness in network namespaces")]
+struct Args {
+    /// Directory holding escd and escadm.
+    #[arg(long, default_value = "target/release", global = true)]
+    bins: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// A pair with its witness, a client writing, a power failure of the
+    /// primary shown live, the checker's verdict; then everything removed.
+    Demo,
+    /// Runs one failure class (or `all`) and checks the result.
+    Scenario {
+        /// link-down, partition, power-failure, dead-vm, switchover,
+        /// graceful-stop, disk-full, service-hang, or all.
+        fault: String,
+        /// Deployments written before the fault.
+        #[arg(long, default_value_t = 10)]
+        deployments: usize,
+        /// Two-node mode (no witness).
+        #[arg(long)]
+        two_node: bool,
+    },
+    /// Random faults on a running pair, seeded; prints its seed.
+    Chaos {
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// No faults: only load (checks for false takeovers).
+        #[arg(long)]
+        no_faults: bool,
+        /// Busy threads competing for the CPUs during the run.
+        #[arg(long, default_value_t = 0)]
+        cpu_load: usize,
+    },
+    /// Each failure class `runs` times per state size; table and JSON.
+    Bench {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        deployments: Vec<usize>,
+        /// Comma-separated faults (default: all).
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<String>,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "docs/bench/lab-failover.json")]
+        out: PathBuf,
+    },
+    /// Brings a cluster up and keeps it until Ctrl-C.
+    Up {
+        #[arg(long)]
+        two_node: bool,
+    },
+    /// Removes what a crashed lab left: namespaces, processes, mounts.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let r = match &args.cmd {
+        Cmd::Down => down(),
+        cmd => Bins::in_dir(&args.bins).and_then(|bins| match cmd {
+            Cmd::Demo => demo(&bins),
+            Cmd::Scenario {
+                fault,
+                deployments,
+                two_node,
+            } => scenarios(&bins, fault, *deployments, !two_node),
+            Cmd::Chaos {
+                seed,
+                minutes,
+                no_faults,
+                cpu_load,
+            } => chaos(&bins, *seed, *minutes, *no_faults, *cpu_load),
+            Cmd::Bench {
+                runs,
+                deployments,
+                faults,
+                out,
+            } => bench(&bins, *runs, deployments, faults, out),
+            Cmd::Up { two_node } => up(&bins, !two_node),
+            Cmd::Down => unreachable!(),
+        }),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("esc-lab: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn faults_from(names: &[String]) -> anyhow::Result<Vec<Fault>> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(Fault::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Fault::parse(n).ok_or_else(|| {
+                let all: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                anyhow::anyhow!("unknown fault {n:?}: use one of {} or all", all.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn row(o: &Outcome) -> String {
+    format!(
+        "{:<14} {:<29} {:>7} {:>10} {:>10} {:>6} {:>6} {:>7} {:>9} {}",
+        o.fault.name(),
+        o.class,
+        o.deployments,
+        o.takeover_ms,
+        o.verdict.interruption_ms,
+        o.verdict.missing,
+        o.verdict.duplicates,
+        o.verdict.failed,
+        o.verdict.identical_copies,
+        if o.pass { "PASS" } else { "FAIL" }
+    )
+}
+
+const HEADER: &str = "fault          class                         deploys takeover_ms interrupt_ms missing dupes failed identical verdict";
+
+fn scenarios(bins: &Bins, fault: &str, deployments: usize, witness: bool) -> anyhow::Result<bool> {
+    let faults = faults_from(&[fault.to_string()])?;
+    let opts = Options {
+        deployments,
+        witness,
+        verbose: true,
+        ..Options::default()
+    };
+    let mut all = true;
+    let mut rows = Vec::new();
+    for f in faults {
+        eprintln!("== {} ({})", f.name(), f.class());
+        let o = scenario::run("lb", bins, f, &opts)?;
+        all &= o.pass;
+        rows.push(o);
+    }
+    println!("{HEADER}");
+    for o in &rows {
+        println!("{}", row(o));
+    }
+    println!("{}", serde_json::to_string(&rows)?);
+    Ok(all)
+}
+
+fn stats(mut v: Vec<u64>) -> (u64, u64, u64, u64) {
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (v[0], at(0.5), at(0.95), v[v.len() - 1])
+}
+
+fn bench(bins: &Bins, runs: usize, sizes: &[usize], faults: &[String], out: &PathBuf) -> anyhow::Result<bool> {
+    anyhow::ensure!(runs > 0 && !sizes.is_empty(), "--runs and --deployments must not be empty");
+    let faults = faults_from(faults)?;
+    let mut results = Vec::new();
+    let mut table = Vec::new();
+    let mut all = true;
+    for &size in sizes {
+        for &f in &faults {
+            let mut ok = Vec::new();
+            let mut missing = 0;
+            let mut dupes = 0;
+            let mut failed = 0;
+            let mut passes = 0;
+            for r in 0..runs {
+                let opts = Options {
+                    deployments: size,
+                    ..Options::default()
+                };
+                let o = scenario::run("lb", bins, f, &opts)?;
+                eprintln!("{} deployments={size} run {}/{runs}: {}", f.name(), r + 1, row(&o));
+                ok.push(o.verdict.interruption_ms);
+                missing += o.verdict.missing;
+                dupes += o.verdict.duplicates;
+                failed += o.verdict.failed;
+                passes += usize::from(o.pass);
+                results.push(o);
+            }
+            all &= passes == runs;
+            let (min, med, p95, max) = stats(ok);
+            table.push(format!(
+                "| {} | {} | {size} | {runs} | {min} | {med} | {p95} | {max} | {missing} | {dupes} | {failed} |",
+                f.name(),
+                f.class()
+            ));
+        }
+    }
+    println!("| fault | class | deployments | runs | min ms | median ms | p95 ms | max ms | missing | duplicates | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for t in &table {
+        println!("{t}");
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&results)?)?;
+    eprintln!("raw results: {}", out.display());
+    Ok(all)
+}
+
+/// Busy threads until `stop` (bounded by the run's own deadline).
+fn cpu_load(n: usize, stop: Arc<AtomicBool>, until: Instant) -> Vec<std::thread::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x: u64 = 1;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    for _ in 0..100_000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect()
+}
+
+fn chaos(bins: &Bins, seed: Option<u64>, minutes: u64, no_faults: bool, load: usize) -> anyhow::Result<bool> {
+    let seed = seed.unwrap_or_else(|| rand::thread_rng().gen());
+    println!("chaos: seed {seed} (rerun with --seed {seed}), {minutes} min, faults {}", !no_faults);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut c = Cluster::up("lc", bins.clone(), true, None)?;
+    let mut p = c.wait_ready()?;
+    let end = Instant::now() + Duration::from_secs(minutes * 60);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = cpu_load(load, stop.clone(), end + Duration::from_secs(60));
+    let w = Workload::start(&c, 4, usize::MAX, "chaos");
+    let transitions_before = |c: &Cluster| -> Vec<u64> {
+        (0..2)
+            .map(|i| {
+                c.status(i)
+                    .map(|s| s["last_transition"]["at_unix_ms"].as_u64().unwrap_or(0))
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let start_marks = transitions_before(&c);
+    let mut injected = 0;
+    while Instant::now() < end {
+        if no_faults {
+            std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())));
+            continue;
+        }
+        let f = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
+        let target = if rng.gen_bool(0.8) { p } else { 1 - p };
+        println!("chaos: {} on esc-{}", f.name(), target + 1);
+        c.inject(f, target)?;
+        injected += 1;
+        // Let the fault act for a random while, then heal.
+        let hold = Duration::from_millis(rng.gen_range(500..5_000));
+        std::thread::sleep(hold);
+        c.heal(f, target)?;
+        p = c.wait_ready()?;
+    }
+    let history = w.finish();
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    let v = check(&c, &history, 0)?;
+    let false_takeovers = if no_faults {
+        let now = transitions_before(&c);
+        usize::from(now != start_marks)
+    } else {
+        0
+    };
+    println!(
+        "chaos verdict: {} faults, {} acknowledged, {} failed, {} missing, {} duplicates, two-writer epochs {}, identical {}, VIP on {:?}, role changes without a fault: {}",
+        injected, v.acknowledged, v.failed, v.missing, v.duplicates, v.two_writer_epochs, v.identical_copies, v.vip_holders, false_takeovers
+    );
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(v.pass(false) && false_takeovers == 0)
+}
+
+fn demo(bins: &Bins) -> anyhow::Result<bool> {
+    println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload)");
+    let mut c = Cluster::up("ld", bins.clone(), true, None)?;
+    let p = c.wait_ready()?;
+    let s = 1 - p;
+    println!("== ready: esc-{} primary with the VIP {}, esc-{} standby in sync", p + 1, esc_lab::cluster::VIP, s + 1);
+    let w = Workload::start(&c, 4, usize::MAX, "demo");
+    let show = |c: &Cluster, w: &Workload, last: &mut (usize, Instant)| {
+        let acked = w.acked();
+        let rate = (acked - last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
+        *last = (acked, Instant::now());
+        let vip: Vec<String> = c.vip_holders().iter().map(|i| format!("esc-{}", i + 1)).collect();
+        println!(
+            "  t={:>5.1}s  esc-1 {:<8} esc-2 {:<8} VIP on {:<12} writes acknowledged {:>6}  ({:>6.0}/s)",
+            w.start.elapsed().as_secs_f64(),
+            c.role(0),
+            c.role(1),
+            if vip.is_empty() { "nobody".into() } else { vip.join(",") },
+            acked,
+            rate
+        );
+    };
+    let mut last = (0, Instant::now());
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(500));
+        show(&c, &w, &mut last);
+    }
+    let fault_ms = w.now_ms();
+    println!("== power failure of esc-{} (every process killed, link cut)", p + 1);
+    c.inject(Fault::PowerFailure, p)?;
+    let t0 = Instant::now();
+    let mut took = None;
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(250));
+        show(&c, &w, &mut last);
+        if took.is_none() && c.role(s) == "PRIMARY" && c.vip_holders().contains(&s) {
+            took = Some(t0.elapsed());
+            println!("== esc-{} took over after {} ms", s + 1, t0.elapsed().as_millis());
+        }
+    }
+    println!("== esc-{} powers on again and rejoins as standby", p + 1);
+    c.heal(Fault::PowerFailure, p)?;
+    let ok = wait_for(READY, || c.ready() == Some(s));
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(500));
+        show(&c, &w, &mut last);
+    }
+    let history = w.finish();
+    let v = check(&c, &history, fault_ms)?;
+    println!("== verdict (the checker read both stores):");
+    println!("   acknowledged writes      {}", v.acknowledged);
+    println!("   missing on a node        {}", v.missing);
+    println!("   applied twice            {}", v.duplicates);
+    println!("   failed requests          {}", v.failed);
+    println!("   two writers at once      {}", v.two_writer_epochs);
+    println!("   identical copies         {}", v.identical_copies);
+    println!("   VIP on                   {:?}", v.vip_holders);
+    println!("   client-visible interruption {} ms (the original product: 2 to 5 minutes)", v.interruption_ms);
+    let pass = v.pass(false) && ok && took.is_some();
+    println!("== {}; removing the lab", if pass { "PASS" } else { "FAIL" });
+    Ok(pass)
+}
+
+fn up(bins: &Bins, witness: bool) -> anyhow::Result<bool> {
+    let c = Cluster::up("lu", bins.clone(), witness, None)?;
+    let p = c.wait_ready()?;
+    println!("up: esc-{} primary; homes:", p + 1);
+    for (i, n) in c.nodes.iter().enumerate() {
+        println!("  esc-{}: {} (namespace {})", i + 1, n.home.display(), c.lab.ns(&n.ns_host));
+    }
+    println!("Ctrl-C tears it down.");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.thread_block()?;
+    std::thread::spawn(move || {
+        let _ = signals.wait();
+        s2.store(true, Ordering::Relaxed);
+    });
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(2));
+        println!("  esc-1 {:<8} esc-2 {:<8} VIP on {:?}", c.role(0), c.role(1), c.vip_holders());
+    }
+    Ok(true)
+}
+
+/// Removes namespaces, processes and mounts a crashed lab left behind.
+fn down() -> anyhow::Result<bool> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        if !esc_lab::is_lab_namespace(ns) {
+            continue;
+        }
+        let pids = std::process::Command::new("ip").args(["netns", "pids", ns]).output()?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        removed += 1;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for m in mounts.lines().filter(|l| l.starts_with("esc-lab ")) {
+        if let Some(path) = m.split_whitespace().nth(1) {
+            let _ = std::process::Command::new("umount").args(["-l", path]).status();
+            removed += 1;
+        }
+    }
+    println!("down: removed {removed} namespace(s)/mount(s)");
+    Ok(true)
+}
