@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "The esc lab: an HA pair with a witness in network namespaces")]
+#[command(
+    version,
+    about = "The esc lab: an HA pair with a witness in network namespaces"
+)]
 struct Args {
     /// Directory holding escd and escadm.
     #[arg(long, default_value = "target/release", global = true)]
@@ -183,8 +186,17 @@ fn stats(mut v: Vec<u64>) -> (u64, u64, u64, u64) {
     (v[0], at(0.5), at(0.95), v[v.len() - 1])
 }
 
-fn bench(bins: &Bins, runs: usize, sizes: &[usize], faults: &[String], out: &PathBuf) -> anyhow::Result<bool> {
-    anyhow::ensure!(runs > 0 && !sizes.is_empty(), "--runs and --deployments must not be empty");
+fn bench(
+    bins: &Bins,
+    runs: usize,
+    sizes: &[usize],
+    faults: &[String],
+    out: &PathBuf,
+) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        runs > 0 && !sizes.is_empty(),
+        "--runs and --deployments must not be empty"
+    );
     let faults = faults_from(faults)?;
     let mut results = Vec::new();
     let mut table = Vec::new();
@@ -202,7 +214,12 @@ fn bench(bins: &Bins, runs: usize, sizes: &[usize], faults: &[String], out: &Pat
                     ..Options::default()
                 };
                 let o = scenario::run("lb", bins, f, &opts)?;
-                eprintln!("{} deployments={size} run {}/{runs}: {}", f.name(), r + 1, row(&o));
+                eprintln!(
+                    "{} deployments={size} run {}/{runs}: {}",
+                    f.name(),
+                    r + 1,
+                    row(&o)
+                );
                 ok.push(o.verdict.interruption_ms);
                 missing += o.verdict.missing;
                 dupes += o.verdict.duplicates;
@@ -250,9 +267,18 @@ fn cpu_load(n: usize, stop: Arc<AtomicBool>, until: Instant) -> Vec<std::thread:
         .collect()
 }
 
-fn chaos(bins: &Bins, seed: Option<u64>, minutes: u64, no_faults: bool, load: usize) -> anyhow::Result<bool> {
+fn chaos(
+    bins: &Bins,
+    seed: Option<u64>,
+    minutes: u64,
+    no_faults: bool,
+    load: usize,
+) -> anyhow::Result<bool> {
     let seed = seed.unwrap_or_else(|| rand::thread_rng().gen());
-    println!("chaos: seed {seed} (rerun with --seed {seed}), {minutes} min, faults {}", !no_faults);
+    println!(
+        "chaos: seed {seed} (rerun with --seed {seed}), {minutes} min, faults {}",
+        !no_faults
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut c = Cluster::up("lc", bins.clone(), true, None)?;
     let mut p = c.wait_ready()?;
@@ -273,7 +299,9 @@ fn chaos(bins: &Bins, seed: Option<u64>, minutes: u64, no_faults: bool, load: us
     let mut injected = 0;
     while Instant::now() < end {
         if no_faults {
-            std::thread::sleep(Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())));
+            std::thread::sleep(
+                Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())),
+            );
             continue;
         }
         let f = Fault::ALL[rng.gen_range(0..Fault::ALL.len())];
@@ -312,13 +340,22 @@ fn demo(bins: &Bins) -> anyhow::Result<bool> {
     let mut c = Cluster::up("ld", bins.clone(), true, None)?;
     let p = c.wait_ready()?;
     let s = 1 - p;
-    println!("== ready: esc-{} primary with the VIP {}, esc-{} standby in sync", p + 1, esc_lab::cluster::VIP, s + 1);
+    println!(
+        "== ready: esc-{} primary with the VIP {}, esc-{} standby in sync",
+        p + 1,
+        esc_lab::cluster::VIP,
+        s + 1
+    );
     let w = Workload::start(&c, 4, usize::MAX, "demo");
     let show = |c: &Cluster, w: &Workload, last: &mut (usize, Instant)| {
         let acked = w.acked();
         let rate = (acked - last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
         *last = (acked, Instant::now());
-        let vip: Vec<String> = c.vip_holders().iter().map(|i| format!("esc-{}", i + 1)).collect();
+        let vip: Vec<String> = c
+            .vip_holders()
+            .iter()
+            .map(|i| format!("esc-{}", i + 1))
+            .collect();
         println!(
             "  t={:>5.1}s  esc-1 {:<8} esc-2 {:<8} VIP on {:<12} writes acknowledged {:>6}  ({:>6.0}/s)",
             w.start.elapsed().as_secs_f64(),
@@ -335,7 +372,10 @@ fn demo(bins: &Bins) -> anyhow::Result<bool> {
         show(&c, &w, &mut last);
     }
     let fault_ms = w.now_ms();
-    println!("== power failure of esc-{} (every process killed, link cut)", p + 1);
+    println!(
+        "== power failure of esc-{} (every process killed, link cut)",
+        p + 1
+    );
     c.inject(Fault::PowerFailure, p)?;
     let t0 = Instant::now();
     let mut took = None;
@@ -344,7 +384,11 @@ fn demo(bins: &Bins) -> anyhow::Result<bool> {
         show(&c, &w, &mut last);
         if took.is_none() && c.role(s) == "PRIMARY" && c.vip_holders().contains(&s) {
             took = Some(t0.elapsed());
-            println!("== esc-{} took over after {} ms", s + 1, t0.elapsed().as_millis());
+            println!(
+                "== esc-{} took over after {} ms",
+                s + 1,
+                t0.elapsed().as_millis()
+            );
         }
     }
     println!("== esc-{} powers on again and rejoins as standby", p + 1);
@@ -364,9 +408,15 @@ fn demo(bins: &Bins) -> anyhow::Result<bool> {
     println!("   two writers at once      {}", v.two_writer_epochs);
     println!("   identical copies         {}", v.identical_copies);
     println!("   VIP on                   {:?}", v.vip_holders);
-    println!("   client-visible interruption {} ms (the original product: 2 to 5 minutes)", v.interruption_ms);
+    println!(
+        "   client-visible interruption {} ms (the original product: 2 to 5 minutes)",
+        v.interruption_ms
+    );
     let pass = v.pass(false) && ok && took.is_some();
-    println!("== {}; removing the lab", if pass { "PASS" } else { "FAIL" });
+    println!(
+        "== {}; removing the lab",
+        if pass { "PASS" } else { "FAIL" }
+    );
     Ok(pass)
 }
 
@@ -375,7 +425,12 @@ fn up(bins: &Bins, witness: bool) -> anyhow::Result<bool> {
     let p = c.wait_ready()?;
     println!("up: esc-{} primary; homes:", p + 1);
     for (i, n) in c.nodes.iter().enumerate() {
-        println!("  esc-{}: {} (namespace {})", i + 1, n.home.display(), c.lab.ns(&n.ns_host));
+        println!(
+            "  esc-{}: {} (namespace {})",
+            i + 1,
+            n.home.display(),
+            c.lab.ns(&n.ns_host)
+        );
     }
     println!("Ctrl-C tears it down.");
     let stop = Arc::new(AtomicBool::new(false));
@@ -390,33 +445,49 @@ fn up(bins: &Bins, witness: bool) -> anyhow::Result<bool> {
     });
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_secs(2));
-        println!("  esc-1 {:<8} esc-2 {:<8} VIP on {:?}", c.role(0), c.role(1), c.vip_holders());
+        println!(
+            "  esc-1 {:<8} esc-2 {:<8} VIP on {:?}",
+            c.role(0),
+            c.role(1),
+            c.vip_holders()
+        );
     }
     Ok(true)
 }
 
 /// Removes namespaces, processes and mounts a crashed lab left behind.
 fn down() -> anyhow::Result<bool> {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
     let mut removed = 0;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let ns = line.split_whitespace().next().unwrap_or("");
         if !esc_lab::is_lab_namespace(ns) {
             continue;
         }
-        let pids = std::process::Command::new("ip").args(["netns", "pids", ns]).output()?;
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()?;
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
-        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .status();
         removed += 1;
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for m in mounts.lines().filter(|l| l.starts_with("esc-lab ")) {
         if let Some(path) = m.split_whitespace().nth(1) {
-            let _ = std::process::Command::new("umount").args(["-l", path]).status();
+            let _ = std::process::Command::new("umount")
+                .args(["-l", path])
+                .status();
             removed += 1;
         }
     }

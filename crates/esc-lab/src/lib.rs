@@ -48,7 +48,10 @@ pub fn is_lab_namespace(name: &str) -> bool {
                 && rest.chars().next().is_some_and(|c| c.is_ascii_digit())
                 && ["sw", "esc1", "esc2", "witness", "client", "ka", "n1", "n2"]
                     .iter()
-                    .any(|h| rest.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with(h))
+                    .any(|h| {
+                        rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                            .starts_with(h)
+                    })
         })
 }
 

@@ -846,7 +846,10 @@ mod tests {
             ),
         ];
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let stores: Vec<Store> = dirs.iter().map(|d| Store::open(d.path()).unwrap()).collect();
+        let stores: Vec<Store> = dirs
+            .iter()
+            .map(|d| Store::open(d.path()).unwrap())
+            .collect();
         let mut outcomes = Vec::new();
         // One node applies the whole log at once, the other entry by entry.
         let r = stores[0]
@@ -881,8 +884,14 @@ mod tests {
         }
         assert_eq!(o[2].1, o[0].1, "a resend gets the first outcome");
         for s in &stores {
-            assert!(s.deployment("a").unwrap().is_some(), "the delete did nothing");
-            assert!(s.deployment("b").unwrap().is_none(), "the create did nothing");
+            assert!(
+                s.deployment("a").unwrap().is_some(),
+                "the delete did nothing"
+            );
+            assert!(
+                s.deployment("b").unwrap().is_none(),
+                "the create did nothing"
+            );
             let (fp, first) = s.idempotency("k").unwrap().unwrap();
             assert_eq!((fp.as_str(), first), ("fp-a", o[0].1.clone()));
         }
