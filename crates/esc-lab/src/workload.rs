@@ -58,7 +58,7 @@ impl Workload {
             rt.block_on(async move {
                 let Ok(client) = reqwest::Client::builder()
                     .connect_timeout(Duration::from_millis(300))
-                    .timeout(Duration::from_millis(1_000))
+                    .timeout(Duration::from_millis(500))
                     .pool_max_idle_per_host(0)
                     .build()
                 else {
@@ -311,7 +311,15 @@ pub fn check(c: &Cluster, history: &[Rec], fault_ms: u64) -> anyhow::Result<Verd
             .into_iter()
             .map(|i| format!("esc-{}", i + 1))
             .collect(),
-        primary: c.ready().map(|p| format!("esc-{}", p + 1)),
+        primary: {
+            // Sampled until ready: a standby may be finishing its catch-up.
+            let mut p = None;
+            crate::cluster::wait_for(crate::cluster::READY, || {
+                p = c.ready();
+                p.is_some()
+            });
+            p.map(|p| format!("esc-{}", p + 1))
+        },
         interruption_ms,
         epochs,
     })

@@ -75,9 +75,10 @@ pub struct ConnTx {
 }
 
 impl ConnTx {
-    /// Closes the link: nothing more is accepted; the writer sends what is
-    /// already queued (for at most [`CLOSE_DRAIN`]) and ends; the reader
-    /// ends at once and reports [`NetEvent::Down`] (unless aborted).
+    /// Closes the link: the writer sends what is already queued and ends,
+    /// [`CLOSE_DRAIN`] at the latest (a peer that stopped reading cannot
+    /// hold it), after which every send fails; the reader ends at once and
+    /// reports [`NetEvent::Down`] (unless it was aborted).
     pub fn close(&self) {
         self.close.send_replace(true);
     }
@@ -651,5 +652,128 @@ pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
         // Bounded exponential backoff between attempts (not synchronization).
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esc_wire::Table;
+
+    /// An authenticated link (server side run by `spawn_conn`) and the
+    /// client's socket, with the MAC of the frames the server sends.
+    async fn link() -> (mpsc::Receiver<NetEvent>, ConnTx, TcpStream, FrameMac) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let (events, mut rx) = mpsc::channel(64);
+        let ctx = NetCtx {
+            node_name: "a".into(),
+            secret: Arc::new(vec![1; 32]),
+            counters: Arc::default(),
+            events,
+            role: watch::channel(Role::Primary).1,
+            position: watch::channel(Position::default()).1,
+            next_conn: Arc::default(),
+        };
+        let key = [1u8; 32];
+        spawn_conn(
+            &ctx,
+            server,
+            FrameMac::new(key),
+            FrameMac::new([2; 32]),
+            "b".into(),
+            peer,
+        )
+        .await;
+        let Some(NetEvent::Up { tx, .. }) = rx.recv().await else {
+            panic!("expected Up")
+        };
+        (rx, tx, client, FrameMac::new(key))
+    }
+
+    fn status(i: u64) -> Message {
+        Message::Status {
+            epoch: i,
+            last_index: i,
+            last_epoch: i,
+            applied_index: i,
+        }
+    }
+
+    async fn down(events: &mut mpsc::Receiver<NetEvent>) -> String {
+        match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+            Ok(Some(NetEvent::Down { reason, .. })) => reason,
+            other => panic!("expected Down, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn close_sends_what_was_queued_then_ends_the_link() {
+        let (mut events, tx, mut client, mut mac) = link().await;
+        let clone = tx.clone();
+        for i in 0..3 {
+            tx.try_send(status(i)).unwrap();
+        }
+        tx.close();
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            let m = read_frame(&mut client, &mut buf, Some(&mut mac)).await;
+            assert_eq!(m.unwrap(), Some(status(i)), "queued before the close");
+        }
+        assert!(
+            read_frame(&mut client, &mut buf, Some(&mut mac))
+                .await
+                .unwrap()
+                .is_none(),
+            "then the connection ends"
+        );
+        assert_eq!(down(&mut events).await, "link closed by this node");
+        assert!(clone.try_send(status(9)).is_err(), "a clone sends no more");
+    }
+
+    #[tokio::test]
+    async fn a_closed_link_ends_even_when_the_peer_stops_reading_and_a_clone_lives() {
+        let (mut events, tx, mut client, _) = link().await;
+        // Far more than the socket buffers hold: the writer gets stuck.
+        let chunk = Message::SnapshotChunk {
+            items: vec![SnapshotItem {
+                table: Table::Deployments,
+                key: "k".into(),
+                value: vec![0; 64 * 1024],
+            }],
+        };
+        let frames = 400;
+        for _ in 0..frames {
+            tx.try_send(chunk.clone()).unwrap();
+        }
+        let clone = tx.clone();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.close();
+        drop(tx);
+        assert_eq!(down(&mut events).await, "link closed by this node");
+        // The writer gives up after CLOSE_DRAIN (the peer still does not
+        // read): the clone's sends fail, and the peer, reading now, meets
+        // the end of the stream long before everything was sent.
+        tokio::time::sleep(CLOSE_DRAIN + Duration::from_millis(500)).await;
+        assert!(matches!(
+            clone.try_send(status(0)),
+            Err(mpsc::error::TrySendError::Closed(_))
+        ));
+        let mut got = 0usize;
+        let mut b = vec![0u8; 1 << 16];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), client.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got += n,
+                Err(_) => panic!("the connection stays open"),
+            }
+        }
+        assert!(
+            got < frames * 64 * 1024,
+            "stopped before sending everything ({got} bytes)"
+        );
     }
 }

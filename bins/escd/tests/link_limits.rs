@@ -1,0 +1,375 @@
+//! What an unauthenticated or misbehaving client can hold on a node:
+//! - silent connections to the replication port lose their handshake slot
+//!   within the hello deadline, and one host holds at most a few, so the
+//!   real peer still gets in while they keep coming;
+//! - a replication link the node closes is closed for good, even while its
+//!   writer is stuck on a peer that stopped reading and a snapshot stream
+//!   still holds its queue;
+//! - the API checks credentials before it reads a request body.
+
+mod common;
+
+use common::*;
+use esc_wire::msg::PROTOCOL_VERSION;
+use esc_wire::{FrameHeader, FrameMac, Handshake, Message, HEADER_LEN};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A TCP connection to `to` from the local address `from` (any 127/8
+/// address is local on Linux: each stands for another host).
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((from, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+/// Waits (at most `limit`) for the peer to close `s`; returns how long it took.
+fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+/// Whether the peer closed `s` (non-blocking check).
+fn is_closed(s: &TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let mut b = [0u8; 256];
+    let mut r = s;
+    match r.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn silent_connections_cannot_keep_the_peer_out() {
+    let mut a = NodeSpec::new("esc-1", "127.0.0.1", "primary");
+    let mut b = NodeSpec::new("esc-2", "127.0.0.2", "standby");
+    a.peer = Some(b.repl);
+    b.peer = Some(a.repl);
+    let a = Node::start(a);
+    wait_until(Duration::from_secs(10), "primary", || {
+        a.status()["role"] == "primary"
+    });
+    let repl = a.spec.repl;
+
+    // One host, six silent connections: two get a handshake slot (and lose
+    // it at the hello deadline), the others are closed at once.
+    let host = Ipv4Addr::new(127, 0, 0, 3);
+    let conns: Vec<TcpStream> = (0..6).map(|_| connect_from(host, repl).unwrap()).collect();
+    let waits: Vec<_> = conns
+        .into_iter()
+        .map(|s| std::thread::spawn(move || time_to_close(s, Duration::from_secs(4))))
+        .collect();
+    let mut times: Vec<Duration> = waits
+        .into_iter()
+        .map(|w| {
+            w.join()
+                .unwrap()
+                .expect("every silent connection is closed")
+        })
+        .collect();
+    times.sort();
+    assert!(
+        times[3] < Duration::from_millis(700),
+        "four of six are closed at once: {times:?}"
+    );
+    assert!(
+        times[5] < Duration::from_secs(3),
+        "the hello deadline ends the others: {times:?}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "refusals and timeouts counted",
+        || counter(&a, "handshakes_refused") >= 4 && counter(&a, "handshake_failures") >= 2,
+    );
+
+    // A flood of silent connections from four hosts, reopened as soon as
+    // they are closed: without the per-host cap they would hold all 16
+    // slots, and for 5 s each without the hello deadline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (3..7u8)
+        .map(|h| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let from = Ipv4Addr::new(127, 0, 0, h);
+                let mut held: Vec<Option<TcpStream>> = (0..6).map(|_| None).collect();
+                let mut opened = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for slot in held.iter_mut() {
+                        if slot.as_ref().is_none_or(is_closed) {
+                            *slot = connect_from(from, repl).ok();
+                            opened += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened
+            })
+        })
+        .collect();
+    let refused_before = counter(&a, "handshakes_refused");
+    let _b = Node::start(b);
+    wait_until(
+        Duration::from_secs(20),
+        "the standby syncs despite the flood",
+        || {
+            let s = a.status();
+            s["role"] == "primary" && s["replication"]["peer"]["in_sync"] == true
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let opened: u64 = attackers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(opened > 24, "the flood ran ({opened} connections)");
+    assert!(
+        counter(&a, "handshakes_refused") > refused_before,
+        "the flood was refused and counted"
+    );
+}
+
+fn read_frame(s: &mut TcpStream) -> Message {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).unwrap();
+    let h = FrameHeader::parse(&head).unwrap();
+    let mut buf = head.to_vec();
+    buf.resize(h.frame_len(), 0);
+    s.read_exact(&mut buf[HEADER_LEN..]).unwrap();
+    esc_wire::decode(&buf, None).unwrap().0
+}
+
+/// Authenticates like a follower; returns the stream and the MAC state for
+/// frames we send.
+fn authenticate(addr: SocketAddr) -> (TcpStream, FrameMac) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let client_nonce = [7u8; 32];
+    s.write_all(&esc_wire::encode(
+        &Message::ClientHello {
+            protocol: PROTOCOL_VERSION,
+            node_name: "esc-2".into(),
+            nonce: client_nonce,
+        },
+        None,
+    ))
+    .unwrap();
+    let Message::ServerChallenge { nonce, .. } = read_frame(&mut s) else {
+        panic!("expected a challenge")
+    };
+    let hs = Handshake {
+        secret: SECRET.as_bytes(),
+        client_nonce,
+        server_nonce: nonce,
+    };
+    s.write_all(&esc_wire::encode(
+        &Message::ClientProof {
+            proof: hs.client_proof("esc-2"),
+        },
+        None,
+    ))
+    .unwrap();
+    assert_eq!(read_frame(&mut s), Message::AuthOk);
+    (s, hs.session().0)
+}
+
+/// The kernel's view of the TCP socket `local` -> `remote` (IPv4), while
+/// it exists: its inode (0 once no process holds it: closed by the
+/// application, the kernel still sending what was queued) and its receive
+/// queue in bytes.
+fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v.ip().octets()),
+            v.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("IPv4 only"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+            return None;
+        }
+        let inode = f.get(9).and_then(|i| i.parse().ok()).unwrap_or(0);
+        let rx_queue = f
+            .get(4)
+            .and_then(|q| q.split(':').nth(1))
+            .and_then(|q| u64::from_str_radix(q, 16).ok())
+            .unwrap_or(0);
+        Some((inode, rx_queue))
+    })
+}
+
+#[test]
+fn a_closed_link_is_closed_while_a_snapshot_streams_to_a_stuck_peer() {
+    let mut spec = NodeSpec::new("esc-1", "127.0.0.1", "primary");
+    spec.peer = Some(free_addr("127.0.0.2"));
+    spec.snapshot_every_entries = 10;
+    spec.log_retain_entries = 2;
+    let a = Node::start(spec);
+    wait_until(Duration::from_secs(10), "primary", || {
+        a.status()["role"] == "primary"
+    });
+    // A snapshot of ~21 MB: far more than the socket buffers of both ends hold.
+    let rt = rt();
+    let c = client();
+    let pad = "x".repeat(700_000);
+    for i in 0..30 {
+        let code = rt.block_on(async {
+            c.post(a.url("/v0/deployments"))
+                .basic_auth("admin", Some(PASSWORD))
+                .json(&serde_json::json!({ "name": format!("d{i}"), "pad": pad }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert_eq!(code, 201);
+    }
+    wait_until(Duration::from_secs(10), "log compacted", || {
+        a.status()["store"]["snapshot_index"].as_u64() > Some(0)
+    });
+    let repl = a.spec.repl;
+
+    // A follower with an empty log gets the snapshot, and stops reading.
+    let (mut stuck, mut mac) = authenticate(repl);
+    let stuck_addr = stuck.local_addr().unwrap();
+    stuck
+        .write_all(&esc_wire::encode(
+            &Message::Status {
+                epoch: 0,
+                last_index: 0,
+                last_epoch: 0,
+                applied_index: 0,
+            },
+            Some(&mut mac),
+        ))
+        .unwrap();
+    // Our receive window is full (it does not grow while we do not read):
+    // the writer is stuck on us with most of the snapshot still to send.
+    wait_until(Duration::from_secs(10), "the snapshot stream stuck", || {
+        tcp_socket(stuck_addr, repl).is_some_and(|(_, rx)| rx > 100_000)
+    });
+    assert!(
+        tcp_socket(repl, stuck_addr).is_some_and(|(inode, _)| inode != 0),
+        "the primary holds the link"
+    );
+
+    // A new follower connection replaces it: the primary closes the old
+    // link, and its socket is released within the drain bound, although
+    // its writer is stuck on a full socket and the snapshot stream holds
+    // a sender of its queue.
+    let (_fresh, _) = authenticate(repl);
+    wait_until(
+        Duration::from_secs(5),
+        "the replaced link's socket is released",
+        || tcp_socket(repl, stuck_addr).is_none_or(|(inode, _)| inode == 0),
+    );
+    assert!(a
+        .log_text("escadm.log")
+        .contains("replaced by a new follower connection"));
+    assert_eq!(a.status()["role"], "primary");
+    drop(stuck);
+}
+
+#[test]
+fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
+    let a = Node::start(NodeSpec::new("esc-1", "127.0.0.1", "primary"));
+    wait_until(Duration::from_secs(10), "primary", || {
+        a.status()["role"] == "primary"
+    });
+    // A body announced and never sent: the answer cannot wait for it.
+    let mut s = TcpStream::connect(a.spec.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(
+        b"POST /v0/deployments HTTP/1.1\r\nHost: esc\r\nContent-Type: application/json\r\n\
+          Content-Length: 500000\r\n\r\n{\"name\":",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+            Err(e) => panic!("no answer before the body ({e}): the body was awaited"),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("www-authenticate: basic"), "{head}");
+    assert!(head.contains("esc-transaction-id:"), "{head}");
+
+    // With credentials, bodies are read as before: the size bound holds
+    // and a valid one is written.
+    let rt = rt();
+    // No pooled connections: the node may close one after refusing a body.
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let post = |body: String| {
+        rt.block_on(async {
+            c.post(a.url("/v0/deployments"))
+                .basic_auth("admin", Some(PASSWORD))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let big = format!(r#"{{"name":"big","pad":"{}"}}"#, "x".repeat(2 << 20));
+    // The node answers 413 as soon as the declared length is over the
+    // bound and may close before the client has sent it all: either is a
+    // refusal.
+    let big_status = rt.block_on(async {
+        c.post(a.url("/v0/deployments"))
+            .basic_auth("admin", Some(PASSWORD))
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert!(
+        matches!(big_status, Ok(413)) || big_status.is_err(),
+        "an oversized body must be refused: {big_status:?}"
+    );
+
+    assert_eq!(post(r#"{"name":"ok"}"#.into()), 201);
+    assert_eq!(post("not json".into()), 400);
+    let unauth = rt.block_on(async {
+        c.delete(a.url("/v0/deployments/ok"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(unauth, 401);
+}
