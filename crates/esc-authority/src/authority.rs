@@ -29,6 +29,10 @@ use serde::Serialize;
 
 /// Priority the primary advertises (below 255, the address owner's).
 pub const PRIMARY_PRIORITY: u8 = 254;
+/// Longest a handing-over primary keeps the VIP while the new primary
+/// takes over (it answers 503 meanwhile; clients resend).
+pub const VIP_HOLD_MS: u64 = 1_000;
+
 /// How long a promotion request may wait for the witness's answer before
 /// it is sent again (the witness client's reply deadline).
 pub const GRANT_ANSWER_MS: u64 = 1_000;
@@ -305,6 +309,9 @@ pub struct Authority {
     term: Option<u64>,
     /// A promotion request awaits the witness's answer.
     grant_in_flight: bool,
+    /// After a handover: keep the VIP until then, or until more primary
+    /// adverts than this count were heard.
+    vip_hold: Option<(u64, u64)>,
     /// When this node handed its role over (switchover): it does not take
     /// it back on its own for `switchover_timeout_ms`, while the peer takes
     /// over.
@@ -355,6 +362,7 @@ impl Authority {
             grant_in_flight: false,
             refused_at_ms: None,
             handed_over_at_ms: None,
+            vip_hold: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
             renew_sent_ms: None,
@@ -519,6 +527,7 @@ impl Authority {
             self.clear_pending = false;
         }
         if to != Role::Standby {
+            self.vip_hold = None;
             self.grant_sent_ms = None;
             self.forced_grant = false;
         }
@@ -535,7 +544,13 @@ impl Authority {
         // switchover drains or the node stops.
         let repl_primary = self.repl.as_ref().is_some_and(|r| r.primary);
         let admission = primary && repl_primary && self.switching.is_none() && !self.stopping;
-        let vip = primary && !self.stopped;
+        // After a handover, the VIP stays until the new primary's first
+        // advert is heard (or `VIP_HOLD_MS` passes).
+        let holding = self.role == Role::Standby
+            && self.vip_hold.is_some_and(|(until, adverts)| {
+                self.now_ms < until && self.vrrp.map_or(0, |v| v.primary_adverts) <= adverts
+            });
+        let vip = (primary || holding) && !self.stopped;
         let contend = !self.stopped
             && match self.role {
                 Role::Primary => true,
@@ -1054,6 +1069,13 @@ impl Authority {
                         ),
                     });
                 }
+                // Keep the VIP (answering 503) until the new primary
+                // advertises, so no request falls into a gap where nobody
+                // holds it (a planned handover loses no time to ARP).
+                self.vip_hold = Some((
+                    now + VIP_HOLD_MS,
+                    self.vrrp.map_or(0, |v| v.primary_adverts),
+                ));
                 self.step_down("switchover: handed over to the standby".into(), out);
                 self.handed_over_at_ms = Some(now);
                 if s.then_stop {

@@ -2,6 +2,7 @@
 
 use esc_authority::authority::{
     Config, Input, Output, ReplView, Role, StateWord, VrrpState, VrrpView, PRIMARY_PRIORITY,
+    VIP_HOLD_MS,
 };
 use esc_authority::{Authority, WitnessReply, WitnessRequest};
 
@@ -330,8 +331,34 @@ fn switchover_drains_then_hands_over_and_answers() {
         }
     ));
     assert!(out.contains(&Output::ToWitness(WitnessRequest::Release { epoch: 1 })));
-    assert!(out.contains(&Output::Vip(false)));
     assert_eq!(a.role(), Role::Standby);
+    // The VIP stays (writes get 503) until the new primary advertises ...
+    assert!(!out.contains(&Output::Vip(false)), "{out:?}");
+    assert!(out.contains(&Output::Admission(false)) || !a.admits_writes());
+    let out = a.handle(
+        80,
+        Input::Vrrp(VrrpView {
+            state: VrrpState::Backup,
+            master_priority: Some(PRIMARY_PRIORITY),
+            primary_adverts: 1,
+        }),
+    );
+    // ... then it goes at once.
+    assert!(out.contains(&Output::Vip(false)), "{out:?}");
+}
+
+#[test]
+fn a_handing_over_primary_drops_the_vip_after_the_hold_at_the_latest() {
+    let mut a = witness_primary();
+    a.handle(10, Input::Repl(primary_view(true, false)));
+    // Drained already: the handover happens at once, at 20.
+    let out = a.handle(20, Input::Switchover { id: 1 });
+    assert!(out.contains(&Output::Handover), "{out:?}");
+    assert!(!out.contains(&Output::Vip(false)), "{out:?}");
+    let out = a.handle(20 + VIP_HOLD_MS - 1, Input::Tick);
+    assert!(!out.contains(&Output::Vip(false)), "{out:?}");
+    let out = a.handle(20 + VIP_HOLD_MS, Input::Tick);
+    assert!(out.contains(&Output::Vip(false)), "{out:?}");
 }
 
 #[test]
