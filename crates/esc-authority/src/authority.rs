@@ -544,13 +544,7 @@ impl Authority {
         // switchover drains or the node stops.
         let repl_primary = self.repl.as_ref().is_some_and(|r| r.primary);
         let admission = primary && repl_primary && self.switching.is_none() && !self.stopping;
-        // After a handover, the VIP stays until the new primary's first
-        // advert is heard (or `VIP_HOLD_MS` passes).
-        let holding = self.role == Role::Standby
-            && self.vip_hold.is_some_and(|(until, adverts)| {
-                self.now_ms < until && self.vrrp.map_or(0, |v| v.primary_adverts) <= adverts
-            });
-        let vip = (primary || holding) && !self.stopped;
+        let vip = (primary || self.holding_vip()) && !self.stopped;
         let contend = !self.stopped
             && match self.role {
                 Role::Primary => true,
@@ -590,6 +584,15 @@ impl Authority {
             self.vip = true;
             out.push(Output::Vip(true));
         }
+    }
+
+    /// After a handover, the VIP stays until the new primary's first advert
+    /// is heard (or `VIP_HOLD_MS` passes).
+    fn holding_vip(&self) -> bool {
+        self.role == Role::Standby
+            && self.vip_hold.is_some_and(|(until, adverts)| {
+                self.now_ms < until && self.vrrp.map_or(0, |v| v.primary_adverts) <= adverts
+            })
     }
 
     /// Whether this standby could take over safely if the primary went
@@ -925,6 +928,12 @@ impl Authority {
         if self.stopping && !self.stopped && self.switching.is_none() {
             if self.role == Role::Primary {
                 self.step_down("graceful stop".into(), out);
+            }
+            if self.holding_vip() {
+                // Handed over: stop once the new primary advertises (the
+                // VIP then moves without a gap), `VIP_HOLD_MS` at most.
+                self.sync_commands(out);
+                return;
             }
             self.stopped = true;
             out.push(Output::StateFile(StateWord::Stop));
