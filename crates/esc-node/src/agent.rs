@@ -210,6 +210,8 @@ struct Agent {
     next_id: u64,
     health_failures: u32,
     last_health_error: Option<String>,
+    /// The VRRP view the authority last heard.
+    vrrp_fed: Option<esc_authority::VrrpView>,
 }
 
 async fn run(
@@ -244,6 +246,7 @@ async fn run(
         next_id: 0,
         health_failures: 0,
         last_health_error: None,
+        vrrp_fed: None,
     };
     if let Some(sp) = a.speaker.as_mut() {
         // A pair's speaker waits for the authority's word to contend; a
@@ -278,21 +281,18 @@ async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if let Some(sp) = a.speaker.as_mut() {
-                    if sp.input(esc_vrrp::fsm::Input::Tick).await {
-                        let v = sp.view();
-                        a.feed(Input::Vrrp(v)).await;
-                    }
+                    sp.input(esc_vrrp::fsm::Input::Tick).await;
                 }
+                a.vrrp_news().await;
             }
             Some(input) = recv_vrrp(&mut a.speaker, &mut buf) => {
                 if let Some(sp) = a.speaker.as_mut() {
-                    let before = sp.view();
-                    let changed = sp.input(input).await;
-                    let after = sp.view();
-                    if changed || before != after {
-                        a.feed(Input::Vrrp(after)).await;
-                    }
+                    sp.input(input).await;
                 }
+                // Compared with what the authority last heard, not with the
+                // view before `input`: receiving (validation) already counts
+                // primary adverts.
+                a.vrrp_news().await;
             }
             Some(cmd) = cmds.recv() => a.on_cmd(cmd).await,
             Some(d) = wreply_rx.recv() => {
@@ -372,6 +372,17 @@ impl Agent {
         }
     }
 
+    /// Tells the authority of a VRRP change it has not heard yet (state,
+    /// master priority, primary adverts counted).
+    async fn vrrp_news(&mut self) {
+        if let Some(v) = self.speaker.as_ref().map(Speaker::view) {
+            if self.vrrp_fed != Some(v) {
+                self.vrrp_fed = Some(v);
+                self.feed(Input::Vrrp(v)).await;
+            }
+        }
+    }
+
     async fn on_health(&mut self, h: Result<(), String>) {
         match h {
             Ok(()) => {
@@ -445,14 +456,13 @@ impl Agent {
             let Some(i) = input.take() else { break };
             let now = self.now_ms();
             let outputs = self.auth.handle(now, i);
-            let before = self.speaker.as_ref().map(Speaker::view);
             for o in outputs {
                 self.perform(o).await;
             }
-            let after = self.speaker.as_ref().map(Speaker::view);
-            if let (Some(b), Some(a)) = (before, after) {
-                if a != b {
-                    input = Some(Input::Vrrp(a));
+            if let Some(v) = self.speaker.as_ref().map(Speaker::view) {
+                if self.vrrp_fed != Some(v) {
+                    self.vrrp_fed = Some(v);
+                    input = Some(Input::Vrrp(v));
                 }
             }
         }
