@@ -24,22 +24,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn bins() -> Bins {
-    let dir = Path::new(env!("CARGO_BIN_EXE_escd"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Bins::in_dir(&dir)
+    Bins::beside(Path::new(env!("CARGO_BIN_EXE_escd")))
         .expect("build escadm first: scripts/test.sh does (cargo build --workspace --bins)")
 }
 
 /// The lab cluster in witness mode, or None (skipped) without root.
 fn cluster(tag: &str, volume_mib: Option<u64>) -> Option<Guard> {
-    if !nix::unistd::Uid::effective().is_root() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must run the netns tests as root"
-        );
-        eprintln!("skipped: network namespace tests need root");
+    if !esc_lab::allowed() {
         return None;
     }
     Some(Guard(

@@ -4,56 +4,12 @@
 
 mod common;
 
+use common::follower::authenticate;
 use common::*;
-use esc_wire::msg::PROTOCOL_VERSION;
-use esc_wire::{FrameHeader, FrameMac, Handshake, Message, HEADER_LEN};
+use esc_wire::{FrameMac, Message, HEADER_LEN};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
-
-fn read_frame(s: &mut TcpStream) -> Message {
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head).unwrap();
-    let h = FrameHeader::parse(&head).unwrap();
-    let mut buf = head.to_vec();
-    buf.resize(h.frame_len(), 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).unwrap();
-    esc_wire::decode(&buf, None).unwrap().0
-}
-
-/// Authenticates like a follower with `secret`; returns the stream and the
-/// MAC state for frames we send.
-fn authenticate(addr: SocketAddr, secret: &str) -> (TcpStream, FrameMac) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let client_nonce = [7u8; 32];
-    s.write_all(&esc_wire::encode(
-        &Message::ClientHello {
-            protocol: PROTOCOL_VERSION,
-            node_name: "prober".into(),
-            nonce: client_nonce,
-        },
-        None,
-    ))
-    .unwrap();
-    let Message::ServerChallenge { nonce, .. } = read_frame(&mut s) else {
-        panic!("expected a challenge")
-    };
-    let hs = Handshake {
-        secret: secret.as_bytes(),
-        client_nonce,
-        server_nonce: nonce,
-    };
-    s.write_all(&esc_wire::encode(
-        &Message::ClientProof {
-            proof: hs.client_proof("prober"),
-        },
-        None,
-    ))
-    .unwrap();
-    assert_eq!(read_frame(&mut s), Message::AuthOk);
-    (s, hs.session().0)
-}
 
 /// The peer closes the connection: a read returns EOF or an error.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
@@ -129,7 +85,7 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
     drop(intruder);
 
     // 2. A corrupted frame after a valid handshake: checksum.
-    let (mut s, mut mac) = authenticate(repl, SECRET);
+    let (mut s, mut mac) = authenticate(repl, SECRET, "prober");
     let mut f = status_frame(&mut mac);
     let mid = HEADER_LEN + 3;
     f[mid] ^= 0x40;
@@ -140,7 +96,7 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
     });
 
     // 3. A truncated frame: half of it, then the connection ends.
-    let (mut s, mut mac) = authenticate(repl, SECRET);
+    let (mut s, mut mac) = authenticate(repl, SECRET, "prober");
     let f = status_frame(&mut mac);
     s.write_all(&f[..f.len() / 2]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -150,7 +106,7 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
     });
 
     // 4. A frame with a valid checksum but a forged MAC.
-    let (mut s, _) = authenticate(repl, SECRET);
+    let (mut s, _) = authenticate(repl, SECRET, "prober");
     let f = status_frame(&mut FrameMac::new([9; 32]));
     s.write_all(&f).unwrap();
     assert!(closed_by_peer(&mut s));

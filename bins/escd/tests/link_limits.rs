@@ -9,9 +9,9 @@
 
 mod common;
 
+use common::follower::authenticate;
 use common::*;
-use esc_wire::msg::PROTOCOL_VERSION;
-use esc_wire::{FrameHeader, FrameMac, Handshake, Message, HEADER_LEN};
+use esc_wire::Message;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,50 +147,6 @@ fn silent_connections_cannot_keep_the_peer_out() {
     );
 }
 
-fn read_frame(s: &mut TcpStream) -> Message {
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head).unwrap();
-    let h = FrameHeader::parse(&head).unwrap();
-    let mut buf = head.to_vec();
-    buf.resize(h.frame_len(), 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).unwrap();
-    esc_wire::decode(&buf, None).unwrap().0
-}
-
-/// Authenticates like a follower; returns the stream and the MAC state for
-/// frames we send.
-fn authenticate(addr: SocketAddr) -> (TcpStream, FrameMac) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let client_nonce = [7u8; 32];
-    s.write_all(&esc_wire::encode(
-        &Message::ClientHello {
-            protocol: PROTOCOL_VERSION,
-            node_name: "esc-2".into(),
-            nonce: client_nonce,
-        },
-        None,
-    ))
-    .unwrap();
-    let Message::ServerChallenge { nonce, .. } = read_frame(&mut s) else {
-        panic!("expected a challenge")
-    };
-    let hs = Handshake {
-        secret: SECRET.as_bytes(),
-        client_nonce,
-        server_nonce: nonce,
-    };
-    s.write_all(&esc_wire::encode(
-        &Message::ClientProof {
-            proof: hs.client_proof("esc-2"),
-        },
-        None,
-    ))
-    .unwrap();
-    assert_eq!(read_frame(&mut s), Message::AuthOk);
-    (s, hs.session().0)
-}
-
 /// The kernel's view of the TCP socket `local` -> `remote` (IPv4), while
 /// it exists: its inode (0 once no process holds it: closed by the
 /// application, the kernel still sending what was queued) and its receive
@@ -253,7 +209,7 @@ fn a_closed_link_is_closed_while_a_snapshot_streams_to_a_stuck_peer() {
     let repl = a.spec.repl;
 
     // A follower with an empty log gets the snapshot, and stops reading.
-    let (mut stuck, mut mac) = authenticate(repl);
+    let (mut stuck, mut mac) = authenticate(repl, SECRET, "esc-2");
     let stuck_addr = stuck.local_addr().unwrap();
     stuck
         .write_all(&esc_wire::encode(
@@ -280,7 +236,7 @@ fn a_closed_link_is_closed_while_a_snapshot_streams_to_a_stuck_peer() {
     // link, and its socket is released within the drain bound, although
     // its writer is stuck on a full socket and the snapshot stream holds
     // a sender of its queue.
-    let (_fresh, _) = authenticate(repl);
+    let (_fresh, _) = authenticate(repl, SECRET, "esc-2");
     wait_until(
         Duration::from_secs(5),
         "the replaced link's socket is released",

@@ -33,6 +33,11 @@ pub struct Bins {
 }
 
 impl Bins {
+    /// The binaries next to `exe` (a test's `CARGO_BIN_EXE_escd`).
+    pub fn beside(exe: &Path) -> anyhow::Result<Bins> {
+        Bins::in_dir(exe.parent().unwrap_or(Path::new(".")))
+    }
+
     /// `dir/escd` and `dir/escadm`, checked to exist.
     pub fn in_dir(dir: &Path) -> anyhow::Result<Bins> {
         let b = Bins {
@@ -488,11 +493,6 @@ impl Fault {
 
     pub fn parse(s: &str) -> Option<Fault> {
         Fault::ALL.into_iter().find(|f| f.name() == s)
-    }
-
-    /// Planned handovers lose no request at all; the rest may need resends.
-    pub fn planned(self) -> bool {
-        matches!(self, Fault::Switchover | Fault::GracefulStop)
     }
 
     /// Needs a small data volume (mounted at `up`).

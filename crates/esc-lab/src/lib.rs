@@ -35,6 +35,20 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Whether the lab may run here (root). Without root a test is skipped
+/// (said on stderr); in CI (CI set) a missing capability fails instead.
+pub fn allowed() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must run the netns tests as root"
+    );
+    eprintln!("skipped: network namespace tests need root");
+    false
+}
+
 /// Namespaces this crate creates: a two-letter tag, the PID, `x`, a
 /// counter, the host name (`esc-lab down` removes what a crash left).
 pub fn is_lab_namespace(name: &str) -> bool {
@@ -64,12 +78,7 @@ impl Lab {
 
     /// Like [`Lab::new`] with a chosen two-letter prefix (names stay unique per process).
     pub fn with_prefix(tag: &str) -> Option<Lab> {
-        if !nix::unistd::Uid::effective().is_root() {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must run the netns tests as root"
-            );
-            eprintln!("skipped: network namespace tests need root");
+        if !allowed() {
             return None;
         }
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -268,3 +268,58 @@ pub fn digest(n: &Node) -> (u64, String) {
 pub fn counter(n: &Node, name: &str) -> u64 {
     n.status()["counters"][name].as_u64().unwrap_or(0)
 }
+
+/// A hand-driven follower on the replication link (hostile-peer and
+/// link-limit tests): plain reads of one frame, and the handshake.
+pub mod follower {
+    use esc_wire::msg::PROTOCOL_VERSION;
+    use esc_wire::{FrameHeader, FrameMac, Handshake, Message, HEADER_LEN};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    /// Reads one unauthenticated frame.
+    pub fn read_frame(s: &mut TcpStream) -> Message {
+        let mut head = [0u8; HEADER_LEN];
+        s.read_exact(&mut head).unwrap();
+        let h = FrameHeader::parse(&head).unwrap();
+        let mut buf = head.to_vec();
+        buf.resize(h.frame_len(), 0);
+        s.read_exact(&mut buf[HEADER_LEN..]).unwrap();
+        esc_wire::decode(&buf, None).unwrap().0
+    }
+
+    /// Authenticates as follower `name` with `secret`; returns the stream
+    /// and the MAC state for frames we send.
+    pub fn authenticate(addr: SocketAddr, secret: &str, name: &str) -> (TcpStream, FrameMac) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client_nonce = [7u8; 32];
+        s.write_all(&esc_wire::encode(
+            &Message::ClientHello {
+                protocol: PROTOCOL_VERSION,
+                node_name: name.into(),
+                nonce: client_nonce,
+            },
+            None,
+        ))
+        .unwrap();
+        let Message::ServerChallenge { nonce, .. } = read_frame(&mut s) else {
+            panic!("expected a challenge")
+        };
+        let hs = Handshake {
+            secret: secret.as_bytes(),
+            client_nonce,
+            server_nonce: nonce,
+        };
+        s.write_all(&esc_wire::encode(
+            &Message::ClientProof {
+                proof: hs.client_proof(name),
+            },
+            None,
+        ))
+        .unwrap();
+        assert_eq!(read_frame(&mut s), Message::AuthOk);
+        (s, hs.session().0)
+    }
+}
