@@ -139,19 +139,7 @@ pub fn apply(
         vrid: set.kad_vri,
         unicast_src_ip: unicast_src,
         unicast_peers,
-        ..previous.unwrap_or(VrrpConfig {
-            interface: String::new(),
-            vip: String::new(),
-            vrid: None,
-            priority: 100,
-            advert_interval_ms: 1_000,
-            preempt: false,
-            version: 3,
-            unicast_src_ip: None,
-            unicast_peers: Vec::new(),
-            garp_count: 3,
-            garp_interval_ms: 100,
-        })
+        ..previous.unwrap_or_else(VrrpConfig::defaults)
     };
     if set.kad_vri.is_none() {
         v.vrid = None; // default: the VIP's last byte, as the seed does

@@ -80,7 +80,8 @@ pub struct WitnessConfig {
     pub address: Option<SocketAddr>,
     /// Where `escd --witness` listens.
     pub listen: SocketAddr,
-    /// The primary's lease at the witness; a silent failure costs about this.
+    /// The primary's lease at the witness (the witness's setting counts):
+    /// a silent failure of the primary costs about this.
     pub lease_ms: u64,
     /// How often the primary renews it.
     pub renew_interval_ms: u64,
@@ -91,8 +92,10 @@ impl Default for WitnessConfig {
         Self {
             address: None,
             listen: "0.0.0.0:7790".parse().expect("static address"),
-            lease_ms: 1_000,
-            renew_interval_ms: 200,
+            // Six renewals per lease: a primary must miss five in a row
+            // (500 ms of silence) before the standby can be granted.
+            lease_ms: 600,
+            renew_interval_ms: 100,
         }
     }
 }
@@ -108,6 +111,11 @@ pub struct HaConfig {
     pub health_interval_ms: u64,
     /// Consecutive failed checks before the node goes FAULT.
     pub health_failures_max: u32,
+    /// The service (the task owning the store and replication) must answer
+    /// the agent within this; one miss is a FAULT, since it already means
+    /// this long without an answer (writes and fsyncs run elsewhere, so a
+    /// slow disk does not delay the answer).
+    pub service_timeout_ms: u64,
     /// How long `escadm ha switchover` waits for the standby to catch up.
     pub switchover_timeout_ms: u64,
 }
@@ -116,8 +124,9 @@ impl Default for HaConfig {
     fn default() -> Self {
         Self {
             auto_takeover: true,
-            health_interval_ms: 500,
+            health_interval_ms: 200,
             health_failures_max: 2,
+            service_timeout_ms: 500,
             switchover_timeout_ms: 5_000,
         }
     }
@@ -166,8 +175,11 @@ pub struct VrrpConfig {
 fn default_priority() -> u8 {
     100
 }
+/// 100 ms (VRRPv3 centiseconds): Master_Down_Interval is then about
+/// 360 ms (RFC 5798 section 6.1), which sub-second takeover needs
+/// (issue 5). keepalived's 1 s is `advert_interval_ms = 1000`.
 fn default_advert_interval_ms() -> u32 {
-    1_000
+    100
 }
 fn default_vrrp_version() -> u8 {
     3
@@ -180,6 +192,23 @@ fn default_garp_interval_ms() -> u64 {
 }
 
 impl VrrpConfig {
+    /// Every field at its default, interface and VIP empty (to be set).
+    pub fn defaults() -> VrrpConfig {
+        VrrpConfig {
+            interface: String::new(),
+            vip: String::new(),
+            vrid: None,
+            priority: default_priority(),
+            advert_interval_ms: default_advert_interval_ms(),
+            preempt: false,
+            version: default_vrrp_version(),
+            unicast_src_ip: None,
+            unicast_peers: Vec::new(),
+            garp_count: default_garp_count(),
+            garp_interval_ms: default_garp_interval_ms(),
+        }
+    }
+
     /// The VIP and its prefix length.
     pub fn vip_net(&self) -> Result<(std::net::Ipv4Addr, u8), String> {
         let (ip, len) = self
@@ -264,7 +293,7 @@ impl VrrpConfig {
                     return Err((
                         "vrrp.advert_interval_ms",
                         format!(
-                            "{}: VRRPv2 needs whole seconds within 1000..=255000",
+                            "{}: VRRPv2 needs whole seconds within 1000..=255000 (the default, 100, is for VRRPv3: set advert_interval_ms = 1000 with version = 2)",
                             self.advert_interval_ms
                         ),
                     ));
@@ -394,8 +423,9 @@ impl Default for ReplicationConfig {
             secret: None,
             secret_file: None,
             async_lag_entries_max: 10_000,
-            heartbeat_interval_ms: 100,
-            peer_timeout_ms: 2_000,
+            // Sub-second takeover (issue 5): ten heartbeats per timeout.
+            heartbeat_interval_ms: 50,
+            peer_timeout_ms: 500,
             batch_entries_max: 1_024,
         }
     }
@@ -525,6 +555,15 @@ impl Config {
                 "ha.health_interval_ms",
                 "health_interval_ms must be within 50..=60000 and health_failures_max at least 1"
                     .into(),
+            ));
+        }
+        if !(100..=60_000).contains(&h.service_timeout_ms) {
+            return Err(bad(
+                "ha.service_timeout_ms",
+                format!(
+                    "{} must be within 100..=60000 (default 500)",
+                    h.service_timeout_ms
+                ),
             ));
         }
         if !(100..=600_000).contains(&h.switchover_timeout_ms) {
@@ -728,7 +767,14 @@ concurrency_max = 64
         let v = c.vrrp.unwrap();
         assert_eq!(
             (v.vrid(), v.priority, v.advert_interval_cs(), v.preempt),
-            (100, 100, 100, false)
+            (100, 100, 10, false)
+        );
+        // VRRPv2 counts whole seconds: the v3 default is refused with the fix.
+        let err = parse(&format!("{GOOD}{vrrp}version = 2\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("advert_interval_ms = 1000 with version = 2"),
+            "{err}"
         );
         for (extra, field) in [
             ("priority = 255\n", "vrrp.priority"),

@@ -5,9 +5,9 @@
 //! peer and the witness, `escadm reload`. Then the six failure classes of
 //! the seed can be injected on any node ([`Fault`]).
 //!
-//! Lab tuning (faster than the product defaults, so a run takes seconds) is
-//! written to esc.toml after `ha set`, as an operator tunes a deployment:
-//! VRRP adverts every 100 ms, replication timeout 500 ms, lease 1 s.
+//! Every timing is the product default (what the benchmarks' targets are
+//! about); the one lab-only setting is `[debug] allow_fault_injection`, for
+//! the service-hang fault.
 
 use crate::Lab;
 use esc_node::admin::{request, AdminRequest};
@@ -132,9 +132,7 @@ impl Cluster {
             let mut h = Self::host(&name, &format!("esc{}", i + 1))?;
             std::fs::write(
                 h.home.join("esc.toml"),
-                format!(
-                    "node_name = \"{name}\"\n[api]\npassword = \"{PASSWORD}\"\n[replication]\nheartbeat_interval_ms = 50\npeer_timeout_ms = 500\n"
-                ),
+                format!("node_name = \"{name}\"\n[api]\npassword = \"{PASSWORD}\"\n"),
             )?;
             if let Some(mib) = data_volume_mib {
                 let data = h.home.join("data");
@@ -178,16 +176,9 @@ impl Cluster {
             }
             c.escadm(i, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
-        // 3. Lab tuning (what `ha set` does not set), then reload.
+        // 3. Fault injection on (the lab's only change to the defaults), then reload.
         for i in 0..2 {
             let mut cfg = esc_config::Config::load(&c.nodes[i].home)?;
-            if let Some(v) = cfg.vrrp.as_mut() {
-                v.advert_interval_ms = 100;
-            }
-            cfg.witness.lease_ms = 1_000;
-            cfg.witness.renew_interval_ms = 200;
-            cfg.ha.health_interval_ms = 200;
-            cfg.ha.health_failures_max = 2;
             cfg.debug.allow_fault_injection = true;
             std::fs::write(
                 c.nodes[i].home.join(esc_config::CONFIG_FILE),
@@ -203,7 +194,7 @@ impl Cluster {
             std::fs::write(
                 w.home.join("esc.toml"),
                 format!(
-                    "node_name = \"witness\"\n[replication]\nsecret_file = \"repl.secret\"\n[witness]\nlisten = \"{WITNESS_ADDR}:7790\"\nlease_ms = 1000\nrenew_interval_ms = 200\n"
+                    "node_name = \"witness\"\n[replication]\nsecret_file = \"repl.secret\"\n[witness]\nlisten = \"{WITNESS_ADDR}:7790\"\n"
                 ),
             )?;
             c.spawn(&mut w, true)?;

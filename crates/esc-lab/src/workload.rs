@@ -28,6 +28,12 @@ pub struct Rec {
 
 /// Each write is resent (same Idempotency-Key) until it succeeds or this passes.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+/// The client gives up on an attempt (connect, or the whole request) after
+/// this and resends with the same key: about a hundred times the normal
+/// write latency here, and what a client of an HA service sets so that a
+/// request stuck on a dead node does not dominate the interruption it sees.
+/// Resending is safe at any moment: the key makes it apply once.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Concurrent writers; bounded in count and time.
 pub struct Workload {
@@ -57,8 +63,8 @@ impl Workload {
             };
             rt.block_on(async move {
                 let Ok(client) = reqwest::Client::builder()
-                    .connect_timeout(Duration::from_millis(300))
-                    .timeout(Duration::from_millis(500))
+                    .connect_timeout(ATTEMPT_TIMEOUT)
+                    .timeout(ATTEMPT_TIMEOUT)
                     .pool_max_idle_per_host(0)
                     .build()
                 else {

@@ -159,6 +159,7 @@ pub fn spawn(
         admission,
         health_interval: Duration::from_millis(cfg.ha.health_interval_ms),
         health_failures_max: cfg.ha.health_failures_max,
+        service_timeout: Duration::from_millis(cfg.ha.service_timeout_ms),
         api: cfg.api.listen,
     };
     std::thread::Builder::new()
@@ -197,6 +198,7 @@ struct Ctx {
     admission: Arc<AtomicBool>,
     health_interval: Duration,
     health_failures_max: u32,
+    service_timeout: Duration,
     api: std::net::SocketAddr,
 }
 
@@ -255,7 +257,7 @@ async fn run(
             sp.input(esc_vrrp::fsm::Input::Startup).await;
         }
     }
-    let (health_tx, mut health_rx) = mpsc::channel::<Result<(), String>>(4);
+    let (health_tx, mut health_rx) = mpsc::channel::<Result<(), ProbeError>>(4);
     let mut health_timer = tokio::time::interval(a.ctx.health_interval);
     health_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_running = false;
@@ -302,9 +304,10 @@ async fn run(
                 health_running = true;
                 let shared = a.ctx.shared.clone();
                 let api = a.ctx.api;
+                let service_timeout = a.ctx.service_timeout;
                 let tx = health_tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(probe(&shared, api).await).await;
+                    let _ = tx.send(probe(&shared, api, service_timeout).await).await;
                 });
             }
             Some(h) = health_rx.recv() => {
@@ -323,25 +326,41 @@ async fn recv_vrrp(sp: &mut Option<Speaker>, buf: &mut [u8]) -> Option<esc_vrrp:
     }
 }
 
+/// A failed health probe.
+#[derive(Debug)]
+enum ProbeError {
+    /// The service did not answer within `service_timeout`: already that
+    /// long without an answer, so one miss is a FAULT.
+    Unresponsive(String),
+    /// A check failed (store, disk, API): counted against
+    /// `health_failures_max`, as a flapping check should not move the role.
+    Check(String),
+}
+
 /// The agent's health probe: what an operator's check would see.
-async fn probe(shared: &Shared, api: std::net::SocketAddr) -> Result<(), String> {
-    // The owner task answers (a hung service fails here).
-    let (tx, rx) = oneshot::channel();
-    let req = crate::admin::AdminRequest::Status { verbose: false };
-    let asked = shared
-        .events
-        .try_send(Event::Admin { req, reply: tx })
-        .is_ok();
-    let answered = asked
-        && matches!(
-            tokio::time::timeout(crate::health::CHECK_TIMEOUT, rx).await,
-            Ok(Ok(_))
-        );
-    if !answered {
-        return Err(format!(
-            "the service does not answer within {:?}",
-            crate::health::CHECK_TIMEOUT
-        ));
+async fn probe(
+    shared: &Shared,
+    api: std::net::SocketAddr,
+    service_timeout: Duration,
+) -> Result<(), ProbeError> {
+    // The owner task answers (a hung service fails here). Waiting for room
+    // in its queue counts against the same deadline: a full queue under a
+    // burst of writes is not a hang unless it lasts.
+    let answered = tokio::time::timeout(service_timeout, async {
+        let (tx, rx) = oneshot::channel();
+        let req = crate::admin::AdminRequest::Status { verbose: false };
+        shared
+            .events
+            .send(Event::Admin { req, reply: tx })
+            .await
+            .is_ok()
+            && rx.await.is_ok()
+    })
+    .await;
+    if answered != Ok(true) {
+        return Err(ProbeError::Unresponsive(format!(
+            "the service does not answer within {service_timeout:?}"
+        )));
     }
     let report = crate::health::report(shared, api, None).await;
     if report.healthy() {
@@ -353,7 +372,11 @@ async fn probe(shared: &Shared, api: std::net::SocketAddr) -> Result<(), String>
             .filter(|c| !c.ok)
             .map(|c| format!("{}: {}", c.name, c.detail))
             .collect();
-        Err(format!("{} ({})", report.message, failed.join("; ")))
+        Err(ProbeError::Check(format!(
+            "{} ({})",
+            report.message,
+            failed.join("; ")
+        )))
     }
 }
 
@@ -383,7 +406,7 @@ impl Agent {
         }
     }
 
-    async fn on_health(&mut self, h: Result<(), String>) {
+    async fn on_health(&mut self, h: Result<(), ProbeError>) {
         match h {
             Ok(()) => {
                 if self.health_failures > 0 {
@@ -393,10 +416,14 @@ impl Agent {
                 self.feed(Input::Health(Ok(()))).await;
             }
             Err(e) => {
+                let (e, at_once) = match e {
+                    ProbeError::Unresponsive(e) => (e, true),
+                    ProbeError::Check(e) => (e, false),
+                };
                 self.health_failures += 1;
                 warn!(target: HA, failures = self.health_failures, error = %e, "health check failed");
                 self.last_health_error = Some(e.clone());
-                if self.health_failures >= self.ctx.health_failures_max {
+                if at_once || self.health_failures >= self.ctx.health_failures_max {
                     self.feed(Input::Health(Err(e))).await;
                 }
             }
@@ -473,6 +500,11 @@ impl Agent {
         match o {
             Output::Transition { from, to, reason } => {
                 info!(target: HA, ?from, ?to, %reason, "role transition");
+                // Before any admission output of the same change.
+                self.ctx
+                    .shared
+                    .leading
+                    .send_replace(to == esc_authority::Role::Primary);
             }
             Output::StateFile(w) => {
                 let path = state_file(&self.ctx.home);

@@ -375,7 +375,16 @@ async fn write(
     {
         return with_tid(unavailable(role, "node stopping"), &tid);
     }
-    match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+    // Answered by the owner, or at once when this node stops leading (a
+    // FAULT with the owner hung, a step-down): the client resends with its
+    // key instead of waiting out its timeout (architecture, "Admission").
+    let mut leading = state.shared.leading.subscribe();
+    let answer = tokio::select! {
+        biased;
+        a = tokio::time::timeout(WRITE_TIMEOUT, rx) => a,
+        _ = leading.wait_for(|l| !*l) => Ok(Ok(Err(Refusal::Unknown))),
+    };
+    match answer {
         Ok(Ok(Ok(outcome))) => {
             info!(status = outcome.status, "write committed");
             let replayed = outcome.tid != tid;

@@ -129,6 +129,11 @@ pub struct Shared {
     /// The role authority admits northbound writes (off while a switchover
     /// drains, while stopping, and on every node that is not primary).
     pub admission: Arc<std::sync::atomic::AtomicBool>,
+    /// The role authority holds this node primary. Set by the HA agent, not
+    /// the owner task, so a write waiting on a hung or deposed owner is
+    /// answered (503, outcome unknown: resend with the same key) the moment
+    /// the node stops leading, not at the client's timeout.
+    pub leading: Arc<watch::Sender<bool>>,
     /// The HA agent's command channel and status (set once it runs).
     pub agent: Arc<std::sync::OnceLock<AgentLink>>,
 }
@@ -303,6 +308,7 @@ pub async fn run(
         // A standalone node admits writes whenever it is primary; in a pair
         // the role authority decides.
         admission: Arc::new(std::sync::atomic::AtomicBool::new(!pair)),
+        leading: Arc::new(watch::Sender::new(!pair)),
         agent: Default::default(),
     };
     // The HA agent (role authority, VRRP, witness client, health) runs on
