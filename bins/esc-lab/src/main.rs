@@ -30,6 +30,11 @@ struct Args {
     /// Directory holding escd and escadm.
     #[arg(long, default_value = "target/release", global = true)]
     bins: PathBuf,
+    /// Where `demo`, `scenario` and `chaos` write the client's history
+    /// (JSON lines: one write each, with its outcome, times, attempts and
+    /// the node and epoch that acknowledged it).
+    #[arg(long, default_value = "target/esc-lab", global = true)]
+    history_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -91,18 +96,25 @@ fn main() -> ExitCode {
     let r = match &args.cmd {
         Cmd::Down => down(),
         cmd => Bins::in_dir(&args.bins).and_then(|bins| match cmd {
-            Cmd::Demo => demo(&bins),
+            Cmd::Demo => demo(&bins, &args.history_dir),
             Cmd::Scenario {
                 fault,
                 deployments,
                 two_node,
-            } => scenarios(&bins, fault, *deployments, !two_node),
+            } => scenarios(&bins, fault, *deployments, !two_node, &args.history_dir),
             Cmd::Chaos {
                 seed,
                 minutes,
                 no_faults,
                 cpu_load,
-            } => chaos(&bins, *seed, *minutes, *no_faults, *cpu_load),
+            } => chaos(
+                &bins,
+                *seed,
+                *minutes,
+                *no_faults,
+                *cpu_load,
+                &args.history_dir,
+            ),
             Cmd::Bench {
                 runs,
                 deployments,
@@ -156,7 +168,13 @@ fn row(o: &Outcome) -> String {
 
 const HEADER: &str = "fault          class                         deploys takeover_ms interrupt_ms missing dupes failed identical verdict";
 
-fn scenarios(bins: &Bins, fault: &str, deployments: usize, witness: bool) -> anyhow::Result<bool> {
+fn scenarios(
+    bins: &Bins,
+    fault: &str,
+    deployments: usize,
+    witness: bool,
+    history_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
     let faults = faults_from(&[fault.to_string()])?;
     let opts = Options {
         deployments,
@@ -168,7 +186,13 @@ fn scenarios(bins: &Bins, fault: &str, deployments: usize, witness: bool) -> any
     let mut rows = Vec::new();
     for f in faults {
         eprintln!("== {} ({})", f.name(), f.class());
+        let path = history_dir.join(format!("scenario-{}.jsonl", f.name()));
+        let opts = Options {
+            history: Some(path.clone()),
+            ..opts.clone()
+        };
         let o = scenario::run("lb", bins, f, &opts)?;
+        eprintln!("history: {}", path.display());
         all &= o.pass;
         rows.push(o);
     }
@@ -273,6 +297,7 @@ fn chaos(
     minutes: u64,
     no_faults: bool,
     load: usize,
+    history_dir: &std::path::Path,
 ) -> anyhow::Result<bool> {
     let seed = seed.unwrap_or_else(|| rand::thread_rng().gen());
     println!(
@@ -316,6 +341,9 @@ fn chaos(
         p = c.wait_ready()?;
     }
     let history = w.finish();
+    let path = history_dir.join(format!("chaos-seed{seed}.jsonl"));
+    esc_lab::workload::write_history(&path, &history)?;
+    println!("history: {}", path.display());
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();
@@ -335,7 +363,7 @@ fn chaos(
     Ok(v.pass(false) && false_takeovers == 0)
 }
 
-fn demo(bins: &Bins) -> anyhow::Result<bool> {
+fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
     println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload)");
     let mut c = Cluster::up("ld", bins.clone(), true, None)?;
     let p = c.wait_ready()?;
@@ -399,8 +427,13 @@ fn demo(bins: &Bins) -> anyhow::Result<bool> {
         show(&c, &w, &mut last);
     }
     let history = w.finish();
+    let path = history_dir.join("demo.jsonl");
+    esc_lab::workload::write_history(&path, &history)?;
     let v = check(&c, &history, fault_ms)?;
-    println!("== verdict (the checker read both stores):");
+    println!(
+        "== verdict (the checker read both stores and the history, {}):",
+        path.display()
+    );
     println!("   acknowledged writes      {}", v.acknowledged);
     println!("   missing on a node        {}", v.missing);
     println!("   applied twice            {}", v.duplicates);

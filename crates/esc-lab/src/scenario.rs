@@ -18,6 +18,8 @@ pub struct Options {
     pub writers: usize,
     /// Print progress.
     pub verbose: bool,
+    /// Where the client's history goes (JSON lines), if anywhere.
+    pub history: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -27,6 +29,7 @@ impl Default for Options {
             witness: true,
             writers: 4,
             verbose: false,
+            history: None,
         }
     }
 }
@@ -123,6 +126,9 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Outco
         "writes stall after the heal"
     );
     let history = w.finish();
+    if let Some(path) = &opts.history {
+        crate::workload::write_history(path, &history)?;
+    }
     let verdict = check(c, &history, fault_ms)?;
     let pass = verdict.pass(false);
     Ok(Outcome {

@@ -26,6 +26,22 @@ pub struct Rec {
     pub last_error: String,
 }
 
+/// Writes a history as JSON lines, one write per line (creating the
+/// directory), for a later look or another checker.
+pub fn write_history(path: &std::path::Path, history: &[Rec]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in history {
+        serde_json::to_writer(&mut f, r)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 /// Each write is resent (same Idempotency-Key) until it succeeds or this passes.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// The client gives up on an attempt (connect, or the whole request) after
