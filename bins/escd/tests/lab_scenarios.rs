@@ -15,11 +15,16 @@ fn bins() -> Bins {
 }
 
 fn scenario(fault: Fault) {
+    scenario_in(fault, true);
+}
+
+fn scenario_in(fault: Fault, witness: bool) {
     if !esc_lab::allowed() {
         return;
     }
     let opts = Options {
         verbose: true,
+        witness,
         ..Options::default()
     };
     let o = run("ls", &bins(), fault, &opts).unwrap_or_else(|e| panic!("{}: {e:#}", fault.name()));
@@ -43,6 +48,16 @@ fn network_failure_link_down() {
 #[test]
 fn network_failure_partition() {
     scenario(Fault::Partition);
+}
+
+#[test]
+fn network_failure_one_way_in() {
+    scenario(Fault::OneWayIn);
+}
+
+#[test]
+fn network_failure_one_way_out() {
+    scenario(Fault::OneWayOut);
 }
 
 #[test]
@@ -73,4 +88,14 @@ fn hardware_issue_disk_full() {
 #[test]
 fn internal_application_failure_service_hang() {
     scenario(Fault::ServiceHang);
+}
+
+/// Two-node mode (no witness), the primary's packets to its peer dropped:
+/// the standby takes over, and the old primary, hearing the new one's
+/// adverts, steps down at once instead of committing alone after its grace
+/// (architecture, "Two-node mode: fencing by time"). The checker then finds
+/// no epoch acknowledged by two nodes.
+#[test]
+fn two_node_one_way_out_the_old_primary_steps_down() {
+    scenario_in(Fault::OneWayOut, false);
 }

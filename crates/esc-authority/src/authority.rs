@@ -323,6 +323,8 @@ pub struct Authority {
     alone_cmd: (bool, u64),
     // Witness mode.
     lease_until_ms: Option<u64>,
+    /// When the latest renewal (or grant) the witness answered was sent.
+    lease_answered_sent_ms: Option<u64>,
     renew_sent_ms: Option<u64>,
     mark: Mark,
     mark_sent_ms: Option<u64>,
@@ -365,6 +367,7 @@ impl Authority {
             vip_hold: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
+            lease_answered_sent_ms: None,
             renew_sent_ms: None,
             mark: Mark::Clear,
             mark_sent_ms: None,
@@ -521,6 +524,7 @@ impl Authority {
         if to != Role::Primary {
             self.term = None;
             self.lease_until_ms = None;
+            self.lease_answered_sent_ms = None;
             self.renew_sent_ms = None;
             self.mark = Mark::Clear;
             self.mark_sent_ms = None;
@@ -629,6 +633,10 @@ impl Authority {
                 // the lease ends before the witness's (architecture 4).
                 let until = sent_at_ms + lease_ms;
                 self.lease_until_ms = Some(self.lease_until_ms.map_or(until, |u| u.max(until)));
+                self.lease_answered_sent_ms = Some(
+                    self.lease_answered_sent_ms
+                        .map_or(sent_at_ms, |s| s.max(sent_at_ms)),
+                );
             }
             // Only a mark requested after the last clear is in force.
             Reply::Marked { epoch }
@@ -667,6 +675,7 @@ impl Authority {
                     self.promote(Some(epoch), why, out);
                     // change_role cleared the lease; it is held from the request.
                     self.lease_until_ms = Some(sent_at_ms + lease_ms);
+                    self.lease_answered_sent_ms = Some(sent_at_ms);
                 }
             }
             Reply::Denied { reason } => match request {
@@ -835,6 +844,18 @@ impl Authority {
     /// Another promotion request may go out: the last one was answered (or
     /// its answer is overdue) and the retry interval passed. One at a time,
     /// since each grant bumps the witness's epoch.
+    /// The witness answered a renewal sent within the last three renew
+    /// intervals. A primary asks for the outdated mark only then: when the
+    /// witness hears it but it does not hear the witness (a one-way
+    /// partition), a mark it would never learn of would still bar the
+    /// standby from every grant, and no node could lead until the partition
+    /// heals. Without the mark it cannot commit alone; it steps down when
+    /// its lease runs out, and the standby is granted.
+    fn witness_answers(&self, now: u64) -> bool {
+        self.lease_answered_sent_ms
+            .is_some_and(|s| now < s + 3 * self.cfg.renew_interval_ms)
+    }
+
     fn grant_due(&self) -> bool {
         Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms)
             && (!self.grant_in_flight
@@ -1062,7 +1083,9 @@ impl Authority {
                 if !self.alone_cmd.0 {
                     self.command_alone(true, out);
                 }
-            } else if Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms) {
+            } else if Self::due(self.mark_sent_ms, now, self.cfg.witness_retry_ms)
+                && self.witness_answers(now)
+            {
                 self.mark_sent_ms = Some(now);
                 out.push(Output::ToWitness(Request::MarkOutdated { epoch: term }));
             }

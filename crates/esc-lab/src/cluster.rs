@@ -383,6 +383,25 @@ impl Cluster {
     }
 
     /// Prints what each node says and logged (for a failed run).
+    /// Node `i`'s HA log lines (role changes, health failures, witness
+    /// and VRRP decisions): what explains a role change.
+    pub fn ha_events(&self, i: usize) -> Vec<String> {
+        const WORDS: [&str; 6] = [
+            "role",
+            "health check",
+            "stepping down",
+            "lease",
+            "took over",
+            "refused",
+        ];
+        std::fs::read_to_string(self.nodes[i].home.join("log/escadm.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| WORDS.iter().any(|w| l.contains(w)))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn dump(&self) -> String {
         let mut out = String::new();
         for (i, h) in self.nodes.iter().enumerate() {
@@ -431,6 +450,12 @@ pub enum Fault {
     /// Network failure: nftables drops all traffic between the node and
     /// its peer and the witness (VRRP multicast included).
     Partition,
+    /// Network failure, one way: the node hears neither its peer nor the
+    /// witness, while what it sends still reaches them.
+    OneWayIn,
+    /// Network failure, one way: nothing the node sends reaches its peer
+    /// or the witness (VRRP multicast included), while it still hears them.
+    OneWayOut,
     /// Power failure: every process of the host killed, its link cut.
     PowerFailure,
     /// Dead VM instance: SIGSTOP of the node, SIGCONT later.
@@ -446,9 +471,11 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::LinkDown,
         Fault::Partition,
+        Fault::OneWayIn,
+        Fault::OneWayOut,
         Fault::PowerFailure,
         Fault::DeadVm,
         Fault::Switchover,
@@ -461,6 +488,8 @@ impl Fault {
         match self {
             Fault::LinkDown => "link-down",
             Fault::Partition => "partition",
+            Fault::OneWayIn => "one-way-in",
+            Fault::OneWayOut => "one-way-out",
             Fault::PowerFailure => "power-failure",
             Fault::DeadVm => "dead-vm",
             Fault::Switchover => "switchover",
@@ -473,7 +502,9 @@ impl Fault {
     /// The seed's class this fault belongs to.
     pub fn class(self) -> &'static str {
         match self {
-            Fault::LinkDown | Fault::Partition => "network failure",
+            Fault::LinkDown | Fault::Partition | Fault::OneWayIn | Fault::OneWayOut => {
+                "network failure"
+            }
             Fault::PowerFailure => "power failure",
             Fault::DeadVm => "dead VM instance",
             Fault::Switchover | Fault::GracefulStop => "scheduled downtime",
@@ -498,18 +529,9 @@ impl Cluster {
         let ns = self.lab.ns(&self.nodes[i].ns_host);
         match fault {
             Fault::LinkDown => crate::ip(&["-n", &ns, "link", "set", "eth0", "down"]),
-            Fault::Partition => {
-                let others = format!("{{ {}, {WITNESS_ADDR} }}", NODE_ADDRS[1 - i]);
-                self.nft(
-                    i,
-                    &format!(
-                        "table inet esc_lab_partition {{\n\
-                           chain in {{ type filter hook input priority 0; ip saddr {others} drop; }}\n\
-                           chain out {{ type filter hook output priority 0; ip daddr {others} drop; ip daddr 224.0.0.18 drop; }}\n\
-                         }}\n"
-                    ),
-                )?;
-            }
+            Fault::Partition => self.partition(i, true, true)?,
+            Fault::OneWayIn => self.partition(i, true, false)?,
+            Fault::OneWayOut => self.partition(i, false, true)?,
             Fault::PowerFailure => {
                 self.lab.power_fail(&self.nodes[i].ns_host.clone());
                 self.nodes[i].pid = None;
@@ -539,12 +561,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// Drops, on node `i`, what comes in from its peer and the witness
+    /// and/or what goes out to them (VRRP multicast included); the client
+    /// still reaches it.
+    fn partition(&mut self, i: usize, inbound: bool, outbound: bool) -> anyhow::Result<()> {
+        let others = format!("{{ {}, {WITNESS_ADDR} }}", NODE_ADDRS[1 - i]);
+        let mut rules = String::from("table inet esc_lab_partition {\n");
+        if inbound {
+            rules += &format!(
+                "chain in {{ type filter hook input priority 0; ip saddr {others} drop; }}\n"
+            );
+        }
+        if outbound {
+            rules += &format!(
+                "chain out {{ type filter hook output priority 0; ip daddr {others} drop; ip daddr 224.0.0.18 drop; }}\n"
+            );
+        }
+        rules += "}\n";
+        self.nft(i, &rules)
+    }
+
     /// Undoes `fault` on node `i` (the node comes back and rejoins).
     pub fn heal(&mut self, fault: Fault, i: usize) -> anyhow::Result<()> {
         let ns = self.lab.ns(&self.nodes[i].ns_host);
         match fault {
             Fault::LinkDown => crate::ip(&["-n", &ns, "link", "set", "eth0", "up"]),
-            Fault::Partition => self.nft(i, "delete table inet esc_lab_partition\n")?,
+            Fault::Partition | Fault::OneWayIn | Fault::OneWayOut => {
+                self.nft(i, "delete table inet esc_lab_partition\n")?
+            }
             Fault::PowerFailure => {
                 crate::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
                 self.start(i)?;

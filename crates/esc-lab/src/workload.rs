@@ -227,6 +227,12 @@ pub struct Verdict {
     pub duplicates: usize,
     /// Epochs acknowledged by more than one node (must be 0 with a witness).
     pub two_writer_epochs: usize,
+    /// Writes acknowledged in an epoch although the client invoked them
+    /// after a newer epoch had acknowledged one: two nodes admitting writes
+    /// at the same moment (must be 0). Judged from the client's clock
+    /// only where it is certain: invoked after the newer epoch's first
+    /// acknowledgement arrived.
+    pub stale_epoch_acks: usize,
     pub identical_copies: bool,
     pub vip_holders: Vec<String>,
     pub primary: Option<String>,
@@ -240,6 +246,7 @@ impl Verdict {
         self.missing == 0
             && self.duplicates == 0
             && self.two_writer_epochs == 0
+            && self.stale_epoch_acks == 0
             && self.identical_copies
             && self.vip_holders.len() == 1
             && self.primary.is_some()
@@ -287,6 +294,28 @@ pub fn deployments(c: &Cluster, i: usize) -> anyhow::Result<HashSet<String>> {
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))?
 }
 
+/// Acknowledgements in an epoch of writes invoked after a newer epoch had
+/// acknowledged a write (see [`Verdict::stale_epoch_acks`]).
+pub fn stale_epoch_acks(acked: &[&Rec]) -> usize {
+    // The first acknowledgement of each epoch, then, per epoch, the
+    // earliest first acknowledgement among all newer epochs.
+    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in acked {
+        let t = first.entry(r.epoch).or_insert(r.done_ms);
+        *t = (*t).min(r.done_ms);
+    }
+    let mut newer_first: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut earliest = u64::MAX;
+    for (&e, &t) in first.iter().rev() {
+        newer_first.insert(e, earliest);
+        earliest = earliest.min(t);
+    }
+    acked
+        .iter()
+        .filter(|r| newer_first.get(&r.epoch).is_some_and(|&t| r.invoked_ms > t))
+        .count()
+}
+
 /// Reads both stores and the history; `fault_ms` is when the fault began
 /// (workload clock).
 pub fn check(c: &Cluster, history: &[Rec], fault_ms: u64) -> anyhow::Result<Verdict> {
@@ -308,6 +337,7 @@ pub fn check(c: &Cluster, history: &[Rec], fault_ms: u64) -> anyhow::Result<Verd
         }
     }
     let two_writer_epochs = epochs.values().filter(|n| n.len() > 1).count();
+    let stale_epoch_acks = stale_epoch_acks(&acked);
     // The longest gap between successful writes from the fault on.
     let mut done: Vec<u64> = acked
         .iter()
@@ -327,6 +357,7 @@ pub fn check(c: &Cluster, history: &[Rec], fault_ms: u64) -> anyhow::Result<Verd
         missing,
         duplicates,
         two_writer_epochs,
+        stale_epoch_acks,
         identical_copies: identical,
         vip_holders: c
             .vip_holders()
@@ -345,4 +376,41 @@ pub fn check(c: &Cluster, history: &[Rec], fault_ms: u64) -> anyhow::Result<Verd
         interruption_ms,
         epochs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(invoked_ms: u64, done_ms: u64, node: &str, epoch: u64) -> Rec {
+        Rec {
+            name: format!("w{invoked_ms}"),
+            outcome: "ok",
+            invoked_ms,
+            done_ms,
+            node: node.into(),
+            epoch,
+            attempts: 1,
+            last_error: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_old_epoch_acknowledging_after_a_newer_one_is_two_writers() {
+        let clean = [
+            ack(0, 5, "esc-1", 1),
+            ack(3, 900, "esc-1", 1), // slow answer, invoked before epoch 2
+            ack(600, 610, "esc-2", 2),
+            ack(700, 705, "esc-2", 2),
+        ];
+        assert_eq!(stale_epoch_acks(&clean.iter().collect::<Vec<_>>()), 0);
+        let split = [
+            ack(0, 5, "esc-1", 1),
+            ack(600, 610, "esc-2", 2),
+            ack(650, 655, "esc-1", 1), // invoked after epoch 2 answered
+            ack(700, 705, "esc-2", 3),
+            ack(720, 730, "esc-2", 2), // epoch 3 answered at 705
+        ];
+        assert_eq!(stale_epoch_acks(&split.iter().collect::<Vec<_>>()), 2);
+    }
 }
