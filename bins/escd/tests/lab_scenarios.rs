@@ -18,9 +18,9 @@ fn scenario(fault: Fault) {
     scenario_in(fault, true);
 }
 
-fn scenario_in(fault: Fault, witness: bool) {
+fn scenario_in(fault: Fault, witness: bool) -> Option<esc_lab::scenario::Outcome> {
     if !esc_lab::allowed() {
-        return;
+        return None;
     }
     let opts = Options {
         verbose: true,
@@ -38,6 +38,7 @@ fn scenario_in(fault: Fault, witness: bool) {
         o.verdict.failed
     );
     assert!(o.pass, "{}: {:#?}", fault.name(), o.verdict);
+    Some(o)
 }
 
 #[test]
@@ -97,5 +98,13 @@ fn internal_application_failure_service_hang() {
 /// no epoch acknowledged by two nodes.
 #[test]
 fn two_node_one_way_out_the_old_primary_steps_down() {
-    scenario_in(Fault::OneWayOut, false);
+    if let Some(o) = scenario_in(Fault::OneWayOut, false) {
+        assert!(
+            o.faulted_node_events
+                .iter()
+                .any(|l| l.contains("another node advertises as primary")),
+            "the old primary did not step down on hearing the new one: {:#?}",
+            o.faulted_node_events
+        );
+    }
 }

@@ -323,8 +323,8 @@ pub struct Authority {
     alone_cmd: (bool, u64),
     // Witness mode.
     lease_until_ms: Option<u64>,
-    /// When the latest renewal (or grant) the witness answered was sent.
-    lease_answered_sent_ms: Option<u64>,
+    /// When the latest answer to a renewal (or a grant) arrived.
+    witness_heard_ms: Option<u64>,
     renew_sent_ms: Option<u64>,
     mark: Mark,
     mark_sent_ms: Option<u64>,
@@ -367,7 +367,7 @@ impl Authority {
             vip_hold: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
-            lease_answered_sent_ms: None,
+            witness_heard_ms: None,
             renew_sent_ms: None,
             mark: Mark::Clear,
             mark_sent_ms: None,
@@ -524,7 +524,7 @@ impl Authority {
         if to != Role::Primary {
             self.term = None;
             self.lease_until_ms = None;
-            self.lease_answered_sent_ms = None;
+            self.witness_heard_ms = None;
             self.renew_sent_ms = None;
             self.mark = Mark::Clear;
             self.mark_sent_ms = None;
@@ -633,10 +633,7 @@ impl Authority {
                 // the lease ends before the witness's (architecture 4).
                 let until = sent_at_ms + lease_ms;
                 self.lease_until_ms = Some(self.lease_until_ms.map_or(until, |u| u.max(until)));
-                self.lease_answered_sent_ms = Some(
-                    self.lease_answered_sent_ms
-                        .map_or(sent_at_ms, |s| s.max(sent_at_ms)),
-                );
+                self.witness_heard_ms = Some(self.now_ms);
             }
             // Only a mark requested after the last clear is in force.
             Reply::Marked { epoch }
@@ -675,7 +672,7 @@ impl Authority {
                     self.promote(Some(epoch), why, out);
                     // change_role cleared the lease; it is held from the request.
                     self.lease_until_ms = Some(sent_at_ms + lease_ms);
-                    self.lease_answered_sent_ms = Some(sent_at_ms);
+                    self.witness_heard_ms = Some(self.now_ms);
                 }
             }
             Reply::Denied { reason } => match request {
@@ -841,21 +838,25 @@ impl Authority {
         });
     }
 
-    /// Another promotion request may go out: the last one was answered (or
-    /// its answer is overdue) and the retry interval passed. One at a time,
-    /// since each grant bumps the witness's epoch.
-    /// The witness answered a renewal sent within the last three renew
-    /// intervals. A primary asks for the outdated mark only then: when the
+    /// An answer of the witness arrived within the last three renew
+    /// intervals (arrival, not send time: a slow witness still counts as
+    /// heard). A primary asks for the outdated mark only then: when the
     /// witness hears it but it does not hear the witness (a one-way
     /// partition), a mark it would never learn of would still bar the
     /// standby from every grant, and no node could lead until the partition
     /// heals. Without the mark it cannot commit alone; it steps down when
-    /// its lease runs out, and the standby is granted.
+    /// its lease runs out, and the standby is granted. Validation keeps
+    /// three renew intervals below the replication timeout, so a deaf
+    /// primary has stopped hearing the witness for longer than this when it
+    /// finds its standby gone.
     fn witness_answers(&self, now: u64) -> bool {
-        self.lease_answered_sent_ms
-            .is_some_and(|s| now < s + 3 * self.cfg.renew_interval_ms)
+        self.witness_heard_ms
+            .is_some_and(|t| now < t + 3 * self.cfg.renew_interval_ms)
     }
 
+    /// Another promotion request may go out: the last one was answered (or
+    /// its answer is overdue) and the retry interval passed. One at a time,
+    /// since each grant bumps the witness's epoch.
     fn grant_due(&self) -> bool {
         Self::due(self.grant_sent_ms, self.now_ms, self.cfg.witness_retry_ms)
             && (!self.grant_in_flight

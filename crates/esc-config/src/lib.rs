@@ -147,9 +147,10 @@ pub struct VrrpConfig {
     #[serde(default = "default_priority")]
     pub priority: u8,
     /// Advertisement interval: a multiple of 10 ms within 10..=40950 (v3),
-    /// a multiple of 1000 ms within 1000..=255000 (v2).
-    #[serde(default = "default_advert_interval_ms")]
-    pub advert_interval_ms: u32,
+    /// a multiple of 1000 ms within 1000..=255000 (v2). Absent: 100 ms for
+    /// v3, 1 s for v2 (see [`VrrpConfig::advert_interval_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advert_interval_ms: Option<u32>,
     /// Preempt a lower-priority master (default off: failback is manual).
     #[serde(default)]
     pub preempt: bool,
@@ -175,11 +176,16 @@ pub struct VrrpConfig {
 fn default_priority() -> u8 {
     100
 }
-/// 100 ms (VRRPv3 centiseconds): Master_Down_Interval is then about
-/// 360 ms (RFC 5798 section 6.1), which sub-second takeover needs
-/// (issue 5). keepalived's 1 s is `advert_interval_ms = 1000`.
-fn default_advert_interval_ms() -> u32 {
-    100
+/// VRRPv3: 100 ms (centiseconds on the wire): Master_Down_Interval is then
+/// about 360 ms (RFC 5798 section 6.1), which sub-second takeover needs
+/// (issue 5); keepalived's 1 s is `advert_interval_ms = 1000`. VRRPv2
+/// counts whole seconds (RFC 3768): 1 s.
+fn default_advert_interval_ms(version: u8) -> u32 {
+    if version == 2 {
+        1_000
+    } else {
+        100
+    }
 }
 fn default_vrrp_version() -> u8 {
     3
@@ -192,6 +198,12 @@ fn default_garp_interval_ms() -> u64 {
 }
 
 impl VrrpConfig {
+    /// The advertisement interval: configured, or the version's default.
+    pub fn advert_interval_ms(&self) -> u32 {
+        self.advert_interval_ms
+            .unwrap_or_else(|| default_advert_interval_ms(self.version))
+    }
+
     /// Every field at its default, interface and VIP empty (to be set).
     pub fn defaults() -> VrrpConfig {
         VrrpConfig {
@@ -199,7 +211,7 @@ impl VrrpConfig {
             vip: String::new(),
             vrid: None,
             priority: default_priority(),
-            advert_interval_ms: default_advert_interval_ms(),
+            advert_interval_ms: None,
             preempt: false,
             version: default_vrrp_version(),
             unicast_src_ip: None,
@@ -234,7 +246,7 @@ impl VrrpConfig {
 
     /// The advertisement interval in centiseconds.
     pub fn advert_interval_cs(&self) -> u16 {
-        (self.advert_interval_ms / 10) as u16
+        (self.advert_interval_ms() / 10) as u16
     }
 
     /// Checks the rules that need no host access.
@@ -274,27 +286,27 @@ impl VrrpConfig {
         }
         match self.version {
             3 => {
-                if !self.advert_interval_ms.is_multiple_of(10)
-                    || !(10..=40_950).contains(&self.advert_interval_ms)
+                if !self.advert_interval_ms().is_multiple_of(10)
+                    || !(10..=40_950).contains(&self.advert_interval_ms())
                 {
                     return Err((
                         "vrrp.advert_interval_ms",
                         format!(
                             "{}: VRRPv3 needs a multiple of 10 within 10..=40950",
-                            self.advert_interval_ms
+                            self.advert_interval_ms()
                         ),
                     ));
                 }
             }
             2 => {
-                if !self.advert_interval_ms.is_multiple_of(1000)
-                    || !(1_000..=255_000).contains(&self.advert_interval_ms)
+                if !self.advert_interval_ms().is_multiple_of(1000)
+                    || !(1_000..=255_000).contains(&self.advert_interval_ms())
                 {
                     return Err((
                         "vrrp.advert_interval_ms",
                         format!(
-                            "{}: VRRPv2 needs whole seconds within 1000..=255000 (the default, 100, is for VRRPv3: set advert_interval_ms = 1000 with version = 2)",
-                            self.advert_interval_ms
+                            "{}: VRRPv2 needs whole seconds within 1000..=255000",
+                            self.advert_interval_ms()
                         ),
                     ));
                 }
@@ -549,6 +561,18 @@ impl Config {
                 ),
             ));
         }
+        if w.address.is_some() && 3 * w.renew_interval_ms >= self.replication.peer_timeout_ms {
+            // A primary that stops hearing the witness must know it before
+            // it finds its standby gone, or it may ask for an outdated mark
+            // it never learns of (architecture, "Witness mode").
+            return Err(bad(
+                "witness.renew_interval_ms",
+                format!(
+                    "3 x renew_interval_ms ({}) must stay below replication.peer_timeout_ms ({}): lower the renew interval or raise the timeout",
+                    w.renew_interval_ms, self.replication.peer_timeout_ms
+                ),
+            ));
+        }
         let h = &self.ha;
         if !(50..=60_000).contains(&h.health_interval_ms) || h.health_failures_max == 0 {
             return Err(bad(
@@ -769,13 +793,9 @@ concurrency_max = 64
             (v.vrid(), v.priority, v.advert_interval_cs(), v.preempt),
             (100, 100, 10, false)
         );
-        // VRRPv2 counts whole seconds: the v3 default is refused with the fix.
-        let err = parse(&format!("{GOOD}{vrrp}version = 2\n")).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("advert_interval_ms = 1000 with version = 2"),
-            "{err}"
-        );
+        // VRRPv2 counts whole seconds: its default is 1 s.
+        let v2 = parse(&format!("{GOOD}{vrrp}version = 2\n")).unwrap();
+        assert_eq!(v2.vrrp.unwrap().advert_interval_ms(), 1_000);
         for (extra, field) in [
             ("priority = 255\n", "vrrp.priority"),
             ("advert_interval_ms = 15\n", "vrrp.advert_interval_ms"),
@@ -809,5 +829,14 @@ concurrency_max = 64
         assert!(err.to_string().contains("replication.peer"), "{err}");
         let err = parse(&GOOD.replace("mode = \"sync\"", "mode = \"fast\"")).unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{err}");
+        // With a witness, three renew intervals stay below the replication
+        // timeout (1000 ms here): 300 ms renewals are refused, 100 ms pass.
+        let witness = "[witness]\naddress = \"127.0.0.3:7790\"\nlease_ms = 1200\n";
+        let err = parse(&format!("{GOOD}{witness}renew_interval_ms = 340\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("witness.renew_interval_ms"),
+            "{err}"
+        );
+        parse(&format!("{GOOD}{witness}renew_interval_ms = 100\n")).unwrap();
     }
 }

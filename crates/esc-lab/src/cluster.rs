@@ -346,7 +346,7 @@ impl Cluster {
     /// Both nodes' state digests are equal (identical copies).
     pub fn identical(&self) -> bool {
         let d: Vec<String> = (0..2)
-            .filter_map(|i| self.status(i))
+            .filter_map(|i| status_at(&self.nodes[i].home, true))
             .map(|s| s["state"]["digest"].as_str().unwrap_or("").to_string())
             .collect();
         d.len() == 2 && d[0] == d[1] && !d[0].is_empty()
@@ -386,7 +386,10 @@ impl Cluster {
     /// Node `i`'s HA log lines (role changes, health failures, witness
     /// and VRRP decisions): what explains a role change.
     pub fn ha_events(&self, i: usize) -> Vec<String> {
-        const WORDS: [&str; 6] = [
+        const WORDS: [&str; 9] = [
+            "fault injection",
+            "replication link",
+            "witness",
             "role",
             "health check",
             "stepping down",
@@ -431,12 +434,20 @@ impl Drop for Cluster {
 }
 
 /// Verbose status over the admin socket, or None if the node does not answer.
+/// `escadm status` of the node at `home`: roles, sync state, the VIP. Not
+/// verbose: the verbose status adds a digest of the whole state, which the
+/// lab polling it during a takeover would make the node compute over and
+/// over (with 10,000 deployments, enough to slow the node it measures).
 pub fn status_of(home: &Path) -> Option<Value> {
+    status_at(home, false)
+}
+
+fn status_at(home: &Path, verbose: bool) -> Option<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
-    rt.block_on(request(home, &AdminRequest::Status { verbose: true }))
+    rt.block_on(request(home, &AdminRequest::Status { verbose }))
         .ok()?
         .status
 }

@@ -43,6 +43,9 @@ pub struct Outcome {
     /// From the fault to the new primary holding the VIP, as polled.
     pub takeover_ms: u64,
     pub verdict: Verdict,
+    /// The HA log lines of the node the fault hit (role changes and why).
+    #[serde(skip)]
+    pub faulted_node_events: Vec<String>,
     pub pass: bool,
 }
 
@@ -126,6 +129,13 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Outco
         "writes stall after the heal"
     );
     let history = w.finish();
+    if opts.verbose {
+        for i in 0..2 {
+            for l in c.ha_events(i) {
+                say(opts, &format!("esc-{}: {l}", i + 1));
+            }
+        }
+    }
     if let Some(path) = &opts.history {
         crate::workload::write_history(path, &history)?;
     }
@@ -137,6 +147,7 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Outco
         deployments: opts.deployments,
         takeover_ms,
         verdict,
+        faulted_node_events: c.ha_events(p),
         pass,
     })
 }

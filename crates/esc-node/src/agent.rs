@@ -131,7 +131,7 @@ pub fn spawn(
         switchover_timeout_ms: cfg.ha.switchover_timeout_ms,
         contest_grace_ms: cfg.vrrp.as_ref().map_or(3_000, |v| {
             esc_authority::TwoNodeTiming::new(
-                u64::from(v.advert_interval_ms),
+                u64::from(v.advert_interval_ms()),
                 cfg.replication.peer_timeout_ms,
                 cfg.replication.heartbeat_interval_ms,
             )

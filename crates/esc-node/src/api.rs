@@ -41,6 +41,10 @@ use tracing::{info, info_span, warn, Instrument};
 
 /// How long a write waits for its commit before answering "outcome unknown".
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for its owner's answer once the node has stopped
+/// leading: a live owner answers within milliseconds when it demotes; a
+/// hung one never does, and the client had better resend elsewhere.
+const LOST_LEAD_GRACE: Duration = Duration::from_millis(100);
 /// Largest page of a listing.
 pub const LIST_LIMIT_MAX: usize = 1_000;
 /// Name of the generated password file in the node home.
@@ -375,14 +379,20 @@ async fn write(
     {
         return with_tid(unavailable(role, "node stopping"), &tid);
     }
-    // Answered by the owner, or at once when this node stops leading (a
+    // Answered by the owner, or soon after this node stops leading (a
     // FAULT with the owner hung, a step-down): the client resends with its
     // key instead of waiting out its timeout (architecture, "Admission").
+    // A live owner answers at once when it demotes (a definite answer also
+    // for clients without a key); only a silent one is cut short.
     let mut leading = state.shared.leading.subscribe();
+    let lost = async move {
+        let _ = leading.wait_for(|l| !*l).await;
+        tokio::time::sleep(LOST_LEAD_GRACE).await;
+    };
     let answer = tokio::select! {
         biased;
         a = tokio::time::timeout(WRITE_TIMEOUT, rx) => a,
-        _ = leading.wait_for(|l| !*l) => Ok(Ok(Err(Refusal::Unknown))),
+        _ = lost => Ok(Ok(Err(Refusal::Unknown))),
     };
     match answer {
         Ok(Ok(Ok(outcome))) => {

@@ -210,7 +210,7 @@ pub async fn run(
     let (alone_grace_ms, in_sync_window_ms) = match (&cfg.vrrp, cfg.witness.address) {
         (Some(v), None) if r.peer.is_some() => {
             let t = esc_authority::TwoNodeTiming::new(
-                u64::from(v.advert_interval_ms),
+                u64::from(v.advert_interval_ms()),
                 r.peer_timeout_ms,
                 r.heartbeat_interval_ms,
             );

@@ -552,11 +552,19 @@ impl Core {
         self.commit_alone_default = on;
     }
 
-    /// Primary: a follower is connected. Standby: the link to the primary is up.
+    /// Primary: a follower is connected. Standby: the link to the primary
+    /// carries its `Append`s.
     pub fn linked(&self) -> bool {
         match self.role {
             Role::Primary => self.peer.is_some(),
-            Role::Standby => self.upstream.is_some(),
+            // Only a link that carries the primary's `Append`s: a primary
+            // whose service hangs still completes a redialled handshake (its
+            // network task answers, its core does not), and that must not
+            // count as hearing it, or takeover waits another timeout.
+            Role::Standby => self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.primary_commit.is_some()),
         }
     }
 
