@@ -47,7 +47,8 @@ enum Cmd {
     /// Runs one failure class (or `all`) and checks the result.
     Scenario {
         /// link-down, partition, one-way-in, one-way-out, power-failure,
-        /// dead-vm, switchover, graceful-stop, disk-full, service-hang, or all.
+        /// dead-vm, switchover, graceful-stop, disk-full, disk-io-error,
+        /// service-hang, api-dies, or all.
         fault: String,
         /// Deployments written before the fault.
         #[arg(long, default_value_t = 10)]
@@ -305,7 +306,8 @@ fn chaos(
         !no_faults
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut c = Cluster::up("lc", bins.clone(), true, None)?;
+    // A data volume of its own, so disk-full fills only that.
+    let mut c = Cluster::up("lc", bins.clone(), true, Some(CHAOS_VOLUME_MIB))?;
     let mut p = c.wait_ready()?;
     let end = Instant::now() + Duration::from_secs(minutes * 60);
     let stop = Arc::new(AtomicBool::new(false));
@@ -381,6 +383,9 @@ fn chaos(
     println!("{}", serde_json::to_string(&v)?);
     Ok(v.pass(false) && false_takeovers == 0)
 }
+
+/// Size of each node's data volume in chaos (RAM only as far as used).
+const CHAOS_VOLUME_MIB: u64 = 1024;
 
 fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
     println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload)");

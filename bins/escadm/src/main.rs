@@ -68,6 +68,8 @@ enum DebugCmd {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
         seconds: u64,
     },
+    /// The northbound API dies (until escd restarts); the HA agent lives.
+    KillApi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -504,6 +506,9 @@ fn main() -> ExitCode {
         Cmd::Debug {
             cmd: DebugCmd::Hang { seconds },
         } => (AdminRequest::Hang { seconds }, false, false),
+        Cmd::Debug {
+            cmd: DebugCmd::KillApi,
+        } => (AdminRequest::KillApi, false, false),
     };
     let rt = match runtime() {
         Ok(rt) => rt,

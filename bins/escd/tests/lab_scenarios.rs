@@ -86,9 +86,40 @@ fn hardware_issue_disk_full() {
     scenario(Fault::DiskFull);
 }
 
+/// The store's writes and flushes fail with EIO: the node goes FAULT at
+/// its first failed commit (nothing it could not persist is acknowledged),
+/// and after a restart the store recovers and rejoins as standby.
+#[test]
+fn hardware_issue_disk_io_error() {
+    if let Some(o) = scenario_in(Fault::DiskIoError, true) {
+        assert!(
+            o.faulted_node_events
+                .iter()
+                .any(|l| l.contains("store failed") || l.contains("store:")),
+            "the faulted node never reported its store failing: {:#?}",
+            o.faulted_node_events
+        );
+    }
+}
+
 #[test]
 fn internal_application_failure_service_hang() {
     scenario(Fault::ServiceHang);
+}
+
+/// The northbound API dies while the HA agent lives: the agent's API check
+/// fails, the node goes FAULT and hands over; a restart brings it back.
+#[test]
+fn internal_application_failure_api_dies() {
+    if let Some(o) = scenario_in(Fault::ApiDies, true) {
+        assert!(
+            o.faulted_node_events
+                .iter()
+                .any(|l| l.contains("health check failed") && l.contains("api")),
+            "the faulted node's API check never failed: {:#?}",
+            o.faulted_node_events
+        );
+    }
 }
 
 /// Two-node mode (no witness), the primary's packets to its peer dropped:

@@ -72,6 +72,8 @@ pub struct Cluster {
     pub witness: Option<Host>,
     /// Mounted data volumes to unmount at drop.
     mounts: Vec<PathBuf>,
+    /// The strace process failing node `i`'s store I/O, while it does.
+    tracers: [Option<u32>; 2],
 }
 
 /// How long the cluster may take to become ready or to take over: the
@@ -125,6 +127,7 @@ impl Cluster {
             nodes: Vec::new(),
             witness: None,
             mounts: Vec::new(),
+            tracers: [None; 2],
         };
         // 1. Standalone nodes with the minimal file an installer writes.
         for i in 0..2 {
@@ -477,12 +480,18 @@ pub enum Fault {
     GracefulStop,
     /// Hardware issue: the data volume fills up.
     DiskFull,
+    /// Hardware issue: the disk fails: every write and flush of the store
+    /// returns EIO (strace injects the error at the system call).
+    DiskIoError,
     /// Internal application failure: the service hangs while the HA agent lives.
     ServiceHang,
+    /// Internal application failure: the northbound API dies while the HA
+    /// agent and the replication core live.
+    ApiDies,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::LinkDown,
         Fault::Partition,
         Fault::OneWayIn,
@@ -492,7 +501,9 @@ impl Fault {
         Fault::Switchover,
         Fault::GracefulStop,
         Fault::DiskFull,
+        Fault::DiskIoError,
         Fault::ServiceHang,
+        Fault::ApiDies,
     ];
 
     pub fn name(self) -> &'static str {
@@ -506,7 +517,9 @@ impl Fault {
             Fault::Switchover => "switchover",
             Fault::GracefulStop => "graceful-stop",
             Fault::DiskFull => "disk-full",
+            Fault::DiskIoError => "disk-io-error",
             Fault::ServiceHang => "service-hang",
+            Fault::ApiDies => "api-dies",
         }
     }
 
@@ -519,8 +532,8 @@ impl Fault {
             Fault::PowerFailure => "power failure",
             Fault::DeadVm => "dead VM instance",
             Fault::Switchover | Fault::GracefulStop => "scheduled downtime",
-            Fault::DiskFull => "hardware issue",
-            Fault::ServiceHang => "internal application failure",
+            Fault::DiskFull | Fault::DiskIoError => "hardware issue",
+            Fault::ServiceHang | Fault::ApiDies => "internal application failure",
         }
     }
 
@@ -554,6 +567,11 @@ impl Cluster {
             Fault::GracefulStop => self.stop(i, nix::sys::signal::Signal::SIGTERM),
             Fault::DiskFull => {
                 let data = self.nodes[i].home.join("data");
+                // Never fill a disk the lab does not own.
+                anyhow::ensure!(
+                    self.mounts.contains(&data),
+                    "disk-full needs the lab's data volume (Cluster::up with a volume size)"
+                );
                 // Leave less than the 64 MiB health floor, the store still writable.
                 let st = nix::sys::statvfs::statvfs(&data)?;
                 let free_mib = st.blocks_available() * st.fragment_size() / (1 << 20);
@@ -565,10 +583,65 @@ impl Cluster {
                     &format!("count={fill}"),
                 ]))?;
             }
+            Fault::DiskIoError => self.fail_store_io(i)?,
             Fault::ServiceHang => {
                 self.escadm(i, &["debug", "hang", "--seconds=8"])?;
             }
+            Fault::ApiDies => {
+                self.escadm(i, &["debug", "kill-api"])?;
+            }
         }
+        Ok(())
+    }
+
+    /// Makes every positioned write, flush and resize of node `i`'s files
+    /// fail with EIO, as a failing disk would: strace attaches to every
+    /// thread of escd and injects the error at the system call (the store
+    /// is the only part of escd that writes at an offset or syncs; logs and
+    /// sockets use plain writes). Returns once every thread is traced.
+    fn fail_store_io(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.nodes[i]
+            .pid
+            .ok_or_else(|| anyhow::anyhow!("esc-{} is not running", i + 1))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].home.join("strace.log"))?;
+        const CALLS: &str = "pwrite64,pwritev,pwritev2,fdatasync,fsync,ftruncate,fallocate";
+        let tracer = self.lab.spawn(
+            &self.nodes[i].ns_host.clone(),
+            "strace",
+            &[
+                "-qq",
+                "-f",
+                "-p",
+                &pid.to_string(),
+                "-o",
+                "/dev/null",
+                "-e",
+                &format!("trace={CALLS}"),
+                "-e",
+                &format!("inject={CALLS}:error=EIO"),
+            ],
+            log,
+        );
+        self.tracers[i] = Some(tracer);
+        let traced = || -> bool {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("status")).is_ok_and(|st| {
+                    st.lines()
+                        .any(|l| l.split_whitespace().eq(["TracerPid:", &tracer.to_string()]))
+                })
+            })
+        };
+        anyhow::ensure!(
+            wait_for(READY, traced),
+            "strace did not attach to esc-{} (is strace installed?)",
+            i + 1
+        );
         Ok(())
     }
 
@@ -607,6 +680,16 @@ impl Cluster {
             Fault::DeadVm => self.signal(i, nix::sys::signal::Signal::SIGCONT)?,
             Fault::Switchover | Fault::ServiceHang => {}
             Fault::GracefulStop => self.start(i)?,
+            // The disk is replaced, or the subsystem is brought back, by
+            // restarting escd (the store recovers at open).
+            Fault::DiskIoError | Fault::ApiDies => {
+                if let Some(t) = self.tracers[i].take() {
+                    self.lab
+                        .signal_and_reap(t, nix::sys::signal::Signal::SIGTERM);
+                }
+                self.stop(i, nix::sys::signal::Signal::SIGTERM);
+                self.start(i)?;
+            }
             Fault::DiskFull => {
                 std::fs::remove_file(self.nodes[i].home.join("data").join("lab-fill"))?;
             }

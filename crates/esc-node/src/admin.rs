@@ -56,6 +56,9 @@ pub enum AdminRequest {
     Hang {
         seconds: u64,
     },
+    /// Lab only: the northbound API dies (stops listening, closes its
+    /// connections) while the HA agent and the replication core live.
+    KillApi,
 }
 
 /// The node's answer.

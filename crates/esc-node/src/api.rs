@@ -110,14 +110,24 @@ pub async fn serve(
     cfg: ApiConfig,
     password: String,
 ) {
+    let mut dead = shared.api_dead.subscribe();
     let state = ApiState::new(shared, &cfg, &password, cfg.concurrency_max);
     let app = Router::new()
         .route("/v0/deployments", get(list).post(create))
         .route("/v0/deployments/{name}", get(fetch).delete(remove))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!("API server stopped: {e}");
+    // A dead API (lab fault injection) closes its listener and connections;
+    // requests already running still get their answer.
+    let died = async move {
+        let _ = dead.wait_for(|d| *d).await;
+    };
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(died)
+        .await
+    {
+        Ok(()) => warn!("the northbound API is down (fault injection)"),
+        Err(e) => warn!("API server stopped: {e}"),
     }
 }
 

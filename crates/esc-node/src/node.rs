@@ -136,6 +136,10 @@ pub struct Shared {
     pub leading: Arc<watch::Sender<bool>>,
     /// The HA agent's command channel and status (set once it runs).
     pub agent: Arc<std::sync::OnceLock<AgentLink>>,
+    /// Set once the northbound API has died (lab fault injection, `escadm
+    /// debug kill-api`): it stops listening and closes its connections for
+    /// the rest of the process, as a crashed subsystem would.
+    pub api_dead: Arc<watch::Sender<bool>>,
 }
 
 /// How the node's tasks reach the HA agent.
@@ -310,6 +314,7 @@ pub async fn run(
         admission: Arc::new(std::sync::atomic::AtomicBool::new(!pair)),
         leading: Arc::new(watch::Sender::new(!pair)),
         agent: Default::default(),
+        api_dead: Arc::new(watch::Sender::new(false)),
     };
     // The HA agent (role authority, VRRP, witness client, health) runs on
     // its own thread; dropping its handle at the end sends priority 0 (if
@@ -373,6 +378,7 @@ pub async fn run(
         last_view: None,
         pair,
         allow_fault_injection: cfg.debug.allow_fault_injection,
+        api_dead: shared.api_dead.clone(),
     };
     let first = owner.core.start(owner.now_ms());
     owner.exec(first);
@@ -489,9 +495,20 @@ struct Owner {
     last_view: Option<esc_authority::ReplView>,
     pair: bool,
     allow_fault_injection: bool,
+    api_dead: Arc<watch::Sender<bool>>,
 }
 
 impl Owner {
+    /// Why a fault-injection command is refused, if it is.
+    fn fault_injection_refusal(&self) -> Option<AdminResponse> {
+        (!self.allow_fault_injection).then(|| {
+            AdminResponse::err(
+                "fault injection is off: set [debug] allow_fault_injection = true (lab only)"
+                    .into(),
+            )
+        })
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -768,6 +785,15 @@ impl Owner {
             }
             Event::StorageFailed { error } => {
                 Counters::bump(&self.counters.store_errors);
+                if self.pair {
+                    // In a pair the node stays up as FAULT (it says why in
+                    // `escadm status`) and the standby takes over. The agent
+                    // hears why before it sees the core demoted.
+                    error!(target: HA, %error, "store failed; this node goes FAULT");
+                    let _ = self
+                        .agent_cmds
+                        .try_send(crate::agent::AgentCmd::StoreFailed(error.clone()));
+                }
                 self.input(Input::Demote {
                     reason: format!("store failure: {error}"),
                 });
@@ -775,12 +801,6 @@ impl Owner {
                     error!(target: HA, %error, "store failed; stopping");
                     return Err(anyhow::anyhow!("store failure: {error}"));
                 }
-                // In a pair the node stays up as FAULT (it says why in
-                // `escadm status`) and the standby takes over.
-                error!(target: HA, %error, "store failed; this node goes FAULT");
-                let _ = self
-                    .agent_cmds
-                    .try_send(crate::agent::AgentCmd::StoreFailed(error));
             }
             Event::Ha(cmd) => self.on_ha(cmd),
             Event::HaReadyToStop => return Ok(Some(Exit::Stopped)),
@@ -788,11 +808,8 @@ impl Owner {
                 req: AdminRequest::Hang { seconds },
                 reply,
             } => {
-                if !self.allow_fault_injection {
-                    let _ = reply.send(AdminResponse::err(
-                        "fault injection is off: set [debug] allow_fault_injection = true (lab only)"
-                            .into(),
-                    ));
+                if let Some(refusal) = self.fault_injection_refusal() {
+                    let _ = reply.send(refusal);
                 } else {
                     let seconds = seconds.clamp(1, 60);
                     warn!(target: crate::logging::ADMIN, seconds, "fault injection: the service hangs");
@@ -803,6 +820,23 @@ impl Owner {
                     // The fault itself: this task stops answering (the HA
                     // agent, on its own thread, sees it as a failed probe).
                     std::thread::sleep(Duration::from_secs(seconds));
+                }
+            }
+            Event::Admin {
+                req: AdminRequest::KillApi,
+                reply,
+            } => {
+                if let Some(refusal) = self.fault_injection_refusal() {
+                    let _ = reply.send(refusal);
+                } else {
+                    warn!(target: crate::logging::ADMIN, "fault injection: the northbound API dies");
+                    // The HA agent's API check fails from now on; the node
+                    // goes FAULT and hands over until it is restarted.
+                    self.api_dead.send_replace(true);
+                    let _ = reply.send(AdminResponse::ok(
+                        "the northbound API died: restart escd to bring it back",
+                        None,
+                    ));
                 }
             }
             Event::Admin { req, reply } => {
@@ -849,7 +883,8 @@ impl Owner {
             | AdminRequest::OpModeShow
             | AdminRequest::IpTrans
             | AdminRequest::Switchover
-            | AdminRequest::Hang { .. } => AdminResponse::err("answered by the admin task".into()),
+            | AdminRequest::Hang { .. }
+            | AdminRequest::KillApi => AdminResponse::err("answered by the admin task".into()),
             AdminRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)
