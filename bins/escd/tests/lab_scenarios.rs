@@ -91,6 +91,11 @@ fn hardware_issue_disk_full() {
 /// and after a restart the store recovers and rejoins as standby.
 #[test]
 fn hardware_issue_disk_io_error() {
+    if !esc_lab::tool_present("strace") {
+        assert!(std::env::var("CI").is_err(), "CI must install strace");
+        eprintln!("skipped: strace is not installed (apt-get install -y strace)");
+        return;
+    }
     if let Some(o) = scenario_in(Fault::DiskIoError, true) {
         assert!(
             o.faulted_node_events

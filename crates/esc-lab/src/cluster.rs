@@ -600,6 +600,10 @@ impl Cluster {
     /// is the only part of escd that writes at an offset or syncs; logs and
     /// sockets use plain writes). Returns once every thread is traced.
     fn fail_store_io(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            crate::tool_present("strace"),
+            "the failing disk needs strace: apt-get install -y strace"
+        );
         let pid = self.nodes[i]
             .pid
             .ok_or_else(|| anyhow::anyhow!("esc-{} is not running", i + 1))?;
@@ -639,7 +643,7 @@ impl Cluster {
         };
         anyhow::ensure!(
             wait_for(READY, traced),
-            "strace did not attach to esc-{} (is strace installed?)",
+            "strace did not attach to esc-{} (see strace.log in its home)",
             i + 1
         );
         Ok(())

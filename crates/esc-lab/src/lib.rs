@@ -49,6 +49,12 @@ pub fn allowed() -> bool {
     false
 }
 
+/// Whether `program` is on the PATH (the lab's optional tools: strace).
+pub fn tool_present(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
 /// Namespaces this crate creates: a two-letter tag, the PID, `x`, a
 /// counter, the host name (`esc-lab down` removes what a crash left).
 pub fn is_lab_namespace(name: &str) -> bool {

@@ -442,7 +442,7 @@ impl Agent {
                     let _ = reply.send(Err("handled by the node".into()));
                 }
                 AgentCmd::Stop => {
-                    let _ = self.ctx.shared.events.send(Event::HaReadyToStop).await;
+                    let _ = self.ctx.shared.ha_events.send(Event::HaReadyToStop);
                 }
                 _ => {}
             }
@@ -546,40 +546,32 @@ impl Agent {
                 checked,
                 reason,
             } => {
-                let _ = self
-                    .ctx
-                    .shared
-                    .events
-                    .send(to_owner(HaCommand::Promote {
-                        epoch,
-                        checked,
-                        reason,
-                    }))
-                    .await;
+                let _ = self.ctx.shared.ha_events.send(to_owner(HaCommand::Promote {
+                    epoch,
+                    checked,
+                    reason,
+                }));
             }
             Output::Demote { reason } => {
                 let _ = self
                     .ctx
                     .shared
-                    .events
-                    .send(to_owner(HaCommand::Demote { reason }))
-                    .await;
+                    .ha_events
+                    .send(to_owner(HaCommand::Demote { reason }));
             }
             Output::CommitAlone { on, seq } => {
                 let _ = self
                     .ctx
                     .shared
-                    .events
-                    .send(to_owner(HaCommand::CommitAlone { on, seq }))
-                    .await;
+                    .ha_events
+                    .send(to_owner(HaCommand::CommitAlone { on, seq }));
             }
             Output::Handover => {
                 let _ = self
                     .ctx
                     .shared
-                    .events
-                    .send(to_owner(HaCommand::Handover))
-                    .await;
+                    .ha_events
+                    .send(to_owner(HaCommand::Handover));
             }
             Output::ToWitness(req) => {
                 if let Some(tx) = &self.witness_tx {
@@ -594,7 +586,7 @@ impl Agent {
                 }
             }
             Output::ReadyToStop => {
-                let _ = self.ctx.shared.events.send(Event::HaReadyToStop).await;
+                let _ = self.ctx.shared.ha_events.send(Event::HaReadyToStop);
             }
         }
     }

@@ -119,6 +119,10 @@ pub struct Shared {
     pub node_name: String,
     pub store: Arc<Store>,
     pub events: mpsc::Sender<Event>,
+    /// The HA agent's commands to the owner task (`Event::Ha`,
+    /// `Event::HaReadyToStop`): unbounded, so the agent never waits on a
+    /// queue of client writes.
+    pub ha_events: mpsc::UnboundedSender<Event>,
     pub role: watch::Receiver<RoleInfo>,
     pub counters: Arc<Counters>,
     pub data_dir: PathBuf,
@@ -261,6 +265,11 @@ pub async fn run(
     let (net_role_tx, net_role_rx) = watch::channel(Role::Standby);
     let (position_tx, position_rx) = watch::channel(net::Position::default());
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    // The HA agent's commands have a channel of their own, never full: a
+    // queue of client writes in front of a hung owner must not block the
+    // agent's thread (it still has to drop the VIP and stop advertising).
+    // Role commands are few (a handful per role change).
+    let (ha_tx, mut ha_rx) = mpsc::unbounded_channel::<Event>();
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(EVENT_QUEUE);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
     {
@@ -304,6 +313,7 @@ pub async fn run(
         node_name: cfg.node_name.clone(),
         store: store.clone(),
         events: events_tx.clone(),
+        ha_events: ha_tx,
         role: role_rx,
         counters: counters.clone(),
         data_dir: data_dir.clone(),
@@ -379,6 +389,7 @@ pub async fn run(
         pair,
         allow_fault_injection: cfg.debug.allow_fault_injection,
         api_dead: shared.api_dead.clone(),
+        store_failed: false,
     };
     let first = owner.core.start(owner.now_ms());
     owner.exec(first);
@@ -414,6 +425,13 @@ pub async fn run(
             }
             _ = tick.tick() => owner.input(Input::Tick),
             Some(ev) = net_rx.recv() => owner.on_net(ev),
+            Some(ev) = ha_rx.recv() => {
+                match owner.on_event(ev) {
+                    Err(e) => break Err(e),
+                    Ok(Some(exit)) => break Ok(exit),
+                    Ok(None) => {}
+                }
+            }
             Some(ev) = events_rx.recv() => {
                 match owner.on_event(ev) {
                     Err(e) => break Err(e),
@@ -496,6 +514,9 @@ struct Owner {
     pair: bool,
     allow_fault_injection: bool,
     api_dead: Arc<watch::Sender<bool>>,
+    /// The store failed: this process neither persists nor follows again
+    /// (a restart recovers the store at open).
+    store_failed: bool,
 }
 
 impl Owner {
@@ -689,6 +710,13 @@ impl Owner {
 
     fn on_net(&mut self, ev: NetEvent) {
         match ev {
+            NetEvent::Up { tx, reader, .. } if self.store_failed => {
+                // A node that cannot persist must not follow: an in-sync
+                // standby that never acknowledges would stall every commit
+                // of the primary (it commits alone once the link is gone).
+                reader.abort();
+                tx.close();
+            }
             NetEvent::Up {
                 conn,
                 tx,
@@ -785,6 +813,7 @@ impl Owner {
             }
             Event::StorageFailed { error } => {
                 Counters::bump(&self.counters.store_errors);
+                self.store_failed = true;
                 if self.pair {
                     // In a pair the node stays up as FAULT (it says why in
                     // `escadm status`) and the standby takes over. The agent
@@ -800,6 +829,12 @@ impl Owner {
                 if !self.pair {
                     error!(target: HA, %error, "store failed; stopping");
                     return Err(anyhow::anyhow!("store failure: {error}"));
+                }
+                // Only once demoted: a primary losing its standby would ask
+                // the witness to mark it outdated, barring the takeover.
+                let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+                for conn in conns {
+                    self.disconnect(conn, format!("the store failed: {error}"));
                 }
             }
             Event::Ha(cmd) => self.on_ha(cmd),
