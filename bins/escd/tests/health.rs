@@ -1,6 +1,8 @@
 //! Local health (issue 4 groundwork): `GET /esc/health` on the health port
 //! and `escadm health`; a full data volume turns the node unhealthy with a
-//! non-2000 code, and freeing it makes it healthy again.
+//! non-2000 code, and freeing it makes it healthy again. Fault injection
+//! (the lab's `escadm debug`) is refused unless esc.toml allows it; a dead
+//! API turns the health code to 5030.
 
 mod common;
 
@@ -120,4 +122,41 @@ fn health_api_and_a_full_volume() {
         health(&n)["status_code"] == 2000
     });
     n.kill();
+}
+
+#[test]
+fn fault_injection_is_off_by_default_and_a_dead_api_is_unhealthy() {
+    let n = Node::start(NodeSpec::new("esc-1", "127.0.0.1", "primary"));
+    wait_until(Duration::from_secs(10), "primary", || {
+        n.status()["role"] == "primary"
+    });
+    for req in [AdminRequest::KillApi, AdminRequest::Hang { seconds: 1 }] {
+        let r = n.admin(req.clone());
+        assert!(
+            !r.ok && r.message.contains("allow_fault_injection"),
+            "{req:?} without [debug] allow_fault_injection: {r:?}"
+        );
+    }
+    assert_eq!(health(&n)["status_code"], 2000, "nothing changed");
+
+    let mut spec = NodeSpec::new("esc-2", "127.0.0.1", "primary");
+    spec.fault_injection = true;
+    let m = Node::start(spec);
+    wait_until(Duration::from_secs(10), "primary", || {
+        m.status()["role"] == "primary"
+    });
+    let r = m.admin(AdminRequest::KillApi);
+    assert!(r.ok, "{r:?}");
+    wait_until(Duration::from_secs(10), "5030 once the API is dead", || {
+        health(&m)["status_code"] == 5030
+    });
+    let refused = rt().block_on(async {
+        client()
+            .get(m.url("/v0/deployments"))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .is_err()
+    });
+    assert!(refused, "the dead API still answers");
 }

@@ -35,6 +35,8 @@ pub struct NodeSpec {
     pub secret: String,
     pub snapshot_every_entries: u64,
     pub log_retain_entries: u64,
+    /// `[debug] allow_fault_injection` (off unless a test turns it on).
+    pub fault_injection: bool,
 }
 
 impl NodeSpec {
@@ -50,6 +52,7 @@ impl NodeSpec {
             secret: SECRET.into(),
             snapshot_every_entries: 100_000,
             log_retain_entries: 1_000,
+            fault_injection: false,
         }
     }
 
@@ -81,6 +84,8 @@ user = "admin"
 password = "{PASSWORD}"
 body_bytes_max = 1048576
 concurrency_max = 1024
+[debug]
+allow_fault_injection = {faults}
 "#,
             name = self.name,
             repl = self.repl,
@@ -91,6 +96,7 @@ concurrency_max = 1024
             retain = self.log_retain_entries,
             api = self.api,
             health = self.health,
+            faults = self.fault_injection,
         )
     }
 }
