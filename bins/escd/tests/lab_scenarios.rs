@@ -144,3 +144,161 @@ fn two_node_one_way_out_the_old_primary_steps_down() {
         );
     }
 }
+
+/// The MAC address of `eth0` in a lab namespace.
+fn mac(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", "eth0"])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The link-layer address the client's kernel uses for the VIP.
+fn client_neighbour(c: &esc_lab::cluster::Cluster) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &c.lab.ns("client"),
+            "neigh",
+            "show",
+            esc_lab::cluster::VIP,
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A VIP that moves twice within the client's neighbour `locktime` (Linux
+/// ignores a new address for a neighbour updated less than `locktime`
+/// ago): the second move's gratuitous ARPs are ignored, and only the
+/// repeated burst (`vrrp.garp_repeat_ms`) points the client at the new
+/// holder; without it the client's entry stays on the old holder until it
+/// expires (15 to 45 s, then probes). The client's locktime is raised to
+/// 5 s and the repeat set to 6 s so that the mechanism shows with margins
+/// a loaded machine cannot blur: the second move happens well within the
+/// locktime, and the client must follow within 6 s plus 6 s of margin.
+#[test]
+fn a_vip_moving_twice_within_the_locktime_still_reaches_the_client() {
+    use esc_lab::cluster::{wait_for, Cluster, READY};
+    use esc_lab::workload::Workload;
+    use std::time::{Duration, Instant};
+    if !esc_lab::allowed() {
+        return;
+    }
+    let c = Cluster::up_with("lg", bins(), true, None, |cfg| {
+        if let Some(v) = cfg.vrrp.as_mut() {
+            v.garp_repeat_ms = 6_000;
+        }
+    })
+    .expect("lab");
+    let client = c.lab.ns("client");
+    let st = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.neigh.eth0.locktime=500",
+        ])
+        .status()
+        .expect("sysctl");
+    assert!(st.success(), "cannot set the client's locktime");
+    let p = c.wait_ready().expect("ready");
+    let s = 1 - p;
+    let macs = [
+        mac(&c.lab.ns(&c.nodes[0].ns_host)),
+        mac(&c.lab.ns(&c.nodes[1].ns_host)),
+    ];
+    let w = Workload::start(&c, 2, usize::MAX, "garp");
+    assert!(w.wait_acked(50, READY), "the workload does not progress");
+    assert_eq!(
+        client_neighbour(&c),
+        macs[p],
+        "the client reaches the primary"
+    );
+    // First move: the client follows (its entry is older than the locktime).
+    c.escadm(p, &["ha", "switchover"]).expect("switchover");
+    assert!(
+        wait_for(READY, || client_neighbour(&c) == macs[s]),
+        "the client did not follow the first move"
+    );
+    // The client's entry was updated about now: its locktime starts here.
+    let first = Instant::now();
+    // Second move, back, as soon as the pair allows it.
+    assert!(
+        wait_for(READY, || c.ready() == Some(s)),
+        "the pair did not settle after the first switchover"
+    );
+    c.escadm(s, &["ha", "switchover"]).expect("switchover back");
+    let second = first.elapsed();
+    assert!(
+        second < Duration::from_secs(4),
+        "the second move came {second:?} after the first: not within the client's locktime, the test proves nothing"
+    );
+    assert!(
+        wait_for(Duration::from_secs(12), || client_neighbour(&c) == macs[p]),
+        "the client still sends to the old holder 12 s after the second move: {} (primary {})",
+        client_neighbour(&c),
+        macs[p]
+    );
+    drop(w.finish());
+}
+
+/// The primary loses power right after two switchovers (there and back):
+/// the standby takes over (found by `esc-lab chaos`: the standby waited
+/// for the dead node to come back).
+#[test]
+fn power_failure_right_after_switchovers() {
+    use esc_lab::cluster::{wait_for, Cluster, Fault, READY};
+    use esc_lab::workload::Workload;
+    if !esc_lab::allowed() {
+        return;
+    }
+    let mut c = Cluster::up("lh", bins(), true, None).expect("lab");
+    let p = c.wait_ready().expect("ready");
+    let s = 1 - p;
+    let w = Workload::start(&c, 2, usize::MAX, "sw");
+    assert!(w.wait_acked(50, READY), "the workload does not progress");
+    for (from, to) in [(p, s), (s, p)] {
+        c.escadm(from, &["ha", "switchover"]).expect("switchover");
+        assert!(
+            wait_for(READY, || c.ready() == Some(to)),
+            "the switchover to esc-{} did not complete",
+            to + 1
+        );
+    }
+    c.inject(Fault::PowerFailure, p).expect("power failure");
+    let took_over = wait_for(READY, || {
+        c.role(s) == "PRIMARY" && c.vip_holders() == vec![s]
+    });
+    if !took_over {
+        eprintln!("{}", c.dump());
+    }
+    assert!(took_over, "esc-{} did not take over", s + 1);
+    let before = w.acked();
+    assert!(
+        w.wait_acked(before + 50, READY),
+        "writes do not resume on esc-{}",
+        s + 1
+    );
+    c.heal(Fault::PowerFailure, p).expect("heal");
+    c.wait_ready().expect("ready after the heal");
+    let history = w.finish();
+    let v = esc_lab::workload::check(&c, &history, 0).expect("check");
+    assert!(v.pass(false), "{v:#?}");
+}

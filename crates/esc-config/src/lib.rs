@@ -171,6 +171,12 @@ pub struct VrrpConfig {
     /// Spacing between those gratuitous ARPs.
     #[serde(default = "default_garp_interval_ms")]
     pub garp_interval_ms: u64,
+    /// The same burst again this long after becoming master, while still
+    /// holding the VIP (0: never). Just over Linux's neighbour `locktime`
+    /// (1 s), so hosts that saw the VIP move less than a second before
+    /// follow this move too (keepalived: `garp_master_delay`, 5 s).
+    #[serde(default = "default_garp_repeat_ms")]
+    pub garp_repeat_ms: u64,
 }
 
 fn default_priority() -> u8 {
@@ -196,6 +202,9 @@ fn default_garp_count() -> u32 {
 fn default_garp_interval_ms() -> u64 {
     100
 }
+fn default_garp_repeat_ms() -> u64 {
+    1_100
+}
 
 impl VrrpConfig {
     /// The advertisement interval: configured, or the version's default.
@@ -218,6 +227,7 @@ impl VrrpConfig {
             unicast_peers: Vec::new(),
             garp_count: default_garp_count(),
             garp_interval_ms: default_garp_interval_ms(),
+            garp_repeat_ms: default_garp_repeat_ms(),
         }
     }
 
@@ -328,6 +338,12 @@ impl VrrpConfig {
             return Err((
                 "vrrp.garp_count",
                 "garp_count must be 1..=100 and garp_interval_ms 1..=10000".into(),
+            ));
+        }
+        if self.garp_repeat_ms > 60_000 {
+            return Err((
+                "vrrp.garp_repeat_ms",
+                "garp_repeat_ms must be 0 (off) to 60000".into(),
             ));
         }
         Ok(())

@@ -114,13 +114,41 @@ impl Cluster {
         witness: bool,
         data_volume_mib: Option<u64>,
     ) -> anyhow::Result<Cluster> {
+        Self::up_with(tag, bins, witness, data_volume_mib, |_| {})
+    }
+
+    /// [`Cluster::up`], with `tune` applied to both nodes' esc.toml before
+    /// the reload that starts the pair (a test of one setting).
+    pub fn up_with(
+        tag: &str,
+        bins: Bins,
+        witness: bool,
+        data_volume_mib: Option<u64>,
+        tune: impl Fn(&mut esc_config::Config),
+    ) -> anyhow::Result<Cluster> {
         let mut lab = Lab::with_prefix(tag)
             .ok_or_else(|| anyhow::anyhow!("the lab needs root (network namespaces)"))?;
         for (i, a) in NODE_ADDRS.iter().enumerate() {
             lab.host(&format!("esc{}", i + 1), &format!("{a}/24"));
         }
         lab.host("witness", &format!("{WITNESS_ADDR}/24"));
-        lab.host("client", &format!("{CLIENT_ADDR}/24"));
+        let client_ns = lab.host("client", &format!("{CLIENT_ADDR}/24"));
+        // The client opens a connection per attempt (none is left stuck on
+        // a dead node) and closes it first, so each leaves a TIME_WAIT: at
+        // several hundred writes a second the default ephemeral ports
+        // towards the one VIP:port run out within a minute and every
+        // connect fails at once (a chaos run saw 22 s of that). A load
+        // generator's usual settings, in the client's namespace only:
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &client_ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ]))?;
         let mut c = Cluster {
             lab,
             bins,
@@ -183,6 +211,7 @@ impl Cluster {
         for i in 0..2 {
             let mut cfg = esc_config::Config::load(&c.nodes[i].home)?;
             cfg.debug.allow_fault_injection = true;
+            tune(&mut cfg);
             std::fs::write(
                 c.nodes[i].home.join(esc_config::CONFIG_FILE),
                 toml::to_string_pretty(&cfg)?,
@@ -678,6 +707,20 @@ impl Cluster {
                 self.nft(i, "delete table inet esc_lab_partition\n")?
             }
             Fault::PowerFailure => {
+                // Power comes back as a reboot: the kernel's addresses are
+                // gone with its RAM, the VIP too (the namespace kept it;
+                // up with the link, it would answer ARP for the VIP).
+                if self.lab.has(&self.nodes[i].ns_host, VIP) {
+                    crate::ip(&[
+                        "-n",
+                        &ns,
+                        "addr",
+                        "del",
+                        &format!("{VIP}/24"),
+                        "dev",
+                        "eth0",
+                    ]);
+                }
                 crate::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
                 self.start(i)?;
             }

@@ -26,6 +26,8 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -51,6 +53,10 @@ pub struct VrrpStatus {
     pub dropped: u64,
 }
 
+/// A gratuitous ARP more than this late is not sent (the process was
+/// stalled; see `Speaker::announce`).
+const GARP_LATE_MAX: Duration = Duration::from_millis(200);
+
 /// The VRRP speaker: the sans-IO state machine plus its socket, the VIP
 /// and gratuitous ARP. Driven by the HA agent (`agent.rs`) on its thread.
 pub(crate) struct Speaker {
@@ -74,6 +80,9 @@ pub(crate) struct Speaker {
     /// Adverts heard with the primary's priority (another node claims the
     /// primary role: two-node mode's contest, see esc-authority).
     primary_adverts: u64,
+    /// Bumped at every announcement and every removal of the VIP: a
+    /// delayed gratuitous ARP goes out only if nothing changed since.
+    vip_gen: Arc<AtomicU64>,
 }
 
 /// Checks at start-up that VRRP can run here (interface, raw socket).
@@ -135,6 +144,7 @@ impl Speaker {
             vip_follows_vrrp,
             master_priority: None,
             primary_adverts: 0,
+            vip_gen: Arc::new(AtomicU64::new(0)),
         };
         // A VIP left behind by a crash is not ours until we are master again.
         if sp.remove_vip().await? {
@@ -396,6 +406,8 @@ impl Speaker {
 
     /// Removes the VIP if present; says whether it was.
     pub(crate) async fn remove_vip(&self) -> anyhow::Result<bool> {
+        // Cancels any gratuitous ARP still to be sent for it.
+        self.vip_gen.fetch_add(1, Ordering::SeqCst);
         let mut found = self
             .netlink
             .address()
@@ -414,21 +426,45 @@ impl Speaker {
         Ok(removed)
     }
 
-    /// Gratuitous ARPs, `garp_count` of them `garp_interval_ms` apart.
+    /// Gratuitous ARPs, `garp_count` of them `garp_interval_ms` apart, and
+    /// the same burst again `garp_repeat_ms` later while this node still
+    /// holds the VIP. Why the second burst: Linux ignores a new link-layer
+    /// address for a neighbour updated less than `locktime` ago (1 s by
+    /// default), so a client or router that saw the VIP move less than a
+    /// second before would keep sending to the old holder until its entry
+    /// expires, seconds later (the lab's chaos runs saw 2 to 5 s).
+    /// keepalived's `garp_master_delay` (5 s) is the same remedy.
     fn announce(&self) {
         let (ifindex, frame) = (self.ifindex, crate::sys::garp_frame(self.mac, self.vip.0));
-        let (count, gap) = (
+        let (count, gap, repeat) = (
             self.cfg.garp_count,
             Duration::from_millis(self.cfg.garp_interval_ms),
+            Duration::from_millis(self.cfg.garp_repeat_ms),
         );
+        let gen = self.vip_gen.clone();
+        let mine = gen.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::spawn(async move {
-            for i in 0..count {
-                if i > 0 {
-                    tokio::time::sleep(gap).await;
-                }
-                if let Err(e) = crate::sys::send_frame(ifindex, &frame) {
-                    warn!(target: HA, "gratuitous ARP: {e}");
+            let start = tokio::time::Instant::now();
+            for burst in 0..2u32 {
+                if burst == 1 && repeat.is_zero() {
                     return;
+                }
+                for i in 0..count {
+                    let due = start + repeat * burst + gap * i;
+                    tokio::time::sleep_until(due).await;
+                    // Never announce a VIP this node gave up meanwhile, nor
+                    // after a stall (SIGSTOP, a hung VM): a frame sent late
+                    // may come after a takeover the agent has not yet
+                    // noticed, and would pull clients to this node.
+                    if gen.load(Ordering::SeqCst) != mine
+                        || tokio::time::Instant::now() > due + GARP_LATE_MAX
+                    {
+                        return;
+                    }
+                    if let Err(e) = crate::sys::send_frame(ifindex, &frame) {
+                        warn!(target: HA, "gratuitous ARP: {e}");
+                        return;
+                    }
                 }
             }
         });
