@@ -312,10 +312,12 @@ pub struct Authority {
     /// After a handover: keep the VIP until then, or until more primary
     /// adverts than this count were heard.
     vip_hold: Option<(u64, u64)>,
-    /// When this node handed its role over (switchover): it does not take
-    /// it back on its own for `switchover_timeout_ms`, while the peer takes
-    /// over.
-    handed_over_at_ms: Option<u64>,
+    /// When this node handed its role over (switchover), and its epoch
+    /// then: it does not take the role back on its own for
+    /// `switchover_timeout_ms` while the peer takes over, unless it has
+    /// followed the new primary (linked, in a newer epoch): then the
+    /// switchover is over, and losing that primary is an ordinary takeover.
+    handed_over_at_ms: Option<(u64, u64)>,
     /// When the core last refused a checked promotion: automatic attempts
     /// pause for `witness_retry_ms` x 10 after it.
     refused_at_ms: Option<u64>,
@@ -970,7 +972,15 @@ impl Authority {
     fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
         if self
             .handed_over_at_ms
-            .is_some_and(|t| self.now_ms < t + self.cfg.switchover_timeout_ms)
+            .is_some_and(|(_, epoch)| r.linked && r.epoch > epoch)
+        {
+            // Found by the lab's chaos runs: the new primary died a second
+            // after the switchover and this node waited out the timeout.
+            self.handed_over_at_ms = None;
+        }
+        if self
+            .handed_over_at_ms
+            .is_some_and(|(t, _)| self.now_ms < t + self.cfg.switchover_timeout_ms)
             && !r.handover
         {
             return;
@@ -1109,8 +1119,9 @@ impl Authority {
                     now + VIP_HOLD_MS,
                     self.vrrp.map_or(0, |v| v.primary_adverts),
                 ));
+                let epoch = r.epoch;
                 self.step_down("switchover: handed over to the standby".into(), out);
-                self.handed_over_at_ms = Some(now);
+                self.handed_over_at_ms = Some((now, epoch));
                 if s.then_stop {
                     self.stopping = true;
                 }

@@ -464,3 +464,39 @@ fn a_primary_that_does_not_hear_the_witness_asks_for_no_mark() {
         "{out:?}"
     );
 }
+
+/// A node that handed over does not take the role back on its own while
+/// the switchover completes; but once it follows the new primary (linked,
+/// in a newer epoch) the switchover is over, and losing that primary is an
+/// ordinary takeover, not one held back for `switchover_timeout_ms`
+/// (found by the lab's chaos runs: a power failure a second after a
+/// switchover went unanswered until the dead node came back).
+#[test]
+fn a_node_that_handed_over_takes_over_as_usual_once_it_followed_the_new_primary() {
+    let grant_requested = |out: &[Output]| {
+        out.iter()
+            .any(|o| matches!(o, Output::ToWitness(WitnessRequest::Promote { .. })))
+    };
+    for followed in [false, true] {
+        let mut a = witness_primary();
+        a.handle(10, Input::Repl(primary_view(true, false)));
+        let out = a.handle(20, Input::Switchover { id: 1 });
+        assert!(out.contains(&Output::Handover), "{out:?}");
+        assert_eq!(a.role(), Role::Standby);
+        let mut v = standby_view();
+        // Following the new primary in epoch 2, or still in epoch 1.
+        v.epoch = if followed { 2 } else { 1 };
+        a.handle(100, Input::Repl(v.clone()));
+        // That primary dies at 300 (well within the 2 s switchover timeout):
+        // the link goes, VRRP says master.
+        v.linked = false;
+        v.blocker = None;
+        a.handle(300, Input::Repl(v));
+        let out = a.handle(310, vrrp(VrrpState::Master));
+        assert_eq!(
+            grant_requested(&out),
+            followed,
+            "followed the new primary: {followed}: {out:?}"
+        );
+    }
+}
