@@ -413,31 +413,35 @@ pub async fn run(
     let result = loop {
         let deadline = stop_deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
+        // Owner events come from two queues: the agent's role commands and
+        // everything else (client writes, admin); one handler serves both.
+        let event = tokio::select! {
             _ = &mut shutdown, if stop_deadline.is_none() => {
                 info!(target: HA, "stop requested: handing over first if primary");
                 stop_deadline = Some(tokio::time::Instant::now() + stop_grace);
                 let _ = owner.agent_cmds.try_send(crate::agent::AgentCmd::Stop);
+                None
             }
             _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
                 warn!(target: HA, "handover did not finish in time; stopping anyway");
                 break Ok(Exit::Stopped);
             }
-            _ = tick.tick() => owner.input(Input::Tick),
-            Some(ev) = net_rx.recv() => owner.on_net(ev),
-            Some(ev) = ha_rx.recv() => {
-                match owner.on_event(ev) {
-                    Err(e) => break Err(e),
-                    Ok(Some(exit)) => break Ok(exit),
-                    Ok(None) => {}
-                }
+            _ = tick.tick() => {
+                owner.input(Input::Tick);
+                None
             }
-            Some(ev) = events_rx.recv() => {
-                match owner.on_event(ev) {
-                    Err(e) => break Err(e),
-                    Ok(Some(exit)) => break Ok(exit),
-                    Ok(None) => {}
-                }
+            Some(ev) = net_rx.recv() => {
+                owner.on_net(ev);
+                None
+            }
+            Some(ev) = ha_rx.recv() => Some(ev),
+            Some(ev) = events_rx.recv() => Some(ev),
+        };
+        if let Some(ev) = event {
+            match owner.on_event(ev) {
+                Err(e) => break Err(e),
+                Ok(Some(exit)) => break Ok(exit),
+                Ok(None) => {}
             }
         }
     };
