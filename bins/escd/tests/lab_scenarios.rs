@@ -41,6 +41,18 @@ fn scenario_in(fault: Fault, witness: bool) -> Option<esc_lab::scenario::Outcome
     Some(o)
 }
 
+/// Runs `fault`, then checks that the faulted node's HA log shows `what`
+/// (some line for which `saw` holds): the run passed for the right reason.
+fn scenario_where(fault: Fault, witness: bool, what: &str, saw: impl Fn(&str) -> bool) {
+    if let Some(o) = scenario_in(fault, witness) {
+        assert!(
+            o.faulted_node_events.iter().any(|l| saw(l)),
+            "{what}: {:#?}",
+            o.faulted_node_events
+        );
+    }
+}
+
 #[test]
 fn network_failure_link_down() {
     scenario(Fault::LinkDown);
@@ -96,15 +108,12 @@ fn hardware_issue_disk_io_error() {
         eprintln!("skipped: strace is not installed (apt-get install -y strace)");
         return;
     }
-    if let Some(o) = scenario_in(Fault::DiskIoError, true) {
-        assert!(
-            o.faulted_node_events
-                .iter()
-                .any(|l| l.contains("store failed") || l.contains("store:")),
-            "the faulted node never reported its store failing: {:#?}",
-            o.faulted_node_events
-        );
-    }
+    scenario_where(
+        Fault::DiskIoError,
+        true,
+        "the faulted node never reported its store failing",
+        |l| l.contains("store failed") || l.contains("store:"),
+    );
 }
 
 #[test]
@@ -116,15 +125,12 @@ fn internal_application_failure_service_hang() {
 /// fails, the node goes FAULT and hands over; a restart brings it back.
 #[test]
 fn internal_application_failure_api_dies() {
-    if let Some(o) = scenario_in(Fault::ApiDies, true) {
-        assert!(
-            o.faulted_node_events
-                .iter()
-                .any(|l| l.contains("health check failed") && l.contains("api")),
-            "the faulted node's API check never failed: {:#?}",
-            o.faulted_node_events
-        );
-    }
+    scenario_where(
+        Fault::ApiDies,
+        true,
+        "the faulted node's API check never failed",
+        |l| l.contains("health check failed") && l.contains("api"),
+    );
 }
 
 /// Two-node mode (no witness), the primary's packets to its peer dropped:
@@ -134,51 +140,42 @@ fn internal_application_failure_api_dies() {
 /// no epoch acknowledged by two nodes.
 #[test]
 fn two_node_one_way_out_the_old_primary_steps_down() {
-    if let Some(o) = scenario_in(Fault::OneWayOut, false) {
-        assert!(
-            o.faulted_node_events
-                .iter()
-                .any(|l| l.contains("another node advertises as primary")),
-            "the old primary did not step down on hearing the new one: {:#?}",
-            o.faulted_node_events
-        );
-    }
+    scenario_where(
+        Fault::OneWayOut,
+        false,
+        "the old primary did not step down on hearing the new one",
+        |l| l.contains("another node advertises as primary"),
+    );
+}
+
+/// The word after `key` in what `ip args` prints (e.g. the address after
+/// `link/ether` or `lladdr`), empty if absent.
+fn ip_word_after(args: &[&str], key: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != key)
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The MAC address of `eth0` in a lab namespace.
 fn mac(ns: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-o", "link", "show", "dev", "eth0"])
-        .output()
-        .expect("ip link");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string()
+    ip_word_after(
+        &["-n", ns, "-o", "link", "show", "dev", "eth0"],
+        "link/ether",
+    )
 }
 
 /// The link-layer address the client's kernel uses for the VIP.
 fn client_neighbour(c: &esc_lab::cluster::Cluster) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &c.lab.ns("client"),
-            "neigh",
-            "show",
-            esc_lab::cluster::VIP,
-            "dev",
-            "eth0",
-        ])
-        .output()
-        .expect("ip neigh");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string()
+    let ns = c.lab.ns("client");
+    let vip = esc_lab::cluster::VIP;
+    ip_word_after(&["-n", &ns, "neigh", "show", vip, "dev", "eth0"], "lladdr")
 }
 
 /// A VIP that moves twice within the client's neighbour `locktime` (Linux
@@ -204,20 +201,8 @@ fn a_vip_moving_twice_within_the_locktime_still_reaches_the_client() {
         }
     })
     .expect("lab");
-    let client = c.lab.ns("client");
-    let st = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &client,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.neigh.eth0.locktime=500",
-        ])
-        .status()
-        .expect("sysctl");
-    assert!(st.success(), "cannot set the client's locktime");
+    c.lab
+        .sysctl("client", &["net.ipv4.neigh.eth0.locktime=500"]);
     let p = c.wait_ready().expect("ready");
     let s = 1 - p;
     let macs = [

@@ -317,7 +317,7 @@ pub struct Authority {
     /// `switchover_timeout_ms` while the peer takes over, unless it has
     /// followed the new primary (linked, in a newer epoch): then the
     /// switchover is over, and losing that primary is an ordinary takeover.
-    handed_over_at_ms: Option<(u64, u64)>,
+    handed_over: Option<(u64, u64)>,
     /// When the core last refused a checked promotion: automatic attempts
     /// pause for `witness_retry_ms` x 10 after it.
     refused_at_ms: Option<u64>,
@@ -365,7 +365,7 @@ impl Authority {
             term: None,
             grant_in_flight: false,
             refused_at_ms: None,
-            handed_over_at_ms: None,
+            handed_over: None,
             vip_hold: None,
             alone_cmd: (false, 0),
             lease_until_ms: None,
@@ -971,15 +971,15 @@ impl Authority {
     /// A standby decides whether to take over.
     fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
         if self
-            .handed_over_at_ms
+            .handed_over
             .is_some_and(|(_, epoch)| r.linked && r.epoch > epoch)
         {
             // Found by the lab's chaos runs: the new primary died a second
             // after the switchover and this node waited out the timeout.
-            self.handed_over_at_ms = None;
+            self.handed_over = None;
         }
         if self
-            .handed_over_at_ms
+            .handed_over
             .is_some_and(|(t, _)| self.now_ms < t + self.cfg.switchover_timeout_ms)
             && !r.handover
         {
@@ -1121,7 +1121,7 @@ impl Authority {
                 ));
                 let epoch = r.epoch;
                 self.step_down("switchover: handed over to the standby".into(), out);
-                self.handed_over_at_ms = Some((now, epoch));
+                self.handed_over = Some((now, epoch));
                 if s.then_stop {
                     self.stopping = true;
                 }

@@ -132,23 +132,20 @@ impl Cluster {
             lab.host(&format!("esc{}", i + 1), &format!("{a}/24"));
         }
         lab.host("witness", &format!("{WITNESS_ADDR}/24"));
-        let client_ns = lab.host("client", &format!("{CLIENT_ADDR}/24"));
+        lab.host("client", &format!("{CLIENT_ADDR}/24"));
         // The client opens a connection per attempt (none is left stuck on
         // a dead node) and closes it first, so each leaves a TIME_WAIT: at
         // several hundred writes a second the default ephemeral ports
         // towards the one VIP:port run out within a minute and every
         // connect fails at once (a chaos run saw 22 s of that). A load
         // generator's usual settings, in the client's namespace only:
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &client_ns,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=10000 65000",
-        ]))?;
+        lab.sysctl(
+            "client",
+            &[
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=10000 65000",
+            ],
+        );
         let mut c = Cluster {
             lab,
             bins,
@@ -465,11 +462,11 @@ impl Drop for Cluster {
     }
 }
 
-/// Verbose status over the admin socket, or None if the node does not answer.
-/// `escadm status` of the node at `home`: roles, sync state, the VIP. Not
-/// verbose: the verbose status adds a digest of the whole state, which the
-/// lab polling it during a takeover would make the node compute over and
-/// over (with 10,000 deployments, enough to slow the node it measures).
+/// `escadm status` of the node at `home` (roles, sync state, the VIP), or
+/// None if it does not answer. Not verbose: the verbose status adds a
+/// digest of the whole state, which the lab polling it during a takeover
+/// would make the node compute over and over (with 10,000 deployments,
+/// enough to slow the node it measures).
 pub fn status_of(home: &Path) -> Option<Value> {
     status_at(home, false)
 }

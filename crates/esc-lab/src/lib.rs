@@ -129,6 +129,20 @@ impl Lab {
         ns
     }
 
+    /// Sets kernel parameters (`name=value`) inside a host's namespace.
+    pub fn sysctl(&self, host: &str, settings: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "sysctl", "-q", "-w"])
+            .args(settings)
+            .status()
+            .expect("run sysctl");
+        assert!(
+            st.success(),
+            "sysctl {} in {host} failed",
+            settings.join(" ")
+        );
+    }
+
     /// IPv4 addresses on `eth0` of a host.
     pub fn addrs(&self, host: &str) -> Vec<String> {
         let out = Command::new("ip")

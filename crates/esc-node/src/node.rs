@@ -921,9 +921,11 @@ impl Owner {
             | AdminRequest::OpModeSet { .. }
             | AdminRequest::OpModeShow
             | AdminRequest::IpTrans
-            | AdminRequest::Switchover
-            | AdminRequest::Hang { .. }
-            | AdminRequest::KillApi => AdminResponse::err("answered by the admin task".into()),
+            | AdminRequest::Switchover => AdminResponse::err("answered by the admin task".into()),
+            // Fault injection: answered in `on_event`, before this.
+            AdminRequest::Hang { .. } | AdminRequest::KillApi => {
+                AdminResponse::err("answered by the owner's event loop".into())
+            }
             AdminRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)
