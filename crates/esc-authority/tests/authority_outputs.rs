@@ -322,18 +322,31 @@ fn switchover_drains_then_hands_over_and_answers() {
     assert_eq!(out, vec![Output::Admission(false)]);
     v.drained = true;
     let out = a.handle(30, Input::Repl(v));
-    assert_eq!(out[0], Output::Handover);
+    // The lease goes before the Handover, so the standby's grant request
+    // (sent when the Handover reaches it) finds it released.
+    assert_eq!(
+        out[0],
+        Output::ToWitness(WitnessRequest::Release { epoch: 1 })
+    );
+    assert_eq!(out[1], Output::Handover);
     assert!(matches!(
-        &out[1],
+        &out[2],
         Output::Reply {
             id: 7,
             result: Ok(_)
         }
     ));
-    assert!(out.contains(&Output::ToWitness(WitnessRequest::Release { epoch: 1 })));
+    let releases = out
+        .iter()
+        .filter(|o| matches!(o, Output::ToWitness(WitnessRequest::Release { .. })))
+        .count();
+    assert_eq!(releases, 1, "released once: {out:?}");
     assert_eq!(a.role(), Role::Standby);
-    // The VIP stays (writes get 503) until the new primary advertises ...
+    // The VIP stays (writes get 503) until the new primary advertises, but
+    // this node announces it no more: a gratuitous ARP repeat of its own
+    // term would take clients back from the new primary ...
     assert!(!out.contains(&Output::Vip(false)), "{out:?}");
+    assert!(out.contains(&Output::VipQuiet), "{out:?}");
     assert!(out.contains(&Output::Admission(false)) || !a.admits_writes());
     let out = a.handle(
         80,
@@ -499,4 +512,41 @@ fn a_node_that_handed_over_takes_over_as_usual_once_it_followed_the_new_primary(
             "followed the new primary: {followed}: {out:?}"
         );
     }
+}
+
+// A standby handed the role asks the witness again within
+// HANDOVER_GRANT_RETRY_MS of a refusal (the old primary's release may land
+// just after its first request), not after witness_retry_ms.
+#[test]
+fn a_standby_handed_the_role_retries_a_refused_grant_soon() {
+    use esc_authority::authority::HANDOVER_GRANT_RETRY_MS;
+    let mut a = started(true);
+    let handed = ReplView {
+        linked: false,
+        blocker: None,
+        handover: true,
+        ..standby_view()
+    };
+    let out = a.handle(10, Input::Repl(handed));
+    let req = WitnessRequest::Promote {
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 10,
+        force: false,
+    };
+    assert!(out.contains(&Output::ToWitness(req.clone())), "{out:?}");
+    let out = a.handle(
+        11,
+        Input::Witness {
+            request: req.clone(),
+            reply: WitnessReply::Denied {
+                reason: "the lease is held".into(),
+            },
+            sent_at_ms: 10,
+        },
+    );
+    assert!(!out.contains(&Output::ToWitness(req.clone())), "{out:?}");
+    let out = a.handle(10 + HANDOVER_GRANT_RETRY_MS, Input::Tick);
+    assert!(out.contains(&Output::ToWitness(req)), "{out:?}");
+    assert!(HANDOVER_GRANT_RETRY_MS < cfg(true).witness_retry_ms);
 }

@@ -764,6 +764,7 @@ impl Sim {
                 }
                 AOut::Handover => self.nodes[i].to_core.push_back(HaCmd::Handover),
                 AOut::Vip(on) => self.nodes[i].vip = on,
+                AOut::VipQuiet => {}
                 AOut::Admission(on) => self.nodes[i].admission = on,
                 AOut::VrrpContend(on) => {
                     self.vrrp(i, if on { VIn::Startup } else { VIn::Shutdown })

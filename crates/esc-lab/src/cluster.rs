@@ -246,9 +246,14 @@ impl Cluster {
     }
 
     fn host(name: &str, ns_host: &str) -> anyhow::Result<Host> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix(&format!("esc-lab-{name}-"))
             .tempdir()?;
+        // ESC_LAB_KEEP=1 leaves every node home (config, logs, store) behind
+        // for a post-mortem.
+        if std::env::var_os("ESC_LAB_KEEP").is_some_and(|v| v == "1") {
+            dir.disable_cleanup(true);
+        }
         Ok(Host {
             name: name.into(),
             ns_host: ns_host.into(),

@@ -520,6 +520,11 @@ impl Agent {
                     sp.set_vip(on).await;
                 }
             }
+            Output::VipQuiet => {
+                if let Some(sp) = self.speaker.as_ref() {
+                    sp.quiet();
+                }
+            }
             Output::Admission(on) => self.ctx.admission.store(on, Ordering::SeqCst),
             Output::VrrpContend(on) => {
                 if let Some(sp) = self.speaker.as_mut() {

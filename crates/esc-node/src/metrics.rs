@@ -20,6 +20,8 @@ pub struct Counters {
     /// all, or from their source address).
     pub handshakes_refused: AtomicU64,
     pub connections_refused_not_primary: AtomicU64,
+    /// A peer's dial held while this node, handed over to, promoted.
+    pub dials_held_for_takeover: AtomicU64,
     pub peer_connections: AtomicU64,
     pub recovery_entries: AtomicU64,
     pub writes_committed: AtomicU64,
@@ -42,6 +44,8 @@ pub struct CountersSnapshot {
     #[serde(default)]
     pub handshakes_refused: u64,
     pub connections_refused_not_primary: u64,
+    #[serde(default)]
+    pub dials_held_for_takeover: u64,
     pub peer_connections: u64,
     pub recovery_entries: u64,
     pub writes_committed: u64,
@@ -82,6 +86,7 @@ impl Counters {
             handshake_failures: g(&self.handshake_failures),
             handshakes_refused: g(&self.handshakes_refused),
             connections_refused_not_primary: g(&self.connections_refused_not_primary),
+            dials_held_for_takeover: g(&self.dials_held_for_takeover),
             peer_connections: g(&self.peer_connections),
             recovery_entries: g(&self.recovery_entries),
             writes_committed: g(&self.writes_committed),

@@ -63,6 +63,16 @@ pub const HANDSHAKES_PER_IP_MAX: usize = 2;
 pub const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Deadline for a TCP connect to the peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a standby that the primary handed over to holds a dialing
+/// peer's authenticated connection while it promotes, before it falls back
+/// to trading log positions (well inside [`HANDSHAKE_TIMEOUT`]).
+pub const TAKEOVER_HOLD: Duration = Duration::from_secs(1);
+/// The dialer's first and longest wait between attempts.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A link that lasted this long was a real one: the next attempt starts
+/// from [`DIAL_BACKOFF_MIN`] again.
+pub const LINK_HELD: Duration = Duration::from_secs(2);
 
 /// The sending side of one connection: frames for its writer (through
 /// `Deref`, as an `mpsc::Sender`), and the switch that closes the link.
@@ -132,6 +142,25 @@ pub struct Position {
     pub applied_index: u64,
 }
 
+/// What the link tasks need of this node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkRole {
+    pub role: Role,
+    /// A standby the primary handed over to (`Core::handed_over`): it
+    /// promotes within moments, so the listener holds a dialing peer's
+    /// connection until it does rather than closing it.
+    pub taking_over: bool,
+}
+
+impl LinkRole {
+    pub fn standby() -> LinkRole {
+        LinkRole {
+            role: Role::Standby,
+            taking_over: false,
+        }
+    }
+}
+
 /// What the network tasks share.
 #[derive(Clone)]
 pub struct NetCtx {
@@ -139,7 +168,7 @@ pub struct NetCtx {
     pub secret: Arc<Vec<u8>>,
     pub counters: Arc<Counters>,
     pub events: mpsc::Sender<NetEvent>,
-    pub role: watch::Receiver<Role>,
+    pub role: watch::Receiver<LinkRole>,
     pub position: watch::Receiver<Position>,
     pub next_conn: Arc<AtomicU64>,
 }
@@ -392,7 +421,21 @@ async fn server_handshake(
         Some(FIRST_FRAME_TIMEOUT),
     )
     .await?;
-    if *ctx.role.borrow() != Role::Primary {
+    // A switchover: the old primary handed over to us, demoted and dialed
+    // at once, a few milliseconds before we hold the witness's grant. Closing
+    // now would send it into its backoff while we, promoted, have no
+    // standby to commit with; so the connection waits for the promotion
+    // (bounded by TAKEOVER_HOLD) and then links as any follower does.
+    let mut role = ctx.role.clone();
+    if role.borrow().taking_over {
+        Counters::bump(&ctx.counters.dials_held_for_takeover);
+        let _ = tokio::time::timeout(
+            TAKEOVER_HOLD,
+            role.wait_for(|r| r.role == Role::Primary || !r.taking_over),
+        )
+        .await;
+    }
+    if ctx.role.borrow().role != Role::Primary {
         // Not primary: no follower. Two standbys (cold start) still trade
         // where their logs end, so the fresher one may lead (architecture
         // section 4), then the connection closes.
@@ -613,13 +656,57 @@ async fn spawn_conn(
     reader
 }
 
+/// The dialer's wait between attempts: exponential while the peer does not
+/// take us as follower, from the start again once a link held or a new
+/// standby term begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            next: DIAL_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Backoff {
+    /// This node became standby again: what the previous term backed off
+    /// to says nothing of the peer now (after a switchover it is promoting
+    /// and about to take us), so the first retry comes soon.
+    pub fn new_term(&mut self) {
+        self.next = DIAL_BACKOFF_MIN;
+    }
+
+    /// A link that lasted `held` ended (`None`: the attempt failed); the
+    /// wait before the next attempt.
+    pub fn after(&mut self, held: Option<Duration>) -> Duration {
+        if held.is_some_and(|h| h >= LINK_HELD) {
+            self.next = DIAL_BACKOFF_MIN;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(DIAL_BACKOFF_MAX);
+        wait
+    }
+}
+
 /// A standby keeps one authenticated connection to the peer while it is standby.
 pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     loop {
         // Only a standby dials.
-        if ctx.role.wait_for(|r| *r == Role::Standby).await.is_err() {
-            return;
+        if ctx.role.borrow().role != Role::Standby {
+            if ctx.role.wait_for(|r| r.role == Role::Standby).await.is_err() {
+                return;
+            }
+            // Found by `esc-lab bench --faults switchover`: the backoff a
+            // node built up while trading positions at cold start survived
+            // its whole term as primary, so after a switchover its one
+            // early dial was refused and the next came up to a second
+            // later, while the new primary had no standby to commit with.
+            backoff.new_term();
         }
         let attempt = async {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
@@ -630,28 +717,30 @@ pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
                 .await
                 .map_err(|_| LinkError::Timeout)?
         };
-        match attempt.await {
+        let held = match attempt.await {
             Ok(reader) => {
                 let since = std::time::Instant::now();
                 let _ = reader.await;
                 // A link that held is retried at once; one that closed right
                 // away (a standby peer trading positions) backs off.
-                if since.elapsed() > Duration::from_secs(2) {
-                    backoff = Duration::from_millis(50);
-                }
+                Some(since.elapsed())
             }
             Err(LinkError::Closed) => {
-                debug!(target: HA, %peer, "peer is not accepting followers (not primary?)")
+                debug!(target: HA, %peer, "peer is not accepting followers (not primary?)");
+                None
             }
-            Err(LinkError::Io(e)) => debug!(target: HA, %peer, "cannot reach peer: {e}"),
+            Err(LinkError::Io(e)) => {
+                debug!(target: HA, %peer, "cannot reach peer: {e}");
+                None
+            }
             Err(e) => {
                 count(&ctx, &e);
                 warn!(target: HA, %peer, "replication link to peer failed: {e}");
+                None
             }
-        }
+        };
         // Bounded exponential backoff between attempts (not synchronization).
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.after(held)).await;
     }
 }
 
@@ -674,7 +763,11 @@ mod tests {
             secret: Arc::new(vec![1; 32]),
             counters: Arc::default(),
             events,
-            role: watch::channel(Role::Primary).1,
+            role: watch::channel(LinkRole {
+                role: Role::Primary,
+                taking_over: false,
+            })
+            .1,
             position: watch::channel(Position::default()).1,
             next_conn: Arc::default(),
         };
@@ -708,6 +801,104 @@ mod tests {
             Ok(Some(NetEvent::Down { reason, .. })) => reason,
             other => panic!("expected Down, got {other:?}"),
         }
+    }
+
+    fn ctx(name: &str, role: LinkRole) -> (NetCtx, mpsc::Receiver<NetEvent>, watch::Sender<LinkRole>) {
+        let (events, rx) = mpsc::channel(64);
+        let (role_tx, role_rx) = watch::channel(role);
+        let ctx = NetCtx {
+            node_name: name.into(),
+            secret: Arc::new(vec![7; 32]),
+            counters: Arc::default(),
+            events,
+            role: role_rx,
+            position: watch::channel(Position::default()).1,
+            next_conn: Arc::default(),
+        };
+        (ctx, rx, role_tx)
+    }
+
+    async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // Issue 10, item 0: after a switchover the old primary dials the new one
+    // before it has promoted. The listener of a standby that was handed the
+    // role holds that connection and links it as a follower once promoted,
+    // instead of trading positions and closing (which sent the dialer into
+    // up to a second of backoff while the new primary had no standby).
+    #[tokio::test]
+    async fn a_standby_taking_over_links_a_peer_that_dials_before_it_promotes() {
+        let taking_over = LinkRole {
+            role: Role::Standby,
+            taking_over: true,
+        };
+        let (server, mut server_events, server_role) = ctx("b", taking_over);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(listen(server.clone(), listener));
+        let (client, _client_events, _) = ctx("a", LinkRole::standby());
+        let dialing = tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            // Keeps the client's side (and its link) alive until joined.
+            let reader = client_handshake(&client, stream, addr).await.unwrap();
+            (reader, client)
+        });
+        let counters = server.counters.clone();
+        wait_until("the dial to be held", || {
+            counters.dials_held_for_takeover.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        server_role.send_replace(LinkRole {
+            role: Role::Primary,
+            taking_over: false,
+        });
+        match tokio::time::timeout(Duration::from_secs(5), server_events.recv()).await {
+            Ok(Some(NetEvent::Up { peer_name, .. })) => assert_eq!(peer_name, "a"),
+            other => panic!("expected the held dial to link as a follower, got {other:?}"),
+        }
+        assert!(dialing.await.is_ok());
+        assert_eq!(
+            server.counters.connections_refused_not_primary.load(Ordering::Relaxed),
+            0,
+            "not treated as a standby peer"
+        );
+    }
+
+    // A standby that was not handed the role trades positions at once.
+    #[tokio::test]
+    async fn a_plain_standby_does_not_hold_a_dial() {
+        let (server, _server_events, _role) = ctx("b", LinkRole::standby());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(listen(server.clone(), listener));
+        let (client, _client_events, _) = ctx("a", LinkRole::standby());
+        let stream = TcpStream::connect(addr).await.unwrap();
+        client_handshake(&client, stream, addr).await.unwrap();
+        let counters = server.counters.clone();
+        wait_until("the standby path", || {
+            counters.connections_refused_not_primary.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(counters.dials_held_for_takeover.load(Ordering::Relaxed), 0);
+    }
+
+    // Found by the switchover benchmark: a term as primary must not inherit
+    // the backoff of the cold start before it.
+    #[test]
+    fn backoff_grows_to_its_bound_and_starts_over_with_a_term_or_a_held_link() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..7).map(|_| b.after(None).as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.after(Some(Duration::from_millis(10))), DIAL_BACKOFF_MAX);
+        b.new_term();
+        assert_eq!(b.after(None), DIAL_BACKOFF_MIN);
+        b.after(None);
+        assert_eq!(b.after(Some(LINK_HELD)), DIAL_BACKOFF_MIN);
     }
 
     #[tokio::test]

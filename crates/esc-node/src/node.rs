@@ -262,7 +262,7 @@ pub async fn run(
         role: Role::Standby,
         epoch: meta.epoch,
     });
-    let (net_role_tx, net_role_rx) = watch::channel(Role::Standby);
+    let (net_role_tx, net_role_rx) = watch::channel(net::LinkRole::standby());
     let (position_tx, position_rx) = watch::channel(net::Position::default());
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     // The HA agent's commands have a channel of their own, never full: a
@@ -503,7 +503,7 @@ struct Owner {
     next_token: Token,
     snapshot_buf: HashMap<ConnId, Vec<SnapshotItem>>,
     role_tx: watch::Sender<RoleInfo>,
-    net_role_tx: watch::Sender<Role>,
+    net_role_tx: watch::Sender<net::LinkRole>,
     counters: Arc<Counters>,
     start: Instant,
     last_transition: Option<Transition>,
@@ -542,6 +542,11 @@ impl Owner {
         let now = self.now_ms();
         let out = self.core.handle(now, input);
         self.exec(out);
+        let link = net::LinkRole {
+            role: self.core.role(),
+            taking_over: self.core.handed_over(),
+        };
+        self.net_role_tx.send_if_modified(|r| std::mem::replace(r, link) != link);
         self.report_view();
     }
 
@@ -691,7 +696,6 @@ impl Owner {
                         reason,
                     });
                     let _ = self.role_tx.send(RoleInfo { role, epoch });
-                    let _ = self.net_role_tx.send(role);
                 }
             }
         }

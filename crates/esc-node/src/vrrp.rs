@@ -404,10 +404,14 @@ impl Speaker {
         }
     }
 
+    /// Keeps the VIP but cancels every gratuitous ARP still to be sent for it.
+    pub(crate) fn quiet(&self) {
+        self.vip_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Removes the VIP if present; says whether it was.
     pub(crate) async fn remove_vip(&self) -> anyhow::Result<bool> {
-        // Cancels any gratuitous ARP still to be sent for it.
-        self.vip_gen.fetch_add(1, Ordering::SeqCst);
+        self.quiet();
         let mut found = self
             .netlink
             .address()
