@@ -16,8 +16,8 @@
 #   logging (-l); the percentiles are computed from those logs.
 #
 # How to run (as root, Debian 12 / bookworm):
-#   sudo bench/pg_sync_rep.sh
-#   sudo CLIENTS="1 8 32" DURATION_S=30 OUT_JSON=/tmp/pg.json bench/pg_sync_rep.sh
+#   bench/pg_sync_rep.sh            # as root
+#   CLIENTS="1 8 32" DURATION_S=30 OUT_JSON=/tmp/pg.json bench/pg_sync_rep.sh
 #
 # Environment (all optional):
 #   CLIENTS          space-separated concurrency levels      (default "1 16 64")

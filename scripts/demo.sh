@@ -8,13 +8,13 @@
 # checker's verdict (every acknowledged write on both nodes, none twice, the
 # interruption), and removes everything it created.
 #
-#   sudo scripts/demo.sh      # needs root: namespaces, raw sockets, addresses
+#   scripts/demo.sh           # as root: namespaces, raw sockets, addresses
 #
 # Needs: a Rust toolchain, iproute2, nftables (as .ci/run installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
-  echo "demo.sh: needs root (network namespaces, raw VRRP sockets): run it with sudo" >&2
+  echo "demo.sh: needs root (network namespaces, raw VRRP sockets): run it as root, e.g. 'sudo scripts/demo.sh', or 'su -c scripts/demo.sh' where there is no sudo" >&2
   exit 2
 fi
 for tool in ip nft; do

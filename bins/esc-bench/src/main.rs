@@ -8,9 +8,17 @@
 //! `bench/pg_sync_rep.sh` (PostgreSQL 15, synchronous streaming
 //! replication) and prints both side by side.
 //!
+//! `esc-bench status`: `escadm status --v` latency at 0 and 100,000
+//! deployments (nothing on the status path grows with the state).
+//!
+//! `esc-bench snapshot-memory`: both nodes' resident memory while a
+//! follower installs a snapshot of 10,000 deployments of 64 KiB.
+//!
 //! `esc-bench vip-outage` (root): in network namespaces, the VIP outage a
 //! client probing every 10 ms sees when the master loses power, for escd
 //! and for keepalived at the same advertisement intervals.
+
+mod state;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -48,6 +56,28 @@ enum Cmd {
         #[arg(long)]
         postgres: bool,
     },
+    /// `escadm status --v` latency at a given number of deployments.
+    Status {
+        /// Deployments written before measuring.
+        #[arg(long, value_delimiter = ',', default_value = "0,100000")]
+        deployments: Vec<usize>,
+        /// Status requests timed per size.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        #[arg(long, default_value = "docs/bench/status.json")]
+        json: PathBuf,
+    },
+    /// Resident memory of both nodes while a follower installs a large
+    /// snapshot (deployments x value size).
+    SnapshotMemory {
+        #[arg(long, default_value_t = 10_000)]
+        deployments: usize,
+        /// Size of each deployment's payload, KiB.
+        #[arg(long, default_value_t = 64)]
+        value_kib: usize,
+        #[arg(long, default_value = "docs/bench/snapshot_memory.json")]
+        json: PathBuf,
+    },
     /// VIP outage when the master loses power: escd vs keepalived (needs root).
     VipOutage {
         /// Trials per system and interval.
@@ -81,6 +111,32 @@ struct Daemon {
     _home: tempfile::TempDir,
 }
 
+impl Daemon {
+    fn home(&self) -> &Path {
+        self._home.path()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The store's compaction settings of a benchmark node.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    snapshot_every_entries: u64,
+    log_retain_entries: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            snapshot_every_entries: 100_000,
+            log_retain_entries: 10_000,
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -93,7 +149,6 @@ fn escd_path() -> PathBuf {
     exe.parent().expect("exe dir").join("escd")
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start(
     name: &str,
     repl: SocketAddr,
@@ -101,6 +156,18 @@ fn start(
     peer: Option<SocketAddr>,
     role: &str,
     mode: &str,
+) -> anyhow::Result<Daemon> {
+    start_tuned(name, repl, api, peer, role, mode, Tuning::default())
+}
+
+fn start_tuned(
+    name: &str,
+    repl: SocketAddr,
+    api: SocketAddr,
+    peer: Option<SocketAddr>,
+    role: &str,
+    mode: &str,
+    tuning: Tuning,
 ) -> anyhow::Result<Daemon> {
     let home = tempfile::Builder::new().prefix("esc-bench-").tempdir()?;
     let health = free_addr(&api.ip().to_string());
@@ -113,9 +180,11 @@ fn start(
             "node_name = \"{name}\"\n[replication]\nlisten = \"{repl}\"\n{peer}mode = \"{mode}\"\n\
              initial_role = \"{role}\"\nsecret = \"{SECRET}\"\nasync_lag_entries_max = 10000\n\
              heartbeat_interval_ms = 100\npeer_timeout_ms = 2000\nbatch_entries_max = 1024\n\
-             [store]\ndata_dir = \"data\"\nsnapshot_every_entries = 100000\nlog_retain_entries = 10000\n\
+             [store]\ndata_dir = \"data\"\nsnapshot_every_entries = {snap}\nlog_retain_entries = {retain}\n\
              group_commit_entries_max = 1024\n[api]\nlisten = \"{api}\"\nhealth_listen = \"{health}\"\nuser = \"admin\"\n\
-             password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n"
+             password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n",
+            snap = tuning.snapshot_every_entries,
+            retain = tuning.log_retain_entries,
         ),
     )?;
     let child = Command::new(escd_path())
@@ -224,20 +293,20 @@ async fn load(
     Ok((all.len() as u64, all))
 }
 
-fn status_in_sync(home: &Path) -> bool {
-    // The primary's admin socket: escadm status --json, without a dependency on esc-node.
-    let out = Command::new(escd_path().with_file_name("escadm"))
-        .arg("--home")
-        .arg(home)
-        .args(["status", "--json"])
-        .output();
-    match out {
-        Ok(o) => {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            v["status"]["replication"]["peer"]["in_sync"] == true
-        }
-        Err(_) => false,
+/// The node's status over its admin socket (without health checks).
+fn node_status(home: &Path) -> Option<esc_proto::NodeStatus> {
+    let req = esc_proto::AdminRequest::Status {
+        verbose: false,
+        health: false,
+    };
+    match esc_proto::admin::request(home, &req, esc_proto::admin::ANSWER_TIMEOUT).ok()? {
+        esc_proto::AdminResponse::Status { status } => Some(*status),
+        _ => None,
     }
+}
+
+fn status_in_sync(home: &Path) -> bool {
+    node_status(home).is_some_and(|s| s.replication.peer.in_sync)
 }
 
 async fn writes(
@@ -561,5 +630,15 @@ fn main() -> anyhow::Result<()> {
             intervals_ms,
             json,
         } => vip_outage(trials, &intervals_ms, &json),
+        Cmd::Status {
+            deployments,
+            calls,
+            json,
+        } => rt.block_on(state::status(&deployments, calls, &json)),
+        Cmd::SnapshotMemory {
+            deployments,
+            value_kib,
+            json,
+        } => rt.block_on(state::snapshot_memory(deployments, value_kib, &json)),
     }
 }

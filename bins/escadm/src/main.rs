@@ -4,9 +4,12 @@
 
 use clap::{Parser, Subcommand};
 use esc_config::DEFAULT_HOME;
-use esc_node::admin::{request, AdminRequest, AdminResponse};
-use std::path::PathBuf;
+use esc_proto::admin::{request, ClientError};
+use esc_proto::status::{HealthReport, NodeStatus};
+use esc_proto::{AdminRequest, AdminResponse, OpMode};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Operate the local esc node.
 #[derive(Parser, Debug)]
@@ -39,11 +42,13 @@ enum Cmd {
     },
     /// Operation mode: maintenance refuses northbound writes (in-progress
     /// ones finish); replicated, so it survives a switchover.
+    #[command(name = "op_mode", alias = "op-mode")]
     OpMode {
         #[command(subcommand)]
         cmd: OpModeCmd,
     },
     /// Northbound transactions in progress.
+    #[command(name = "ip_trans", alias = "ip-trans")]
     IpTrans,
     /// Apply esc.toml to the running node (after `escadm ha set`); an
     /// invalid file is refused and nothing changes.
@@ -69,6 +74,7 @@ enum DebugCmd {
         seconds: u64,
     },
     /// The northbound API dies (until escd restarts); the HA agent lives.
+    #[command(name = "kill-api", alias = "kill_api")]
     KillApi,
 }
 
@@ -142,211 +148,141 @@ enum HaCmd {
     },
 }
 
-fn summary(status: &serde_json::Value) -> String {
-    // The role authority's word when the node is one of a pair.
-    let role = status["ha"]["authority"]["role"]
-        .as_str()
-        .map(str::to_lowercase)
-        .unwrap_or_else(|| status["role"].as_str().unwrap_or("unknown").to_string());
-    let word = match role.as_str() {
-        "primary" => "Primary",
-        "standby" => "Standby",
-        "fault" => "Fault",
-        "init" => "Init",
-        _ => "Unknown",
-    };
-    if role == "fault" {
-        return format!(
-            "1 ESC status=1 ESC Fault: {}",
-            status["ha"]["authority"]["health"]["Err"]
-                .as_str()
-                .unwrap_or("local health failed")
-        );
-    }
-    match status["health"]["status_code"].as_u64() {
-        Some(code) if !(2000..3000).contains(&code) => format!(
-            "1 ESC status=1 ESC {word} Unhealthy: {code} {}",
-            status["health"]["message"].as_str().unwrap_or("")
-        ),
-        _ => format!("0 ESC status=0 ESC {word} Healthy"),
-    }
-}
-
-/// Whether a status (with its health) says the node serves its role.
-fn healthy(status: &serde_json::Value) -> bool {
-    if status["ha"]["authority"]["role"] == "FAULT" {
-        return false;
-    }
-    status["health"]["status_code"]
-        .as_u64()
-        .is_none_or(|c| (2000..3000).contains(&c))
-}
-
-fn verbose(status: &serde_json::Value) -> String {
-    let r = &status["replication"];
-    let p = &r["peer"];
+fn verbose(s: &NodeStatus) -> String {
+    let r = &s.replication;
+    let p = &r.peer;
     let mut lines = vec![
-        summary(status),
-        format!(
-            "node:            {}",
-            status["node_name"].as_str().unwrap_or("")
-        ),
-        format!("role:            {}", status["role"].as_str().unwrap_or("")),
-        format!("epoch:           {}", status["epoch"]),
-        format!(
-            "health:          {} {}",
-            status["health"]["status_code"],
-            status["health"]["message"].as_str().unwrap_or("")
-        ),
-        format!(
-            "replication:     mode={} last_index={} durable={} commit={} snapshot={}",
-            r["mode"].as_str().unwrap_or(""),
-            r["last_index"],
-            r["durable_index"],
-            r["commit_index"],
-            r["snapshot_index"]
-        ),
-        format!(
-            "peer:            {} connected={} phase={} match={} in_sync={} lag_entries={}",
-            status["peer_address"].as_str().unwrap_or("none"),
-            p["connected"],
-            p["phase"].as_str().unwrap_or(""),
-            p["match_index"],
-            p["in_sync"],
-            p["lag_entries"]
-        ),
+        s.summary(),
+        format!("node:            {}", s.node_name),
+        format!("role:            {:?}", s.role).to_lowercase(),
+        format!("epoch:           {}", s.epoch),
     ];
-    if let Some(s) = status.get("state") {
+    if let Some(h) = &s.health {
+        lines.push(format!("health:          {} {}", h.status_code, h.message));
+    }
+    lines.push(format!(
+        "replication:     mode={} last_index={} durable={} commit={} snapshot={}",
+        r.mode, r.last_index, r.durable_index, r.commit_index, r.snapshot_index
+    ));
+    lines.push(format!(
+        "peer:            {} connected={} phase={} match={} in_sync={} lag_entries={}",
+        s.peer_address
+            .map_or_else(|| "none".to_string(), |a| a.to_string()),
+        p.connected,
+        p.phase,
+        p.match_index,
+        p.in_sync,
+        p.lag_entries
+    ));
+    if let Some(why) = &r.promotion_blocker {
+        lines.push(format!("promotion:       refused now: {why}"));
+    }
+    if let Some(st) = &s.state {
         lines.push(format!(
-            "state:           applied={} deployments={} digest={}",
-            s["applied_index"],
-            s["deployments"],
-            s["digest"].as_str().unwrap_or("")
+            "state:           applied={} deployments={} events={} digest={}",
+            st.applied_index, st.deployments, st.events, st.digest
         ));
     }
-    let ha = &status["ha"];
-    if let Some(a) = ha.get("authority").filter(|a| !a.is_null()) {
+    if let Some(a) = &s.ha.authority {
         lines.push(format!(
             "ha:              role={} state_file={} mode={} vip_here={} admitting={} since={} ms: {}",
-            a["role"].as_str().unwrap_or(""),
-            a["state_word"].as_str().unwrap_or(""),
-            a["mode"].as_str().unwrap_or(""),
-            a["vip"],
-            a["admission"],
-            a["since_ms"],
-            a["reason"].as_str().unwrap_or("")
+            format!("{:?}", a.role).to_uppercase(),
+            a.state_word,
+            a.mode,
+            a.vip,
+            a.admission,
+            a.since_ms,
+            a.reason
         ));
         lines.push(format!(
             "witness:         {} lease_left_ms={} standby_marked_outdated={} switchover={}",
-            ha["witness"].as_str().unwrap_or("none (two-node mode)"),
-            a["lease_left_ms"],
-            a["standby_marked_outdated"],
-            a["switchover_in_progress"]
+            s.ha.witness.as_deref().unwrap_or("none (two-node mode)"),
+            a.lease_left_ms
+                .map_or_else(|| "-".into(), |l| l.to_string()),
+            a.standby_marked_outdated,
+            a.switchover_in_progress
         ));
     }
-    if let Some(v) = ha.get("vrrp").filter(|v| !v.is_null()) {
+    if let Some(v) = &s.ha.vrrp {
         lines.push(format!(
             "vrrp:            state={} priority={} vrid={} vip={} master={} sent={} received={} dropped={}",
-            v["state"].as_str().unwrap_or(""),
-            v["priority"],
-            v["vrid"],
-            v["vip"].as_str().unwrap_or(""),
-            v["master"].as_str().unwrap_or("-"),
-            v["adverts_sent"],
-            v["adverts_received"],
-            v["dropped"]
+            v.state,
+            v.priority,
+            v.vrid,
+            v.vip,
+            v.master.map_or_else(|| "-".into(), |m| m.to_string()),
+            v.adverts_sent,
+            v.adverts_received,
+            v.dropped
         ));
     }
-    if let Some(e) = ha["last_health_error"].as_str() {
+    if let Some(e) = &s.ha.last_health_error {
         lines.push(format!(
             "health checks:   {} consecutive failure(s); last: {e}",
-            ha["health_failures"]
+            s.ha.health_failures
         ));
     }
-    if let Some(t) = status.get("last_transition").filter(|t| !t.is_null()) {
+    if let Some(t) = &s.last_transition {
         lines.push(format!(
-            "last transition: {} epoch {} at {} ms: {}",
-            t["role"].as_str().unwrap_or(""),
-            t["epoch"],
-            t["at_unix_ms"],
-            t["reason"].as_str().unwrap_or("")
+            "last transition: {:?} epoch {} at {} ms: {}",
+            t.role, t.epoch, t.at_unix_ms, t.reason
         ));
     }
-    let c = &status["counters"];
-    if c["recovery_entries"].as_u64().unwrap_or(0) > 0 {
+    let c = &s.counters;
+    if c.recovery_entries > 0 {
         lines.push(format!(
             "RECOVERY:        {} divergent entries were moved to the recovery file (data dir/recovery): review them",
-            c["recovery_entries"]
+            c.recovery_entries
         ));
     }
-    if let Some(n) = status["recovery_note"].as_str() {
+    if let Some(n) = &s.recovery_note {
         lines.push(format!("STORE RECOVERY:  {n}"));
     }
-    lines.push(format!("counters:        {c}"));
+    lines.push(format!(
+        "counters:        {}",
+        serde_json::to_string(c).unwrap_or_default()
+    ));
     lines.join("\n")
 }
 
-fn print(resp: &AdminResponse, json: bool, verbose_out: bool) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(resp).unwrap_or_default());
-        return;
-    }
-    match &resp.status {
-        Some(s) if verbose_out => println!("{}", verbose(s)),
-        Some(s) => println!("{}", summary(s)),
-        None => println!("{}", resp.message),
-    }
+/// One admin request; the node's answer or why there is none.
+fn ask(home: &Path, req: &AdminRequest) -> Result<AdminResponse, ClientError> {
+    // A switchover waits for the standby: at most the switchover timeout
+    // (escd bounds it), plus the usual answer time.
+    request(home, req, req.timeout(Duration::from_secs(30)))
 }
 
-/// A small runtime for one admin request.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("escadm: {e}");
-            ExitCode::FAILURE
-        })
-}
-
-fn health(home: &std::path::Path, json: bool) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match rt.block_on(request(home, &AdminRequest::Health)) {
-        Ok(resp) => {
-            let r = resp.status.unwrap_or_default();
-            let code = r["status_code"].as_u64().unwrap_or(0);
-            let pass = (2000..3000).contains(&code);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                let verdict = if pass { "PASS" } else { "FAIL" };
-                println!(
-                    "ESC HEALTH {verdict}: {code} {}",
-                    r["message"].as_str().unwrap_or("")
-                );
-                for c in r["checks"].as_array().into_iter().flatten() {
-                    if c["ok"] != true {
-                        println!(
-                            "  {}: {}",
-                            c["name"].as_str().unwrap_or(""),
-                            c["detail"].as_str().unwrap_or("")
-                        );
-                    }
-                }
-            }
-            if pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+fn health(home: &Path, json: bool) -> ExitCode {
+    let report: HealthReport = match ask(home, &AdminRequest::Health) {
+        Ok(AdminResponse::Health { report }) => report,
+        Ok(other) => {
+            println!("ESC HEALTH FAIL: unexpected answer: {other:?}");
+            return ExitCode::from(3);
         }
         Err(e) => {
             println!("ESC HEALTH FAIL: escd does not answer: {e}");
-            ExitCode::from(3)
+            return ExitCode::from(3);
         }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        let verdict = if report.healthy() { "PASS" } else { "FAIL" };
+        println!(
+            "ESC HEALTH {verdict}: {} {}",
+            report.status_code, report.message
+        );
+        for c in report.checks.iter().filter(|c| !c.ok) {
+            println!("  {}: {}", c.name, c.detail);
+        }
+    }
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -473,94 +409,102 @@ fn main() -> ExitCode {
     if let Cmd::Health { json } = args.cmd {
         return health(&args.home, json);
     }
-    let (req, verbose_out, json) = match args.cmd {
+    if let Cmd::Status { verbose: v, json } = args.cmd {
+        let req = AdminRequest::Status {
+            verbose: v,
+            health: true,
+        };
+        return match ask(&args.home, &req) {
+            Ok(AdminResponse::Status { status }) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status).unwrap_or_default()
+                    );
+                } else if v {
+                    println!("{}", verbose(&status));
+                } else {
+                    println!("{}", status.summary());
+                }
+                if status.healthy() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Ok(other) => {
+                println!("1 ESC status=1 ESC Down: unexpected answer {other:?}");
+                ExitCode::from(3)
+            }
+            Err(e) => {
+                println!("1 ESC status=1 ESC Down: {e}");
+                ExitCode::from(3)
+            }
+        };
+    }
+    let req = match args.cmd {
         Cmd::Health { .. }
+        | Cmd::Status { .. }
         | Cmd::Ha {
             cmd: HaCmd::Set { .. },
         } => unreachable!("handled above"),
-        Cmd::Reload => (AdminRequest::Reload, false, false),
+        Cmd::Reload => AdminRequest::Reload,
         Cmd::OpMode {
             cmd: OpModeCmd::Show,
-        } => (AdminRequest::OpModeShow, false, false),
+        } => AdminRequest::OpModeShow,
         Cmd::OpMode {
             cmd: OpModeCmd::Set { mode, ipt_check },
         } => {
             let mode = if mode == "maintenance" {
-                esc_store::OpMode::Maintenance
+                OpMode::Maintenance
             } else {
-                esc_store::OpMode::Operation
+                OpMode::Operation
             };
-            (AdminRequest::OpModeSet { mode, ipt_check }, false, false)
+            AdminRequest::OpModeSet { mode, ipt_check }
         }
-        Cmd::IpTrans => (AdminRequest::IpTrans, false, true),
-        Cmd::Status { verbose, json } => (AdminRequest::Status { verbose }, verbose, json),
+        Cmd::IpTrans => AdminRequest::IpTrans,
         Cmd::Ha {
             cmd: HaCmd::Promote { reason, force },
-        } => (AdminRequest::Promote { reason, force }, false, false),
+        } => AdminRequest::Promote { reason, force },
         Cmd::Ha {
             cmd: HaCmd::Demote { reason },
-        } => (AdminRequest::Demote { reason }, false, false),
+        } => AdminRequest::Demote { reason },
         Cmd::Ha {
             cmd: HaCmd::Switchover,
-        } => (AdminRequest::Switchover, false, false),
+        } => AdminRequest::Switchover,
         Cmd::Debug {
             cmd: DebugCmd::Hang { seconds },
-        } => (AdminRequest::Hang { seconds }, false, false),
+        } => AdminRequest::Hang { seconds },
         Cmd::Debug {
             cmd: DebugCmd::KillApi,
-        } => (AdminRequest::KillApi, false, false),
+        } => AdminRequest::KillApi,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let answer = rt.block_on(async {
-        let mut resp = request(&args.home, &req).await?;
-        // The status line carries the node's health (one line, one exit code).
-        if let AdminRequest::Status { .. } = req {
-            if let Ok(h) = request(&args.home, &AdminRequest::Health).await {
-                if let (Some(serde_json::Value::Object(m)), Some(report)) =
-                    (resp.status.as_mut(), h.status)
-                {
-                    m.insert("health".into(), report);
-                }
-            }
+    match ask(&args.home, &req) {
+        Ok(AdminResponse::Done { message } | AdminResponse::Reloading { message }) => {
+            println!("{message}");
+            ExitCode::SUCCESS
         }
-        Ok::<_, anyhow::Error>(resp)
-    });
-    match answer {
-        Ok(resp) if resp.ok => {
-            if matches!(req, AdminRequest::IpTrans) {
-                println!("{}", resp.message);
-                if let Some(serde_json::Value::Object(m)) = &resp.status {
-                    for (tid, t) in m {
-                        println!(
-                            "  tid={tid} {} since {} ms",
-                            t["operation"].as_str().unwrap_or(""),
-                            t["since_unix_ms"]
-                        );
-                    }
-                }
-            } else if !matches!(req, AdminRequest::Status { .. }) {
-                println!("{}", resp.message);
-            } else {
-                print(&resp, json, verbose_out);
-                if !resp.status.as_ref().is_none_or(healthy) {
-                    return ExitCode::from(1);
-                }
+        Ok(AdminResponse::OpMode { mode }) => {
+            println!("Operation Mode = {}", mode.word());
+            ExitCode::SUCCESS
+        }
+        Ok(AdminResponse::Transactions { transactions }) => {
+            println!("{} transaction(s) in progress", transactions.len());
+            for (tid, t) in &transactions {
+                println!("  tid={tid} {} since {} ms", t.operation, t.since_unix_ms);
             }
             ExitCode::SUCCESS
         }
-        Ok(resp) => {
-            eprintln!("escadm: {}", resp.message);
+        Ok(AdminResponse::Refused { message }) => {
+            eprintln!("escadm: {message}");
+            ExitCode::FAILURE
+        }
+        Ok(other) => {
+            eprintln!("escadm: unexpected answer: {other:?}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            if matches!(req, AdminRequest::Status { .. }) {
-                println!("1 ESC status=1 ESC Down: {e}");
-            } else {
-                eprintln!("escadm: {e}");
-            }
+            eprintln!("escadm: {e}");
             ExitCode::from(3)
         }
     }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use esc_node::admin::AdminRequest;
+use esc_proto::AdminRequest;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -236,7 +236,7 @@ fn sigkill_primary_under_load_loses_no_acknowledged_write() {
     // --- more writes on the new primary, until its log is truncated past
     // everything the old primary holds: the rejoin must use a snapshot.
     let a_last = {
-        let s = esc_store::Store::open(&a.home.join("data")).unwrap();
+        let s = esc_store::Store::open(&a.home.join("data"), esc_domain::Domain).unwrap();
         s.meta().last_index
     };
     let mut extra = 0usize;
@@ -362,7 +362,7 @@ fn standby_restart_catches_up_from_the_log_while_writes_flow() {
 /// still served), is replicated, and survives a switchover to the standby.
 #[test]
 fn maintenance_mode_is_replicated_and_survives_failover() {
-    use esc_store::OpMode;
+    use esc_domain::OpMode;
     let (mut a, b) = pair(|_| {});
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -160,7 +160,7 @@ fn the_seeds_ha_set_line_then_reload_makes_a_pair() {
     }
     let vrrp = |h: &Path| {
         status_of(h)
-            .map(|s| s["vrrp"]["state"].as_str().unwrap_or("").to_string())
+            .map(|s| s["ha"]["vrrp"]["state"].as_str().unwrap_or("").to_string())
             .unwrap_or_default()
     };
     let dump = |h: &Path| {

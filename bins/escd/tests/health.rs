@@ -7,12 +7,12 @@
 mod common;
 
 use common::*;
-use esc_node::admin::AdminRequest;
+use esc_proto::AdminRequest;
 use std::process::Command;
 use std::time::Duration;
 
 fn health(n: &Node) -> serde_json::Value {
-    n.admin(AdminRequest::Health).status.expect("report")
+    n.admin(AdminRequest::Health).value.expect("report")
 }
 
 fn http_health(n: &Node, auth: bool) -> (u16, serde_json::Value) {

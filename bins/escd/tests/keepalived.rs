@@ -26,7 +26,7 @@ fn keepalived_present() -> bool {
 
 fn vrrp_state(home: &Path) -> String {
     status_of(home)
-        .map(|s| s["vrrp"]["state"].as_str().unwrap_or("").to_string())
+        .map(|s| s["ha"]["vrrp"]["state"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
 }
 
@@ -117,10 +117,11 @@ fn interop(version: u8, escd_vrrp: &str, ka_advert: &str) {
     );
     wait_until(deadline, "escd backup, hearing keepalived", || {
         let s = status_of(&home).unwrap_or_default();
-        s["vrrp"]["state"] == "Backup" && s["vrrp"]["adverts_received"].as_u64().unwrap_or(0) >= 2
+        s["ha"]["vrrp"]["state"] == "Backup"
+            && s["ha"]["vrrp"]["adverts_received"].as_u64().unwrap_or(0) >= 2
     });
     assert_eq!(
-        status_of(&home).unwrap()["vrrp"]["dropped"],
+        status_of(&home).unwrap()["ha"]["vrrp"]["dropped"],
         0,
         "keepalived's adverts all valid"
     );

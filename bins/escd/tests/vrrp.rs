@@ -84,7 +84,7 @@ fn signal(lab: &mut Lab, n: &mut LabNode, sig: nix::sys::signal::Signal) {
 
 fn vrrp_state(home: &Path) -> String {
     status_of(home)
-        .map(|s| s["vrrp"]["state"].as_str().unwrap_or("").to_string())
+        .map(|s| s["ha"]["vrrp"]["state"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
 }
 
@@ -258,7 +258,7 @@ fn preempt_mode_takes_the_vip_back() {
 
 fn counter(home: &Path, what: &str) -> u64 {
     status_of(home)
-        .map(|s| s["vrrp"][what].as_u64().unwrap_or(0))
+        .map(|s| s["ha"]["vrrp"][what].as_u64().unwrap_or(0))
         .unwrap_or(0)
 }
 

@@ -25,7 +25,7 @@
 //!   could not safely take over (FAULT, outdated, stopping) does not contend.
 
 use crate::witness::{Reply, Request};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Priority the primary advertises (below 255, the address owner's).
 pub const PRIMARY_PRIORITY: u8 = 254;
@@ -73,7 +73,7 @@ impl TwoNodeTiming {
 }
 
 /// The node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Role {
     /// Starting: nothing decided yet.
@@ -85,7 +85,7 @@ pub enum Role {
 }
 
 /// The words of `$ESC_HOME/keepalived_state`, as operators know them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum StateWord {
     Master,
@@ -105,8 +105,11 @@ impl StateWord {
     }
 }
 
-/// Tuning, from `esc.toml`.
-#[derive(Debug, Clone)]
+/// Tuning, from `esc.toml`. Serde so a trace's header can carry it
+/// ([`crate::trace`]); strict, so a trace from an authority with other
+/// knobs is refused rather than replayed with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// A witness is configured (architecture section 4).
     pub witness: bool,
@@ -134,7 +137,7 @@ pub struct Config {
 }
 
 /// The VRRP engine's state, as far as the authority cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VrrpState {
     Initialize,
@@ -143,7 +146,7 @@ pub enum VrrpState {
 }
 
 /// What the VRRP engine reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrrpView {
     pub state: VrrpState,
     /// The priority of the master we hear (Backup state).
@@ -154,7 +157,7 @@ pub struct VrrpView {
 }
 
 /// What the replication core reports after every change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplView {
     pub primary: bool,
     pub epoch: u64,
@@ -181,8 +184,9 @@ pub struct ReplView {
     pub handover: bool,
 }
 
-/// Everything the authority reacts to.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything the authority reacts to. Serde (style principle 2): a
+/// JSON-lines trace of inputs replays to the same outputs ([`crate::trace`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     Tick,
     Vrrp(VrrpView),
@@ -213,7 +217,7 @@ pub enum Input {
 }
 
 /// Commands, in the order the runtime must perform them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Output {
     /// Log the transition to `escadm.log`.
     Transition {
@@ -843,10 +847,10 @@ impl Authority {
     fn step_down(&mut self, reason: String, out: &mut Vec<Output>) {
         self.awaiting_primary = Some((false, self.now_ms));
         self.release_lease(out);
-        if self.cfg.witness {
-            if self.alone_cmd.0 || self.repl.as_ref().is_some_and(|r| r.commit_alone) {
-                self.command_alone(false, out);
-            }
+        let may_commit_alone =
+            self.alone_cmd.0 || self.repl.as_ref().is_some_and(|r| r.commit_alone);
+        if self.cfg.witness && may_commit_alone {
+            self.command_alone(false, out);
         }
         out.push(Output::Demote {
             reason: reason.clone(),

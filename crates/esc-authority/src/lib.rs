@@ -10,6 +10,8 @@
 //!   (`MASTER`/`BACKUP`/`FAULT`/`STOP`) and the requests to the witness.
 //! * [`witness::Witness`] is the arbiter on a third host: it holds the
 //!   primary's lease, the "standby outdated" mark, and grants promotions.
+//! * [`trace`] records either core's inputs and outputs as JSON lines and
+//!   replays them: a recorded incident runs again, exactly.
 //!
 //! ```text
 //!  VRRP state ─┐                               ┌─> Promote/Demote (esc-repl)
@@ -20,6 +22,7 @@
 //! ```
 
 pub mod authority;
+pub mod trace;
 pub mod witness;
 
 pub use authority::{

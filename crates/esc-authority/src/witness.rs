@@ -33,7 +33,7 @@ pub struct WitnessState {
 pub use esc_wire::witness::{Reply, Request};
 
 /// One request's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub reply: Reply,
     /// The durable state changed: persist it before sending the reply.

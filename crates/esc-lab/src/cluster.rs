@@ -10,8 +10,8 @@
 //! the service-hang fault.
 
 use crate::Lab;
-use esc_node::admin::{request, AdminRequest};
-use serde_json::Value;
+use esc_proto::admin::{request, ANSWER_TIMEOUT};
+use esc_proto::{AdminRequest, AdminResponse, NodeStatus};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -237,7 +237,7 @@ impl Cluster {
             let home = c.nodes[i].home.clone();
             anyhow::ensure!(
                 wait_for(READY, || status_of(&home)
-                    .is_some_and(|s| s["peer_address"].is_string())),
+                    .is_some_and(|s| s.peer_address.is_some())),
                 "esc-{} did not come back from `escadm reload`",
                 i + 1
             );
@@ -317,14 +317,17 @@ impl Cluster {
             .args(args))
     }
 
-    pub fn status(&self, i: usize) -> Option<Value> {
+    pub fn status(&self, i: usize) -> Option<NodeStatus> {
         status_of(&self.nodes[i].home)
     }
 
     /// The role authority's word for node `i` (`PRIMARY`, `STANDBY`, `FAULT`, ...).
     pub fn role(&self, i: usize) -> String {
         self.status(i)
-            .and_then(|s| s["ha"]["authority"]["role"].as_str().map(str::to_string))
+            .and_then(|s| {
+                s.ha.authority
+                    .map(|a| format!("{:?}", a.role).to_uppercase())
+            })
             .unwrap_or_else(|| "DOWN".into())
     }
 
@@ -352,9 +355,7 @@ impl Cluster {
         let roles = [self.role(0), self.role(1)];
         let p = roles.iter().position(|r| r == "PRIMARY")?;
         let s = 1 - p;
-        let sync = self
-            .status(p)
-            .is_some_and(|st| st["replication"]["peer"]["in_sync"] == true);
+        let sync = self.status(p).is_some_and(|st| st.replication.peer.in_sync);
         (roles[s] == "STANDBY"
             && sync
             && self.vip_holders() == vec![p]
@@ -381,7 +382,7 @@ impl Cluster {
     pub fn identical(&self) -> bool {
         let d: Vec<String> = (0..2)
             .filter_map(|i| status_at(&self.nodes[i].home, true))
-            .map(|s| s["state"]["digest"].as_str().unwrap_or("").to_string())
+            .filter_map(|s| s.state.map(|st| st.digest))
             .collect();
         d.len() == 2 && d[0] == d[1] && !d[0].is_empty()
     }
@@ -445,7 +446,9 @@ impl Cluster {
             out.push_str(&format!(
                 "---- esc-{} status: {}\n",
                 i + 1,
-                self.status(i).map(|s| s.to_string()).unwrap_or_default()
+                self.status(i)
+                    .and_then(|s| serde_json::to_string(&s).ok())
+                    .unwrap_or_default()
             ));
             let log = std::fs::read_to_string(h.home.join("log/escadm.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -467,23 +470,23 @@ impl Drop for Cluster {
     }
 }
 
-/// `escadm status` of the node at `home` (roles, sync state, the VIP), or
-/// None if it does not answer. Not verbose: the verbose status adds a
-/// digest of the whole state, which the lab polling it during a takeover
-/// would make the node compute over and over (with 10,000 deployments,
-/// enough to slow the node it measures).
-pub fn status_of(home: &Path) -> Option<Value> {
+/// The status of the node at `home` (roles, sync state, the VIP), or None
+/// if it does not answer. Without health checks: those make a durable
+/// probe write, which a lab polling every few milliseconds during a
+/// takeover should not add to the node it measures.
+pub fn status_of(home: &Path) -> Option<NodeStatus> {
     status_at(home, false)
 }
 
-fn status_at(home: &Path, verbose: bool) -> Option<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    rt.block_on(request(home, &AdminRequest::Status { verbose }))
-        .ok()?
-        .status
+fn status_at(home: &Path, verbose: bool) -> Option<NodeStatus> {
+    let req = AdminRequest::Status {
+        verbose,
+        health: false,
+    };
+    match request(home, &req, ANSWER_TIMEOUT).ok()? {
+        AdminResponse::Status { status } => Some(*status),
+        _ => None,
+    }
 }
 
 /// The seed's six failure classes (architecture section 5), on one node.

@@ -1,96 +1,21 @@
-//! The admin socket `$ESC_HOME/escd.sock` used by `escadm`: one JSON request
-//! per line, one JSON response per line. The socket file is mode 0600, so
-//! only the daemon's user (root in production) may drive the node.
-//! Translation only: requests go to the owner task.
+//! The admin socket `$ESC_HOME/escd.sock` used by `escadm`, speaking
+//! `esc_proto::admin` (one JSON request per line, one JSON answer per
+//! line). The socket file is mode 0600, so only the daemon's user (root in
+//! production) may drive the node. Translation only: requests go to the
+//! owner task or the HA agent, or are answered from typed reads.
 
 use crate::logging::ADMIN;
-use crate::node::{Event, Shared};
-use serde::{Deserialize, Serialize};
+use crate::shared::{unix_ms, AgentCmd, Event, Shared};
+use esc_domain::{query, Command, Op, OpMode};
+use esc_proto::admin::{socket_path, ANSWER_TIMEOUT, REQUEST_BYTES_MAX};
+use esc_proto::status::StateSummary;
+use esc_proto::{AdminRequest, AdminResponse};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
-
-/// Socket file name inside the node home.
-pub const SOCKET_FILE: &str = "escd.sock";
-/// Longest accepted request line.
-pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// Deadline for the node to answer.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A command from `escadm`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AdminRequest {
-    Status {
-        verbose: bool,
-    },
-    Health,
-    Reload,
-    /// Set the replicated operation mode; with `ipt_check`, entering
-    /// maintenance is refused while transactions are in progress.
-    OpModeSet {
-        mode: esc_store::OpMode,
-        ipt_check: bool,
-    },
-    OpModeShow,
-    /// Northbound transactions in progress.
-    IpTrans,
-    /// Promote; refused when it could lose writes or make two primaries,
-    /// unless `force` (the operator takes that risk knowingly).
-    Promote {
-        reason: String,
-        #[serde(default)]
-        force: bool,
-    },
-    Demote {
-        reason: String,
-    },
-    /// Planned handover to the in-sync standby (failback is the same command).
-    Switchover,
-    /// Lab only (`[debug] allow_fault_injection`): the service task stops
-    /// answering for `seconds` while the HA agent lives.
-    Hang {
-        seconds: u64,
-    },
-    /// Lab only: the northbound API dies (stops listening, closes its
-    /// connections) while the HA agent and the replication core live.
-    KillApi,
-}
-
-/// The node's answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AdminResponse {
-    pub ok: bool,
-    pub message: String,
-    pub status: Option<serde_json::Value>,
-}
-
-impl AdminResponse {
-    pub fn ok(message: &str, status: Option<serde_json::Value>) -> AdminResponse {
-        AdminResponse {
-            ok: true,
-            message: message.into(),
-            status,
-        }
-    }
-
-    pub fn err(message: String) -> AdminResponse {
-        AdminResponse {
-            ok: false,
-            message,
-            status: None,
-        }
-    }
-}
-
-/// The socket path of a node home.
-pub fn socket_path(home: &Path) -> PathBuf {
-    home.join(SOCKET_FILE)
-}
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(home: &Path) -> anyhow::Result<UnixListener> {
@@ -135,77 +60,26 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
     let mut lines = BufReader::new(rd.take(REQUEST_BYTES_MAX as u64)).lines();
     while let Some(line) = lines.next_line().await? {
         let resp = match serde_json::from_str::<AdminRequest>(&line) {
-            Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
-            Ok(AdminRequest::Health) => {
-                let peer = crate::health::peer_in_sync(&shared).await;
-                let report = crate::health::report(&shared, shared.api_addr, peer).await;
-                AdminResponse {
-                    ok: true,
-                    message: report.message.clone(),
-                    status: serde_json::to_value(&report).ok(),
-                }
-            }
-            Ok(AdminRequest::OpModeShow) => match shared.store.op_mode() {
-                Ok(m) => AdminResponse::ok(&format!("Operation Mode = {}", m.word()), None),
-                Err(e) => AdminResponse::err(e.to_string()),
-            },
-            Ok(AdminRequest::IpTrans) => {
-                let list = shared
-                    .inflight
-                    .lock()
-                    .map(|m| m.clone())
-                    .unwrap_or_default();
-                AdminResponse {
-                    ok: true,
-                    message: format!("{} transaction(s) in progress", list.len()),
-                    status: serde_json::to_value(&list).ok(),
-                }
-            }
-            Ok(
-                req @ (AdminRequest::Switchover
-                | AdminRequest::Promote { .. }
-                | AdminRequest::Demote { .. }),
-            ) if shared.agent.get().is_some_and(|a| a.pair) => {
-                info!(target: ADMIN, request = %line, "admin request");
-                to_agent(&shared, req).await
-            }
-            Ok(AdminRequest::Switchover) => {
-                AdminResponse::err("no peer configured: there is nothing to switch over to".into())
-            }
-            Ok(AdminRequest::OpModeSet { mode, ipt_check }) => {
-                info!(target: ADMIN, ?mode, ipt_check, "escadm op_mode set");
-                set_op_mode(&shared, mode, ipt_check).await
-            }
+            Err(e) => AdminResponse::refused(format!(
+                "bad admin request: {e} (is escadm the same version as escd?)"
+            )),
             Ok(req) => {
-                let verbose = matches!(req, AdminRequest::Status { verbose: true });
-                if !matches!(req, AdminRequest::Status { .. }) {
+                if !matches!(
+                    req,
+                    AdminRequest::Status { .. }
+                        | AdminRequest::Health
+                        | AdminRequest::OpModeShow
+                        | AdminRequest::IpTrans
+                ) {
                     info!(target: ADMIN, request = %line, "admin request");
                 }
-                let (tx, rx) = oneshot::channel();
-                if shared
-                    .events
-                    .send(Event::Admin { req, reply: tx })
-                    .await
-                    .is_err()
-                {
-                    AdminResponse::err("node stopping".into())
-                } else {
-                    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-                        Ok(Ok(mut r)) => {
-                            if verbose {
-                                add_digest(&shared, &mut r).await;
-                            }
-                            r
-                        }
-                        _ => AdminResponse::err("the node did not answer in time".into()),
-                    }
-                }
+                answer(&shared, req).await
             }
         };
         let mut out = serde_json::to_vec(&resp)?;
         out.push(b'\n');
         wr.write_all(&out).await?;
-        if resp.ok && resp.message.starts_with("reloading") {
+        if let AdminResponse::Reloading { .. } = resp {
             // The operator has the answer; now the node may restart.
             wr.flush().await?;
             let _ = shared.events.send(Event::ReloadNow).await;
@@ -214,108 +88,162 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
+    let pair = shared.agent.get().is_some_and(|a| a.pair);
+    match req {
+        AdminRequest::Health => {
+            let peer = crate::health::peer_in_sync(shared);
+            AdminResponse::Health {
+                report: crate::health::report(shared, shared.api_addr, peer).await,
+            }
+        }
+        AdminRequest::OpModeShow => match read(shared, |r| query::op_mode(r)).await {
+            Ok(mode) => AdminResponse::OpMode { mode },
+            Err(e) => AdminResponse::refused(e),
+        },
+        AdminRequest::IpTrans => AdminResponse::Transactions {
+            transactions: shared.inflight.snapshot(),
+        },
+        AdminRequest::OpModeSet { mode, ipt_check } => set_op_mode(shared, mode, ipt_check).await,
+        req @ (AdminRequest::Switchover
+        | AdminRequest::Promote { .. }
+        | AdminRequest::Demote { .. })
+            if pair =>
+        {
+            to_agent(shared, req).await
+        }
+        AdminRequest::Switchover => {
+            AdminResponse::refused("no peer configured: there is nothing to switch over to")
+        }
+        req @ AdminRequest::Status { verbose, health } => {
+            let mut resp = to_owner(shared, req).await;
+            if let AdminResponse::Status { status } = &mut resp {
+                if health {
+                    let peer = crate::health::peer_in_sync(shared);
+                    status.health =
+                        Some(crate::health::report(shared, shared.api_addr, peer).await);
+                }
+                if verbose {
+                    status.state = summary(shared).await;
+                }
+            }
+            resp
+        }
+        req => to_owner(shared, req).await,
+    }
+}
+
+/// Requests the owner task answers.
+async fn to_owner(shared: &Shared, req: AdminRequest) -> AdminResponse {
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .events
+        .send(Event::Admin { req, reply: tx })
+        .await
+        .is_err()
+    {
+        return AdminResponse::refused("node stopping");
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r,
+        _ => AdminResponse::refused("the node did not answer in time"),
+    }
+}
+
+/// Typed reads of the state, off the runtime.
+async fn read<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&esc_store::StateReader) -> Result<T, esc_state::StateError> + Send + 'static,
+) -> Result<T, String> {
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = store.reader().map_err(|e| e.to_string())?;
+        f(&r).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The applied state's size and digest: O(1) (the digest is kept as
+/// entries apply, the counts are replicated counters).
+async fn summary(shared: &Shared) -> Option<StateSummary> {
+    let (applied_index, digest) = shared.store.digest();
+    let counts = read(shared, |r| {
+        Ok((query::deployment_count(r)?, query::event_count(r)?))
+    })
+    .await;
+    counts.ok().map(|(deployments, events)| StateSummary {
+        applied_index,
+        digest,
+        deployments,
+        events,
+    })
+}
+
 /// Role commands in a pair go to the role authority (architecture section 2:
 /// roles are decided in one place).
 async fn to_agent(shared: &Shared, req: AdminRequest) -> AdminResponse {
-    use crate::agent::AgentCmd;
     let Some(link) = shared.agent.get() else {
-        return AdminResponse::err("the HA agent is not running".into());
+        return AdminResponse::refused("the HA agent is not running");
     };
     let (tx, rx) = oneshot::channel();
     let cmd = match req {
         AdminRequest::Switchover => AgentCmd::Switchover { reply: tx },
         AdminRequest::Promote { force, .. } => AgentCmd::Promote { force, reply: tx },
         AdminRequest::Demote { .. } => AgentCmd::Demote { reply: tx },
-        _ => return AdminResponse::err("not a role command".into()),
+        _ => return AdminResponse::refused("not a role command"),
     };
     if link.cmds.send(cmd).await.is_err() {
-        return AdminResponse::err("the HA agent is not running".into());
+        return AdminResponse::refused("the HA agent is not running");
     }
     match tokio::time::timeout(link.switchover_timeout + ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(Ok(message))) => AdminResponse::ok(&message, None),
-        Ok(Ok(Err(e))) => AdminResponse::err(e),
-        _ => AdminResponse::err("the HA agent did not answer in time".into()),
+        Ok(Ok(Ok(message))) => AdminResponse::done(message),
+        Ok(Ok(Err(e))) => AdminResponse::refused(e),
+        _ => AdminResponse::refused("the HA agent did not answer in time"),
     }
 }
 
 /// Proposes the mode change through the replicated log, like a write, so
 /// it survives a switchover.
-async fn set_op_mode(shared: &Shared, mode: esc_store::OpMode, ipt_check: bool) -> AdminResponse {
+async fn set_op_mode(shared: &Shared, mode: OpMode, ipt_check: bool) -> AdminResponse {
+    info!(target: ADMIN, ?mode, ipt_check, "escadm op_mode set");
     if shared.role.borrow().role != esc_repl::Role::Primary {
-        return AdminResponse::err(
-            "this node is standby: set the operation mode on the primary (it is replicated)".into(),
+        return AdminResponse::refused(
+            "this node is standby: set the operation mode on the primary (it is replicated)",
         );
     }
-    if ipt_check && mode == esc_store::OpMode::Maintenance {
-        let busy = shared.inflight.lock().map(|m| m.len()).unwrap_or(0);
+    if ipt_check && mode == OpMode::Maintenance {
+        let busy = shared.inflight.len();
         if busy > 0 {
-            return AdminResponse::err(format!(
+            return AdminResponse::refused(format!(
                 "{busy} transaction(s) in progress (escadm ip_trans): maintenance refused by --ipt_check"
             ));
         }
     }
     let tid = uuid::Uuid::new_v4().to_string();
-    let cmd = esc_store::Command {
+    let cmd = Command {
         tid: tid.clone(),
         idempotency_key: None,
         fingerprint: String::new(),
-        at_ms: crate::node::unix_ms(),
-        op: esc_store::Op::SetOpMode { mode },
+        at_ms: unix_ms(),
+        op: Op::SetOpMode { mode },
     };
     let (tx, rx) = oneshot::channel();
-    let payload = serde_json::to_vec(&cmd).expect("command to JSON");
     if shared
         .events
-        .send(Event::Propose { payload, reply: tx })
+        .send(Event::Propose {
+            payload: cmd.to_payload(),
+            reply: tx,
+        })
         .await
         .is_err()
     {
-        return AdminResponse::err("node stopping".into());
+        return AdminResponse::refused("node stopping");
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(Ok(_))) => AdminResponse::ok(&format!("Operation Mode = {}", mode.word()), None),
-        _ => AdminResponse::err(format!(
+        Ok(Ok(Ok(_))) => AdminResponse::OpMode { mode },
+        _ => AdminResponse::refused(format!(
             "the mode change (tid {tid}) did not commit in time: check `escadm op_mode show`"
         )),
     }
-}
-
-/// Adds the state digest and size, computed off the owner task.
-async fn add_digest(shared: &Shared, r: &mut AdminResponse) {
-    let store = shared.store.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let (applied, digest) = store.digest()?;
-        let count = store.deployment_count()?;
-        Ok::<_, esc_store::StoreError>((applied, digest, count))
-    })
-    .await;
-    if let (Ok(Ok((applied, digest, count))), Some(serde_json::Value::Object(m))) =
-        (res, r.status.as_mut())
-    {
-        m.insert(
-            "state".into(),
-            serde_json::json!({"applied_index": applied, "digest": digest, "deployments": count}),
-        );
-    }
-}
-
-/// Client side, used by `escadm`: one request, one answer.
-pub async fn request(home: &Path, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
-    let path = socket_path(home);
-    let stream = UnixStream::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach escd at {}: {e} (is escd running with this --home? are you root?)",
-            path.display()
-        )
-    })?;
-    let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    wr.write_all(&line).await?;
-    let mut lines = BufReader::new(rd).lines();
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT + Duration::from_secs(2), lines.next_line())
-        .await
-        .map_err(|_| anyhow::anyhow!("escd did not answer in time"))??
-        .ok_or_else(|| anyhow::anyhow!("escd closed the admin connection"))?;
-    Ok(serde_json::from_str(&answer)?)
 }

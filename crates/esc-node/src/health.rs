@@ -11,9 +11,9 @@
 //! | 5020 | the data volume is (almost) full |
 //! | 5030 | the northbound API does not answer |
 
-use crate::node::{unix_ms, Shared};
+use crate::shared::{unix_ms, Shared};
+use esc_proto::status::{Check, HealthReport};
 use esc_repl::Role;
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,31 +21,6 @@ use std::time::Duration;
 pub const DISK_FREE_BYTES_MIN: u64 = 64 << 20;
 /// Deadline of each check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One check's result.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// The ESC-style health report.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HealthReport {
-    pub status_code: u16,
-    pub message: String,
-    /// `INIT` (only configuration accepted) or `READY`.
-    pub stage: String,
-    pub checks: Vec<Check>,
-}
-
-impl HealthReport {
-    /// The service is provided.
-    pub fn healthy(&self) -> bool {
-        (2000..3000).contains(&self.status_code)
-    }
-}
 
 async fn store_writable(shared: &Shared) -> Check {
     let store = shared.store.clone();
@@ -107,24 +82,10 @@ async fn api_answers(api: SocketAddr) -> Check {
     }
 }
 
-/// Whether the peer is connected and in sync (None: no peer configured).
-pub async fn peer_in_sync(shared: &Shared) -> Option<bool> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let req = crate::admin::AdminRequest::Status { verbose: false };
-    shared
-        .events
-        .send(crate::node::Event::Admin { req, reply: tx })
-        .await
-        .ok()?;
-    let status = tokio::time::timeout(CHECK_TIMEOUT, rx)
-        .await
-        .ok()?
-        .ok()?
-        .status?;
-    if status["peer_address"].is_null() {
-        return None;
-    }
-    Some(status["replication"]["peer"]["in_sync"] == true)
+/// Whether the peer is connected and in sync (None: no peer configured),
+/// as the owner task last published it.
+pub fn peer_in_sync(shared: &Shared) -> Option<bool> {
+    *shared.peer_in_sync.borrow()
 }
 
 /// Runs every check.

@@ -1,49 +1,58 @@
 //! The `escd` node runtime: everything that does I/O around the sans-IO
-//! replication core (architecture section 1).
+//! cores (architecture section 1).
 //!
 //! ```text
-//!   REST :8080 (api) ──Propose──┐            ┌── listener :7789 (net, primary side)
-//!   admin socket (admin) ───────┤            ├── dialer (net, standby side)
-//!                               v            v
-//!                        ┌──────────────────────────┐  Send   ┌─────────────┐
-//!            Tick ─────> │ owner task (node):       │ ──────> │ conn writer │ ─> TCP
-//!                        │ esc_repl::Core           │ <────── │ conn reader │ <─ TCP
-//!                        └──────────────────────────┘ Received└─────────────┘
-//!                           │ jobs (in order)   ^ Persisted / Applied
-//!                           v                   │
-//!                        ┌──────────────────────────┐
-//!                        │ storage worker thread    │ ── esc_store::Store (redb)
-//!                        └──────────────────────────┘
+//!  REST :8080, health :8060 (northbound) ──Event::Propose──┐
+//!  admin socket (admin) ──Event::Admin / AgentCmd──────────┤
+//!  HA agent thread (ha) ──Event::Ha (authority's Output)───┤      ┌── listener :7789 (net)
+//!                                                          v      v── dialer (net)
+//!                              ┌────────────────────────────────┐ Send  ┌─────────────┐
+//!               Tick ────────> │ owner task (owner): Core        │ ────> │ conn writer │ ─> TCP
+//!                              │ one loop, one executor          │ <──── │ conn reader │ <─ TCP
+//!                              └────────────────────────────────┘ NetEvent└─────────────┘
+//!                     Job (bounded) │   ^ StorageEvent      │ ReplView, Position, LinkRole,
+//!                                   v   │                   v peer_in_sync, role watches
+//!                              ┌─────────────────────┐   HA agent, link tasks, health
+//!                              │ storage worker      │ ── esc_store::Store<esc_domain::Domain>
+//!                              └─────────────────────┘
+//!  Shared::leading ──> services::supervise ──> primary-only services (start / stop in 100 ms)
 //! ```
 //! One owner task holds the core and every connection handle; children only
-//! send it events (style principle 8). The storage worker runs jobs strictly
-//! in the order the core emitted them, merging consecutive ones into one
-//! transaction (one fsync).
+//! send it events (style principle 8). Modules import downwards only: the
+//! task modules (`owner`, `storage`, `ha`, `northbound`, `admin`,
+//! `services`) share [`shared`] and never import one another's internals
+//! but through it (a test checks the module graph has no cycle).
 //!
 //! # Layout
-//! - [`node`]: start-up, the owner task, the storage worker.
+//! - [`start`]: start-up wiring and teardown.
+//! - [`owner`]: the owner task (the loop, the executor of core outputs, the
+//!   status document, the translation of the authority's commands).
+//! - [`storage`]: the storage worker, recovery files, snapshot streaming.
 //! - [`net`]: replication listener, dialer, handshake, connection tasks.
-//! - [`api`]: the northbound REST API (translation only).
-//! - [`admin`]: the admin socket and its protocol (used by `escadm`).
-//! - [`health`]: local health checks behind `/esc/health` and `escadm health`.
-//! - [`logging`]: `escmanager.log` and `escadm.log`.
-//! - [`metrics`]: counters shown by `escadm status --v`.
-//! - [`agent`]: the HA agent thread: role authority, VRRP speaker, witness
-//!   client, health probes, `keepalived_state` (architecture sections 1-2).
-//! - [`vrrp`]: the VRRP speaker's sockets, VIP and gratuitous ARP.
-//! - [`witness`]: `escd --witness` and the client the agent uses.
-//! - `sys`: the one `unsafe` module (AF_PACKET send for gratuitous ARP).
+//! - [`ha`]: the HA agent thread: role authority, VRRP speaker, witness
+//!   client and server, health probes, `keepalived_state`.
+//! - [`northbound`]: the REST API and the health API (translation only).
+//! - [`admin`]: the admin socket (`esc_proto`), used by `escadm`.
+//! - [`health`]: the local health checks.
+//! - [`services`]: primary-only services and their supervisor.
+//! - [`shared`]: the handles and messages the tasks share.
+//! - [`status`]: the cores' status in `esc_proto`'s words.
+//! - [`logging`], [`metrics`]: `escmanager.log`/`escadm.log`, counters.
 
 pub mod admin;
-pub mod agent;
-pub mod api;
+pub mod ha;
 pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod net;
-pub mod node;
-mod sys;
-pub mod vrrp;
-pub mod witness;
+pub mod northbound;
+pub mod owner;
+pub mod services;
+pub mod shared;
+pub mod start;
+pub mod status;
+pub mod storage;
 
-pub use node::{run, Exit, NodeOptions};
+pub use ha::witness;
+pub use owner::Exit;
+pub use start::{run, NodeOptions};

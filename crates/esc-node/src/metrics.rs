@@ -1,7 +1,7 @@
 //! Counters of refused input and link events, shown by `escadm status --v`.
 //! Bad input is counted and dropped, never a panic (style principle 5).
 
-use serde::Serialize;
+use esc_proto::status::Counters as CountersSnapshot;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Process-wide counters; cheap to bump from any task.
@@ -27,30 +27,6 @@ pub struct Counters {
     pub writes_committed: AtomicU64,
     pub writes_refused: AtomicU64,
     pub store_errors: AtomicU64,
-}
-
-/// A copy of the counters for display.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    pub frames_truncated: u64,
-    pub frames_checksum: u64,
-    pub frames_mac: u64,
-    pub frames_malformed: u64,
-    pub frames_bad_header: u64,
-    pub frames_too_large: u64,
-    pub frames_unexpected: u64,
-    pub auth_failures: u64,
-    pub handshake_failures: u64,
-    #[serde(default)]
-    pub handshakes_refused: u64,
-    pub connections_refused_not_primary: u64,
-    #[serde(default)]
-    pub dials_held_for_takeover: u64,
-    pub peer_connections: u64,
-    pub recovery_entries: u64,
-    pub writes_committed: u64,
-    pub writes_refused: u64,
-    pub store_errors: u64,
 }
 
 impl Counters {

@@ -45,6 +45,14 @@ use tracing::{debug, info, warn};
 pub type ConnId = u64;
 /// Frames queued for one connection before it counts as too slow.
 pub const CONN_QUEUE_FRAMES: usize = 4_096;
+/// Snapshot frames queued for one connection (its bulk lane): a snapshot
+/// streamer waits for room, so a primary holds at most this many chunks of
+/// a snapshot in memory, whatever the state's size.
+pub const BULK_QUEUE_FRAMES: usize = 4;
+/// Snapshot chunks a follower holds between its socket and its store; the
+/// reader stops reading (TCP pushes back on the primary) while they are
+/// taken.
+pub const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 8;
 /// Deadline for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame body accepted before authentication.
@@ -75,12 +83,16 @@ pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub const LINK_HELD: Duration = Duration::from_secs(2);
 
 /// The sending side of one connection: frames for its writer (through
-/// `Deref`, as an `mpsc::Sender`), and the switch that closes the link.
-/// Clones (a snapshot stream, a catch-up job) do not keep a closed link
-/// open: once closed, their sends fail within [`CLOSE_DRAIN`].
+/// `Deref`, as an `mpsc::Sender`), the bulk lane for snapshot frames, and
+/// the switch that closes the link. Clones (a snapshot stream, a catch-up
+/// job) do not keep a closed link open: once closed, their sends fail
+/// within [`CLOSE_DRAIN`].
 #[derive(Debug, Clone)]
 pub struct ConnTx {
     tx: mpsc::Sender<Message>,
+    /// Snapshot frames, [`BULK_QUEUE_FRAMES`] at most; the writer takes the
+    /// main queue first, so heartbeats and answers never wait behind them.
+    pub bulk: mpsc::Sender<Message>,
     close: Arc<watch::Sender<bool>>,
 }
 
@@ -118,6 +130,9 @@ pub enum NetEvent {
     SnapshotChunk {
         conn: ConnId,
         items: Vec<SnapshotItem>,
+        /// One of [`SNAPSHOT_CHUNKS_IN_FLIGHT`], held until the chunk is
+        /// staged in the store.
+        window: tokio::sync::OwnedSemaphorePermit,
     },
     Down {
         conn: ConnId,
@@ -171,6 +186,9 @@ pub struct NetCtx {
     pub role: watch::Receiver<LinkRole>,
     pub position: watch::Receiver<Position>,
     pub next_conn: Arc<AtomicU64>,
+    /// Snapshot chunks received and not yet staged (see
+    /// [`SNAPSHOT_CHUNKS_IN_FLIGHT`]).
+    pub snapshot_window: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -563,6 +581,7 @@ async fn spawn_conn(
     Counters::bump(&ctx.counters.peer_connections);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Message>(CONN_QUEUE_FRAMES);
+    let (bulk, mut bulk_rx) = mpsc::channel::<Message>(BULK_QUEUE_FRAMES);
     let (close, closed) = watch::channel(false);
     let close = Arc::new(close);
     let wclose = close.clone();
@@ -577,10 +596,12 @@ async fn spawn_conn(
                     // Closed: accept nothing more, send what is queued.
                     _ = wstop.wait_for(|c| *c), if !closing => {
                         rx.close();
+                        bulk_rx.close();
                         closing = true;
                         continue;
                     }
                     m = rx.recv() => m,
+                    Some(m) = bulk_rx.recv() => Some(m),
                 };
                 let Some(msg) = msg else { break };
                 let frame = esc_wire::encode(&msg, Some(&mut send_mac));
@@ -617,8 +638,21 @@ async fn spawn_conn(
             };
             match read {
                 Ok(Some(Message::SnapshotChunk { items })) => {
+                    // Backpressure: no more chunks off the socket while the
+                    // store is behind (the primary's sends then wait too).
+                    let window = tokio::select! {
+                        w = rctx.snapshot_window.clone().acquire_owned() => w,
+                        _ = rstop.wait_for(|c| *c) => break "link closed by this node".to_string(),
+                    };
+                    let Ok(window) = window else {
+                        break "node stopping".to_string();
+                    };
                     if events
-                        .send(NetEvent::SnapshotChunk { conn, items })
+                        .send(NetEvent::SnapshotChunk {
+                            conn,
+                            items,
+                            window,
+                        })
                         .await
                         .is_err()
                     {
@@ -647,7 +681,7 @@ async fn spawn_conn(
         .events
         .send(NetEvent::Up {
             conn,
-            tx: ConnTx { tx, close },
+            tx: ConnTx { tx, bulk, close },
             reader: reader.abort_handle(),
             peer_name,
             addr,
@@ -698,7 +732,12 @@ pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
     loop {
         // Only a standby dials.
         if ctx.role.borrow().role != Role::Standby {
-            if ctx.role.wait_for(|r| r.role == Role::Standby).await.is_err() {
+            if ctx
+                .role
+                .wait_for(|r| r.role == Role::Standby)
+                .await
+                .is_err()
+            {
                 return;
             }
             // Found by `esc-lab bench --faults switchover`: the backoff a
@@ -747,7 +786,6 @@ pub async fn dial(mut ctx: NetCtx, peer: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use esc_wire::Table;
 
     /// An authenticated link (server side run by `spawn_conn`) and the
     /// client's socket, with the MAC of the frames the server sends.
@@ -770,6 +808,7 @@ mod tests {
             .1,
             position: watch::channel(Position::default()).1,
             next_conn: Arc::default(),
+            snapshot_window: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_CHUNKS_IN_FLIGHT)),
         };
         let key = [1u8; 32];
         spawn_conn(
@@ -803,7 +842,10 @@ mod tests {
         }
     }
 
-    fn ctx(name: &str, role: LinkRole) -> (NetCtx, mpsc::Receiver<NetEvent>, watch::Sender<LinkRole>) {
+    fn ctx(
+        name: &str,
+        role: LinkRole,
+    ) -> (NetCtx, mpsc::Receiver<NetEvent>, watch::Sender<LinkRole>) {
         let (events, rx) = mpsc::channel(64);
         let (role_tx, role_rx) = watch::channel(role);
         let ctx = NetCtx {
@@ -814,6 +856,7 @@ mod tests {
             role: role_rx,
             position: watch::channel(Position::default()).1,
             next_conn: Arc::default(),
+            snapshot_window: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_CHUNKS_IN_FLIGHT)),
         };
         (ctx, rx, role_tx)
     }
@@ -821,7 +864,10 @@ mod tests {
     async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !cond() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -863,7 +909,10 @@ mod tests {
         }
         assert!(dialing.await.is_ok());
         assert_eq!(
-            server.counters.connections_refused_not_primary.load(Ordering::Relaxed),
+            server
+                .counters
+                .connections_refused_not_primary
+                .load(Ordering::Relaxed),
             0,
             "not treated as a standby peer"
         );
@@ -881,7 +930,10 @@ mod tests {
         client_handshake(&client, stream, addr).await.unwrap();
         let counters = server.counters.clone();
         wait_until("the standby path", || {
-            counters.connections_refused_not_primary.load(Ordering::Relaxed) == 1
+            counters
+                .connections_refused_not_primary
+                .load(Ordering::Relaxed)
+                == 1
         })
         .await;
         assert_eq!(counters.dials_held_for_takeover.load(Ordering::Relaxed), 0);
@@ -931,7 +983,6 @@ mod tests {
         // Far more than the socket buffers hold: the writer gets stuck.
         let chunk = Message::SnapshotChunk {
             items: vec![SnapshotItem {
-                table: Table::Deployments,
                 key: "k".into(),
                 value: vec![0; 64 * 1024],
             }],

@@ -3,7 +3,7 @@
 
 use crate::log::LogView;
 use esc_wire::{Entry, Message};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Most payload bytes in one group commit (and so in one inline `Append`),
@@ -20,7 +20,7 @@ pub type Token = u64;
 pub type ConnId = u64;
 
 /// Replication mode (architecture section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A write commits once durable on both nodes (DRBD protocol C).
@@ -30,15 +30,18 @@ pub enum Mode {
 }
 
 /// The replication role of this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
     Standby,
 }
 
-/// Tuning, validated by `esc-config`.
-#[derive(Debug, Clone)]
+/// Tuning, validated by `esc-config`. Serde so a trace's header can carry
+/// it ([`crate::trace`]); strict, so a trace from a core with other knobs
+/// is refused rather than replayed with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub mode: Mode,
     pub async_lag_entries_max: u64,
@@ -65,7 +68,7 @@ pub struct Config {
 }
 
 /// Why a proposal got no commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     /// This node is not primary; nothing was written.
     NotPrimary,
@@ -74,8 +77,9 @@ pub enum Refusal {
     Unknown,
 }
 
-/// Everything the core reacts to.
-#[derive(Debug, Clone)]
+/// Everything the core reacts to. Serde (style principle 2): a JSON-lines
+/// trace of inputs replays to the same outputs ([`crate::trace`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     /// Time passed (heartbeats, peer timeouts).
     Tick,
@@ -123,7 +127,7 @@ pub enum Input {
 }
 
 /// Everything the core asks the runtime to do, in order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Output {
     /// Durably: cut entries after `truncate_after` (to the recovery file),
     /// append `entries`, record `epoch`. Answer with `Persisted`, in order;

@@ -16,9 +16,13 @@
 //! The runtime executes `Persist`, `Apply`, `Compact`, `SaveRecovery` and
 //! `InstallSnapshot` strictly in emission order on one storage worker, and
 //! reports back with `Persisted` and `SnapshotInstalled`.
+//!
+//! [`trace`] records a core's inputs and outputs as JSON lines and replays
+//! them: a recorded incident runs again, exactly.
 
 mod core;
 mod log;
+pub mod trace;
 
 pub use crate::core::{
     Config, Core, Input, Mode, Output, PeerStatus, Refusal, ReplStatus, Role, Token,

@@ -2,10 +2,10 @@
 //! of every index (from the first index of each epoch), so conflict searches
 //! need no disk reads.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Log positions mirrored from the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogView {
     pub snapshot_index: u64,
     pub snapshot_epoch: u64,

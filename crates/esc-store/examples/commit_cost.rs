@@ -2,13 +2,14 @@
 //! 1 KiB deployment commands, then the (non-durable) apply of that group.
 //! `cargo run --release -p esc-store --example commit_cost`
 
-use esc_store::{Batch, Command, Op, Store};
+use esc_domain::{Command, Domain, Op};
+use esc_store::{Batch, Store};
 use esc_wire::Entry;
 use std::time::{Duration, Instant};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).expect("open store");
+    let store = Store::open(dir.path(), Domain).expect("open store");
     let mut index = 0u64;
     println!("| group size | append+fsync | apply | cycles |");
     println!("|---:|---:|---:|---:|");

@@ -3,40 +3,57 @@
 //! Tables:
 //! - `log`: index -> encoded [`Entry`] (with its crc32c).
 //! - `epochs`: epoch -> first index written in it (finds where logs diverge).
-//! - `meta`: `epoch`, `applied_index`, `snapshot_index`, `snapshot_epoch`.
-//! - `deployments`: name -> [`Deployment`] JSON.
-//! - `idempotency`: key -> [`IdempotencyRecord`] JSON.
+//! - `meta`: `format`, `epoch`, `applied_index`, `snapshot_index`,
+//!   `snapshot_epoch`, the state digest (`digest0`..`digest3`).
+//! - `state0`, `state1`: the materialized state, the [`StateMachine`]'s
+//!   map, in the slot `meta.state_slot` names; the other slot receives a
+//!   snapshot, and installing it flips the slot (no copy, one small
+//!   transaction).
 
-use crate::state::{
-    Command, Deployment, IdempotencyRecord, Op, OpMode, Outcome, IDEMPOTENCY_KEY_REUSED,
-};
+use crate::digest::{item_hash, Digest};
+use esc_state::{ApplyError, State, StateError, StateMachine, StateRead};
 use esc_wire::entry::EntryError;
-use esc_wire::{Entry, SnapshotItem, Table};
+use esc_wire::{Entry, SnapshotItem};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
-    TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
 };
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use std::ops::Bound;
 use std::path::Path;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
-const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
-const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+const STATES: [TableDefinition<&str, &[u8]>; 2] = [
+    TableDefinition::new("state0"),
+    TableDefinition::new("state1"),
+];
 
-/// Key of the operation mode in the settings table.
-const K_OP_MODE: &str = "op_mode";
+/// The layout this code reads and writes. 2: one state map behind the
+/// `StateMachine` trait (issue 10); 1 (unnumbered) had a table per kind.
+pub const FORMAT: u64 = 2;
 
-/// The state tables a snapshot carries.
-pub const SNAPSHOT_TABLES: [Table; 3] = [Table::Deployments, Table::Idempotency, Table::Settings];
+/// redb's page cache (reads and the write buffer).
+pub const CACHE_BYTES: usize = 64 << 20;
 
+const K_FORMAT: &str = "format";
 const K_EPOCH: &str = "epoch";
 const K_APPLIED: &str = "applied_index";
 const K_SNAP_INDEX: &str = "snapshot_index";
 const K_SNAP_EPOCH: &str = "snapshot_epoch";
+const K_DIGEST: [&str; 4] = ["digest0", "digest1", "digest2", "digest3"];
+const K_STAGE_DIGEST: [&str; 4] = [
+    "stage_digest0",
+    "stage_digest1",
+    "stage_digest2",
+    "stage_digest3",
+];
+const K_SLOT: &str = "state_slot";
+
+/// The live state table, as the transaction `meta` belongs to sees it.
+fn slot(meta: &impl ReadableTable<&'static str, u64>) -> Result<usize, StoreError> {
+    Ok(usize::from(meta_get(meta, K_SLOT)? == 1))
+}
 
 /// Store failures. All of them are fatal for the node's role: the caller
 /// steps down (style principle 5), it does not retry blindly.
@@ -48,8 +65,22 @@ pub enum StoreError {
     Corrupt(#[from] EntryError),
     #[error("log contract violated: {0}")]
     Contract(String),
-    #[error("undecodable command at index {index}: {message}")]
-    Command { index: u64, message: String },
+    #[error("entry {index} does not apply: {source}")]
+    Apply { index: u64, source: ApplyError },
+    #[error("{0}")]
+    Format(String),
+}
+
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> StateError {
+        StateError(e.to_string())
+    }
+}
+
+impl From<StateError> for StoreError {
+    fn from(e: StateError) -> StoreError {
+        StoreError::Db(e.0)
+    }
 }
 
 macro_rules! db_err {
@@ -91,7 +122,8 @@ impl LogMeta {
 /// One atomic change to the store; steps run in field order.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Remove entries after this index (they are returned in `removed`).
+    /// Remove entries after this index (the caller saves them first:
+    /// [`Store::visit_entries`]).
     pub truncate_after: Option<u64>,
     /// Append these entries (contiguous after the last index, after truncation).
     pub append: Vec<Entry>,
@@ -105,25 +137,25 @@ pub struct Batch {
     pub sync: bool,
 }
 
-/// What a write produced.
-#[derive(Debug, Default)]
-pub struct BatchResult {
-    /// Outcome of each applied entry, by index.
-    pub outcomes: Vec<(u64, Outcome)>,
-    /// Entries removed by truncation, for the recovery file.
-    pub removed: Vec<Entry>,
+/// What a write produced: the outcome of each applied entry, by index.
+#[derive(Debug)]
+pub struct BatchResult<O> {
+    pub outcomes: Vec<(u64, O)>,
 }
 
-/// The durable store of one node.
-pub struct Store {
+/// The durable store of one node, for the state machine `M`.
+pub struct Store<M: StateMachine> {
     db: Database,
+    machine: M,
     /// Cached copy of the durable metadata; writers are serialized by redb.
-    meta: std::sync::Mutex<LogMeta>,
+    /// With the state's digest at its applied index (kept as entries
+    /// apply), under one lock so both are read at one point.
+    meta: std::sync::Mutex<(LogMeta, Digest)>,
     /// What recovery at open cut from the tail, for the operator.
     pub recovery_note: Option<String>,
 }
 
-impl std::fmt::Debug for Store {
+impl<M: StateMachine> std::fmt::Debug for Store<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("meta", &self.meta()).finish()
     }
@@ -133,9 +165,141 @@ fn meta_get(t: &impl ReadableTable<&'static str, u64>, k: &str) -> Result<u64, S
     Ok(t.get(k)?.map(|v| v.value()).unwrap_or(0))
 }
 
-impl Store {
+fn digest_get(
+    t: &impl ReadableTable<&'static str, u64>,
+    keys: [&str; 4],
+) -> Result<Digest, StoreError> {
+    let mut d = Digest::default();
+    for (w, k) in d.0.iter_mut().zip(keys) {
+        *w = meta_get(t, k)?;
+    }
+    Ok(d)
+}
+
+fn digest_put(
+    t: &mut redb::Table<&'static str, u64>,
+    keys: [&str; 4],
+    d: &Digest,
+) -> Result<(), StoreError> {
+    for (w, k) in d.0.iter().zip(keys) {
+        t.insert(k, *w)?;
+    }
+    Ok(())
+}
+
+/// The state map inside a write transaction, keeping the digest as items
+/// change (an insert or remove returns the old value: no extra read).
+struct TxState<'a, 't> {
+    table: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+    digest: &'a mut Digest,
+}
+
+fn scan_table(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    visit: &mut dyn FnMut(&str, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let lower = match after {
+        Some(a) if a >= prefix => Bound::Excluded(a),
+        _ => Bound::Included(prefix),
+    };
+    for item in t.range::<&str>((lower, Bound::Unbounded))?.take(limit) {
+        let (k, v) = item?;
+        if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl StateRead for TxState<'_, '_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .table
+            .get(key)
+            .map_err(StoreError::from)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        Ok(scan_table(&*self.table, prefix, after, limit, visit)?)
+    }
+}
+
+impl State for TxState<'_, '_> {
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        if let Some(old) = self.table.insert(key, value).map_err(StoreError::from)? {
+            self.digest.remove(item_hash(key, old.value()));
+        }
+        self.digest.add(item_hash(key, value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<bool, StateError> {
+        match self.table.remove(key).map_err(StoreError::from)? {
+            Some(old) => {
+                self.digest.remove(item_hash(key, old.value()));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// The state map at one point in time (one read transaction): API reads
+/// never block commits (MVCC).
+pub struct StateReader {
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl StateRead for StateReader {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .table
+            .get(key)
+            .map_err(StoreError::from)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        Ok(scan_table(&self.table, prefix, after, limit, visit)?)
+    }
+}
+
+/// The machine of the throw-away store that lays out a new file.
+struct NoMachine;
+
+impl StateMachine for NoMachine {
+    type Outcome = ();
+    fn apply(&self, _: u64, _: &[u8], _: &mut dyn State) -> Result<(), ApplyError> {
+        Err(ApplyError::Undecodable("no state machine".into()))
+    }
+}
+
+/// Where a snapshot stands, from the read transaction that streams it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPoint {
+    pub index: u64,
+    pub index_epoch: u64,
+}
+
+impl<M: StateMachine> Store<M> {
     /// Opens (or creates) `dir/esc.redb` and recovers it.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, machine: M) -> Result<Store<M>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let path = dir.join("esc.redb");
@@ -144,7 +308,7 @@ impl Store {
             // leave a file it refuses forever: create it aside, sync, rename.
             let tmp = dir.join("esc.redb.tmp");
             let _ = std::fs::remove_file(&tmp);
-            Self::guard(|| Self::from_db(Self::builder().create(&tmp)?))?;
+            Self::guard(|| Self::from_db(Self::builder().create(&tmp)?, NoMachine))?;
             let io = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
@@ -154,12 +318,12 @@ impl Store {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
-        Self::guard(|| Self::from_db(Self::builder().create(&path)?))
+        Self::guard(|| Self::from_db(Self::builder().create(&path)?, machine))
     }
 
     /// Opens a store on any redb backend (tests use a crash-simulating one).
-    pub fn open_backend(backend: impl StorageBackend) -> Result<Store, StoreError> {
-        Self::guard(|| Self::from_db(Self::builder().create_with_backend(backend)?))
+    pub fn open_backend(backend: impl StorageBackend, machine: M) -> Result<Store<M>, StoreError> {
+        Self::guard(|| Self::from_db(Self::builder().create_with_backend(backend)?, machine))
     }
 
     /// Every page's checksum is verified once at open, so corruption that is
@@ -168,13 +332,17 @@ impl Store {
     fn builder() -> redb::Builder {
         let mut b = redb::Builder::new();
         b.set_check_integrity_on_open(true);
+        // redb's page cache defaults to 1 GiB: a node streaming or
+        // receiving a large snapshot would grow to it. Resident memory must
+        // not follow the state's size (issue 10, item 5).
+        b.set_cache_size(CACHE_BYTES);
         b
     }
 
     /// redb may panic on a file corrupted other than by a crash (e.g. bit
     /// rot in its allocator state); a corrupt file is an error for the
     /// operator, never a crash of the daemon.
-    fn guard(open: impl FnOnce() -> Result<Store, StoreError>) -> Result<Store, StoreError> {
+    fn guard<T>(open: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|p| {
             let why = p
                 .downcast_ref::<&str>()
@@ -188,24 +356,42 @@ impl Store {
         })
     }
 
-    fn from_db(db: Database) -> Result<Store, StoreError> {
+    fn from_db<N: StateMachine>(db: Database, machine: N) -> Result<Store<N>, StoreError> {
         let tx = db.begin_write()?;
         {
+            let mut meta = tx.open_table(META)?;
+            // A file of another layout is refused, never misread.
+            let log_empty = tx.open_table(LOG)?.first()?.is_none();
+            match meta_get(&meta, K_FORMAT)? {
+                FORMAT => {}
+                0 if log_empty && meta_get(&meta, K_APPLIED)? == 0 => {
+                    meta.insert(K_FORMAT, FORMAT)?;
+                }
+                other => {
+                    return Err(StoreError::Format(format!(
+                        "the store was written by another escd version (format {other}, this one \
+                         reads {FORMAT}): move the data directory away and restart; the node \
+                         rejoins as standby and copies the state from its peer"
+                    )))
+                }
+            }
             // Create every table so readers never meet a missing one.
-            tx.open_table(LOG)?;
             tx.open_table(EPOCHS)?;
-            tx.open_table(META)?;
-            tx.open_table(DEPLOYMENTS)?;
-            tx.open_table(IDEMPOTENCY)?;
-            tx.open_table(SETTINGS)?;
+            let live = slot(&meta)?;
+            tx.open_table(STATES[live])?;
+            // A snapshot whose reception a crash interrupted is dropped.
+            tx.delete_table(STATES[1 - live])?;
+            tx.open_table(STATES[1 - live])?;
         }
         tx.commit()?;
         let mut store = Store {
             db,
-            meta: std::sync::Mutex::new(LogMeta::default()),
+            machine,
+            meta: std::sync::Mutex::new((LogMeta::default(), Digest::default())),
             recovery_note: None,
         };
         store.set_meta(store.read_meta()?);
+        store.set_digest(store.read_digest()?);
         store.recover_tail()?;
         Ok(store)
     }
@@ -232,8 +418,21 @@ impl Store {
 
     /// Verifies every entry not yet applied; cuts the tail from the first one
     /// that is corrupt, misplaced or missing (a gap), so it is never applied.
+    fn read_digest(&self) -> Result<Digest, StoreError> {
+        let tx = self.db.begin_read()?;
+        digest_get(&tx.open_table(META)?, K_DIGEST)
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, (LogMeta, Digest)> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_digest(&self, d: Digest) {
+        self.cached().1 = d;
+    }
+
     fn set_meta(&self, m: LogMeta) {
-        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = m;
+        self.cached().0 = m;
     }
 
     fn recover_tail(&mut self) -> Result<(), StoreError> {
@@ -300,7 +499,7 @@ impl Store {
 
     /// Where the log stands.
     pub fn meta(&self) -> LogMeta {
-        *self.meta.lock().unwrap_or_else(|p| p.into_inner())
+        self.cached().0
     }
 
     /// `(epoch, first index)` of every epoch in the log, ascending.
@@ -392,11 +591,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Visits the entries from `from` to the end of the log, in order, from
+    /// one read transaction, without holding them all; `visit` may stop early
+    /// by returning `Ok(false)`.
+    pub fn visit_entries<E: From<StoreError>>(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(Entry) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let log = tx.open_table(LOG).map_err(StoreError::from)?;
+        for item in log.range(from..).map_err(StoreError::from)? {
+            let (_, v) = item.map_err(StoreError::from)?;
+            let e = Entry::from_bytes(v.value()).map_err(StoreError::from)?;
+            if !visit(e)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Performs one atomic batch; returns once it is durable when it appended,
     /// truncated, changed the epoch, or `sync` was asked.
-    pub fn write(&self, batch: Batch) -> Result<BatchResult, StoreError> {
-        let mut m = self.meta();
-        let mut result = BatchResult::default();
+    pub fn write(&self, batch: Batch) -> Result<BatchResult<M::Outcome>, StoreError> {
+        let (mut m, mut digest) = *self.cached();
+        let mut result = BatchResult {
+            outcomes: Vec::new(),
+        };
         let durable = batch.sync
             || batch.truncate_after.is_some()
             || !batch.append.is_empty()
@@ -424,9 +645,7 @@ impl Store {
                     .map(|r| r.map(|(k, _)| k.value()))
                     .collect::<Result<_, _>>()?;
                 for k in doomed {
-                    if let Some(v) = log.remove(k)? {
-                        result.removed.push(Entry::from_bytes(v.value())?);
-                    }
+                    log.remove(k)?;
                 }
                 let stale: Vec<u64> = epochs
                     .iter()?
@@ -489,23 +708,26 @@ impl Store {
             if let Some(up_to) = batch.apply_up_to {
                 let up_to = up_to.min(m.last_index);
                 if up_to > m.applied_index {
-                    let mut deployments = tx.open_table(DEPLOYMENTS)?;
-                    let mut idem = tx.open_table(IDEMPOTENCY)?;
-                    let mut settings = tx.open_table(SETTINGS)?;
+                    let mut table = tx.open_table(STATES[slot(&meta)?])?;
+                    let mut state = TxState {
+                        table: &mut table,
+                        digest: &mut digest,
+                    };
                     for item in log.range(m.applied_index + 1..=up_to)? {
                         let (_, v) = item?;
                         let e = Entry::from_bytes(v.value())?;
-                        let cmd: Command = serde_json::from_slice(&e.payload).map_err(|err| {
-                            StoreError::Command {
+                        let outcome = self
+                            .machine
+                            .apply(e.index, &e.payload, &mut state)
+                            .map_err(|source| StoreError::Apply {
                                 index: e.index,
-                                message: err.to_string(),
-                            }
-                        })?;
-                        let outcome = apply(&cmd, &mut deployments, &mut idem, &mut settings)?;
+                                source,
+                            })?;
                         result.outcomes.push((e.index, outcome));
                     }
                     m.applied_index = up_to;
                     meta.insert(K_APPLIED, up_to)?;
+                    digest_put(&mut meta, K_DIGEST, &digest)?;
                 }
             }
             if let Some(up_to) = batch.compact_up_to {
@@ -530,13 +752,22 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.set_meta(m);
+        *self.cached() = (m, digest);
         Ok(result)
     }
 
-    /// The materialized state and the index it reflects, from one read
-    /// transaction (a consistent point in time).
-    pub fn snapshot(&self) -> Result<(u64, u64, Vec<SnapshotItem>), StoreError> {
+    /// Streams the materialized state and the index it reflects from one
+    /// read transaction (a consistent point in time), in chunks of at most
+    /// `items_max` items or about `bytes_max` bytes, never holding it whole:
+    /// `begin` gets the point, `chunk` each chunk; either may stop the
+    /// stream by returning false (the link closed).
+    pub fn stream_snapshot(
+        &self,
+        items_max: usize,
+        bytes_max: usize,
+        begin: impl FnOnce(SnapshotPoint) -> bool,
+        mut chunk: impl FnMut(Vec<SnapshotItem>) -> bool,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_read()?;
         let meta = tx.open_table(META)?;
         let applied = meta_get(&meta, K_APPLIED)?;
@@ -549,67 +780,87 @@ impl Store {
                 None => return Err(StoreError::Contract(format!("no entry at {applied}"))),
             }
         };
+        if !begin(SnapshotPoint {
+            index: applied,
+            index_epoch: epoch,
+        }) {
+            return Ok(());
+        }
+        let state = tx.open_table(STATES[slot(&meta)?])?;
         let mut items = Vec::new();
-        for (table, def) in [
-            (Table::Deployments, DEPLOYMENTS),
-            (Table::Idempotency, IDEMPOTENCY),
-            (Table::Settings, SETTINGS),
-        ] {
-            let t = tx.open_table(def)?;
-            for item in t.iter()? {
-                let (k, v) = item?;
-                items.push(SnapshotItem {
-                    table,
-                    key: k.value().to_string(),
-                    value: v.value().to_vec(),
-                });
+        let mut bytes = 0usize;
+        for item in state.iter()? {
+            let (k, v) = item?;
+            bytes += k.value().len() + v.value().len();
+            items.push(SnapshotItem {
+                key: k.value().to_string(),
+                value: v.value().to_vec(),
+            });
+            if items.len() >= items_max || bytes >= bytes_max {
+                if !chunk(std::mem::take(&mut items)) {
+                    return Ok(());
+                }
+                bytes = 0;
             }
         }
-        Ok((applied, epoch, items))
+        if !items.is_empty() {
+            chunk(items);
+        }
+        Ok(())
     }
 
-    /// Replaces the whole state with a snapshot at `(index, index_epoch)`.
-    /// The log is emptied; entries it held after `index` are returned in
-    /// `removed` for the recovery file.
-    pub fn install_snapshot(
-        &self,
-        index: u64,
-        index_epoch: u64,
-        items: &[SnapshotItem],
-    ) -> Result<BatchResult, StoreError> {
-        let mut result = BatchResult::default();
+    /// Receiving a snapshot, step 1: empty the other slot's table.
+    pub fn stage_begin(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
-            let mut log = tx.open_table(LOG)?;
-            let all: Vec<(u64, Vec<u8>)> = log
-                .iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<Result<_, _>>()?;
-            for (k, v) in all {
-                log.remove(k)?;
-                if k > index {
-                    if let Ok(e) = Entry::from_bytes(&v) {
-                        result.removed.push(e);
-                    }
-                }
-            }
-            tx.open_table(EPOCHS)?.retain(|_, _| false)?;
-            let mut deployments = tx.open_table(DEPLOYMENTS)?;
-            deployments.retain(|_, _| false)?;
-            let mut idem = tx.open_table(IDEMPOTENCY)?;
-            idem.retain(|_, _| false)?;
-            let mut settings = tx.open_table(SETTINGS)?;
-            settings.retain(|_, _| false)?;
-            for it in items {
-                match it.table {
-                    Table::Deployments => {
-                        deployments.insert(it.key.as_str(), it.value.as_slice())?
-                    }
-                    Table::Idempotency => idem.insert(it.key.as_str(), it.value.as_slice())?,
-                    Table::Settings => settings.insert(it.key.as_str(), it.value.as_slice())?,
-                };
-            }
             let mut meta = tx.open_table(META)?;
+            let other = 1 - slot(&meta)?;
+            tx.delete_table(STATES[other])?;
+            tx.open_table(STATES[other])?;
+            digest_put(&mut meta, K_STAGE_DIGEST, &Digest::default())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Step 2, per chunk as it arrives: write its items into the other
+    /// slot, with their digest. Durable, so a large snapshot never piles up
+    /// in memory as uncommitted pages; the live state is untouched.
+    pub fn stage_chunk(&self, items: &[SnapshotItem]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let mut digest = digest_get(&meta, K_STAGE_DIGEST)?;
+            let mut stage = tx.open_table(STATES[1 - slot(&meta)?])?;
+            for it in items {
+                if let Some(old) = stage.insert(it.key.as_str(), it.value.as_slice())? {
+                    digest.remove(item_hash(&it.key, old.value()));
+                }
+                digest.add(item_hash(&it.key, &it.value));
+            }
+            digest_put(&mut meta, K_STAGE_DIGEST, &digest)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Step 3: the staged snapshot at `(index, index_epoch)` becomes the
+    /// state, in one small durable transaction (the slot flips; nothing is
+    /// copied); the log is emptied (the caller saved what it held past
+    /// `index` first) and the old state's table is dropped.
+    pub fn install_staged(&self, index: u64, index_epoch: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(LOG)?.retain(|_, _| false)?;
+            tx.open_table(EPOCHS)?.retain(|_, _| false)?;
+            let mut meta = tx.open_table(META)?;
+            let old = slot(&meta)?;
+            let digest = digest_get(&meta, K_STAGE_DIGEST)?;
+            meta.insert(K_SLOT, (1 - old) as u64)?;
+            digest_put(&mut meta, K_DIGEST, &digest)?;
+            digest_put(&mut meta, K_STAGE_DIGEST, &Digest::default())?;
+            tx.delete_table(STATES[old])?;
+            tx.open_table(STATES[old])?;
             meta.insert(K_APPLIED, index)?;
             meta.insert(K_SNAP_INDEX, index)?;
             meta.insert(K_SNAP_EPOCH, index_epoch)?;
@@ -617,8 +868,24 @@ impl Store {
             meta.insert(K_EPOCH, epoch)?;
         }
         tx.commit()?;
-        self.set_meta(self.read_meta()?);
-        Ok(result)
+        let m = self.read_meta()?;
+        *self.cached() = (m, self.read_digest()?);
+        Ok(())
+    }
+
+    /// The three steps at once, for callers that hold a whole snapshot
+    /// (tests, tools).
+    pub fn install_snapshot(
+        &self,
+        index: u64,
+        index_epoch: u64,
+        items: &[SnapshotItem],
+    ) -> Result<(), StoreError> {
+        self.stage_begin()?;
+        for c in items.chunks(4096) {
+            self.stage_chunk(c)?;
+        }
+        self.install_staged(index, index_epoch)
     }
 
     /// Health probe: a durable write that touches nothing replicated (it
@@ -630,270 +897,33 @@ impl Store {
         Ok(())
     }
 
-    /// The replicated operation mode (default: operation).
-    pub fn op_mode(&self) -> Result<OpMode, StoreError> {
+    /// The materialized state as of now, for reads (one read transaction).
+    pub fn reader(&self) -> Result<StateReader, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(SETTINGS)?;
-        let found = t.get(K_OP_MODE)?;
-        match found {
-            Some(v) => decode_json(v.value()),
-            None => Ok(OpMode::Operation),
-        }
+        let live = slot(&tx.open_table(META)?)?;
+        Ok(StateReader {
+            table: tx.open_table(STATES[live])?,
+        })
     }
 
-    /// One deployment by name.
-    pub fn deployment(&self, name: &str) -> Result<Option<Deployment>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(DEPLOYMENTS)?;
-        let found = t.get(name)?;
-        match found {
-            Some(v) => Ok(Some(decode_json(v.value())?)),
-            None => Ok(None),
-        }
+    /// The applied index and the state's digest there, kept as entries
+    /// apply: two nodes at one applied index with equal digests hold the
+    /// same state. O(1).
+    pub fn digest(&self) -> (u64, String) {
+        let c = self.cached();
+        (c.0.applied_index, c.1.hex())
     }
 
-    /// Deployments in name order, starting after `after`, at most `limit`.
-    pub fn deployments(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Deployment>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(DEPLOYMENTS)?;
-        let mut out = Vec::new();
-        let iter = match after {
-            Some(a) => t.range::<&str>(a..)?,
-            None => t.range::<&str>(..)?,
-        };
-        for item in iter {
-            let (k, v) = item?;
-            if Some(k.value()) == after {
-                continue;
-            }
-            if out.len() >= limit {
-                break;
-            }
-            out.push(decode_json(v.value())?);
-        }
-        Ok(out)
-    }
-
-    /// Number of deployments.
-    pub fn deployment_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(DEPLOYMENTS)?.len()?)
-    }
-
-    /// The first outcome stored under an idempotency key, with its fingerprint.
-    pub fn idempotency(&self, key: &str) -> Result<Option<(String, Outcome)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(IDEMPOTENCY)?;
-        let found = t.get(key)?;
-        match found {
-            Some(v) => {
-                let r: IdempotencyRecord = decode_json(v.value())?;
-                Ok(Some((r.fingerprint, r.outcome)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// SHA-256 over both state tables in key order, with the applied index:
-    /// two nodes with equal digests hold identical state.
-    pub fn digest(&self) -> Result<(u64, String), StoreError> {
+    /// The digest computed from every item (tests check the kept one).
+    pub fn digest_recomputed(&self) -> Result<(u64, String), StoreError> {
         let tx = self.db.begin_read()?;
         let meta = tx.open_table(META)?;
         let applied = meta_get(&meta, K_APPLIED)?;
-        let mut h = Sha256::new();
-        for def in [DEPLOYMENTS, IDEMPOTENCY, SETTINGS] {
-            let t = tx.open_table(def)?;
-            for item in t.iter()? {
-                let (k, v) = item?;
-                h.update((k.value().len() as u64).to_le_bytes());
-                h.update(k.value().as_bytes());
-                h.update((v.value().len() as u64).to_le_bytes());
-                h.update(v.value());
-            }
-            h.update(b"|");
+        let mut d = Digest::default();
+        for item in tx.open_table(STATES[slot(&meta)?])?.iter()? {
+            let (k, v) = item?;
+            d.add(item_hash(k.value(), v.value()));
         }
-        Ok((applied, hex::encode(h.finalize())))
-    }
-}
-
-fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Db(format!("stored JSON: {e}")))
-}
-
-fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("in-memory JSON serialization")
-}
-
-/// Applies one command; deterministic (no clock, no randomness).
-fn apply(
-    cmd: &Command,
-    deployments: &mut redb::Table<&str, &[u8]>,
-    idem: &mut redb::Table<&str, &[u8]>,
-    settings: &mut redb::Table<&str, &[u8]>,
-) -> Result<Outcome, StoreError> {
-    if let Some(key) = &cmd.idempotency_key {
-        let previous = idem.get(key.as_str())?.map(|v| v.value().to_vec());
-        if let Some(bytes) = previous {
-            let r: IdempotencyRecord = decode_json(&bytes)?;
-            if r.fingerprint != cmd.fingerprint {
-                // The key of an earlier entry, for a different request (two
-                // requests raced past the API's check): this one does
-                // nothing, and the record of the first stays. Decided from
-                // the log alone, so every node answers the same.
-                return Ok(Outcome::error(
-                    422,
-                    &cmd.tid,
-                    IDEMPOTENCY_KEY_REUSED.to_string(),
-                ));
-            }
-            // A resend that reached the log twice: the first outcome stands.
-            return Ok(r.outcome);
-        }
-    }
-    let outcome = match &cmd.op {
-        Op::CreateDeployment { id, name, spec } => {
-            if deployments.get(name.as_str())?.is_some() {
-                Outcome::error(409, &cmd.tid, format!("deployment {name:?} already exists"))
-            } else {
-                let d = Deployment {
-                    id: id.clone(),
-                    name: name.clone(),
-                    created_at_ms: cmd.at_ms,
-                    tid: cmd.tid.clone(),
-                    spec: spec.clone(),
-                };
-                deployments.insert(name.as_str(), encode_json(&d).as_slice())?;
-                Outcome {
-                    status: 201,
-                    body: serde_json::to_value(&d).expect("deployment to JSON"),
-                    tid: cmd.tid.clone(),
-                }
-            }
-        }
-        Op::SetOpMode { mode } => {
-            settings.insert(K_OP_MODE, encode_json(mode).as_slice())?;
-            Outcome {
-                status: 200,
-                body: serde_json::json!({ "op_mode": mode }),
-                tid: cmd.tid.clone(),
-            }
-        }
-        Op::DeleteDeployment { name } => {
-            if deployments.remove(name.as_str())?.is_some() {
-                Outcome {
-                    status: 200,
-                    body: serde_json::json!({ "deleted": name }),
-                    tid: cmd.tid.clone(),
-                }
-            } else {
-                Outcome::error(404, &cmd.tid, format!("no deployment {name:?}"))
-            }
-        }
-    };
-    if let Some(key) = &cmd.idempotency_key {
-        let record = IdempotencyRecord {
-            fingerprint: cmd.fingerprint.clone(),
-            outcome: outcome.clone(),
-        };
-        idem.insert(key.as_str(), encode_json(&record).as_slice())?;
-    }
-    Ok(outcome)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(index: u64, tid: &str, key: &str, fingerprint: &str, op: Op) -> Entry {
-        let cmd = Command {
-            tid: tid.into(),
-            idempotency_key: Some(key.into()),
-            fingerprint: fingerprint.into(),
-            at_ms: 1_700_000_000_000 + index,
-            op,
-        };
-        Entry::new(1, index, serde_json::to_vec(&cmd).unwrap())
-    }
-
-    fn create(name: &str) -> Op {
-        Op::CreateDeployment {
-            id: format!("id-{name}"),
-            name: name.into(),
-            spec: serde_json::json!({ "name": name }),
-        }
-    }
-
-    /// Two requests with one key but different bodies that both reached the
-    /// log (they raced past the API's check): the second does nothing and
-    /// gets 422 on every node, however the log is applied; a true resend
-    /// still gets the first outcome.
-    #[test]
-    fn a_key_reused_for_a_different_request_is_refused_when_applied() {
-        let log = vec![
-            entry(1, "t1", "k", "fp-a", create("a")),
-            entry(2, "t2", "k", "fp-b", create("b")),
-            entry(3, "t3", "k", "fp-a", create("a")),
-            entry(
-                4,
-                "t4",
-                "k",
-                "fp-del",
-                Op::DeleteDeployment { name: "a".into() },
-            ),
-        ];
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let stores: Vec<Store> = dirs
-            .iter()
-            .map(|d| Store::open(d.path()).unwrap())
-            .collect();
-        let mut outcomes = Vec::new();
-        // One node applies the whole log at once, the other entry by entry.
-        let r = stores[0]
-            .write(Batch {
-                append: log.clone(),
-                apply_up_to: Some(4),
-                ..Batch::default()
-            })
-            .unwrap();
-        outcomes.push(r.outcomes);
-        let mut one_by_one = Vec::new();
-        for e in &log {
-            let r = stores[1]
-                .write(Batch {
-                    append: vec![e.clone()],
-                    apply_up_to: Some(e.index),
-                    ..Batch::default()
-                })
-                .unwrap();
-            one_by_one.extend(r.outcomes);
-        }
-        outcomes.push(one_by_one);
-        assert_eq!(outcomes[0], outcomes[1], "apply is deterministic");
-        assert_eq!(stores[0].digest().unwrap(), stores[1].digest().unwrap());
-
-        let o = &outcomes[0];
-        assert_eq!((o[0].0, o[0].1.status, o[0].1.tid.as_str()), (1, 201, "t1"));
-        for (i, tid) in [(1, "t2"), (3, "t4")] {
-            assert_eq!(o[i].1.status, 422, "{:?}", o[i]);
-            assert_eq!(o[i].1.tid, tid, "the refusal is the second request's own");
-            assert_eq!(o[i].1.body["error"], IDEMPOTENCY_KEY_REUSED);
-        }
-        assert_eq!(o[2].1, o[0].1, "a resend gets the first outcome");
-        for s in &stores {
-            assert!(
-                s.deployment("a").unwrap().is_some(),
-                "the delete did nothing"
-            );
-            assert!(
-                s.deployment("b").unwrap().is_none(),
-                "the create did nothing"
-            );
-            let (fp, first) = s.idempotency("k").unwrap().unwrap();
-            assert_eq!((fp.as_str(), first), ("fp-a", o[0].1.clone()));
-        }
+        Ok((applied, d.hex()))
     }
 }

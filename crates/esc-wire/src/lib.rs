@@ -24,4 +24,4 @@ pub mod witness;
 pub use auth::{FrameMac, Handshake};
 pub use entry::Entry;
 pub use frame::{decode, encode, FrameError, FrameHeader, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
-pub use msg::{Message, SnapshotItem, Table};
+pub use msg::{Message, SnapshotItem};

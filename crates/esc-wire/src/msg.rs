@@ -11,26 +11,18 @@
 use crate::entry::Entry;
 use serde::{Deserialize, Serialize};
 
-/// The replication protocol version in `ClientHello`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The replication protocol version in `ClientHello`. 2: snapshot items
+/// are keys of one state map (issue 10), no longer per-table.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Nonce length of the handshake.
 pub const NONCE_LEN: usize = 32;
 /// Most items in one snapshot chunk.
 pub const SNAPSHOT_CHUNK_ITEMS_MAX: usize = 4_096;
 
-/// Which state table a snapshot item belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Table {
-    Deployments,
-    Idempotency,
-    /// Replicated settings (the operation mode).
-    Settings,
-}
-
-/// One key/value of the materialized state, in a snapshot.
+/// One key/value of the materialized state (`esc_state`'s map), in a
+/// snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotItem {
-    pub table: Table,
     pub key: String,
     pub value: Vec<u8>,
 }

@@ -7,7 +7,8 @@
 #[allow(unused_imports)]
 pub use esc_lab as lab;
 
-use esc_node::admin::{request, AdminRequest};
+use esc_proto::admin::{request, ANSWER_TIMEOUT};
+use esc_proto::{AdminRequest, AdminResponse};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -184,9 +185,9 @@ impl Node {
         })
     }
 
-    pub fn admin(&self, req: AdminRequest) -> esc_node::admin::AdminResponse {
-        rt().block_on(request(&self.home, &req))
-            .expect("admin request")
+    pub fn admin(&self, req: AdminRequest) -> Reply {
+        let timeout = req.timeout(Duration::from_secs(30));
+        Reply::from(request(&self.home, &req, timeout).expect("admin request"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -211,12 +212,60 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Verbose status over the admin socket, or None if the node does not answer.
+/// An admin answer as the tests check it: whether the node did it, what it
+/// says, and the typed payload as JSON (a status, a report, a list).
+#[derive(Debug)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+    pub value: Option<serde_json::Value>,
+}
+
+impl From<AdminResponse> for Reply {
+    fn from(r: AdminResponse) -> Reply {
+        let json = |v: &dyn erased::Json| Some(v.json());
+        let (ok, message, value) = match &r {
+            AdminResponse::Done { message } | AdminResponse::Reloading { message } => {
+                (true, message.clone(), None)
+            }
+            AdminResponse::Refused { message } => (false, message.clone(), None),
+            AdminResponse::Status { status } => (true, "status".into(), json(status.as_ref())),
+            AdminResponse::Health { report } => (true, report.message.clone(), json(report)),
+            AdminResponse::OpMode { mode } => {
+                (true, format!("Operation Mode = {}", mode.word()), None)
+            }
+            AdminResponse::Transactions { transactions } => (
+                true,
+                format!("{} transaction(s) in progress", transactions.len()),
+                json(transactions),
+            ),
+        };
+        Reply { ok, message, value }
+    }
+}
+
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("to JSON")
+        }
+    }
+}
+
+/// Verbose status over the admin socket (as JSON, for the tests' checks),
+/// or None if the node does not answer.
 pub fn status_of(home: &Path) -> Option<serde_json::Value> {
-    let r = rt()
-        .block_on(request(home, &AdminRequest::Status { verbose: true }))
-        .ok()?;
-    r.status
+    let req = AdminRequest::Status {
+        verbose: true,
+        health: false,
+    };
+    match request(home, &req, ANSWER_TIMEOUT).ok()? {
+        AdminResponse::Status { status } => serde_json::to_value(*status).ok(),
+        _ => None,
+    }
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` at the deadline.

@@ -20,10 +20,10 @@
 
 use crate::logging::HA;
 use esc_config::VrrpConfig;
+use esc_proto::status::VrrpStatus;
 use esc_vrrp::fsm::{Action, Config as FsmConfig, Input, State, Vrrp};
 use esc_vrrp::packet::{self, Packet, Version};
 use futures::TryStreamExt;
-use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,21 +37,6 @@ pub const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 pub const VRRP_PROTO: i32 = 112;
 /// Largest datagram read (IP header + VRRP with the most addresses).
 pub(crate) const RECV_BYTES_MAX: usize = 2048;
-
-/// What `escadm status --v` shows of VRRP.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VrrpStatus {
-    pub state: State,
-    pub vrid: u8,
-    pub priority: u8,
-    pub version: u8,
-    pub vip: String,
-    pub interface: String,
-    pub master: Option<Ipv4Addr>,
-    pub adverts_received: u64,
-    pub adverts_sent: u64,
-    pub dropped: u64,
-}
 
 /// A gratuitous ARP more than this late is not sent (the process was
 /// stalled; see `Speaker::announce`).
@@ -105,7 +90,7 @@ impl Speaker {
         vip_follows_vrrp: bool,
         start: Instant,
     ) -> anyhow::Result<Speaker> {
-        let (ifindex, mac) = crate::sys::interface(&cfg.interface)?;
+        let (ifindex, mac) = super::sys::interface(&cfg.interface)?;
         let vip = cfg
             .vip_net()
             .map_err(|m| anyhow::anyhow!("vrrp.vip: {m}"))?;
@@ -264,7 +249,7 @@ impl Speaker {
     pub(crate) fn status(&self) -> VrrpStatus {
         let st = self.fsm.stats();
         VrrpStatus {
-            state: self.fsm.state(),
+            state: format!("{:?}", self.fsm.state()),
             vrid: self.cfg.vrid(),
             priority: self.fsm.priority(),
             version: self.cfg.version,
@@ -439,7 +424,7 @@ impl Speaker {
     /// expires, seconds later (the lab's chaos runs saw 2 to 5 s).
     /// keepalived's `garp_master_delay` (5 s) is the same remedy.
     fn announce(&self) {
-        let (ifindex, frame) = (self.ifindex, crate::sys::garp_frame(self.mac, self.vip.0));
+        let (ifindex, frame) = (self.ifindex, super::sys::garp_frame(self.mac, self.vip.0));
         let (count, gap, repeat) = (
             self.cfg.garp_count,
             Duration::from_millis(self.cfg.garp_interval_ms),
@@ -465,7 +450,7 @@ impl Speaker {
                     {
                         return;
                     }
-                    if let Err(e) = crate::sys::send_frame(ifindex, &frame) {
+                    if let Err(e) = super::sys::send_frame(ifindex, &frame) {
                         warn!(target: HA, "gratuitous ARP: {e}");
                         return;
                     }

@@ -12,20 +12,20 @@
 //!   witness client ──replies────────────────────┼─> Authority::handle
 //!   health timer ──probe results────────────────┤        │
 //!   tick ───────────────────────────────────────┘        v
-//!     Promote / Demote / CommitAlone / Handover ──> owner task (HaCommand)
+//!     Promote / Demote / CommitAlone / Handover ──> owner task (Event::Ha, as emitted)
 //!     Vip / VrrpContend / VrrpPriority ──> speaker
 //!     ToWitness ──> witness client;  StateFile ──> $ESC_HOME/keepalived_state
 //!     Admission ──> the API's gate;  Transition ──> escadm.log
 //! ```
 
+use super::vrrp::Speaker;
+use super::witness;
 use crate::logging::HA;
-use crate::node::{Event, Shared};
-use crate::vrrp::{Speaker, VrrpStatus};
-use crate::witness;
-use esc_authority::authority::{Config as AuthConfig, Input, Output, Status};
-use esc_authority::{Authority, ReplView, WitnessRequest};
+use crate::shared::{AgentCmd, Event, Shared};
+use esc_authority::authority::{Config as AuthConfig, Input, Output};
+use esc_authority::{Authority, WitnessRequest};
 use esc_config::Config;
-use serde::Serialize;
+use esc_proto::status::HaStatus;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,56 +36,10 @@ use tracing::{info, warn};
 /// How often the authority gets a `Tick` (lease checks, retries).
 const TICK: Duration = Duration::from_millis(20);
 
-/// What the owner task and the admin socket send the agent.
-pub enum AgentCmd {
-    Repl(ReplView),
-    StoreFailed(String),
-    Switchover {
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    Promote {
-        force: bool,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    Demote {
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// Graceful stop; the agent answers `Event::HaReadyToStop`.
-    Stop,
-}
-
-/// What the agent asks of the owner task (it owns the replication core).
-#[derive(Debug, Clone)]
-pub enum HaCommand {
-    Promote {
-        epoch: Option<u64>,
-        checked: bool,
-        reason: String,
-    },
-    Demote {
-        reason: String,
-    },
-    CommitAlone {
-        on: bool,
-        seq: u64,
-    },
-    Handover,
-}
-
-/// What `escadm status --v` shows of the agent.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentStatus {
-    pub authority: Option<Status>,
-    pub vrrp: Option<VrrpStatus>,
-    pub witness: Option<String>,
-    pub health_failures: u32,
-    pub last_health_error: Option<String>,
-}
-
 /// Handle kept by the node.
 pub struct AgentHandle {
     pub cmds: mpsc::Sender<AgentCmd>,
-    pub status: watch::Receiver<AgentStatus>,
+    pub status: watch::Receiver<HaStatus>,
     stop_tx: watch::Sender<bool>,
     done_rx: std::sync::mpsc::Receiver<()>,
 }
@@ -113,7 +67,7 @@ pub fn spawn(
     admission: Arc<AtomicBool>,
 ) -> anyhow::Result<AgentHandle> {
     if let Some(v) = &cfg.vrrp {
-        crate::vrrp::preflight(v)?;
+        super::vrrp::preflight(v)?;
     }
     let pair = cfg.replication.peer.is_some();
     let witness_addr = cfg.witness.address.filter(|_| pair);
@@ -140,7 +94,7 @@ pub fn spawn(
         initial_primary: cfg.replication.initial_role == esc_config::InitialRole::Primary,
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(1_024);
-    let (status_tx, status_rx) = watch::channel(AgentStatus {
+    let (status_tx, status_rx) = watch::channel(HaStatus {
         authority: None,
         vrrp: None,
         witness: witness_addr.map(|a| a.to_string()),
@@ -220,7 +174,7 @@ async fn run(
     ctx: Ctx,
     auth_cfg: AuthConfig,
     mut cmds: mpsc::Receiver<AgentCmd>,
-    status: watch::Sender<AgentStatus>,
+    status: watch::Sender<HaStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -263,7 +217,7 @@ async fn run(
     let mut health_running = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; crate::vrrp::RECV_BYTES_MAX];
+    let mut buf = vec![0u8; super::vrrp::RECV_BYTES_MAX];
     loop {
         let _ = status.send(a.status());
         let deadline = a
@@ -348,13 +302,7 @@ async fn probe(
     // burst of writes is not a hang unless it lasts.
     let answered = tokio::time::timeout(service_timeout, async {
         let (tx, rx) = oneshot::channel();
-        let req = crate::admin::AdminRequest::Status { verbose: false };
-        shared
-            .events
-            .send(Event::Admin { req, reply: tx })
-            .await
-            .is_ok()
-            && rx.await.is_ok()
+        shared.events.send(Event::Ping { reply: tx }).await.is_ok() && rx.await.is_ok()
     })
     .await;
     if answered != Ok(true) {
@@ -385,9 +333,12 @@ impl Agent {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn status(&self) -> AgentStatus {
-        AgentStatus {
-            authority: self.ctx.pair.then(|| self.auth.status()),
+    fn status(&self) -> HaStatus {
+        HaStatus {
+            authority: self
+                .ctx
+                .pair
+                .then(|| crate::status::authority(&self.auth.status())),
             vrrp: self.speaker.as_ref().map(Speaker::status),
             witness: self.ctx.witness.as_ref().map(|(a, _)| a.to_string()),
             health_failures: self.health_failures,
@@ -496,7 +447,6 @@ impl Agent {
     }
 
     async fn perform(&mut self, o: Output) {
-        let to_owner = |c: HaCommand| Event::Ha(c);
         match o {
             Output::Transition { from, to, reason } => {
                 info!(target: HA, ?from, ?to, %reason, "role transition");
@@ -546,37 +496,13 @@ impl Agent {
                     sp.input(esc_vrrp::fsm::Input::SetPreempt(on)).await;
                 }
             }
-            Output::Promote {
-                epoch,
-                checked,
-                reason,
-            } => {
-                let _ = self.ctx.shared.ha_events.send(to_owner(HaCommand::Promote {
-                    epoch,
-                    checked,
-                    reason,
-                }));
-            }
-            Output::Demote { reason } => {
-                let _ = self
-                    .ctx
-                    .shared
-                    .ha_events
-                    .send(to_owner(HaCommand::Demote { reason }));
-            }
-            Output::CommitAlone { on, seq } => {
-                let _ = self
-                    .ctx
-                    .shared
-                    .ha_events
-                    .send(to_owner(HaCommand::CommitAlone { on, seq }));
-            }
-            Output::Handover => {
-                let _ = self
-                    .ctx
-                    .shared
-                    .ha_events
-                    .send(to_owner(HaCommand::Handover));
+            // The replication core's commands go to the owner task as the
+            // authority emitted them; the owner translates them once.
+            o @ (Output::Promote { .. }
+            | Output::Demote { .. }
+            | Output::CommitAlone { .. }
+            | Output::Handover) => {
+                let _ = self.ctx.shared.ha_events.send(Event::Ha(o));
             }
             Output::ToWitness(req) => {
                 if let Some(tx) = &self.witness_tx {

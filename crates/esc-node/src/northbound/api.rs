@@ -18,7 +18,7 @@
 // size of `Response` is irrelevant next to a network round trip.
 #![allow(clippy::result_large_err)]
 
-use crate::node::{unix_ms, Event, Shared};
+use crate::shared::{unix_ms, Event, Shared};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -27,9 +27,9 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine;
 use esc_config::ApiConfig;
+use esc_domain::command::{check_idempotency_key, check_name};
+use esc_domain::{query, Answer, Command, InvalidCommand, Op, OpMode, Outcome, Refused};
 use esc_repl::{Refusal, Role};
-use esc_store::state::{IDEMPOTENCY_KEY_LEN_MAX, NAME_LEN_MAX};
-use esc_store::{Command, Op, Outcome};
 use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -154,7 +154,7 @@ async fn health(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     }
     // Bounded: a flood of probes waits here instead of piling up checks.
     let _permit = state.limit.acquire().await;
-    let peer = crate::health::peer_in_sync(&state.shared).await;
+    let peer = crate::health::peer_in_sync(&state.shared);
     let report = crate::health::report(&state.shared, state.shared.api_addr, peer).await;
     let code = if report.healthy() {
         StatusCode::OK
@@ -196,17 +196,11 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > NAME_LEN_MAX {
-        return Err(format!("`name` must be 1 to {NAME_LEN_MAX} characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        return Err("`name` may only contain letters, digits, '-', '_' and '.'".into());
-    }
-    Ok(())
+fn invalid(e: InvalidCommand) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("`{}` {}", e.field, e.message),
+    )
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
@@ -219,13 +213,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
             "Idempotency-Key must be visible ASCII",
         )
     })?;
-    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters"),
-        ));
-    }
+    check_idempotency_key(key).map_err(invalid)?;
     Ok(Some(key.to_string()))
+}
+
+/// Reads the state (one read transaction) off the async runtime.
+async fn read_state<T: Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&esc_store::StateReader) -> Result<T, esc_state::StateError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = state.shared.store.clone();
+    match tokio::task::spawn_blocking(move || {
+        let r = store.reader().map_err(|e| e.to_string())?;
+        read(&r).map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 fn with_tid(mut r: Response, tid: &str) -> Response {
@@ -245,51 +252,34 @@ fn unavailable(role: Role, message: &str) -> Response {
     r
 }
 
-fn render(outcome: Outcome, replayed: bool) -> Response {
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = with_tid(json(status, outcome.body), &outcome.tid);
+/// The northbound's one mapping of the domain's outcomes to HTTP.
+fn render(answer: Answer, replayed: bool) -> Response {
+    let (status, body) = match answer.outcome {
+        Outcome::DeploymentCreated { deployment } => (
+            StatusCode::CREATED,
+            serde_json::to_value(deployment).unwrap_or_default(),
+        ),
+        Outcome::DeploymentDeleted { name } => {
+            (StatusCode::OK, serde_json::json!({ "deleted": name }))
+        }
+        Outcome::OpModeSet { mode } => (StatusCode::OK, serde_json::json!({ "op_mode": mode })),
+        Outcome::Refused { refused } => {
+            let status = match refused {
+                Refused::DeploymentExists { .. } => StatusCode::CONFLICT,
+                Refused::NoSuchDeployment { .. } => StatusCode::NOT_FOUND,
+                Refused::IdempotencyKeyReused | Refused::Invalid(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+            };
+            (status, serde_json::json!({ "error": refused.to_string() }))
+        }
+    };
+    let mut r = with_tid(json(status, body), &answer.tid);
     if replayed {
         r.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     r
-}
-
-/// Registers a transaction in `Shared::inflight` for its lifetime.
-struct InFlightGuard {
-    map: Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::node::InFlight>>>,
-    tid: String,
-}
-
-impl InFlightGuard {
-    fn new(shared: &Shared, tid: &str, op: &Op) -> InFlightGuard {
-        let operation = match op {
-            Op::CreateDeployment { name, .. } => format!("create deployment {name}"),
-            Op::DeleteDeployment { name } => format!("delete deployment {name}"),
-            Op::SetOpMode { mode } => format!("set operation mode {mode:?}"),
-        };
-        if let Ok(mut m) = shared.inflight.lock() {
-            m.insert(
-                tid.to_string(),
-                crate::node::InFlight {
-                    operation,
-                    since_unix_ms: unix_ms(),
-                },
-            );
-        }
-        InFlightGuard {
-            map: shared.inflight.clone(),
-            tid: tid.to_string(),
-        }
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            m.remove(&self.tid);
-        }
-    }
 }
 
 /// Runs one write: idempotency check, proposal, wait for the commit.
@@ -326,7 +316,7 @@ async fn write(
         );
     }
     // Maintenance (esc-facts): northbound writes refused, in-progress ones finish.
-    if let Ok(esc_store::OpMode::Maintenance) = state.shared.store.op_mode() {
+    if let Ok(OpMode::Maintenance) = read_state(state, |r| query::op_mode(r)).await {
         let mut r = json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({
@@ -338,37 +328,25 @@ async fn write(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return with_tid(r, &tid);
     }
-    let _inflight = InFlightGuard::new(&state.shared, &tid, &op);
+    let _inflight = state.shared.inflight.register(&tid, op.describe());
     if let Some(k) = &key {
-        let store = state.shared.store.clone();
         let k2 = k.clone();
-        match tokio::task::spawn_blocking(move || store.idempotency(&k2)).await {
-            Ok(Ok(Some((fp, outcome)))) => {
-                if fp != fingerprint {
+        match read_state(state, move |r| query::idempotency(r, &k2)).await {
+            Ok(Some(first)) => {
+                if first.fingerprint != fingerprint {
                     return with_tid(
                         error(
                             StatusCode::UNPROCESSABLE_ENTITY,
-                            esc_store::state::IDEMPOTENCY_KEY_REUSED,
+                            Refused::IdempotencyKeyReused.to_string(),
                         ),
                         &tid,
                     );
                 }
-                info!(key = %k, first_tid = %outcome.tid, "idempotent resend: returning the first outcome");
-                return stamp(render(outcome, true), state);
+                info!(key = %k, first_tid = %first.answer.tid, "idempotent resend: returning the first outcome");
+                return stamp(render(first.answer, true), state);
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                return with_tid(
-                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    &tid,
-                )
-            }
-            Err(e) => {
-                return with_tid(
-                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    &tid,
-                )
-            }
+            Ok(None) => {}
+            Err(r) => return with_tid(r, &tid),
         }
     }
     let cmd = Command {
@@ -378,7 +356,10 @@ async fn write(
         at_ms: unix_ms(),
         op,
     };
-    let payload = serde_json::to_vec(&cmd).expect("command to JSON");
+    if let Err(e) = cmd.validate() {
+        return with_tid(invalid(e), &tid);
+    }
+    let payload = cmd.to_payload();
     let (tx, rx) = oneshot::channel();
     if state
         .shared
@@ -405,10 +386,10 @@ async fn write(
         _ = lost => Ok(Ok(Err(Refusal::Unknown))),
     };
     match answer {
-        Ok(Ok(Ok(outcome))) => {
-            info!(status = outcome.status, "write committed");
-            let replayed = outcome.tid != tid;
-            stamp(render(outcome, replayed), state)
+        Ok(Ok(Ok(answer))) => {
+            info!(outcome = ?answer.outcome, "write committed");
+            let replayed = answer.tid != tid;
+            stamp(render(answer, replayed), state)
         }
         Ok(Ok(Err(Refusal::NotPrimary))) => with_tid(
             unavailable(
@@ -510,7 +491,7 @@ async fn create(State(state): State<ApiState>, headers: HeaderMap, req: Request)
                     "body must be a JSON object with a string `name`",
                 )
             })?;
-        valid_name(&name).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
+        check_name(&name).map_err(invalid)?;
         info!(%name, "create deployment");
         let fp = fingerprint(&[b"POST /v0/deployments", &body]);
         let id = uuid::Uuid::new_v4().to_string();
@@ -525,7 +506,7 @@ async fn remove(
     UrlPath(name): UrlPath<String>,
 ) -> Response {
     write_request(state, headers, "DELETE", None, |_| {
-        valid_name(&name).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
+        check_name(&name).map_err(invalid)?;
         info!(%name, "delete deployment");
         let fp = fingerprint(&[b"DELETE /v0/deployments/", name.as_bytes()]);
         Ok((fp, Op::DeleteDeployment { name }))
@@ -541,15 +522,17 @@ async fn fetch(
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
-    if let Err(m) = valid_name(&name) {
-        return error(StatusCode::BAD_REQUEST, m);
+    if let Err(e) = check_name(&name) {
+        return invalid(e);
     }
-    let store = state.shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.deployment(&name).map(|d| (name, d))).await {
-        Ok(Ok((_, Some(d)))) => json(StatusCode::OK, serde_json::to_value(d).unwrap_or_default()),
-        Ok(Ok((name, None))) => error(StatusCode::NOT_FOUND, format!("no deployment {name:?}")),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let n = name.clone();
+    match read_state(&state, move |r| query::deployment(r, &n)).await {
+        Ok(Some(d)) => json(StatusCode::OK, serde_json::to_value(d).unwrap_or_default()),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            Refused::NoSuchDeployment { name }.to_string(),
+        ),
+        Err(r) => r,
     }
 }
 
@@ -581,10 +564,13 @@ async fn list(
             format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
         );
     }
-    let store = state.shared.store.clone();
     let after = q.after.clone();
-    match tokio::task::spawn_blocking(move || store.deployments(after.as_deref(), limit)).await {
-        Ok(Ok(items)) => {
+    match read_state(&state, move |r| {
+        query::deployments(r, after.as_deref(), limit)
+    })
+    .await
+    {
+        Ok(items) => {
             let next = if items.len() == limit {
                 items.last().map(|d| d.name.clone())
             } else {
@@ -595,7 +581,6 @@ async fn list(
                 serde_json::json!({ "deployments": items, "next_after": next }),
             )
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
     }
 }

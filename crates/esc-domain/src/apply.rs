@@ -1,0 +1,189 @@
+//! [`Domain`]: the deterministic application of commands (the
+//! `esc_state::StateMachine` of an esc node).
+//!
+//! An idempotency key makes a command apply at most once: the first answer
+//! is stored under the key, replicated with the state, and returned for
+//! every resend (esc-facts: "resending is safe"). A later command with the
+//! key but another fingerprint (a different request) changes nothing and is
+//! refused, decided from the log alone so every node answers the same.
+
+use crate::command::{Command, Op};
+use crate::keys;
+use crate::outcome::{Answer, Deployment, Event, EventKind, IdempotencyRecord, Outcome, Refused};
+use esc_state::{ApplyError, State, StateError, StateMachine, StateRead};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Events kept in the outbox; older ones are dropped as new ones come (the
+/// notifier of a later issue delivers them well within that many).
+pub const OUTBOX_EVENTS_MAX: u64 = 10_000;
+
+/// The replicated domain; stateless itself (everything is in the state map).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Domain;
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError(format!("stored {key}: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("in-memory JSON serialization")
+}
+
+pub(crate) fn read<T: DeserializeOwned>(
+    state: &dyn StateRead,
+    key: &str,
+) -> Result<Option<T>, StateError> {
+    state.get(key)?.map(|b| decode(key, &b)).transpose()
+}
+
+pub(crate) fn count(state: &dyn StateRead, key: &str) -> Result<u64, StateError> {
+    Ok(read(state, key)?.unwrap_or(0))
+}
+
+fn add_count(state: &mut dyn State, key: &str, delta: i64) -> Result<u64, StateError> {
+    let n = count(state, key)?.saturating_add_signed(delta);
+    state.put(key, &encode(&n))?;
+    Ok(n)
+}
+
+impl StateMachine for Domain {
+    type Outcome = Answer;
+
+    fn apply(
+        &self,
+        index: u64,
+        payload: &[u8],
+        state: &mut dyn State,
+    ) -> Result<Answer, ApplyError> {
+        let cmd =
+            Command::from_payload(payload).map_err(|e| ApplyError::Undecodable(e.to_string()))?;
+        Ok(apply(index, &cmd, state)?)
+    }
+}
+
+/// Applies one decoded command (entry `index`).
+pub fn apply(index: u64, cmd: &Command, state: &mut dyn State) -> Result<Answer, StateError> {
+    if let Some(key) = &cmd.idempotency_key {
+        let k = keys::idempotency(key);
+        if let Some(r) = read::<IdempotencyRecord>(state, &k)? {
+            if r.fingerprint != cmd.fingerprint {
+                return Ok(Answer {
+                    tid: cmd.tid.clone(),
+                    outcome: Outcome::Refused {
+                        refused: Refused::IdempotencyKeyReused,
+                    },
+                });
+            }
+            // A resend that reached the log twice: the first answer stands.
+            return Ok(r.answer);
+        }
+    }
+    let (outcome, event) = match cmd.validate() {
+        Err(e) => (refused(Refused::Invalid(e.to_string())), None),
+        Ok(()) => change(cmd, state)?,
+    };
+    if let Some(kind) = event {
+        emit(index, cmd, kind, state)?;
+    }
+    let answer = Answer {
+        tid: cmd.tid.clone(),
+        outcome,
+    };
+    if let Some(key) = &cmd.idempotency_key {
+        let record = IdempotencyRecord {
+            fingerprint: cmd.fingerprint.clone(),
+            answer: answer.clone(),
+        };
+        state.put(&keys::idempotency(key), &encode(&record))?;
+    }
+    Ok(answer)
+}
+
+fn refused(refused: Refused) -> Outcome {
+    Outcome::Refused { refused }
+}
+
+/// The change one valid command makes, and the event it produces.
+fn change(
+    cmd: &Command,
+    state: &mut dyn State,
+) -> Result<(Outcome, Option<EventKind>), StateError> {
+    Ok(match &cmd.op {
+        Op::CreateDeployment { id, name, spec } => {
+            let k = keys::deployment(name);
+            if state.get(&k)?.is_some() {
+                (
+                    refused(Refused::DeploymentExists { name: name.clone() }),
+                    None,
+                )
+            } else {
+                let d = Deployment {
+                    id: id.clone(),
+                    name: name.clone(),
+                    created_at_ms: cmd.at_ms,
+                    tid: cmd.tid.clone(),
+                    spec: spec.clone(),
+                };
+                state.put(&k, &encode(&d))?;
+                add_count(state, keys::DEPLOYMENT_COUNT, 1)?;
+                (
+                    Outcome::DeploymentCreated { deployment: d },
+                    Some(EventKind::DeploymentCreated {
+                        name: name.clone(),
+                        id: id.clone(),
+                    }),
+                )
+            }
+        }
+        Op::DeleteDeployment { name } => {
+            if state.delete(&keys::deployment(name))? {
+                add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
+                (
+                    Outcome::DeploymentDeleted { name: name.clone() },
+                    Some(EventKind::DeploymentDeleted { name: name.clone() }),
+                )
+            } else {
+                (
+                    refused(Refused::NoSuchDeployment { name: name.clone() }),
+                    None,
+                )
+            }
+        }
+        Op::SetOpMode { mode } => {
+            state.put(keys::OP_MODE, &encode(mode))?;
+            (
+                Outcome::OpModeSet { mode: *mode },
+                Some(EventKind::OpModeChanged { mode: *mode }),
+            )
+        }
+    })
+}
+
+/// Appends to the outbox, dropping the oldest event past the bound.
+fn emit(
+    index: u64,
+    cmd: &Command,
+    kind: EventKind,
+    state: &mut dyn State,
+) -> Result<(), StateError> {
+    let event = Event {
+        id: index,
+        at_ms: cmd.at_ms,
+        tid: cmd.tid.clone(),
+        kind,
+    };
+    state.put(&keys::event(index), &encode(&event))?;
+    if add_count(state, keys::EVENT_COUNT, 1)? > OUTBOX_EVENTS_MAX {
+        let mut oldest = None;
+        state.scan(keys::EVENT, None, 1, &mut |k, _| {
+            oldest = Some(k.to_string());
+            false
+        })?;
+        if let Some(k) = oldest {
+            state.delete(&k)?;
+            add_count(state, keys::EVENT_COUNT, -1)?;
+        }
+    }
+    Ok(())
+}

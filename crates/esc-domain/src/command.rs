@@ -1,0 +1,161 @@
+//! Commands carried in log entries, and their validation.
+//!
+//! A command holds everything its application needs (ids, the proposal
+//! time), so every node that applies the same log reaches the same state.
+//! Validation runs where a command is built (the northbound, the admin
+//! socket) and again in `apply`, so a command that reached the log by
+//! another path is refused the same way on every node.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest deployment name.
+pub const NAME_LEN_MAX: usize = 255;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+
+/// One replicated change, the payload of a log entry (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Transaction id of the request that proposed it.
+    pub tid: String,
+    /// Client-chosen key; a resend with the same key gets the first outcome.
+    pub idempotency_key: Option<String>,
+    /// Hash of the request, to refuse a key reused for a different request.
+    pub fingerprint: String,
+    /// Proposal time on the primary (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    pub op: Op,
+}
+
+/// What a command does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    CreateDeployment {
+        id: String,
+        name: String,
+        spec: serde_json::Value,
+    },
+    DeleteDeployment {
+        name: String,
+    },
+    /// The operation mode (esc-facts: `escadm op_mode`); replicated, so it
+    /// survives a switchover.
+    SetOpMode {
+        mode: OpMode,
+    },
+}
+
+/// Operation mode: in maintenance, northbound writes are refused
+/// ("unavailable temporarily") and transactions in progress finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpMode {
+    Operation,
+    Maintenance,
+}
+
+impl OpMode {
+    /// As `escadm op_mode show` prints it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            OpMode::Operation => "OPERATION",
+            OpMode::Maintenance => "MAINTENANCE",
+        }
+    }
+}
+
+/// A command that must not be proposed; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidCommand {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InvalidCommand {
+    InvalidCommand {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A deployment name: 1 to [`NAME_LEN_MAX`] letters, digits, `-`, `_`, `.`.
+pub fn check_name(name: &str) -> Result<(), InvalidCommand> {
+    if name.is_empty() || name.len() > NAME_LEN_MAX {
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {NAME_LEN_MAX} characters"),
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            "name",
+            "may only contain letters, digits, '-', '_' and '.'",
+        ));
+    }
+    Ok(())
+}
+
+/// An idempotency key: 1 to [`IDEMPOTENCY_KEY_LEN_MAX`] visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), InvalidCommand> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+        return Err(invalid(
+            "Idempotency-Key",
+            format!("must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters"),
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(invalid("Idempotency-Key", "must be visible ASCII"));
+    }
+    Ok(())
+}
+
+impl Op {
+    pub fn validate(&self) -> Result<(), InvalidCommand> {
+        match self {
+            Op::CreateDeployment { id, name, spec } => {
+                check_name(name)?;
+                if id.is_empty() {
+                    return Err(invalid("id", "must not be empty"));
+                }
+                if !spec.is_object() {
+                    return Err(invalid("spec", "must be a JSON object"));
+                }
+                Ok(())
+            }
+            Op::DeleteDeployment { name } => check_name(name),
+            Op::SetOpMode { .. } => Ok(()),
+        }
+    }
+
+    /// One line for `escadm ip_trans` and the logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::CreateDeployment { name, .. } => format!("create deployment {name}"),
+            Op::DeleteDeployment { name } => format!("delete deployment {name}"),
+            Op::SetOpMode { mode } => format!("set operation mode {}", mode.word()),
+        }
+    }
+}
+
+impl Command {
+    pub fn validate(&self) -> Result<(), InvalidCommand> {
+        if let Some(k) = &self.idempotency_key {
+            check_idempotency_key(k)?;
+        }
+        self.op.validate()
+    }
+
+    pub fn to_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a command serializes to JSON")
+    }
+
+    pub fn from_payload(payload: &[u8]) -> Result<Command, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}

@@ -1,0 +1,23 @@
+//! The layout of the state map (`esc_state::State`): one prefix per kind.
+//! Values are JSON. Counters are kept as entries apply, so a count is one
+//! read, never a scan.
+
+pub const DEPLOYMENT: &str = "deployment/";
+pub const IDEMPOTENCY: &str = "idem/";
+pub const EVENT: &str = "event/";
+pub const OP_MODE: &str = "setting/op_mode";
+pub const DEPLOYMENT_COUNT: &str = "count/deployments";
+pub const EVENT_COUNT: &str = "count/events";
+
+pub fn deployment(name: &str) -> String {
+    format!("{DEPLOYMENT}{name}")
+}
+
+pub fn idempotency(key: &str) -> String {
+    format!("{IDEMPOTENCY}{key}")
+}
+
+/// Zero-padded, so key order is log order.
+pub fn event(id: u64) -> String {
+    format!("{EVENT}{id:020}")
+}

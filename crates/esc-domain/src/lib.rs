@@ -1,0 +1,30 @@
+//! The replicated domain of an esc node: what the log's entries mean.
+//!
+//! A [`Command`] is the payload of one log entry (JSON). [`Domain`] applies
+//! it to the materialized state (the `esc_state::State` map) and answers an
+//! [`Answer`]: a typed [`Outcome`], never an HTTP status (the northbound
+//! maps outcomes to HTTP). Applying also appends [`Event`]s to a bounded
+//! outbox in the same state, so every node holds the same events with the
+//! same ids (their log index), ready to be delivered as notifications.
+//!
+//! A new resource kind is a new [`Op`] variant, its validation, its arm in
+//! [`apply`], its keys in [`keys`] and its reads in [`query`]: no new
+//! plumbing in the store, the replication or the node.
+//!
+//! # Layout
+//! - [`command`]: commands, operations, their validation and limits.
+//! - [`outcome`]: what applying answers, and the records it keeps.
+//! - [`apply`]: [`Domain`], the deterministic application (the
+//!   `StateMachine`).
+//! - [`query`]: typed reads of the state (the API's and the admin's).
+//! - [`keys`]: the layout of the state map.
+
+pub mod apply;
+pub mod command;
+pub mod keys;
+pub mod outcome;
+pub mod query;
+
+pub use apply::Domain;
+pub use command::{Command, InvalidCommand, Op, OpMode};
+pub use outcome::{Answer, Deployment, Event, EventKind, IdempotencyRecord, Outcome, Refused};

@@ -1,0 +1,84 @@
+//! What applying a command answers, and the records the state keeps.
+
+use crate::command::OpMode;
+use serde::{Deserialize, Serialize};
+
+/// A deployment as stored and as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: u64,
+    pub tid: String,
+    pub spec: serde_json::Value,
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    DeploymentCreated {
+        deployment: Deployment,
+    },
+    DeploymentDeleted {
+        name: String,
+    },
+    OpModeSet {
+        mode: OpMode,
+    },
+    /// Nothing changed, and why.
+    Refused {
+        refused: Refused,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Refused {
+    #[error("deployment {name:?} already exists")]
+    DeploymentExists { name: String },
+    #[error("no deployment {name:?}")]
+    NoSuchDeployment { name: String },
+    /// The key of an earlier command, for a different request.
+    #[error("Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The command fails its validation (it reached the log by another
+    /// path than the API's checks).
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}
+
+/// What the proposer of a command is answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Transaction id of the request that first produced this outcome (a
+    /// resend under the same idempotency key gets the first one's).
+    pub tid: String,
+    pub outcome: Outcome,
+}
+
+/// The record kept under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub answer: Answer,
+}
+
+/// One entry of the event outbox; its id is the log index that produced it,
+/// the same on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub at_ms: u64,
+    pub tid: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    DeploymentCreated { name: String, id: String },
+    DeploymentDeleted { name: String },
+    OpModeChanged { mode: OpMode },
+}

@@ -1,0 +1,72 @@
+//! Typed reads of the state, for the northbound and the admin socket. Each
+//! takes any `StateRead` (a read transaction of the store, or a `MemState`).
+
+use crate::apply::{count, decode, read};
+use crate::command::OpMode;
+use crate::keys;
+use crate::outcome::{Deployment, Event, IdempotencyRecord};
+use esc_state::{StateError, StateRead};
+
+pub fn deployment(state: &dyn StateRead, name: &str) -> Result<Option<Deployment>, StateError> {
+    read(state, &keys::deployment(name))
+}
+
+/// Deployments in name order, after `after`, at most `limit`.
+pub fn deployments(
+    state: &dyn StateRead,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Deployment>, StateError> {
+    let after = after.map(keys::deployment);
+    let mut out = Vec::new();
+    let mut bad = None;
+    state.scan(keys::DEPLOYMENT, after.as_deref(), limit, &mut |k, v| {
+        match decode(k, v) {
+            Ok(d) => out.push(d),
+            Err(e) => bad = Some(e),
+        }
+        bad.is_none()
+    })?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+pub fn deployment_count(state: &dyn StateRead) -> Result<u64, StateError> {
+    count(state, keys::DEPLOYMENT_COUNT)
+}
+
+/// The replicated operation mode (default: operation).
+pub fn op_mode(state: &dyn StateRead) -> Result<OpMode, StateError> {
+    Ok(read(state, keys::OP_MODE)?.unwrap_or(OpMode::Operation))
+}
+
+pub fn idempotency(
+    state: &dyn StateRead,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StateError> {
+    read(state, &keys::idempotency(key))
+}
+
+/// Events of the outbox after id `after`, oldest first, at most `limit`.
+pub fn events(state: &dyn StateRead, after: u64, limit: usize) -> Result<Vec<Event>, StateError> {
+    let from = keys::event(after);
+    let mut out = Vec::new();
+    let mut bad = None;
+    state.scan(keys::EVENT, Some(&from), limit, &mut |k, v| {
+        match decode(k, v) {
+            Ok(e) => out.push(e),
+            Err(e) => bad = Some(e),
+        }
+        bad.is_none()
+    })?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+pub fn event_count(state: &dyn StateRead) -> Result<u64, StateError> {
+    count(state, keys::EVENT_COUNT)
+}

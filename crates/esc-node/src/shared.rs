@@ -1,0 +1,171 @@
+//! What the node's tasks share: the handles in [`Shared`], and the messages
+//! between tasks ([`Event`] into the owner task, [`AgentCmd`] into the HA
+//! agent). A leaf module: it imports no other module of this crate but the
+//! counters, so every task can depend on it and none on another task.
+
+use crate::metrics::Counters;
+use esc_proto::status::{HaStatus, InFlight, InFlightMap};
+use esc_proto::{AdminRequest, AdminResponse};
+use esc_repl::{Refusal, Role};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The store with the node's state machine.
+pub type NodeStore = esc_store::Store<esc_domain::Domain>;
+
+/// What a client write gets back.
+pub type WriteResult = Result<esc_domain::Answer, Refusal>;
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The role and epoch, as the API and the network tasks see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleInfo {
+    pub role: Role,
+    pub epoch: u64,
+}
+
+/// Events into the owner task (besides network and storage events).
+pub enum Event {
+    /// A client write (an encoded `esc_domain::Command`).
+    Propose {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<WriteResult>,
+    },
+    /// An admin request the owner answers (status, reload, promote, ...).
+    Admin {
+        req: AdminRequest,
+        reply: oneshot::Sender<AdminResponse>,
+    },
+    /// The HA agent's liveness probe of the service: answered at once by a
+    /// live owner task.
+    Ping { reply: oneshot::Sender<()> },
+    /// `escadm reload` was accepted and answered: restart with the new file.
+    ReloadNow,
+    /// A command of the role authority, as it emitted it (the owner
+    /// translates the ones for the replication core, once).
+    Ha(esc_authority::authority::Output),
+    /// The HA agent finished its part of a graceful stop (handover).
+    HaReadyToStop,
+}
+
+/// What the owner task and the admin socket send the HA agent.
+pub enum AgentCmd {
+    Repl(esc_authority::ReplView),
+    StoreFailed(String),
+    Switchover {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Promote {
+        force: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Demote {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Graceful stop; the agent answers `Event::HaReadyToStop`.
+    Stop,
+}
+
+/// How the node's tasks reach the HA agent.
+pub struct AgentLink {
+    pub cmds: mpsc::Sender<AgentCmd>,
+    pub status: watch::Receiver<HaStatus>,
+    /// A replication peer is configured: the agent arbitrates roles.
+    pub pair: bool,
+    pub switchover_timeout: Duration,
+}
+
+/// Northbound transactions in progress, by transaction id (`escadm
+/// ip_trans`); each is registered for the lifetime of its [`InFlightGuard`].
+#[derive(Clone, Default)]
+pub struct InFlightRegistry(Arc<Mutex<InFlightMap>>);
+
+impl InFlightRegistry {
+    pub fn register(&self, tid: &str, operation: String) -> InFlightGuard {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(
+                tid.to_string(),
+                InFlight {
+                    operation,
+                    since_unix_ms: unix_ms(),
+                },
+            );
+        }
+        InFlightGuard {
+            registry: self.clone(),
+            tid: tid.to_string(),
+        }
+    }
+
+    pub fn snapshot(&self) -> InFlightMap {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Removes its transaction from the registry when dropped.
+pub struct InFlightGuard {
+    registry: InFlightRegistry,
+    tid: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.registry.0.lock() {
+            m.remove(&self.tid);
+        }
+    }
+}
+
+/// Shared by the API, admin, health and agent tasks.
+#[derive(Clone)]
+pub struct Shared {
+    pub node_name: String,
+    pub store: Arc<NodeStore>,
+    pub events: mpsc::Sender<Event>,
+    /// The HA agent's commands to the owner task (`Event::Ha`,
+    /// `Event::HaReadyToStop`): unbounded, so the agent never waits on a
+    /// queue of client writes.
+    pub ha_events: mpsc::UnboundedSender<Event>,
+    pub role: watch::Receiver<RoleInfo>,
+    /// Whether the replication peer is connected and in sync (None: no
+    /// peer configured); published by the owner task as it changes.
+    pub peer_in_sync: watch::Receiver<Option<bool>>,
+    pub counters: Arc<Counters>,
+    pub data_dir: PathBuf,
+    /// The northbound API's address (the health check connects to it).
+    pub api_addr: std::net::SocketAddr,
+    pub inflight: InFlightRegistry,
+    /// The role authority admits northbound writes (off while a switchover
+    /// drains, while stopping, and on every node that is not primary).
+    pub admission: Arc<AtomicBool>,
+    /// The role authority holds this node primary. Set by the HA agent, not
+    /// the owner task, so a write waiting on a hung or deposed owner is
+    /// answered (503, outcome unknown: resend with the same key) soon after
+    /// the node stops leading, not at the client's timeout; and the
+    /// primary-only services stop on it.
+    pub leading: Arc<watch::Sender<bool>>,
+    /// The HA agent's command channel and status (set once it runs).
+    pub agent: Arc<OnceLock<AgentLink>>,
+    /// Set once the northbound API has died (lab fault injection, `escadm
+    /// debug kill-api`): it stops listening and closes its connections for
+    /// the rest of the process, as a crashed subsystem would.
+    pub api_dead: Arc<watch::Sender<bool>>,
+}

@@ -1,0 +1,378 @@
+//! The storage worker: one OS thread that executes the replication core's
+//! storage outputs strictly in the order they were emitted, against the
+//! store (architecture section 3: fsync before acknowledging).
+//!
+//! ```text
+//!   owner task ──Job (bounded, in order)──> storage worker ──> Store (redb)
+//!        ^                                       │
+//!        └──StorageEvent (Persisted, SnapshotInstalled, Failed)──┘
+//!   client writes <── answered straight from the worker once applied
+//!   replication links <── catch-up batches, snapshot chunks (bulk lane)
+//! ```
+//!
+//! The job queue is bounded ([`JOBS_MAX`]): a flood of writes waits in the
+//! owner rather than in memory here. The worker never waits on the owner:
+//! its events go through an unbounded channel that holds at most one event
+//! per job done, and the owner drains it every turn of its loop.
+//!
+//! Nothing here holds a volume proportional to the state: entries saved to
+//! a recovery file, catch-up batches and snapshots are read in bounded
+//! pieces from one read transaction.
+
+use crate::logging::HA;
+use crate::metrics::Counters;
+use crate::net;
+use crate::shared::{unix_ms, NodeStore, WriteResult};
+use esc_store::{Batch, StoreError};
+use esc_wire::msg::SNAPSHOT_CHUNK_ITEMS_MAX;
+use esc_wire::{Entry, Message, SnapshotItem};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tracing::{error, info, warn};
+
+/// Jobs queued for the worker before the owner waits.
+pub const JOBS_MAX: usize = 4_096;
+/// Bytes of snapshot items per chunk frame (well under the frame bound).
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Payload bytes of one catch-up frame (the core resumes after what arrived).
+pub const SEND_ENTRIES_BYTES_MAX: usize = 8 << 20;
+
+/// Work for the storage worker, executed strictly in order.
+pub enum Job {
+    Write {
+        batch: Batch,
+        /// Clients answered straight from the worker once their entry is
+        /// applied (one hop less than going back through the owner).
+        replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
+    },
+    /// Save the entries from `from` on to the recovery file (before a
+    /// snapshot replaces them).
+    SaveRecovery { from: u64 },
+    /// A snapshot from the primary begins: empty the staging slot.
+    StageBegin,
+    /// One chunk of it; the permit frees the link's reader for the next.
+    StageChunk {
+        items: Vec<SnapshotItem>,
+        window: OwnedSemaphorePermit,
+    },
+    /// The snapshot is complete: save what the log held past `index`, then
+    /// make the staged state the state.
+    Install { index: u64, index_epoch: u64 },
+    /// A catch-up batch for a follower.
+    SendEntries {
+        tx: net::ConnTx,
+        msg: Message,
+        from: u64,
+        to: u64,
+    },
+}
+
+/// What the worker tells the owner.
+#[derive(Debug)]
+pub enum StorageEvent {
+    Persisted {
+        last_index: u64,
+    },
+    SnapshotInstalled {
+        index: u64,
+        index_epoch: u64,
+    },
+    /// Sticky: the worker stops (a restart recovers the store at open).
+    Failed {
+        error: String,
+    },
+}
+
+/// The owner's handle.
+pub struct Storage {
+    pub jobs: std::sync::mpsc::SyncSender<Job>,
+    pub events: mpsc::UnboundedReceiver<StorageEvent>,
+}
+
+/// Starts the worker thread.
+pub fn spawn(
+    store: Arc<NodeStore>,
+    counters: Arc<Counters>,
+    data_dir: PathBuf,
+) -> std::io::Result<Storage> {
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(JOBS_MAX);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("esc-storage".into())
+        .spawn(move || {
+            let w = Worker {
+                store,
+                counters,
+                data_dir,
+                events: events_tx,
+            };
+            if let Err(error) = w.run(jobs_rx) {
+                let _ = w.events.send(StorageEvent::Failed { error });
+            }
+        })?;
+    Ok(Storage {
+        jobs: jobs_tx,
+        events: events_rx,
+    })
+}
+
+/// Streams the store's state to a follower on its bulk lane, from one read
+/// transaction, in chunks; stops when the link closes. Runs on a blocking
+/// thread (it waits for room in the lane).
+pub fn send_snapshot(store: &NodeStore, epoch: u64, tx: &net::ConnTx) {
+    let send = |m: Message| tx.bulk.blocking_send(m).is_ok();
+    let mut end = None;
+    let r = store.stream_snapshot(
+        SNAPSHOT_CHUNK_ITEMS_MAX,
+        SNAPSHOT_CHUNK_BYTES_MAX,
+        |p| {
+            end = Some(p.index);
+            send(Message::SnapshotBegin {
+                epoch,
+                index: p.index,
+                index_epoch: p.index_epoch,
+            })
+        },
+        |items| send(Message::SnapshotChunk { items }),
+    );
+    match (r, end) {
+        (Err(e), _) => error!(target: HA, "cannot read a snapshot: {e}"),
+        (Ok(()), Some(index)) => {
+            send(Message::SnapshotEnd { epoch, index });
+        }
+        (Ok(()), None) => {}
+    }
+}
+
+struct Worker {
+    store: Arc<NodeStore>,
+    counters: Arc<Counters>,
+    data_dir: PathBuf,
+    events: mpsc::UnboundedSender<StorageEvent>,
+}
+
+impl Worker {
+    /// Runs jobs until the owner goes away (Ok) or the store fails (the
+    /// error, for `StorageEvent::Failed`).
+    fn run(&self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), String> {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return Ok(()),
+                },
+            };
+            match job {
+                Job::Write { batch, replies } => {
+                    next = self.write(batch, replies, &jobs)?;
+                }
+                Job::SaveRecovery { from } => {
+                    let n = self.save_recovery(from, "before a snapshot replaces the log")?;
+                    if n > 0 {
+                        warn!(target: HA, entries = n,
+                              "possibly divergent entries saved to the recovery file before a snapshot");
+                    }
+                }
+                Job::StageBegin => self.store.stage_begin().map_err(|e| e.to_string())?,
+                Job::StageChunk { items, window } => {
+                    self.store.stage_chunk(&items).map_err(|e| e.to_string())?;
+                    drop(window);
+                }
+                Job::Install { index, index_epoch } => {
+                    // Entries beyond the snapshot point are kept before the
+                    // log is replaced.
+                    self.save_recovery(index + 1, "beyond the snapshot point")?;
+                    self.store
+                        .install_staged(index, index_epoch)
+                        .map_err(|e| e.to_string())?;
+                    if self
+                        .events
+                        .send(StorageEvent::SnapshotInstalled { index, index_epoch })
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Job::SendEntries { tx, msg, from, to } => self.send_entries(tx, msg, from, to)?,
+            }
+        }
+    }
+
+    /// One write, merged with the writes queued right behind it (one
+    /// transaction, one fsync); returns the job that ended the merge.
+    fn write(
+        &self,
+        mut batch: Batch,
+        replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
+        jobs: &std::sync::mpsc::Receiver<Job>,
+    ) -> Result<Option<Job>, String> {
+        // An apply that answers clients runs on its own (it needs no fsync)
+        // so its answers never wait for the next group.
+        let mut next = None;
+        if replies.is_empty() {
+            while let Ok(j) = jobs.try_recv() {
+                match j {
+                    Job::Write {
+                        batch: b,
+                        replies: r,
+                    } if b.truncate_after.is_none() && r.is_empty() => {
+                        batch.append.extend(b.append);
+                        batch.epoch = batch.epoch.max(b.epoch);
+                        batch.apply_up_to = batch.apply_up_to.max(b.apply_up_to);
+                        batch.compact_up_to = batch.compact_up_to.max(b.compact_up_to);
+                        batch.sync |= b.sync;
+                    }
+                    other => {
+                        next = Some(other);
+                        break;
+                    }
+                }
+            }
+        }
+        let persisted = batch.sync;
+        if let Some(after) = batch.truncate_after {
+            let n = self.save_recovery(after + 1, "divergent")?;
+            if n > 0 {
+                warn!(target: HA, entries = n, "divergent entries moved to the recovery file");
+            }
+        }
+        let result = self.store.write(batch).map_err(|e| e.to_string())?;
+        if persisted {
+            let last_index = self.store.meta().last_index;
+            if self
+                .events
+                .send(StorageEvent::Persisted { last_index })
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+        if !replies.is_empty() {
+            let mut by_index: HashMap<u64, _> = result.outcomes.into_iter().collect();
+            for (i, reply) in replies {
+                if let Some(o) = by_index.remove(&i) {
+                    Counters::bump(&self.counters.writes_committed);
+                    let _ = reply.send(Ok(o));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Writes the log's entries from `from` on to a recovery file, fsynced
+    /// before the caller removes them (architecture section 3: never
+    /// silently dropped), streamed from the store; how many.
+    fn save_recovery(&self, from: u64, why: &str) -> Result<u64, String> {
+        let mut file: Option<(std::io::BufWriter<std::fs::File>, PathBuf)> = None;
+        let mut n = 0u64;
+        let r = self.store.visit_entries(from, |e: Entry| {
+            if file.is_none() {
+                file = Some(recovery_file(&self.data_dir, &e).map_err(io)?);
+            }
+            let (f, _) = file.as_mut().expect("opened above");
+            let payload: serde_json::Value = serde_json::from_slice(&e.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(hex::encode(&e.payload)));
+            let line = serde_json::json!({"index": e.index, "epoch": e.epoch, "command": payload});
+            writeln!(f, "{line}").map_err(io)?;
+            n += 1;
+            Ok::<_, RecoveryError>(true)
+        });
+        r.map_err(|e| format!("cannot write the recovery file: {e}"))?;
+        if let Some((f, path)) = file {
+            let f = f
+                .into_inner()
+                .map_err(|e| format!("cannot write the recovery file: {e}"))?;
+            f.sync_all()
+                .and_then(|_| std::fs::File::open(path.parent().unwrap_or(Path::new("."))))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot sync the recovery file: {e}"))?;
+            self.counters
+                .recovery_entries
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            info!(target: HA, entries = n, path = %path.display(), %why, "recovery file written");
+        }
+        Ok(n)
+    }
+
+    fn send_entries(
+        &self,
+        tx: net::ConnTx,
+        msg: Message,
+        from: u64,
+        to: u64,
+    ) -> Result<(), String> {
+        let count = (to + 1 - from) as usize;
+        let entries = self
+            .store
+            .read_entries(from, count, SEND_ENTRIES_BYTES_MAX)
+            .map_err(|e| e.to_string())?;
+        if let Message::Append {
+            epoch,
+            prev_index,
+            prev_epoch,
+            commit_index,
+            ..
+        } = msg
+        {
+            let m = Message::Append {
+                epoch,
+                prev_index,
+                prev_epoch,
+                commit_index,
+                entries,
+            };
+            // The core has this one catch-up batch in flight and waits for
+            // its ack: a batch that cannot be queued must not vanish
+            // silently. Waiting for room would stall every write behind this
+            // worker, so the link is closed instead: its reader reports
+            // `Down` (the core forgets the peer), the follower dials again
+            // and catch-up restarts from its log.
+            match tx.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(target: HA, from, to,
+                          "peer too slow: send queue full for a catch-up batch; closing the link");
+                    tx.close();
+                }
+                // The link is already closing; its `Down` follows.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why writing a recovery file failed.
+#[derive(Debug, thiserror::Error)]
+enum RecoveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn io(e: std::io::Error) -> RecoveryError {
+    RecoveryError::Io(e)
+}
+
+/// A new recovery file named after the first entry it keeps.
+fn recovery_file(
+    data_dir: &Path,
+    first: &Entry,
+) -> std::io::Result<(std::io::BufWriter<std::fs::File>, PathBuf)> {
+    let dir = data_dir.join("recovery");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "divergent-epoch{}-from{}-{}.jsonl",
+        first.epoch,
+        first.index,
+        unix_ms()
+    ));
+    let f = std::fs::File::create(&path)?;
+    Ok((std::io::BufWriter::new(f), path))
+}
