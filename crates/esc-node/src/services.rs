@@ -25,23 +25,23 @@ use tracing::{info, warn};
 /// leading (architecture section 8: "stops issuing them within 100 ms").
 pub const STOP_WITHIN: Duration = Duration::from_millis(100);
 
-/// A service of the primary.
+/// A service of the primary. It holds the handles it needs (built from
+/// [`Shared`] in [`registered`]).
 pub trait PrimaryService: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Runs until `stop` turns true, and returns promptly then.
-    fn run(&self, shared: Shared, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
 }
 
 /// The services this node runs while primary (none yet: the lifecycle
 /// manager and the monitoring engine of the next issues register here).
-pub fn registered() -> Vec<Arc<dyn PrimaryService>> {
+pub fn registered(_shared: &Shared) -> Vec<Arc<dyn PrimaryService>> {
     Vec::new()
 }
 
-/// Starts `services` whenever the node leads and stops them when it no
-/// longer does; runs until aborted.
-pub async fn supervise(shared: Shared, services: Vec<Arc<dyn PrimaryService>>) {
-    let mut leading = shared.leading.subscribe();
+/// Starts `services` whenever `leading` is true and stops them when it no
+/// longer is; runs until aborted (or `leading`'s sender goes).
+pub async fn supervise(mut leading: watch::Receiver<bool>, services: Vec<Arc<dyn PrimaryService>>) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
@@ -51,7 +51,7 @@ pub async fn supervise(shared: Shared, services: Vec<Arc<dyn PrimaryService>>) {
         for s in &services {
             info!(target: HA, service = s.name(), "primary-only service starting");
             let name = s.name();
-            let fut = s.run(shared.clone(), stop_rx.clone());
+            let fut = s.run(stop_rx.clone());
             running.spawn(async move {
                 fut.await;
                 name
@@ -77,5 +77,97 @@ pub async fn supervise(shared: Shared, services: Vec<Arc<dyn PrimaryService>>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Counts its starts and stops; `obedient: false` ignores the stop.
+    struct Probe {
+        started: Arc<AtomicU32>,
+        stopped: Arc<AtomicU32>,
+        obedient: bool,
+    }
+
+    impl PrimaryService for Probe {
+        fn name(&self) -> &'static str {
+            if self.obedient {
+                "probe"
+            } else {
+                "stubborn"
+            }
+        }
+
+        fn run(&self, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+            let (started, stopped, obedient) =
+                (self.started.clone(), self.stopped.clone(), self.obedient);
+            Box::pin(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                if obedient {
+                    let _ = stop.wait_for(|s| *s).await;
+                    stopped.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            })
+        }
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    // Architecture section 8: primary-only work starts when the node leads,
+    // and has stopped within 100 ms of it no longer leading, a service
+    // that ignores its stop switch included (aborted). Each term starts
+    // the services afresh.
+    #[tokio::test]
+    async fn services_run_only_while_leading_and_stop_on_step_down() {
+        let counters: Vec<(Arc<AtomicU32>, Arc<AtomicU32>)> =
+            (0..2).map(|_| (Arc::default(), Arc::default())).collect();
+        let services: Vec<Arc<dyn PrimaryService>> = counters
+            .iter()
+            .zip([true, false])
+            .map(|((started, stopped), obedient)| {
+                Arc::new(Probe {
+                    started: started.clone(),
+                    stopped: stopped.clone(),
+                    obedient,
+                }) as Arc<dyn PrimaryService>
+            })
+            .collect();
+        let (leading, rx) = watch::channel(false);
+        let sup = tokio::spawn(supervise(rx, services));
+        tokio::task::yield_now().await;
+        assert_eq!(
+            counters[0].0.load(Ordering::SeqCst),
+            0,
+            "not leading: nothing runs"
+        );
+        for term in 1..=2u32 {
+            leading.send_replace(true);
+            until("both services started", || {
+                counters
+                    .iter()
+                    .all(|(s, _)| s.load(Ordering::SeqCst) == term)
+            })
+            .await;
+            leading.send_replace(false);
+            until("the obedient service stopped", || {
+                counters[0].1.load(Ordering::SeqCst) == term
+            })
+            .await;
+        }
+        // The stubborn one was aborted each time (it never counts a stop),
+        // or the second term could not have started it again cleanly.
+        assert_eq!(counters[1].1.load(Ordering::SeqCst), 0);
+        sup.abort();
     }
 }

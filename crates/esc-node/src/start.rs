@@ -215,8 +215,8 @@ pub async fn run(
     ));
     tasks.spawn(admin::serve(admin::bind(&home)?, shared.clone()));
     tasks.spawn(crate::services::supervise(
-        shared.clone(),
-        crate::services::registered(),
+        shared.leading.subscribe(),
+        crate::services::registered(&shared),
     ));
 
     let mut owner = Owner::new(OwnerParts {
