@@ -23,7 +23,10 @@ pub const OUTBOX_EVENTS_MAX: u64 = 10_000;
 pub struct Domain;
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(bytes).map_err(|e| StateError(format!("stored {key}: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        source: Box::new(e),
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -57,7 +60,7 @@ impl StateMachine for Domain {
         state: &mut dyn State,
     ) -> Result<Answer, ApplyError> {
         let cmd =
-            Command::from_payload(payload).map_err(|e| ApplyError::Undecodable(e.to_string()))?;
+            Command::from_payload(payload).map_err(|e| ApplyError::Undecodable(Box::new(e)))?;
         Ok(apply(index, &cmd, state)?)
     }
 }

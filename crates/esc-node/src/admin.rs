@@ -18,20 +18,25 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
-pub fn bind(home: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(home: &Path) -> crate::Result<UnixListener> {
     let path = socket_path(home);
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            anyhow::bail!(
-                "another escd is already running with home {} (its admin socket answers)",
-                home.display()
-            );
+            return Err(crate::Error::AlreadyRunning {
+                home: home.to_path_buf(),
+            });
         }
-        std::fs::remove_file(&path)?;
+        std::fs::remove_file(&path)
+            .map_err(|e| crate::Error::io(format!("cannot remove {}", path.display()), e))?;
     }
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| anyhow::anyhow!("cannot bind the admin socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        crate::Error::io(
+            format!("cannot bind the admin socket {}", path.display()),
+            e,
+        )
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| crate::Error::io(format!("cannot restrict {}", path.display()), e))?;
     Ok(listener)
 }
 
@@ -55,7 +60,7 @@ pub async fn serve(listener: UnixListener, shared: Shared) {
     }
 }
 
-async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
+async fn serve_one(stream: UnixStream, shared: Shared) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(REQUEST_BYTES_MAX as u64)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -76,7 +81,7 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> anyhow::Result<()> {
                 answer(&shared, req).await
             }
         };
-        let mut out = serde_json::to_vec(&resp)?;
+        let mut out = serde_json::to_vec(&resp).expect("an answer serializes");
         out.push(b'\n');
         wr.write_all(&out).await?;
         if let AdminResponse::Reloading { .. } = resp {

@@ -37,9 +37,11 @@
 //! - [`services`]: primary-only services and their supervisor.
 //! - [`shared`]: the handles and messages the tasks share.
 //! - [`status`]: the cores' status in `esc_proto`'s words.
+//! - [`error`]: why the node could not start or stopped.
 //! - [`logging`], [`metrics`]: `escmanager.log`/`escadm.log`, counters.
 
 pub mod admin;
+pub mod error;
 pub mod ha;
 pub mod health;
 pub mod logging;
@@ -53,6 +55,7 @@ pub mod start;
 pub mod status;
 pub mod storage;
 
+pub use error::{Error, Result};
 pub use ha::witness;
 pub use owner::Exit;
 pub use start::{run, NodeOptions};

@@ -24,9 +24,13 @@ pub struct LogGuard {
 }
 
 /// Installs the global subscriber: two files plus human-readable stderr.
-pub fn init(log_dir: &Path) -> anyhow::Result<LogGuard> {
-    std::fs::create_dir_all(log_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create log directory {}: {e}", log_dir.display()))?;
+pub fn init(log_dir: &Path) -> crate::Result<LogGuard> {
+    std::fs::create_dir_all(log_dir).map_err(|e| {
+        crate::Error::io(
+            format!("cannot create log directory {}", log_dir.display()),
+            e,
+        )
+    })?;
     let (manager, g1) =
         tracing_appender::non_blocking(tracing_appender::rolling::never(log_dir, "escmanager.log"));
     let (adm, g2) =
@@ -58,7 +62,7 @@ pub fn init(log_dir: &Path) -> anyhow::Result<LogGuard> {
                 .with_filter(level()),
         )
         .try_init()
-        .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
+        .map_err(|e| crate::Error::Logging(e.to_string()))?;
     Ok(LogGuard {
         _guards: vec![g1, g2],
     })

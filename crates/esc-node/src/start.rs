@@ -71,17 +71,20 @@ fn core_config(cfg: &Config) -> esc_repl::Config {
     }
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> crate::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+        .map_err(|source| crate::Error::Listen { what, addr, source })
 }
 
 /// Runs a node until `shutdown` resolves, `escadm reload`, or a fatal error.
 pub async fn run(
     opts: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Exit> {
+) -> crate::Result<Exit> {
     let cfg = opts.config;
     let home = opts.home;
     let data_dir = Config::resolve(&home, &cfg.store.data_dir);
@@ -94,7 +97,10 @@ pub async fn run(
             crate::shared::NodeStore::open(&dir, esc_domain::Domain)
         })
         .await?
-        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", data_dir.display()))?
+        .map_err(|source| crate::Error::Store {
+            dir: data_dir.clone(),
+            source,
+        })?
     };
     if let Some(note) = &store.recovery_note {
         warn!(target: HA, "{note}");
@@ -106,7 +112,10 @@ pub async fn run(
         snapshot_epoch: meta.snapshot_epoch,
         last_index: meta.last_index,
         last_epoch: meta.last_epoch,
-        epochs: store.epoch_table()?,
+        epochs: store.epoch_table().map_err(|source| crate::Error::Store {
+            dir: data_dir.clone(),
+            source,
+        })?,
     };
     let r = &cfg.replication;
     let pair = r.peer.is_some();
@@ -141,7 +150,8 @@ pub async fn run(
     // Role commands are few (a handful per role change).
     let (ha_tx, ha_rx) = mpsc::unbounded_channel::<Event>();
     let (net_tx, net_rx) = mpsc::channel::<NetEvent>(EVENT_QUEUE);
-    let storage = storage::spawn(store.clone(), counters.clone(), data_dir.clone())?;
+    let storage = storage::spawn(store.clone(), counters.clone(), data_dir.clone())
+        .map_err(|e| crate::Error::io("cannot start the storage worker", e))?;
 
     let repl_listener = match &secret {
         Some(_) => Some(bind(r.listen, "replication").await?),

@@ -109,8 +109,10 @@ pub fn spawn(
                 data_dir,
                 events: events_tx,
             };
-            if let Err(error) = w.run(jobs_rx) {
-                let _ = w.events.send(StorageEvent::Failed { error });
+            if let Err(e) = w.run(jobs_rx) {
+                let _ = w.events.send(StorageEvent::Failed {
+                    error: e.to_string(),
+                });
             }
         })?;
     Ok(Storage {
@@ -157,7 +159,7 @@ struct Worker {
 impl Worker {
     /// Runs jobs until the owner goes away (Ok) or the store fails (the
     /// error, for `StorageEvent::Failed`).
-    fn run(&self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), String> {
+    fn run(&self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), StorageError> {
         let mut next: Option<Job> = None;
         loop {
             let job = match next.take() {
@@ -178,18 +180,16 @@ impl Worker {
                               "possibly divergent entries saved to the recovery file before a snapshot");
                     }
                 }
-                Job::StageBegin => self.store.stage_begin().map_err(|e| e.to_string())?,
+                Job::StageBegin => self.store.stage_begin()?,
                 Job::StageChunk { items, window } => {
-                    self.store.stage_chunk(&items).map_err(|e| e.to_string())?;
+                    self.store.stage_chunk(&items)?;
                     drop(window);
                 }
                 Job::Install { index, index_epoch } => {
                     // Entries beyond the snapshot point are kept before the
                     // log is replaced.
                     self.save_recovery(index + 1, "beyond the snapshot point")?;
-                    self.store
-                        .install_staged(index, index_epoch)
-                        .map_err(|e| e.to_string())?;
+                    self.store.install_staged(index, index_epoch)?;
                     if self
                         .events
                         .send(StorageEvent::SnapshotInstalled { index, index_epoch })
@@ -210,7 +210,7 @@ impl Worker {
         mut batch: Batch,
         replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
         jobs: &std::sync::mpsc::Receiver<Job>,
-    ) -> Result<Option<Job>, String> {
+    ) -> Result<Option<Job>, StorageError> {
         // An apply that answers clients runs on its own (it needs no fsync)
         // so its answers never wait for the next group.
         let mut next = None;
@@ -241,7 +241,7 @@ impl Worker {
                 warn!(target: HA, entries = n, "divergent entries moved to the recovery file");
             }
         }
-        let result = self.store.write(batch).map_err(|e| e.to_string())?;
+        let result = self.store.write(batch)?;
         if persisted {
             let last_index = self.store.meta().last_index;
             if self
@@ -267,7 +267,7 @@ impl Worker {
     /// Writes the log's entries from `from` on to a recovery file, fsynced
     /// before the caller removes them (architecture section 3: never
     /// silently dropped), streamed from the store; how many.
-    fn save_recovery(&self, from: u64, why: &str) -> Result<u64, String> {
+    fn save_recovery(&self, from: u64, why: &str) -> Result<u64, StorageError> {
         let mut file: Option<(std::io::BufWriter<std::fs::File>, PathBuf)> = None;
         let mut n = 0u64;
         let r = self.store.visit_entries(from, |e: Entry| {
@@ -280,17 +280,15 @@ impl Worker {
             let line = serde_json::json!({"index": e.index, "epoch": e.epoch, "command": payload});
             writeln!(f, "{line}").map_err(io)?;
             n += 1;
-            Ok::<_, RecoveryError>(true)
+            Ok::<_, StorageError>(true)
         });
-        r.map_err(|e| format!("cannot write the recovery file: {e}"))?;
+        r?;
         if let Some((f, path)) = file {
-            let f = f
-                .into_inner()
-                .map_err(|e| format!("cannot write the recovery file: {e}"))?;
+            let f = f.into_inner().map_err(|e| io(e.into_error()))?;
             f.sync_all()
                 .and_then(|_| std::fs::File::open(path.parent().unwrap_or(Path::new("."))))
                 .and_then(|d| d.sync_all())
-                .map_err(|e| format!("cannot sync the recovery file: {e}"))?;
+                .map_err(io)?;
             self.counters
                 .recovery_entries
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -305,12 +303,11 @@ impl Worker {
         msg: Message,
         from: u64,
         to: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StorageError> {
         let count = (to + 1 - from) as usize;
         let entries = self
             .store
-            .read_entries(from, count, SEND_ENTRIES_BYTES_MAX)
-            .map_err(|e| e.to_string())?;
+            .read_entries(from, count, SEND_ENTRIES_BYTES_MAX)?;
         if let Message::Append {
             epoch,
             prev_index,
@@ -347,17 +344,18 @@ impl Worker {
     }
 }
 
-/// Why writing a recovery file failed.
+/// Why the worker stopped: the node cannot persist any more (sticky until
+/// restart).
 #[derive(Debug, thiserror::Error)]
-enum RecoveryError {
+pub enum StorageError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    #[error("cannot write the recovery file: {0}")]
+    Recovery(#[source] std::io::Error),
 }
 
-fn io(e: std::io::Error) -> RecoveryError {
-    RecoveryError::Io(e)
+fn io(e: std::io::Error) -> StorageError {
+    StorageError::Recovery(e)
 }
 
 /// A new recovery file named after the first entry it keeps.

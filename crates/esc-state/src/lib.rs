@@ -30,16 +30,30 @@ use std::collections::BTreeMap;
 
 pub mod contract;
 
-/// A state access failed (the store's database).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("state: {0}")]
-pub struct StateError(pub String);
+/// Any error, boxed: what the store's backend or a decoder reported.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A state access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store's backend (redb) failed.
+    #[error("state backend: {0}")]
+    Backend(#[source] Source),
+    /// A stored value does not decode (written by another version, or
+    /// damaged).
+    #[error("stored {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: Source,
+    },
+}
 
 /// Why an entry could not be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("undecodable command: {0}")]
-    Undecodable(String),
+    Undecodable(#[source] Source),
     #[error(transparent)]
     State(#[from] StateError),
 }

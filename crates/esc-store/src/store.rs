@@ -60,33 +60,52 @@ fn slot(meta: &impl ReadableTable<&'static str, u64>) -> Result<usize, StoreErro
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Db(String),
+    Db(#[from] redb::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// redb refused or panicked on a file damaged other than by a crash.
+    #[error(
+        "the database file is corrupt ({0}); restore it from the peer \
+         (move the data directory away and restart as standby)"
+    )]
+    CorruptFile(String),
     #[error("corrupt log: {0}")]
     Corrupt(#[from] EntryError),
     #[error("log contract violated: {0}")]
     Contract(String),
     #[error("entry {index} does not apply: {source}")]
-    Apply { index: u64, source: ApplyError },
-    #[error("{0}")]
-    Format(String),
+    Apply {
+        index: u64,
+        #[source]
+        source: ApplyError,
+    },
+    #[error(
+        "the store was written by another escd version (format {found}, this one reads \
+         {FORMAT}): move the data directory away and restart; the node rejoins as standby \
+         and copies the state from its peer"
+    )]
+    Format { found: u64 },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl From<StoreError> for StateError {
     fn from(e: StoreError) -> StateError {
-        StateError(e.to_string())
-    }
-}
-
-impl From<StateError> for StoreError {
-    fn from(e: StateError) -> StoreError {
-        StoreError::Db(e.0)
+        match e {
+            StoreError::State(s) => s,
+            other => StateError::Backend(Box::new(other)),
+        }
     }
 }
 
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::Db(redb::Error::from(e)) }
         }
     )*};
 }
@@ -300,8 +319,10 @@ pub struct SnapshotPoint {
 impl<M: StateMachine> Store<M> {
     /// Opens (or creates) `dir/esc.redb` and recovers it.
     pub fn open(dir: &Path, machine: M) -> Result<Store<M>, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join("esc.redb");
         if !path.exists() {
             // A first start interrupted while redb lays out a new file would
@@ -309,7 +330,10 @@ impl<M: StateMachine> Store<M> {
             let tmp = dir.join("esc.redb.tmp");
             let _ = std::fs::remove_file(&tmp);
             Self::guard(|| Self::from_db(Self::builder().create(&tmp)?, NoMachine))?;
-            let io = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
+            let io = |source: std::io::Error| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .map_err(io)?;
@@ -349,10 +373,7 @@ impl<M: StateMachine> Store<M> {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
-            Err(StoreError::Db(format!(
-                "the database file is corrupt ({why}); restore it from the peer \
-                 (move the data directory away and restart as standby)"
-            )))
+            Err(StoreError::CorruptFile(why))
         })
     }
 
@@ -367,13 +388,7 @@ impl<M: StateMachine> Store<M> {
                 0 if log_empty && meta_get(&meta, K_APPLIED)? == 0 => {
                     meta.insert(K_FORMAT, FORMAT)?;
                 }
-                other => {
-                    return Err(StoreError::Format(format!(
-                        "the store was written by another escd version (format {other}, this one \
-                         reads {FORMAT}): move the data directory away and restart; the node \
-                         rejoins as standby and copies the state from its peer"
-                    )))
-                }
+                found => return Err(StoreError::Format { found }),
             }
             // Create every table so readers never meet a missing one.
             tx.open_table(EPOCHS)?;
@@ -520,51 +535,6 @@ impl<M: StateMachine> Store<M> {
             out.clear();
         }
         Ok(out)
-    }
-
-    /// The epoch of the entry at `index`, if it is in the log or is the snapshot point.
-    pub fn entry_epoch(&self, index: u64) -> Result<Option<u64>, StoreError> {
-        if index == self.meta().snapshot_index {
-            return Ok(Some(self.meta().snapshot_epoch));
-        }
-        if index < self.meta().snapshot_index || index > self.meta().last_index {
-            return Ok(None);
-        }
-        let tx = self.db.begin_read()?;
-        let log = tx.open_table(LOG)?;
-        let found = log.get(index)?;
-        match found {
-            Some(v) => Ok(Some(Entry::from_bytes(v.value())?.epoch)),
-            None => Ok(None),
-        }
-    }
-
-    /// First index of the epoch that the entry at `index` belongs to, not
-    /// below the log's first index: where a follower's conflict search jumps.
-    pub fn epoch_first_index(&self, index: u64) -> Result<u64, StoreError> {
-        let Some(epoch) = self.entry_epoch(index)? else {
-            return Ok(self.meta().first_index());
-        };
-        let tx = self.db.begin_read()?;
-        let epochs = tx.open_table(EPOCHS)?;
-        let first = epochs.get(epoch)?.map(|v| v.value()).unwrap_or(0);
-        Ok(first.max(self.meta().first_index()).min(index))
-    }
-
-    /// Last index of the log whose epoch is at most `epoch` (primary side of
-    /// the conflict search), or the snapshot point.
-    pub fn last_index_at_or_below_epoch(&self, epoch: u64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        let epochs = tx.open_table(EPOCHS)?;
-        // The first epoch above `epoch` starts right after the answer.
-        if let Some(item) = epochs.range(epoch + 1..)?.next() {
-            let (_, first) = item?;
-            return Ok(first
-                .value()
-                .saturating_sub(1)
-                .max(self.meta().snapshot_index));
-        }
-        Ok(self.meta().last_index)
     }
 
     /// Reads up to `count_max` entries from `from`, stopping before `bytes_max`

@@ -29,12 +29,14 @@
 //! through a raw redb handle, as `Store::write` refuses them) and bits
 //! flipped in the file.
 
-use esc_domain::{Answer as Outcome, Command, Domain, Op, OpMode};
+mod common;
+
+use common::{Kv, KvMachine, KvOutcome as Outcome};
 use esc_store::{Batch, LogMeta, StoreError};
 
-/// The store with the node's own state machine (the store itself is
-/// generic; its crash recovery is tested with real commands).
-type Store = esc_store::Store<Domain>;
+/// The store with the tests' key-value machine (reads, writes, deletes and
+/// read-modify-writes over a few colliding keys).
+type Store = esc_store::Store<KvMachine>;
 type BatchResult = esc_store::BatchResult<Outcome>;
 
 /// The kept digest, checked against one computed from every item.
@@ -348,41 +350,30 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The payload of the `seq`th generated entry: creates and deletes over a
-/// small set of names (so they collide), now and then an op-mode change;
-/// a third carry an idempotency key from a small set (so keys repeat).
-/// Every payload is unique, so a lost and re-appended entry is told apart.
+/// The payload of the `seq`th generated entry: puts, deletes and
+/// counter bumps over a small set of keys (so they collide). Every payload
+/// is unique (it carries `seq`), so a lost and re-appended entry is told
+/// apart.
 fn payload(seq: u64, big: bool) -> Vec<u8> {
     let h = mix(seq);
-    let name = format!("d{}", h % 16);
-    let op = match (h >> 8) % 10 {
-        0..=5 => Op::CreateDeployment {
-            id: format!("id-{seq}"),
-            name,
-            spec: serde_json::json!({
-                "seq": seq,
-                "pad": "p".repeat(if big { 9000 } else { ((h >> 16) % 300) as usize }),
+    let key = format!("k{}", h % 16);
+    let cmd = match (h >> 8) % 10 {
+        0..=5 => Kv::Put {
+            seq,
+            key,
+            value: "p".repeat(if big {
+                9000
+            } else {
+                ((h >> 16) % 300) as usize
             }),
         },
-        6..=8 => Op::DeleteDeployment { name },
-        _ => Op::SetOpMode {
-            mode: if h & 1 == 0 {
-                OpMode::Maintenance
-            } else {
-                OpMode::Operation
-            },
+        6..=8 => Kv::Del { seq, key },
+        _ => Kv::Bump {
+            seq,
+            key: format!("counter{}", h % 3),
         },
     };
-    let cmd = Command {
-        tid: format!("t{seq}"),
-        idempotency_key: (h >> 24)
-            .is_multiple_of(3)
-            .then(|| format!("k{}", (h >> 32) % 6)),
-        fingerprint: format!("f{}", (h >> 40) % 3),
-        at_ms: 1_700_000_000_000 + seq,
-        op,
-    };
-    serde_json::to_vec(&cmd).unwrap()
+    common::encode(&cmd)
 }
 
 // ---------------------------------------------------------------------------
@@ -627,7 +618,7 @@ struct Reference(Store);
 
 impl Reference {
     fn new(entries: Vec<Entry>) -> Reference {
-        let r = Store::open_backend(redb::backends::InMemoryBackend::new(), Domain).unwrap();
+        let r = Store::open_backend(redb::backends::InMemoryBackend::new(), KvMachine).unwrap();
         r.write(Batch {
             append: entries,
             ..Batch::default()
@@ -812,7 +803,7 @@ impl Run {
             if let Some(n) = during_reopen.take() {
                 disk.fail_after(n as u64, Failure::PowerLoss);
             }
-            let opened = Store::open_backend(disk.clone(), Domain);
+            let opened = Store::open_backend(disk.clone(), KvMachine);
             disk.disarm();
             match (opened, disk.failed()) {
                 (Ok(s), None) => {
@@ -998,7 +989,7 @@ fn run(
     seed: u64,
 ) -> Result<(), TestCaseError> {
     let disk = CrashBackend::default();
-    let store = Store::open_backend(disk.clone(), Domain).map_err(fail)?;
+    let store = Store::open_backend(disk.clone(), KvMachine).map_err(fail)?;
     if let Some((after, how)) = first_failure {
         disk.fail_after(after as u64, how);
     }
@@ -1099,7 +1090,7 @@ const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log")
 /// up to 2.
 fn ten_entries() -> (CrashBackend, Vec<Entry>) {
     let disk = CrashBackend::default();
-    let store = Store::open_backend(disk.clone(), Domain).unwrap();
+    let store = Store::open_backend(disk.clone(), KvMachine).unwrap();
     let entries: Vec<Entry> = (1..=10u64)
         .map(|i| Entry::new(if i < 8 { 1 } else { 2 }, i, payload(i, false)))
         .collect();
@@ -1187,7 +1178,7 @@ fn a_corrupt_unapplied_entry_is_cut_with_the_tail_after_it() {
     for (name, edit, from, why) in cases {
         let (disk, entries) = ten_entries();
         edit_log(&disk, |t| edit(t, &entries));
-        let s = Store::open_backend(disk.clone(), Domain).unwrap();
+        let s = Store::open_backend(disk.clone(), KvMachine).unwrap();
         let note = s.recovery_note.clone().unwrap_or_default();
         assert!(
             note.contains(&format!("from index {from}")) && note.contains(why),
@@ -1219,7 +1210,7 @@ fn a_corrupt_unapplied_entry_is_cut_with_the_tail_after_it() {
         assert_eq!(digest(&s).unwrap().1, reference.apply(5).1, "{name}");
         // The cut is durable: a reopen finds nothing more to cut.
         drop(s);
-        let s = Store::open_backend(disk.clone(), Domain).unwrap();
+        let s = Store::open_backend(disk.clone(), KvMachine).unwrap();
         assert_eq!(s.recovery_note, None, "{name}");
         assert_eq!(s.meta(), want, "{name}");
         // And new entries go where the cut ones were.
@@ -1247,14 +1238,24 @@ fn a_corrupt_applied_entry_is_refused_when_read() {
     edit_log(&disk, |t| {
         t.insert(4, flipped(&entries[3]).as_slice()).unwrap();
     });
-    let s = Store::open_backend(disk, Domain).unwrap();
+    let s = Store::open_backend(disk, KvMachine).unwrap();
     assert_eq!(s.recovery_note, None);
     assert_eq!(s.meta().last_index, 10);
     assert!(matches!(
         s.read_entries(3, usize::MAX, usize::MAX),
         Err(StoreError::Corrupt(_))
     ));
-    assert!(matches!(s.entry_epoch(4), Err(StoreError::Corrupt(_))));
+    let mut visited = Vec::new();
+    let r = s.visit_entries(1, |e| {
+        visited.push(e.index);
+        Ok::<_, StoreError>(true)
+    });
+    assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+    assert_eq!(
+        visited.last(),
+        Some(&3),
+        "served up to the corrupt entry, not past it"
+    );
     assert_eq!(
         s.read_entries(5, usize::MAX, usize::MAX).unwrap(),
         entries[4..]
@@ -1264,7 +1265,7 @@ fn a_corrupt_applied_entry_is_refused_when_read() {
 /// Fifty entries, applied and compacted now and then, on a synced image.
 fn fifty_entries() -> (Vec<u8>, Vec<Entry>) {
     let disk = CrashBackend::default();
-    let store = Store::open_backend(disk.clone(), Domain).unwrap();
+    let store = Store::open_backend(disk.clone(), KvMachine).unwrap();
     let entries: Vec<Entry> = (1..=50u64)
         .map(|i| Entry::new(1, i, payload(i, i % 10 == 0)))
         .collect();
@@ -1296,17 +1297,17 @@ fn a_flipped_byte_in_a_live_page_is_refused_at_open() {
     for offset in [0, 20, needle.len() - 1] {
         let mut img = image.clone();
         img[at + offset] ^= 0x40;
-        match Store::open_backend(CrashBackend::from_image(img), Domain) {
-            Err(StoreError::Db(msg)) => assert!(
-                msg.to_lowercase().contains("corrupt"),
-                "flip at +{offset}: {msg}"
+        match Store::open_backend(CrashBackend::from_image(img), KvMachine) {
+            Err(e @ (StoreError::Db(_) | StoreError::CorruptFile(_))) => assert!(
+                e.to_string().to_lowercase().contains("corrupt"),
+                "flip at +{offset}: {e}"
             ),
             Err(e) => panic!("flip at +{offset}: unexpected error {e}"),
             Ok(s) => panic!("flip at +{offset}: opened {:?}", s.meta()),
         }
     }
     // The untouched image opens with every entry.
-    let s = Store::open_backend(CrashBackend::from_image(image), Domain).unwrap();
+    let s = Store::open_backend(CrashBackend::from_image(image), KvMachine).unwrap();
     assert_eq!(s.meta().last_index, 50);
 }
 
@@ -1330,8 +1331,9 @@ fn random_bit_flips_are_refused_or_harmless_never_a_panic() {
             let at = rng.gen_range(0..img.len());
             img[at] ^= 1 << rng.gen_range(0..8);
         }
-        let result =
-            std::panic::catch_unwind(|| Store::open_backend(CrashBackend::from_image(img), Domain));
+        let result = std::panic::catch_unwind(|| {
+            Store::open_backend(CrashBackend::from_image(img), KvMachine)
+        });
         let s = match result {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => {
@@ -1399,24 +1401,21 @@ fn a_failure_while_creating_the_store_leaves_it_empty_or_refused() {
             for _ in 0..10 {
                 let disk = CrashBackend::default();
                 disk.fail_after(n, how);
-                let first = Store::open_backend(disk.clone(), Domain);
+                let first = Store::open_backend(disk.clone(), KvMachine);
                 assert!(
                     first.is_ok() || disk.failed().is_some(),
                     "creation failed on a healthy disk"
                 );
                 drop(first);
                 let image = disk.crash(&mut rng);
-                match Store::open_backend(CrashBackend::from_image(image), Domain) {
+                match Store::open_backend(CrashBackend::from_image(image), KvMachine) {
                     Ok(s) => {
                         assert_eq!(s.meta(), LogMeta::default(), "op {n} {how:?}");
                         assert_eq!(s.read_entries(1, usize::MAX, usize::MAX).unwrap(), vec![]);
-                        assert_eq!(
-                            esc_domain::query::deployment_count(&s.reader().unwrap()).unwrap(),
-                            0
-                        );
+                        assert!(common::keys(&s.reader().unwrap()).is_empty());
                         empty += 1;
                     }
-                    Err(StoreError::Db(_)) => refused += 1,
+                    Err(StoreError::Db(_) | StoreError::CorruptFile(_)) => refused += 1,
                     Err(e) => panic!("op {n} {how:?}: unexpected error {e}"),
                 }
             }

@@ -65,7 +65,7 @@ pub fn spawn(
     shared: Shared,
     secret: Option<Arc<Vec<u8>>>,
     admission: Arc<AtomicBool>,
-) -> anyhow::Result<AgentHandle> {
+) -> crate::Result<AgentHandle> {
     if let Some(v) = &cfg.vrrp {
         super::vrrp::preflight(v)?;
     }
@@ -176,7 +176,7 @@ async fn run(
     mut cmds: mpsc::Receiver<AgentCmd>,
     status: watch::Sender<HaStatus>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let start = Instant::now();
     let speaker = match &ctx.vrrp {
         Some(v) => Some(Speaker::open(v.clone(), !ctx.pair, start).await?),

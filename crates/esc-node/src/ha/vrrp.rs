@@ -71,14 +71,15 @@ pub(crate) struct Speaker {
 }
 
 /// Checks at start-up that VRRP can run here (interface, raw socket).
-pub(crate) fn preflight(cfg: &VrrpConfig) -> anyhow::Result<()> {
-    cfg.check_host()
-        .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+pub(crate) fn preflight(cfg: &VrrpConfig) -> crate::Result<()> {
+    cfg.check_host().map_err(|(f, m)| crate::Error::Invalid {
+        field: f.to_string(),
+        message: m,
+    })?;
     // Fail at start, not later on the agent's thread: without a raw
     // socket the node would run without VRRP (half-configured).
-    Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO))).map_err(|e| {
-        anyhow::anyhow!("the [vrrp] section needs a raw socket (run as root / CAP_NET_RAW): {e}")
-    })?;
+    Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO)))
+        .map_err(crate::Error::RawSocket)?;
     Ok(())
 }
 
@@ -89,23 +90,21 @@ impl Speaker {
         cfg: VrrpConfig,
         vip_follows_vrrp: bool,
         start: Instant,
-    ) -> anyhow::Result<Speaker> {
-        let (ifindex, mac) = super::sys::interface(&cfg.interface)?;
-        let vip = cfg
-            .vip_net()
-            .map_err(|m| anyhow::anyhow!("vrrp.vip: {m}"))?;
-        let (conn, netlink, _) = rtnetlink::new_connection()?;
+    ) -> crate::Result<Speaker> {
+        let (ifindex, mac) = super::sys::interface(&cfg.interface)
+            .map_err(|e| crate::Error::io(format!("interface {}", cfg.interface), e))?;
+        let vip = cfg.vip_net().map_err(|message| crate::Error::Invalid {
+            field: "vrrp.vip".into(),
+            message,
+        })?;
+        let (conn, netlink, _) =
+            rtnetlink::new_connection().map_err(|e| crate::Error::io("netlink", e))?;
         tokio::spawn(conn);
         let src = match cfg.unicast_src_ip {
             Some(ip) => ip,
             None => primary_address(&netlink, ifindex, vip.0)
                 .await?
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "interface {} has no IPv4 address to send VRRP from",
-                        cfg.interface
-                    )
-                })?,
+                .ok_or_else(|| crate::Error::NoAddress(cfg.interface.clone()))?,
         };
         let sock = open_socket(&cfg, ifindex, src)?;
         let fsm = Vrrp::new(FsmConfig {
@@ -198,7 +197,7 @@ async fn primary_address(
     h: &rtnetlink::Handle,
     ifindex: u32,
     vip: Ipv4Addr,
-) -> anyhow::Result<Option<Ipv4Addr>> {
+) -> crate::Result<Option<Ipv4Addr>> {
     use netlink_packet_route::address::AddressAttribute;
     let mut addrs = h.address().get().set_link_index_filter(ifindex).execute();
     while let Some(msg) = addrs.try_next().await? {
@@ -213,9 +212,9 @@ async fn primary_address(
     Ok(None)
 }
 
-fn open_socket(cfg: &VrrpConfig, ifindex: u32, src: Ipv4Addr) -> anyhow::Result<Socket> {
+fn open_socket(cfg: &VrrpConfig, ifindex: u32, src: Ipv4Addr) -> crate::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(VRRP_PROTO)))
-        .map_err(|e| anyhow::anyhow!("raw VRRP socket (needs root / CAP_NET_RAW): {e}"))?;
+        .map_err(crate::Error::RawSocket)?;
     s.bind_device(Some(cfg.interface.as_bytes()))?;
     // RFC 5798 section 5.1.1.3: TTL 255, so a receiver can tell the packet
     // did not cross a router.
@@ -372,7 +371,7 @@ impl Speaker {
         }
     }
 
-    pub(crate) async fn add_vip(&self) -> anyhow::Result<()> {
+    pub(crate) async fn add_vip(&self) -> crate::Result<()> {
         match self
             .netlink
             .address()
@@ -395,7 +394,7 @@ impl Speaker {
     }
 
     /// Removes the VIP if present; says whether it was.
-    pub(crate) async fn remove_vip(&self) -> anyhow::Result<bool> {
+    pub(crate) async fn remove_vip(&self) -> crate::Result<bool> {
         self.quiet();
         let mut found = self
             .netlink

@@ -35,13 +35,16 @@ fn state_path(data_dir: &Path) -> PathBuf {
     data_dir.join("witness.json")
 }
 
-fn load_state(data_dir: &Path) -> anyhow::Result<WitnessState> {
+fn load_state(data_dir: &Path) -> crate::Result<WitnessState> {
     let path = state_path(data_dir);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{} is not a witness state file: {e}", path.display())),
+            .map_err(|source| crate::Error::WitnessState { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WitnessState::default()),
-        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(crate::Error::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -71,10 +74,8 @@ pub async fn serve(
     home: &Path,
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let secret = cfg
-        .load_secret(home)?
-        .ok_or_else(|| anyhow::anyhow!("the witness needs the pair's shared secret: set replication.secret or replication.secret_file"))?;
+) -> crate::Result<()> {
+    let secret = cfg.load_secret(home)?.ok_or(crate::Error::NoSecret)?;
     let data_dir = Config::resolve(home, &cfg.store.data_dir);
     std::fs::create_dir_all(&data_dir)?;
     let state = load_state(&data_dir)?;
@@ -82,7 +83,11 @@ pub async fn serve(
           lease_ms = cfg.witness.lease_ms, "witness starting; no grant for one lease period");
     let listener = TcpListener::bind(cfg.witness.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.witness.listen))?;
+        .map_err(|source| crate::Error::Listen {
+            what: "the witness",
+            addr: cfg.witness.listen,
+            source,
+        })?;
     let server = Arc::new(Server {
         core: Mutex::new(Witness::new(state, cfg.witness.lease_ms, 0)),
         start: Instant::now(),

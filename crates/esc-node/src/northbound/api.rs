@@ -72,7 +72,7 @@ impl ApiState {
 }
 
 /// The API password: from the config, or generated once (0600 file).
-pub fn password(home: &Path, cfg: &ApiConfig) -> anyhow::Result<String> {
+pub fn password(home: &Path, cfg: &ApiConfig) -> crate::Result<String> {
     if let Some(p) = &cfg.password {
         return Ok(p.clone());
     }
@@ -81,7 +81,12 @@ pub fn password(home: &Path, cfg: &ApiConfig) -> anyhow::Result<String> {
         Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Err(crate::Error::io(
+                format!("cannot read {}", path.display()),
+                e,
+            ))
+        }
     }
     let generated: String = rand::thread_rng()
         .sample_iter(&rand::distributions::Alphanumeric)
@@ -95,7 +100,7 @@ pub fn password(home: &Path, cfg: &ApiConfig) -> anyhow::Result<String> {
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        .map_err(|e| crate::Error::io(format!("cannot create {}", path.display()), e))?;
     writeln!(f, "{generated}")?;
     f.sync_all()?;
     warn!(path = %path.display(), user = %cfg.user,

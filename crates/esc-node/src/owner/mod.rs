@@ -172,7 +172,7 @@ impl Owner {
         tick: Duration,
         stop_grace: Duration,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<Exit> {
+    ) -> crate::Result<Exit> {
         let mut tick = tokio::time::interval(tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -515,7 +515,7 @@ impl Owner {
         });
     }
 
-    fn on_storage(&mut self, ev: StorageEvent) -> anyhow::Result<()> {
+    fn on_storage(&mut self, ev: StorageEvent) -> crate::Result<()> {
         match ev {
             StorageEvent::Persisted { last_index } => self.input(Input::Persisted { last_index }),
             StorageEvent::SnapshotInstalled { index, index_epoch } => {
@@ -540,7 +540,7 @@ impl Owner {
                 });
                 if !self.pair {
                     error!(target: HA, %error, "store failed; stopping");
-                    return Err(anyhow::anyhow!("store failure: {error}"));
+                    return Err(crate::Error::StoreFailed(error));
                 }
                 // Only once demoted: a primary losing its standby would ask
                 // the witness to mark it outdated, barring the takeover.
@@ -554,7 +554,7 @@ impl Owner {
     }
 
     /// Handles one event; `Some(exit)` ends the node's loop.
-    fn on_event(&mut self, ev: Event) -> anyhow::Result<Option<Exit>> {
+    fn on_event(&mut self, ev: Event) -> crate::Result<Option<Exit>> {
         match ev {
             Event::Propose { payload, reply } => {
                 self.next_token += 1;

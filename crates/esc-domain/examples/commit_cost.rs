@@ -1,6 +1,6 @@
 //! Cost of one store cycle on this machine: a durable append of a group of
 //! 1 KiB deployment commands, then the (non-durable) apply of that group.
-//! `cargo run --release -p esc-store --example commit_cost`
+//! `cargo run --release -p esc-domain --example commit_cost`
 
 use esc_domain::{Command, Domain, Op};
 use esc_store::{Batch, Store};

@@ -1,8 +1,8 @@
-//! The store keeps the `esc_state::StateMachine` contract on redb: applying
-//! a log through `Store::write` (in batches of any size) gives the state
-//! and answers of the in-memory reference, the kept digest matches the
-//! state, and a streamed snapshot installed on another store answers the
-//! rest of the log the same.
+//! The domain on the real store (redb): applying a log through
+//! `Store::write` (in batches of any size) gives the state and answers of
+//! the in-memory reference (`esc_state::contract::run`), the kept digest
+//! matches the state, and a streamed snapshot installed on another store
+//! answers the rest of the log the same.
 
 use esc_domain::{Command, Domain, Op, OpMode};
 use esc_state::{contract, StateRead};
