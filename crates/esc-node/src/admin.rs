@@ -5,7 +5,7 @@
 //! owner task or the HA agent, or are answered from typed reads.
 
 use crate::logging::ADMIN;
-use crate::shared::{unix_ms, AgentCmd, Event, Shared};
+use crate::shared::{unix_ms, AgentCmd, Event, OwnerRequest, Shared};
 use esc_domain::{query, Command, Op, OpMode};
 use esc_proto::admin::{socket_path, ANSWER_TIMEOUT, REQUEST_BYTES_MAX};
 use esc_proto::status::StateSummary;
@@ -120,8 +120,8 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
         AdminRequest::Switchover => {
             AdminResponse::refused("no peer configured: there is nothing to switch over to")
         }
-        req @ AdminRequest::Status { verbose, health } => {
-            let mut resp = to_owner(shared, req).await;
+        AdminRequest::Status { verbose, health } => {
+            let mut resp = to_owner(shared, OwnerRequest::Status).await;
             if let AdminResponse::Status { status } = &mut resp {
                 if health {
                     let peer = crate::health::peer_in_sync(shared);
@@ -134,12 +134,18 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
             }
             resp
         }
-        req => to_owner(shared, req).await,
+        AdminRequest::Reload => to_owner(shared, OwnerRequest::Reload).await,
+        AdminRequest::Promote { reason, force } => {
+            to_owner(shared, OwnerRequest::Promote { reason, force }).await
+        }
+        AdminRequest::Demote { reason } => to_owner(shared, OwnerRequest::Demote { reason }).await,
+        AdminRequest::Hang { seconds } => to_owner(shared, OwnerRequest::Hang { seconds }).await,
+        AdminRequest::KillApi => to_owner(shared, OwnerRequest::KillApi).await,
     }
 }
 
 /// Requests the owner task answers.
-async fn to_owner(shared: &Shared, req: AdminRequest) -> AdminResponse {
+async fn to_owner(shared: &Shared, req: OwnerRequest) -> AdminResponse {
     let (tx, rx) = oneshot::channel();
     if shared
         .events

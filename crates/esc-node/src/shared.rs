@@ -5,7 +5,7 @@
 
 use crate::metrics::Counters;
 use esc_proto::status::{HaStatus, InFlight, InFlightMap};
-use esc_proto::{AdminRequest, AdminResponse};
+use esc_proto::AdminResponse;
 use esc_repl::{Refusal, Role};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -41,9 +41,9 @@ pub enum Event {
         payload: Vec<u8>,
         reply: oneshot::Sender<WriteResult>,
     },
-    /// An admin request the owner answers (status, reload, promote, ...).
+    /// An admin request the owner answers.
     Admin {
-        req: AdminRequest,
+        req: OwnerRequest,
         reply: oneshot::Sender<AdminResponse>,
     },
     /// The HA agent's liveness probe of the service: answered at once by a
@@ -56,6 +56,18 @@ pub enum Event {
     Ha(esc_authority::authority::Output),
     /// The HA agent finished its part of a graceful stop (handover).
     HaReadyToStop,
+}
+
+/// The admin requests the owner task answers (it holds the replication
+/// core); the admin socket answers the others itself or asks the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnerRequest {
+    Status,
+    Reload,
+    Promote { reason: String, force: bool },
+    Demote { reason: String },
+    Hang { seconds: u64 },
+    KillApi,
 }
 
 /// What the owner task and the admin socket send the HA agent.

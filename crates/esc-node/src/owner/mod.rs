@@ -17,11 +17,10 @@
 use crate::logging::{ADMIN, HA};
 use crate::metrics::Counters;
 use crate::net::{self, ConnId, NetEvent};
-use crate::shared::{unix_ms, AgentCmd, Event, RoleInfo, WriteResult};
+use crate::shared::{unix_ms, AgentCmd, Event, OwnerRequest, RoleInfo, WriteResult};
 use crate::storage::{self, Job, StorageEvent};
 use esc_config::Config;
 use esc_proto::status::{HaStatus, NodeStatus, Transition};
-use esc_proto::AdminRequest;
 use esc_proto::AdminResponse;
 use esc_repl::{Core, Input, Output, Role, Token};
 use esc_store::Batch;
@@ -567,27 +566,7 @@ impl Owner {
             }
             Event::Ha(cmd) => self.on_ha(cmd),
             Event::HaReadyToStop => return Ok(Some(Exit::Stopped)),
-            Event::Admin {
-                req: AdminRequest::Hang { seconds },
-                reply,
-            } => {
-                if let Some(refusal) = self.fault_injection_refusal() {
-                    let _ = reply.send(refusal);
-                } else {
-                    let seconds = seconds.clamp(1, 60);
-                    warn!(target: ADMIN, seconds, "fault injection: the service hangs");
-                    let _ = reply.send(AdminResponse::done(format!(
-                        "the service hangs for {seconds} s"
-                    )));
-                    // The fault itself: this task stops answering (the HA
-                    // agent, on its own thread, sees it as a failed probe).
-                    std::thread::sleep(Duration::from_secs(seconds));
-                }
-            }
-            Event::Admin { req, reply } => {
-                let resp = self.on_admin(req);
-                let _ = reply.send(resp);
-            }
+            Event::Admin { req, reply } => self.on_admin(req, reply),
             // Sent by the admin task once the operator has its answer.
             Event::ReloadNow => return Ok(Some(Exit::Reload)),
         }
@@ -623,22 +602,33 @@ impl Owner {
         self.input(input);
     }
 
-    fn on_admin(&mut self, req: AdminRequest) -> AdminResponse {
-        match req {
-            AdminRequest::Status { .. } => AdminResponse::Status {
+    /// Answers an admin request (a lab fault may then hang this task).
+    fn on_admin(&mut self, req: OwnerRequest, reply: oneshot::Sender<AdminResponse>) {
+        let mut hang = None;
+        let resp = match req {
+            OwnerRequest::Hang { seconds } => match self.fault_injection_refusal() {
+                Some(refusal) => refusal,
+                None => {
+                    let seconds = seconds.clamp(1, 60);
+                    warn!(target: ADMIN, seconds, "fault injection: the service hangs");
+                    hang = Some(Duration::from_secs(seconds));
+                    AdminResponse::done(format!("the service hangs for {seconds} s"))
+                }
+            },
+            OwnerRequest::Status => AdminResponse::Status {
                 status: Box::new(self.status()),
             },
-            AdminRequest::KillApi => {
-                if let Some(refusal) = self.fault_injection_refusal() {
-                    return refusal;
+            OwnerRequest::KillApi => match self.fault_injection_refusal() {
+                Some(refusal) => refusal,
+                None => {
+                    warn!(target: ADMIN, "fault injection: the northbound API dies");
+                    // The HA agent's API check fails from now on; the node
+                    // goes FAULT and hands over until it is restarted.
+                    self.api_dead.send_replace(true);
+                    AdminResponse::done("the northbound API died: restart escd to bring it back")
                 }
-                warn!(target: ADMIN, "fault injection: the northbound API dies");
-                // The HA agent's API check fails from now on; the node goes
-                // FAULT and hands over until it is restarted.
-                self.api_dead.send_replace(true);
-                AdminResponse::done("the northbound API died: restart escd to bring it back")
-            }
-            AdminRequest::Reload => {
+            },
+            OwnerRequest::Reload => {
                 // Only a valid configuration is applied; otherwise nothing changes.
                 let checked = Config::load(&self.home)
                     .map_err(|e| e.to_string())
@@ -661,45 +651,47 @@ impl Owner {
                     }
                 }
             }
-            AdminRequest::Promote { reason, force } => {
-                info!(target: ADMIN, %reason, force, "escadm ha promote");
-                if self.core.role() == Role::Primary {
-                    return AdminResponse::done("already primary");
-                }
-                if let Some(why) = self.core.promotion_blocker() {
-                    if !force {
-                        warn!(target: ADMIN, %why, "promotion refused");
-                        return AdminResponse::refused(format!(
-                            "promotion refused: {why}. Check `escadm status --v`; `--force` promotes anyway"
-                        ));
-                    }
-                    warn!(target: ADMIN, %why, "promotion forced by the operator");
-                }
-                self.input(Input::Promote {
-                    reason: format!("operator: {reason}"),
-                });
-                AdminResponse::done("promoted to primary")
-            }
-            AdminRequest::Demote { reason } => {
+            OwnerRequest::Promote { reason, force } => self.promote(reason, force),
+            OwnerRequest::Demote { reason } => {
                 info!(target: ADMIN, %reason, "escadm ha demote");
                 if self.core.role() == Role::Standby {
-                    return AdminResponse::done("already standby");
+                    AdminResponse::done("already standby")
+                } else {
+                    self.input(Input::Demote {
+                        reason: format!("operator: {reason}"),
+                    });
+                    AdminResponse::done("demoted to standby")
                 }
-                self.input(Input::Demote {
-                    reason: format!("operator: {reason}"),
-                });
-                AdminResponse::done("demoted to standby")
             }
-            // Answered by the admin task (I/O, the agent), or above.
-            AdminRequest::Health
-            | AdminRequest::OpModeSet { .. }
-            | AdminRequest::OpModeShow
-            | AdminRequest::IpTrans
-            | AdminRequest::Switchover
-            | AdminRequest::Hang { .. } => AdminResponse::refused(
-                "this request is answered by the admin socket, not the owner task",
-            ),
+        };
+        let _ = reply.send(resp);
+        if let Some(d) = hang {
+            // The fault itself: this task stops answering (the HA agent, on
+            // its own thread, sees it as a failed probe).
+            std::thread::sleep(d);
         }
+    }
+
+    /// `escadm ha promote` on a node without a peer (in a pair the role
+    /// authority answers it).
+    fn promote(&mut self, reason: String, force: bool) -> AdminResponse {
+        info!(target: ADMIN, %reason, force, "escadm ha promote");
+        if self.core.role() == Role::Primary {
+            return AdminResponse::done("already primary");
+        }
+        if let Some(why) = self.core.promotion_blocker() {
+            if !force {
+                warn!(target: ADMIN, %why, "promotion refused");
+                return AdminResponse::refused(format!(
+                    "promotion refused: {why}. Check `escadm status --v`; `--force` promotes anyway"
+                ));
+            }
+            warn!(target: ADMIN, %why, "promotion forced by the operator");
+        }
+        self.input(Input::Promote {
+            reason: format!("operator: {reason}"),
+        });
+        AdminResponse::done("promoted to primary")
     }
 
     /// The node's status, O(1) in the managed state: every part is a field
