@@ -54,7 +54,7 @@ use esc_authority::authority::{
     Config as AuthConfig, Input as AIn, Output as AOut, Role as ARole, VrrpState, VrrpView,
     PRIMARY_PRIORITY,
 };
-use esc_authority::trace::{Recorder as CoreRecorder, WitnessInit};
+use esc_authority::trace::{Recorder as CoreRecorder, WitnessInit, WitnessRecorder};
 use esc_authority::{
     Authority, ReplView, TwoNodeTiming, Witness, WitnessReply, WitnessRequest, WitnessState,
 };

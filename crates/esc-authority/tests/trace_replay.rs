@@ -18,7 +18,7 @@
 use esc_authority::authority::{
     Config, Input, Output, ReplView, Role, VrrpState, VrrpView, PRIMARY_PRIORITY,
 };
-use esc_authority::trace::{replay, Mismatch, Recorder, WitnessInit};
+use esc_authority::trace::{replay, Mismatch, Recorder, WitnessInit, WitnessRecorder};
 use esc_authority::{Authority, Witness, WitnessRequest, WitnessState};
 use std::collections::VecDeque;
 

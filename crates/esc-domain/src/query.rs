@@ -18,9 +18,19 @@ pub fn deployments(
     limit: usize,
 ) -> Result<Vec<Deployment>, StateError> {
     let after = after.map(keys::deployment);
+    decoded(state, keys::DEPLOYMENT, after.as_deref(), limit)
+}
+
+/// The values under `prefix` after the key `after`, decoded, in key order.
+fn decoded<T: serde::de::DeserializeOwned>(
+    state: &dyn StateRead,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<T>, StateError> {
     let mut out = Vec::new();
     let mut bad = None;
-    state.scan(keys::DEPLOYMENT, after.as_deref(), limit, &mut |k, v| {
+    state.scan(prefix, after, limit, &mut |k, v| {
         match decode(k, v) {
             Ok(d) => out.push(d),
             Err(e) => bad = Some(e),
@@ -51,20 +61,7 @@ pub fn idempotency(
 
 /// Events of the outbox after id `after`, oldest first, at most `limit`.
 pub fn events(state: &dyn StateRead, after: u64, limit: usize) -> Result<Vec<Event>, StateError> {
-    let from = keys::event(after);
-    let mut out = Vec::new();
-    let mut bad = None;
-    state.scan(keys::EVENT, Some(&from), limit, &mut |k, v| {
-        match decode(k, v) {
-            Ok(e) => out.push(e),
-            Err(e) => bad = Some(e),
-        }
-        bad.is_none()
-    })?;
-    match bad {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    decoded(state, keys::EVENT, Some(&keys::event(after)), limit)
 }
 
 pub fn event_count(state: &dyn StateRead) -> Result<u64, StateError> {

@@ -233,13 +233,16 @@ fn scan_table(
     Ok(())
 }
 
+fn table_get(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(key)?.map(|v| v.value().to_vec()))
+}
+
 impl StateRead for TxState<'_, '_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .table
-            .get(key)
-            .map_err(StoreError::from)?
-            .map(|v| v.value().to_vec()))
+        Ok(table_get(&*self.table, key)?)
     }
 
     fn scan(
@@ -281,11 +284,7 @@ pub struct StateReader {
 
 impl StateRead for StateReader {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .table
-            .get(key)
-            .map_err(StoreError::from)?
-            .map(|v| v.value().to_vec()))
+        Ok(table_get(&self.table, key)?)
     }
 
     fn scan(
