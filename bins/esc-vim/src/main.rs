@@ -1,0 +1,93 @@
+//! `esc-vim`: the lab's VIM, an OpenStack-compatible service (see the
+//! `esc-vim` library). Thin: parses its arguments, reads the password file,
+//! serves.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Serve the OpenStack API subset of the lab's VIM.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+    /// The URL clients reach this VIM at (the catalog's endpoints);
+    /// default `http://<listen>`.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// The one account: user name.
+    #[arg(long, default_value = "admin")]
+    user: String,
+    /// File holding the account's password (no default password).
+    #[arg(long)]
+    password_file: PathBuf,
+    /// The project tokens are scoped to.
+    #[arg(long, default_value = "vnf")]
+    project: String,
+    /// vCPUs the VIM can host.
+    #[arg(long, default_value_t = 512)]
+    vcpus: u32,
+    /// RAM the VIM can host, MiB.
+    #[arg(long, default_value_t = 1 << 20)]
+    ram_mb: u64,
+    /// How long a new server stays in BUILD, ms.
+    #[arg(long, default_value_t = 200)]
+    build_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let password = match std::fs::read_to_string(&args.password_file) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        Ok(_) => {
+            eprintln!(
+                "esc-vim: {} is empty: write the account's password into it",
+                args.password_file.display()
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("esc-vim: cannot read {}: {e}", args.password_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("esc-vim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cloud = esc_vim::Cloud::lab(esc_vim::Capacity {
+        vcpus: args.vcpus,
+        ram_mb: args.ram_mb,
+        build_ms: args.build_ms,
+        ..esc_vim::Capacity::default()
+    });
+    let creds = esc_vim::Credentials {
+        user: args.user,
+        password,
+        project: args.project,
+    };
+    let base = args
+        .public_url
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!("esc-vim: serving on {} (catalog at {base})", args.listen);
+        esc_vim::serve(listener, cloud, creds, base).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("esc-vim: cannot serve on {}: {e}", args.listen);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `esc-vim`, the lab's VIM (issue 11, item 4): a small service that speaks
+//! the subset of the OpenStack APIs the manager uses, so the manager's VIM
+//! driver is exercised as it would be against a real OpenStack, and a real
+//! OpenStack client (openstacksdk, the `openstack` CLI) can drive it too.
+//!
+//! ```text
+//!   client ──HTTP──> api (axum: routing, tokens, JSON shapes of the API reference)
+//!                      │  one lock
+//!                      v
+//!                    cloud::Cloud (sans-IO: flavors, images, networks, ports,
+//!                                  servers, capacity; time is an input)
+//! ```
+//!
+//! # Layout
+//! - [`cloud`]: the VIM's state and its rules (capacity as Nova accounts
+//!   it, server states and actions, port addresses), deterministic.
+//! - [`api`]: the HTTP surface: Identity v3 (password tokens with a
+//!   catalog), Compute v2.1, Images v2, Networking v2.0, version documents
+//!   for discovery.
+//!
+//! What it does not do yet (issue 11): run servers as network namespaces
+//! or shared-process addresses, and fault injection outside the API.
+
+pub mod api;
+pub mod cloud;
+
+pub use api::{serve, Credentials};
+pub use cloud::{Capacity, Cloud};
