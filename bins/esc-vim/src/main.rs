@@ -36,6 +36,9 @@ struct Args {
     /// How long a new server stays in BUILD, ms.
     #[arg(long, default_value_t = 200)]
     build_ms: u64,
+    /// How long a token is valid, s.
+    #[arg(long, default_value_t = 3600)]
+    token_ttl_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         user: args.user,
         password,
         project: args.project,
+        token_ttl: std::time::Duration::from_secs(args.token_ttl_s),
     };
     let base = args
         .public_url

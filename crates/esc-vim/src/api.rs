@@ -29,15 +29,28 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long a token is valid (Keystone's default is an hour).
+/// How long a token is valid by default (Keystone's default is an hour).
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// The one account of the VIM (no default: the binary requires them).
-#[derive(Debug, Clone)]
+/// The one account of the VIM (no default: the binary requires them), and
+/// how long its tokens live.
+#[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
     pub project: String,
+    pub token_ttl: Duration,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("project", &self.project)
+            .field("token_ttl", &self.token_ttl)
+            .finish()
+    }
 }
 
 const DOMAIN: &str = "default";
@@ -292,7 +305,7 @@ async fn issue_token(State(vim): State<Vim>, body: Option<Json<Value>>) -> Respo
     let mut raw = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
     let token = hex::encode(raw);
-    let expires = Instant::now() + TOKEN_TTL;
+    let expires = Instant::now() + vim.creds.token_ttl;
     {
         let mut g = vim.lock();
         // Expired tokens go (bounded by how many a client asks for per hour).
@@ -325,7 +338,7 @@ fn token_body(vim: &Vim) -> Value {
         "user": { "id": USER_ID, "name": vim.creds.user, "domain": domain, "password_expires_at": null },
         "audit_ids": ["esc-vim"],
         "issued_at": iso(now),
-        "expires_at": iso(now + TOKEN_TTL.as_millis() as u64),
+        "expires_at": iso(now + vim.creds.token_ttl.as_millis() as u64),
         "project": { "id": PROJECT_ID, "name": vim.creds.project, "domain": domain },
         "is_domain": false,
         "roles": [{ "id": "admin-role", "name": "admin" }, { "id": "member-role", "name": "member" }],

@@ -1,0 +1,99 @@
+//! The resources as the manager sees them, parsed from the API reference's
+//! JSON (unknown fields ignored: services add fields across versions).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Flavor {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    /// MiB.
+    pub ram: u64,
+    /// GiB.
+    pub disk: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+}
+
+/// One address of a server (Compute API reference, "addresses").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Address {
+    pub addr: String,
+    #[serde(default)]
+    pub version: u8,
+}
+
+/// A server's fault (why it is in ERROR).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub code: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    /// `BUILD`, `ACTIVE`, `REBOOT`, `HARD_REBOOT`, `SHUTOFF`, `ERROR`, ...
+    pub status: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// By network name.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, Vec<Address>>,
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+/// What "Create Server" takes (Compute API reference): names are resolved
+/// to ids by the caller (`find_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateServer {
+    pub name: String,
+    pub image_id: String,
+    pub flavor_id: String,
+    /// Network ids, each with an optional fixed address.
+    pub networks: Vec<(String, Option<String>)>,
+    pub metadata: BTreeMap<String, String>,
+    /// Base64 (the API takes it encoded).
+    pub user_data: Option<String>,
+}
+
+impl CreateServer {
+    pub fn body(&self) -> serde_json::Value {
+        let networks: Vec<serde_json::Value> = self
+            .networks
+            .iter()
+            .map(|(id, ip)| match ip {
+                Some(ip) => serde_json::json!({ "uuid": id, "fixed_ip": ip }),
+                None => serde_json::json!({ "uuid": id }),
+            })
+            .collect();
+        let mut s = serde_json::json!({
+            "name": self.name,
+            "imageRef": self.image_id,
+            "flavorRef": self.flavor_id,
+            "networks": networks,
+            "metadata": self.metadata,
+        });
+        if let Some(u) = &self.user_data {
+            s["user_data"] = serde_json::Value::String(u.clone());
+        }
+        serde_json::json!({ "server": s })
+    }
+}
