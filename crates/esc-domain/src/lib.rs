@@ -18,10 +18,13 @@
 //!   `StateMachine`).
 //! - [`query`]: typed reads of the state (the API's and the admin's).
 //! - [`keys`]: the layout of the state map.
+//! - [`model`]: the service's model (tenants, deployments with VM groups),
+//!   its validation naming each field, ESC's and SOL 003's states.
 
 pub mod apply;
 pub mod command;
 pub mod keys;
+pub mod model;
 pub mod outcome;
 pub mod query;
 

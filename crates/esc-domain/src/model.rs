@@ -1,0 +1,504 @@
+//! The service's model (issue 11, item 1): tenants and deployments holding
+//! VM groups, in JSON, strictly validated; every error names the field
+//! (`vm_groups[0].scaling.min_active: ...`). The states carry ESC's names;
+//! lifecycle operations carry ETSI NFV-SOL 003's.
+//!
+//! Not wired into the commands yet: the lifecycle operations of the next
+//! step apply it.
+
+use crate::command::{check_name, InvalidCommand};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Bounds of a deployment (every list has one; style: a limit on everything).
+pub const VM_GROUPS_MAX: usize = 32;
+pub const VMS_PER_GROUP_MAX: u32 = 1_000;
+pub const INTERFACES_MAX: usize = 16;
+pub const CONFIG_FILES_MAX: usize = 16;
+pub const CONFIG_FILE_BYTES_MAX: usize = 64 * 1024;
+pub const RETRIES_MAX: u32 = 10;
+pub const RECOVERY_WAIT_S_MAX: u64 = 3_600;
+
+/// A tenant (ESC's `tenant`: the owner of deployments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A deployment as a client asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub name: String,
+    pub tenant: String,
+    /// None: a deployment of no VM (it is active at once).
+    #[serde(default)]
+    pub vm_groups: Vec<VmGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmGroup {
+    pub name: String,
+    /// An image of the VIM, by name.
+    pub image: String,
+    /// A flavor of the VIM, by name.
+    pub flavor: String,
+    pub scaling: Scaling,
+    pub interfaces: Vec<Interface>,
+    /// Day-0 configuration, delivered to each VM at creation.
+    #[serde(default)]
+    pub config_data: Vec<ConfigFile>,
+    #[serde(default)]
+    pub recovery_policy: RecoveryPolicy,
+}
+
+/// How many VMs: the group starts with `min_active`, scaling keeps it
+/// between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    pub min_active: u32,
+    pub max_active: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// ESC's `nicid`: the interface's position on the VM, from 0.
+    pub nicid: u8,
+    /// A network of the VIM, by name.
+    pub network: String,
+    /// Fixed addresses, one per VM index (at most `max_active`); none: the
+    /// VIM assigns them.
+    #[serde(default)]
+    pub ip_addresses: Vec<std::net::Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the VM finds it (an absolute path).
+    pub file: String,
+    pub data: String,
+}
+
+/// What a failed VM gets (ESC's recovery policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryPolicy {
+    #[serde(default = "RecoveryPolicy::default_action")]
+    pub action: RecoveryAction,
+    #[serde(default = "RecoveryPolicy::default_retries")]
+    pub max_retries: u32,
+    /// Wait before a recovery, seconds.
+    #[serde(default)]
+    pub recovery_wait_time: u64,
+}
+
+impl RecoveryPolicy {
+    fn default_action() -> RecoveryAction {
+        RecoveryAction::RebootThenRedeploy
+    }
+
+    fn default_retries() -> u32 {
+        3
+    }
+}
+
+impl Default for RecoveryPolicy {
+    fn default() -> RecoveryPolicy {
+        RecoveryPolicy {
+            action: RecoveryPolicy::default_action(),
+            max_retries: RecoveryPolicy::default_retries(),
+            recovery_wait_time: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RecoveryAction {
+    RebootThenRedeploy,
+    RebootOnly,
+    RedeployOnly,
+}
+
+/// A deployment's state, in ESC's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceState {
+    #[serde(rename = "SERVICE_DEPLOYING_STATE")]
+    Deploying,
+    #[serde(rename = "SERVICE_ACTIVE_STATE")]
+    Active,
+    #[serde(rename = "SERVICE_UPDATING_STATE")]
+    Updating,
+    #[serde(rename = "SERVICE_ERROR_STATE")]
+    Error,
+    #[serde(rename = "SERVICE_UNDEPLOYING_STATE")]
+    Undeploying,
+}
+
+/// A VM's state, in ESC's words. ALIVE: the VIM reports it running and its
+/// bootup check answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    #[serde(rename = "VM_DEPLOYING_STATE")]
+    Deploying,
+    #[serde(rename = "VM_ALIVE_STATE")]
+    Alive,
+    #[serde(rename = "VM_ERROR_STATE")]
+    Error,
+    #[serde(rename = "VM_SHUTOFF_STATE")]
+    Shutoff,
+    #[serde(rename = "VM_REBOOTING_STATE")]
+    Rebooting,
+    #[serde(rename = "VM_UNDEPLOYING_STATE")]
+    Undeploying,
+}
+
+/// A lifecycle operation occurrence's state (ETSI NFV-SOL 003, "LcmOperationStateType").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationState {
+    Starting,
+    Processing,
+    Completed,
+    FailedTemp,
+    Failed,
+    RollingBack,
+    RolledBack,
+}
+
+impl OperationState {
+    /// No further step will run on its own.
+    pub fn settled(self) -> bool {
+        matches!(
+            self,
+            OperationState::Completed
+                | OperationState::Failed
+                | OperationState::FailedTemp
+                | OperationState::RolledBack
+        )
+    }
+}
+
+/// The VIM server of one VM: its name and metadata derive from the
+/// deployment, the group, the index and the generation (bumped by each
+/// redeploy), so a lookup before a create finds a server an earlier
+/// primary made and never makes a second one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VmKey {
+    pub deployment_id: String,
+    pub group: String,
+    pub index: u32,
+    pub generation: u32,
+}
+
+impl VmKey {
+    /// `esc-<deployment id>-<group>-<index>-g<generation>`.
+    pub fn server_name(&self) -> String {
+        format!(
+            "esc-{}-{}-{}-g{}",
+            self.deployment_id, self.group, self.index, self.generation
+        )
+    }
+
+    /// The metadata every server of this manager carries (how the new
+    /// primary finds what the old one made).
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        vec![
+            ("esc_managed".into(), "true".into()),
+            ("esc_deployment".into(), self.deployment_id.clone()),
+            ("esc_group".into(), self.group.clone()),
+            ("esc_index".into(), self.index.to_string()),
+            ("esc_generation".into(), self.generation.to_string()),
+        ]
+    }
+}
+
+fn at(path: &str, message: impl Into<String>) -> InvalidField {
+    InvalidField {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A model that must not be accepted; `path` names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InvalidField {
+    pub path: String,
+    pub message: String,
+}
+
+impl From<(&str, InvalidCommand)> for InvalidField {
+    fn from((path, e): (&str, InvalidCommand)) -> InvalidField {
+        at(path, e.message)
+    }
+}
+
+/// Parses JSON into `T`; an error names the field (its path) and says what
+/// was expected.
+pub fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, InvalidField> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        at(&path, e.into_inner().to_string())
+    })
+}
+
+fn name(path: &str, v: &str) -> Result<(), InvalidField> {
+    check_name(v).map_err(|e| (path, e).into())
+}
+
+impl Tenant {
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        name("name", &self.name)?;
+        if self.description.len() > 1024 {
+            return Err(at("description", "must be at most 1024 characters"));
+        }
+        Ok(())
+    }
+}
+
+impl DeploymentSpec {
+    /// The rules across fields that the types do not say.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        name("name", &self.name)?;
+        name("tenant", &self.tenant)?;
+        if self.vm_groups.len() > VM_GROUPS_MAX {
+            return Err(at("vm_groups", format!("at most {VM_GROUPS_MAX} groups")));
+        }
+        let mut groups = BTreeSet::new();
+        for (g, group) in self.vm_groups.iter().enumerate() {
+            let p = |f: &str| format!("vm_groups[{g}].{f}");
+            name(&p("name"), &group.name)?;
+            if !groups.insert(group.name.as_str()) {
+                return Err(at(
+                    &p("name"),
+                    format!("{:?} is used by another group", group.name),
+                ));
+            }
+            name(&p("image"), &group.image)?;
+            name(&p("flavor"), &group.flavor)?;
+            let s = group.scaling;
+            if s.min_active == 0 {
+                return Err(at(&p("scaling.min_active"), "must be at least 1"));
+            }
+            if s.max_active < s.min_active {
+                return Err(at(
+                    &p("scaling.max_active"),
+                    format!("must be at least min_active ({})", s.min_active),
+                ));
+            }
+            if s.max_active > VMS_PER_GROUP_MAX {
+                return Err(at(
+                    &p("scaling.max_active"),
+                    format!("at most {VMS_PER_GROUP_MAX}"),
+                ));
+            }
+            if group.interfaces.is_empty() || group.interfaces.len() > INTERFACES_MAX {
+                return Err(at(
+                    &p("interfaces"),
+                    format!("1 to {INTERFACES_MAX} interfaces"),
+                ));
+            }
+            let mut nics = BTreeSet::new();
+            for (i, nic) in group.interfaces.iter().enumerate() {
+                let pi = |f: &str| p(&format!("interfaces[{i}].{f}"));
+                if !nics.insert(nic.nicid) {
+                    return Err(at(
+                        &pi("nicid"),
+                        format!("{} is used by another interface", nic.nicid),
+                    ));
+                }
+                name(&pi("network"), &nic.network)?;
+                if nic.ip_addresses.len() > s.max_active as usize {
+                    return Err(at(
+                        &pi("ip_addresses"),
+                        format!("one address per VM: at most max_active ({})", s.max_active),
+                    ));
+                }
+                let distinct: BTreeSet<_> = nic.ip_addresses.iter().collect();
+                if distinct.len() != nic.ip_addresses.len() {
+                    return Err(at(&pi("ip_addresses"), "an address is given twice"));
+                }
+            }
+            if group.config_data.len() > CONFIG_FILES_MAX {
+                return Err(at(
+                    &p("config_data"),
+                    format!("at most {CONFIG_FILES_MAX} files"),
+                ));
+            }
+            for (c, f) in group.config_data.iter().enumerate() {
+                let pc = |x: &str| p(&format!("config_data[{c}].{x}"));
+                if !f.file.starts_with('/') || f.file.len() > 255 || f.file.contains("..") {
+                    return Err(at(
+                        &pc("file"),
+                        "must be an absolute path without `..`, at most 255 characters",
+                    ));
+                }
+                if f.data.len() > CONFIG_FILE_BYTES_MAX {
+                    return Err(at(
+                        &pc("data"),
+                        format!("at most {CONFIG_FILE_BYTES_MAX} bytes"),
+                    ));
+                }
+            }
+            let r = group.recovery_policy;
+            if r.max_retries > RETRIES_MAX {
+                return Err(at(
+                    &p("recovery_policy.max_retries"),
+                    format!("at most {RETRIES_MAX}"),
+                ));
+            }
+            if r.recovery_wait_time > RECOVERY_WAIT_S_MAX {
+                return Err(at(
+                    &p("recovery_policy.recovery_wait_time"),
+                    format!("at most {RECOVERY_WAIT_S_MAX} seconds"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a client's JSON.
+    pub fn from_json(json: &[u8]) -> Result<DeploymentSpec, InvalidField> {
+        let d: DeploymentSpec = parse(json)?;
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// The VMs the deployment starts with, in order.
+    pub fn initial_vms(&self, deployment_id: &str) -> Vec<VmKey> {
+        self.vm_groups
+            .iter()
+            .flat_map(|g| {
+                (0..g.scaling.min_active).map(move |index| VmKey {
+                    deployment_id: deployment_id.to_string(),
+                    group: g.name.clone(),
+                    index,
+                    generation: 0,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "name": "dep1",
+            "tenant": "t1",
+            "vm_groups": [{
+                "name": "g1", "image": "vnf-image", "flavor": "m1.small",
+                "scaling": { "min_active": 2, "max_active": 3 },
+                "interfaces": [{ "nicid": 0, "network": "vnf-net", "ip_addresses": ["203.0.113.20", "203.0.113.21"] }],
+                "config_data": [{ "file": "/etc/vnf.conf", "data": "mode=fast\n" }],
+                "recovery_policy": { "action": "REBOOT_ONLY", "max_retries": 2 }
+            }]
+        })
+    }
+
+    fn error_of(v: serde_json::Value) -> String {
+        DeploymentSpec::from_json(&serde_json::to_vec(&v).unwrap())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_valid_deployment_parses_with_its_defaults_and_vms() {
+        let d = DeploymentSpec::from_json(&serde_json::to_vec(&valid()).unwrap()).unwrap();
+        assert_eq!(
+            d.vm_groups[0].recovery_policy.action,
+            RecoveryAction::RebootOnly
+        );
+        let vms = d.initial_vms("abc");
+        assert_eq!(vms.len(), 2);
+        assert_eq!(vms[1].server_name(), "esc-abc-g1-1-g0");
+        let none = DeploymentSpec::from_json(br#"{"name": "d", "tenant": "t"}"#).unwrap();
+        assert!(none.vm_groups.is_empty() && none.initial_vms("x").is_empty());
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let mut v = valid();
+        v["vm_groups"][0]["scaling"]["min_active"] = 0.into();
+        assert_eq!(
+            error_of(v),
+            "vm_groups[0].scaling.min_active: must be at least 1"
+        );
+        let mut v = valid();
+        v["vm_groups"][0]["scaling"]["max_active"] = 5000.into();
+        assert!(error_of(v).starts_with("vm_groups[0].scaling.max_active: at most"));
+        let mut v = valid();
+        v["vm_groups"][0]["interfaces"][0]["nicid"] = "zero".into();
+        assert!(
+            error_of(v).starts_with("vm_groups[0].interfaces[0].nicid: invalid type"),
+            ""
+        );
+        let mut v = valid();
+        v["vm_groups"][0]["colour"] = "red".into();
+        let e = error_of(v);
+        assert!(
+            e.starts_with("vm_groups[0]") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("tenant");
+        assert!(error_of(v).contains("missing field `tenant`"));
+        let mut v = valid();
+        v["vm_groups"][0]["interfaces"][0]["ip_addresses"] =
+            serde_json::json!(["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"]);
+        assert!(
+            error_of(v).starts_with("vm_groups[0].interfaces[0].ip_addresses: one address per VM")
+        );
+        let mut v = valid();
+        v["vm_groups"][0]["config_data"][0]["file"] = "../etc/passwd".into();
+        assert!(error_of(v).starts_with("vm_groups[0].config_data[0].file:"));
+        let mut v = valid();
+        v["vm_groups"][0]["recovery_policy"]["action"] = "PRAY".into();
+        assert!(error_of(v).starts_with("vm_groups[0].recovery_policy.action: unknown variant"));
+        let mut v = valid();
+        let g = v["vm_groups"][0].clone();
+        v["vm_groups"].as_array_mut().unwrap().push(g);
+        assert_eq!(
+            error_of(v),
+            "vm_groups[1].name: \"g1\" is used by another group"
+        );
+        assert_eq!(
+            DeploymentSpec::from_json(b"42").unwrap_err().path,
+            "body",
+            "a body of the wrong shape is the body's error"
+        );
+    }
+
+    #[test]
+    fn states_carry_escs_and_sol003s_names() {
+        assert_eq!(
+            serde_json::to_string(&ServiceState::Active).unwrap(),
+            "\"SERVICE_ACTIVE_STATE\""
+        );
+        assert_eq!(
+            serde_json::to_string(&VmState::Alive).unwrap(),
+            "\"VM_ALIVE_STATE\""
+        );
+        assert_eq!(
+            serde_json::to_string(&OperationState::FailedTemp).unwrap(),
+            "\"FAILED_TEMP\""
+        );
+        assert!(OperationState::FailedTemp.settled() && !OperationState::Processing.settled());
+    }
+}
