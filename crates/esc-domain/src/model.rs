@@ -502,3 +502,143 @@ mod tests {
         assert!(OperationState::FailedTemp.settled() && !OperationState::Processing.settled());
     }
 }
+
+/// What a lifecycle operation does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OperationKind {
+    /// Create every VM of the deployment's groups (`min_active` each).
+    Deploy { spec: DeploymentSpec },
+    /// Remove every server of the deployment, leftovers included.
+    Undeploy,
+}
+
+/// One VM's progress inside an operation (replicated: each change is a
+/// committed [`Step`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub key: VmKey,
+    /// The VIM server, once created or found.
+    pub server_id: Option<String>,
+    pub state: VmState,
+    pub error: Option<String>,
+}
+
+/// An operation occurrence (ETSI NFV-SOL 003's `VnfLcmOpOcc`), as
+/// replicated: the lifecycle core decides the next VIM call from it alone,
+/// so a new primary resumes it from its last committed step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub id: String,
+    pub deployment_id: String,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    /// In order (the deployment's groups, then index).
+    pub vms: Vec<VmRecord>,
+    pub error: Option<String>,
+}
+
+/// A step's result, proposed by the lifecycle core and committed through
+/// the log before the next step starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// The VM's server exists: created now, or found (made by an earlier
+    /// primary whose result was never committed) and adopted.
+    ServerBound {
+        op: String,
+        key: VmKey,
+        server_id: String,
+        adopted: bool,
+    },
+    VmActive {
+        op: String,
+        key: VmKey,
+    },
+    VmFailed {
+        op: String,
+        key: VmKey,
+        error: String,
+    },
+    /// The server is gone (deleted, or already absent).
+    ServerGone {
+        op: String,
+        server_id: String,
+    },
+    /// The operation ends in `state` (COMPLETED, FAILED_TEMP, ...).
+    Settled {
+        op: String,
+        state: OperationState,
+        error: Option<String>,
+    },
+}
+
+impl OperationRecord {
+    /// A new operation in STARTING: a deploy lists its VMs.
+    pub fn new(id: String, deployment_id: String, kind: OperationKind) -> OperationRecord {
+        let vms = match &kind {
+            OperationKind::Deploy { spec } => spec
+                .initial_vms(&deployment_id)
+                .into_iter()
+                .map(|key| VmRecord {
+                    key,
+                    server_id: None,
+                    state: VmState::Deploying,
+                    error: None,
+                })
+                .collect(),
+            OperationKind::Undeploy => Vec::new(),
+        };
+        OperationRecord {
+            id,
+            deployment_id,
+            kind,
+            state: OperationState::Starting,
+            vms,
+            error: None,
+        }
+    }
+
+    /// Applies a committed step (deterministic; a step for another
+    /// operation, or a repeated one, changes nothing).
+    pub fn apply(&mut self, step: &Step) {
+        let vm = |vms: &mut Vec<VmRecord>, key: &VmKey| vms.iter_mut().position(|v| &v.key == key);
+        match step {
+            Step::ServerBound {
+                op, key, server_id, ..
+            } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    self.vms[i]
+                        .server_id
+                        .get_or_insert_with(|| server_id.clone());
+                }
+                if self.state == OperationState::Starting {
+                    self.state = OperationState::Processing;
+                }
+            }
+            Step::VmActive { op, key } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    self.vms[i].state = VmState::Alive;
+                }
+            }
+            Step::VmFailed { op, key, error } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    self.vms[i].state = VmState::Error;
+                    self.vms[i].error = Some(error.clone());
+                }
+            }
+            Step::ServerGone { op, server_id } if *op == self.id => {
+                self.vms
+                    .retain(|v| v.server_id.as_deref() != Some(server_id));
+                if self.state == OperationState::Starting {
+                    self.state = OperationState::Processing;
+                }
+            }
+            Step::Settled { op, state, error } if *op == self.id && !self.state.settled() => {
+                self.state = *state;
+                self.error.clone_from(error);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! [`Lifecycle`]: the core. One `plan` decides every call from the records
+//! and the soft state; one handler per input.
+
+use esc_domain::model::{
+    OperationKind, OperationRecord, OperationState, Step, VmGroup, VmKey, VmState,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// VIM calls in flight at once, over every operation.
+    pub calls_in_flight_max: usize,
+    /// How often a building server is looked at again.
+    pub poll_ms: u64,
+    /// Backoff after a retryable VIM error: doubles from this...
+    pub retry_base_ms: u64,
+    /// ...up to this.
+    pub retry_max_ms: u64,
+    /// Attempts of one call before the operation is FAILED_TEMP.
+    pub call_retries_max: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            calls_in_flight_max: 64,
+            poll_ms: 500,
+            retry_base_ms: 200,
+            retry_max_ms: 5_000,
+            call_retries_max: 5,
+        }
+    }
+}
+
+/// A server as the VIM describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: String,
+    pub name: String,
+    /// Nova's status word.
+    pub status: String,
+    pub fault: Option<String>,
+}
+
+/// A VIM call to make (the runtime maps it to `esc-openstack`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VimCall {
+    /// The servers named exactly `name`.
+    Find {
+        name: String,
+    },
+    Create {
+        key: VmKey,
+        name: String,
+        group: Box<VmGroup>,
+    },
+    Show {
+        server_id: String,
+    },
+    Delete {
+        server_id: String,
+    },
+    /// Every server of the deployment (named `esc-<deployment>-...`).
+    ListDeployment {
+        deployment_id: String,
+    },
+}
+
+/// What the VIM answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Found(Vec<ServerInfo>),
+    Created {
+        server_id: String,
+    },
+    Shown(ServerInfo),
+    Deleted,
+    /// 404 (a Show or Delete of a server that is gone).
+    NotFound,
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// This node leads in `epoch`: start afresh from the records.
+    Lead {
+        epoch: u64,
+    },
+    /// This node no longer leads: forget everything, call nothing.
+    Unlead,
+    /// The committed operation records (every unsettled one), after a change.
+    Records(Vec<OperationRecord>),
+    Answer {
+        call: u64,
+        answer: Answer,
+    },
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// Make this VIM call; answer it with `Input::Answer { call, .. }`.
+    Call {
+        call: u64,
+        epoch: u64,
+        op: String,
+        vim: VimCall,
+    },
+    /// Commit this step through the log.
+    Propose(Step),
+}
+
+/// What a call or a proposed step is about, inside one operation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Vm(VmKey),
+    Server(String),
+    Deployment,
+    Settle,
+}
+
+type Slot = (String, Target);
+
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    cfg: Config,
+    epoch: Option<u64>,
+    records: BTreeMap<String, OperationRecord>,
+    next_call: u64,
+    /// Calls in flight: what they are about, and for a Create the key.
+    inflight: BTreeMap<u64, (Slot, VimCall)>,
+    /// Steps proposed and not yet seen in the records.
+    proposed: BTreeMap<Slot, Step>,
+    not_before: BTreeMap<Slot, u64>,
+    failures: BTreeMap<Slot, u32>,
+}
+
+impl Lifecycle {
+    pub fn new(cfg: Config) -> Lifecycle {
+        Lifecycle {
+            cfg,
+            ..Lifecycle::default()
+        }
+    }
+
+    pub fn calls_in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Lead { epoch } => {
+                self.forget();
+                self.epoch = Some(epoch);
+            }
+            Input::Unlead => {
+                self.forget();
+                self.epoch = None;
+                return out;
+            }
+            Input::Records(records) => self.on_records(records),
+            Input::Answer { call, answer } => self.on_answer(now_ms, call, answer, &mut out),
+            Input::Tick => {}
+        }
+        self.plan(now_ms, &mut out);
+        out
+    }
+
+    /// Soft state goes; the records stay (they are the truth).
+    fn forget(&mut self) {
+        self.inflight.clear();
+        self.proposed.clear();
+        self.not_before.clear();
+        self.failures.clear();
+    }
+
+    fn on_records(&mut self, records: Vec<OperationRecord>) {
+        self.records = records
+            .into_iter()
+            .filter(|r| !r.state.settled())
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let records = &self.records;
+        // A proposed step that the records now show is done; one of an
+        // operation that is gone or settled is moot.
+        self.proposed.retain(|(op, target), step| {
+            let Some(r) = records.get(op) else {
+                return false;
+            };
+            !match (target, step) {
+                (Target::Vm(k), Step::ServerBound { .. }) => {
+                    vm(r, k).is_some_and(|v| v.server_id.is_some())
+                }
+                (Target::Vm(k), Step::VmActive { .. }) => {
+                    vm(r, k).is_some_and(|v| v.state == VmState::Alive)
+                }
+                (Target::Vm(k), Step::VmFailed { .. }) => {
+                    vm(r, k).is_some_and(|v| v.state == VmState::Error)
+                }
+                (Target::Server(id), Step::ServerGone { .. }) => {
+                    !r.vms.iter().any(|v| v.server_id.as_deref() == Some(id))
+                }
+                _ => false,
+            }
+        });
+        self.not_before
+            .retain(|(op, _), _| records.contains_key(op));
+        self.failures.retain(|(op, _), _| records.contains_key(op));
+    }
+
+    fn busy(&self, slot: &Slot) -> bool {
+        self.proposed.contains_key(slot) || self.inflight.values().any(|(s, _)| s == slot)
+    }
+
+    fn waiting(&self, slot: &Slot, now_ms: u64) -> bool {
+        self.not_before.get(slot).is_some_and(|t| now_ms < *t)
+    }
+
+    fn call(&mut self, slot: Slot, vim: VimCall, out: &mut Vec<Output>) {
+        let Some(epoch) = self.epoch else { return };
+        self.next_call += 1;
+        let call = self.next_call;
+        out.push(Output::Call {
+            call,
+            epoch,
+            op: slot.0.clone(),
+            vim: vim.clone(),
+        });
+        self.inflight.insert(call, (slot, vim));
+    }
+
+    fn propose(&mut self, slot: Slot, step: Step, out: &mut Vec<Output>) {
+        if self.proposed.contains_key(&slot) {
+            return;
+        }
+        out.push(Output::Propose(step.clone()));
+        self.proposed.insert(slot, step);
+    }
+
+    /// Every call and settlement due now, in operation order.
+    fn plan(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.epoch.is_none() {
+            return;
+        }
+        let ops: Vec<OperationRecord> = self.records.values().cloned().collect();
+        for r in ops {
+            let settle = (r.id.clone(), Target::Settle);
+            match &r.kind {
+                OperationKind::Deploy { .. } => {
+                    if let Some(failed) = r.vms.iter().find(|v| v.state == VmState::Error) {
+                        let error = format!(
+                            "VM {} failed: {}",
+                            failed.key.server_name(),
+                            failed.error.as_deref().unwrap_or("unknown")
+                        );
+                        self.propose(
+                            settle,
+                            settled(&r.id, OperationState::FailedTemp, Some(error)),
+                            out,
+                        );
+                        continue;
+                    }
+                    if r.vms.iter().all(|v| v.state == VmState::Alive) {
+                        self.propose(settle, settled(&r.id, OperationState::Completed, None), out);
+                        continue;
+                    }
+                    for v in &r.vms {
+                        if self.inflight.len() >= self.cfg.calls_in_flight_max {
+                            return;
+                        }
+                        let slot = (r.id.clone(), Target::Vm(v.key.clone()));
+                        if v.state != VmState::Deploying
+                            || self.busy(&slot)
+                            || self.waiting(&slot, now_ms)
+                        {
+                            continue;
+                        }
+                        let vim = match &v.server_id {
+                            None => VimCall::Find {
+                                name: v.key.server_name(),
+                            },
+                            Some(id) => VimCall::Show {
+                                server_id: id.clone(),
+                            },
+                        };
+                        self.call(slot, vim, out);
+                    }
+                }
+                OperationKind::Undeploy => {
+                    let slot = (r.id.clone(), Target::Deployment);
+                    if self.inflight.len() < self.cfg.calls_in_flight_max
+                        && !self.busy(&slot)
+                        && !self.waiting(&slot, now_ms)
+                        && !self.proposed.contains_key(&settle)
+                    {
+                        let vim = VimCall::ListDeployment {
+                            deployment_id: r.deployment_id.clone(),
+                        };
+                        self.call(slot, vim, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_answer(&mut self, now_ms: u64, call: u64, answer: Answer, out: &mut Vec<Output>) {
+        // Unknown: a call of an earlier term, or of an operation gone.
+        let Some((slot, vim)) = self.inflight.remove(&call) else {
+            return;
+        };
+        let Some(r) = self.records.get(&slot.0).cloned() else {
+            return;
+        };
+        let op = slot.0.clone();
+        let target = slot.1.clone();
+        match (answer, &target, vim) {
+            (Answer::Failed { error, retryable }, _, _) => {
+                let n = self.failures.entry(slot.clone()).or_insert(0);
+                *n += 1;
+                if retryable && *n < self.cfg.call_retries_max {
+                    let wait = self
+                        .cfg
+                        .retry_base_ms
+                        .saturating_mul(1 << (*n - 1).min(16))
+                        .min(self.cfg.retry_max_ms);
+                    self.not_before.insert(slot, now_ms + wait);
+                } else {
+                    let why = format!("the VIM refused or kept failing ({n} attempt(s)): {error}");
+                    self.propose(
+                        (op.clone(), Target::Settle),
+                        settled(&op, OperationState::FailedTemp, Some(why)),
+                        out,
+                    );
+                }
+            }
+            (Answer::Found(servers), Target::Vm(key), VimCall::Find { name }) => {
+                self.failures.remove(&slot);
+                match servers.iter().find(|s| s.name == name) {
+                    // Made by an earlier primary whose result was never committed.
+                    Some(s) => {
+                        let step = Step::ServerBound {
+                            op: op.clone(),
+                            key: key.clone(),
+                            server_id: s.id.clone(),
+                            adopted: true,
+                        };
+                        self.propose(slot, step, out);
+                    }
+                    None => {
+                        let group = match &r.kind {
+                            OperationKind::Deploy { spec } => {
+                                spec.vm_groups.iter().find(|g| g.name == key.group).cloned()
+                            }
+                            OperationKind::Undeploy => None,
+                        };
+                        if let Some(group) = group {
+                            let vim = VimCall::Create {
+                                key: key.clone(),
+                                name,
+                                group: Box::new(group),
+                            };
+                            self.call(slot, vim, out);
+                        }
+                    }
+                }
+            }
+            (Answer::Created { server_id }, Target::Vm(key), _) => {
+                self.failures.remove(&slot);
+                let step = Step::ServerBound {
+                    op,
+                    key: key.clone(),
+                    server_id,
+                    adopted: false,
+                };
+                self.propose(slot, step, out);
+            }
+            (Answer::Shown(s), Target::Vm(key), _) => {
+                self.failures.remove(&slot);
+                match s.status.as_str() {
+                    "ACTIVE" => self.propose(
+                        slot.clone(),
+                        Step::VmActive {
+                            op,
+                            key: key.clone(),
+                        },
+                        out,
+                    ),
+                    "ERROR" => {
+                        let error = s
+                            .fault
+                            .unwrap_or_else(|| "the VIM reports the server in ERROR".into());
+                        self.propose(
+                            slot.clone(),
+                            Step::VmFailed {
+                                op,
+                                key: key.clone(),
+                                error,
+                            },
+                            out,
+                        );
+                    }
+                    _ => {
+                        self.not_before.insert(slot, now_ms + self.cfg.poll_ms);
+                    }
+                }
+            }
+            (Answer::NotFound, Target::Vm(key), VimCall::Show { .. }) => {
+                let error = "the server disappeared from the VIM".to_string();
+                self.propose(
+                    slot,
+                    Step::VmFailed {
+                        op,
+                        key: key.clone(),
+                        error,
+                    },
+                    out,
+                );
+            }
+            (Answer::Found(servers), Target::Deployment, _) => {
+                self.failures.remove(&slot);
+                if servers.is_empty() {
+                    self.propose(
+                        (op.clone(), Target::Settle),
+                        settled(&op, OperationState::Completed, None),
+                        out,
+                    );
+                    return;
+                }
+                // Look again once these deletes had time to take effect.
+                self.not_before.insert(slot, now_ms + self.cfg.poll_ms);
+                for s in servers {
+                    let slot = (op.clone(), Target::Server(s.id.clone()));
+                    if self.busy(&slot) || self.inflight.len() >= self.cfg.calls_in_flight_max {
+                        continue;
+                    }
+                    self.call(slot, VimCall::Delete { server_id: s.id }, out);
+                }
+            }
+            (Answer::Deleted | Answer::NotFound, Target::Server(id), _) => {
+                self.failures.remove(&slot);
+                let step = Step::ServerGone {
+                    op,
+                    server_id: id.clone(),
+                };
+                // Not kept as pending: the deployment's next listing shows
+                // whether it is gone.
+                out.push(Output::Propose(step));
+            }
+            // An answer that does not fit its call: the runtime's bug; the
+            // slot is free again and the plan calls anew.
+            _ => {}
+        }
+    }
+}
+
+fn vm<'a>(r: &'a OperationRecord, key: &VmKey) -> Option<&'a esc_domain::model::VmRecord> {
+    r.vms.iter().find(|v| &v.key == key)
+}
+
+fn settled(op: &str, state: OperationState, error: Option<String>) -> Step {
+    Step::Settled {
+        op: op.to_string(),
+        state,
+        error,
+    }
+}
