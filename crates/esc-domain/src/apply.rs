@@ -17,6 +17,8 @@ use serde::Serialize;
 /// Events kept in the outbox; older ones are dropped as new ones come (the
 /// notifier of a later issue delivers them well within that many).
 pub const OUTBOX_EVENTS_MAX: u64 = 10_000;
+/// Events one entry may produce (their ids are `index * 16 + n`).
+pub const EVENTS_PER_ENTRY_MAX: u64 = 16;
 
 /// The replicated domain; stateless itself (everything is in the state map).
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +33,14 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("in-memory JSON serialization")
+}
+
+pub(crate) fn write<T: Serialize>(
+    state: &mut dyn State,
+    key: &str,
+    v: &T,
+) -> Result<(), StateError> {
+    state.put(key, &encode(v))
 }
 
 pub(crate) fn read<T: DeserializeOwned>(
@@ -82,12 +92,12 @@ pub fn apply(index: u64, cmd: &Command, state: &mut dyn State) -> Result<Answer,
             return Ok(r.answer);
         }
     }
-    let (outcome, event) = match cmd.validate() {
-        Err(e) => (refused(Refused::Invalid(e.to_string())), None),
+    let (outcome, events) = match cmd.validate() {
+        Err(e) => (refused(Refused::Invalid(e.to_string())), Vec::new()),
         Ok(()) => change(cmd, state)?,
     };
-    if let Some(kind) = event {
-        emit(index, cmd, kind, state)?;
+    for (n, kind) in events.into_iter().enumerate() {
+        emit(index, n, cmd, kind, state)?;
     }
     let answer = Answer {
         tid: cmd.tid.clone(),
@@ -107,18 +117,15 @@ fn refused(refused: Refused) -> Outcome {
     Outcome::Refused { refused }
 }
 
-/// The change one valid command makes, and the event it produces.
-fn change(
-    cmd: &Command,
-    state: &mut dyn State,
-) -> Result<(Outcome, Option<EventKind>), StateError> {
+/// The change one valid command makes, and the events it produces.
+fn change(cmd: &Command, state: &mut dyn State) -> Result<(Outcome, Vec<EventKind>), StateError> {
     Ok(match &cmd.op {
         Op::CreateDeployment { id, name, spec } => {
             let k = keys::deployment(name);
             if state.get(&k)?.is_some() {
                 (
                     refused(Refused::DeploymentExists { name: name.clone() }),
-                    None,
+                    Vec::new(),
                 )
             } else {
                 let d = Deployment {
@@ -132,10 +139,10 @@ fn change(
                 add_count(state, keys::DEPLOYMENT_COUNT, 1)?;
                 (
                     Outcome::DeploymentCreated { deployment: d },
-                    Some(EventKind::DeploymentCreated {
+                    vec![EventKind::DeploymentCreated {
                         name: name.clone(),
                         id: id.clone(),
-                    }),
+                    }],
                 )
             }
         }
@@ -144,39 +151,61 @@ fn change(
                 add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
                 (
                     Outcome::DeploymentDeleted { name: name.clone() },
-                    Some(EventKind::DeploymentDeleted { name: name.clone() }),
+                    vec![EventKind::DeploymentDeleted { name: name.clone() }],
                 )
             } else {
                 (
                     refused(Refused::NoSuchDeployment { name: name.clone() }),
-                    None,
+                    Vec::new(),
                 )
             }
         }
+        Op::CreateTenant { tenant } => {
+            let k = keys::tenant(&tenant.name);
+            if state.get(&k)?.is_some() {
+                let name = tenant.name.clone();
+                (refused(Refused::TenantExists { name }), Vec::new())
+            } else {
+                state.put(&k, &encode(tenant))?;
+                let name = tenant.name.clone();
+                (Outcome::TenantCreated { name }, Vec::new())
+            }
+        }
+        Op::StartOperation {
+            op_id,
+            deployment,
+            kind,
+        } => crate::lifecycle::start(op_id, deployment, kind, state)?,
+        Op::RecordStep { step } => crate::lifecycle::record(step, state)?,
         Op::SetOpMode { mode } => {
             state.put(keys::OP_MODE, &encode(mode))?;
             (
                 Outcome::OpModeSet { mode: *mode },
-                Some(EventKind::OpModeChanged { mode: *mode }),
+                vec![EventKind::OpModeChanged { mode: *mode }],
             )
         }
     })
 }
 
 /// Appends to the outbox, dropping the oldest event past the bound.
+///
+/// The `n`th event of entry `index` has the id `index * 16 + n` (an entry
+/// emits at most [`EVENTS_PER_ENTRY_MAX`]): the same on every node.
 fn emit(
     index: u64,
+    n: usize,
     cmd: &Command,
     kind: EventKind,
     state: &mut dyn State,
 ) -> Result<(), StateError> {
+    let id = index.saturating_mul(EVENTS_PER_ENTRY_MAX) + (n as u64).min(EVENTS_PER_ENTRY_MAX - 1);
     let event = Event {
-        id: index,
+        id,
         at_ms: cmd.at_ms,
         tid: cmd.tid.clone(),
         kind,
     };
-    state.put(&keys::event(index), &encode(&event))?;
+    state.put(&keys::event(id), &encode(&event))?;
     if add_count(state, keys::EVENT_COUNT, 1)? > OUTBOX_EVENTS_MAX {
         let mut oldest = None;
         state.scan(keys::EVENT, None, 1, &mut |k, _| {

@@ -45,6 +45,21 @@ pub enum Op {
     SetOpMode {
         mode: OpMode,
     },
+    /// A tenant (the owner of services).
+    CreateTenant {
+        tenant: crate::model::Tenant,
+    },
+    /// A lifecycle operation on the service `deployment` (a deploy creates
+    /// it): one at a time per service.
+    StartOperation {
+        op_id: String,
+        deployment: String,
+        kind: crate::model::OperationKind,
+    },
+    /// A step's result, proposed by the primary's lifecycle runner.
+    RecordStep {
+        step: crate::model::Step,
+    },
 }
 
 /// Operation mode: in maintenance, northbound writes are refused
@@ -129,7 +144,29 @@ impl Op {
                 Ok(())
             }
             Op::DeleteDeployment { name } => check_name(name),
-            Op::SetOpMode { .. } => Ok(()),
+            Op::SetOpMode { .. } | Op::RecordStep { .. } => Ok(()),
+            Op::CreateTenant { tenant } => tenant
+                .validate()
+                .map_err(|e| invalid("tenant", e.to_string())),
+            Op::StartOperation {
+                op_id,
+                deployment,
+                kind,
+            } => {
+                if op_id.is_empty() || op_id.len() > 64 {
+                    return Err(invalid("op_id", "must be 1 to 64 characters"));
+                }
+                check_name(deployment)?;
+                match kind {
+                    crate::model::OperationKind::Deploy { spec } => {
+                        if spec.name != *deployment {
+                            return Err(invalid("spec.name", "must be the deployment's name"));
+                        }
+                        spec.validate().map_err(|e| invalid("spec", e.to_string()))
+                    }
+                    crate::model::OperationKind::Undeploy => Ok(()),
+                }
+            }
         }
     }
 
@@ -139,6 +176,14 @@ impl Op {
             Op::CreateDeployment { name, .. } => format!("create deployment {name}"),
             Op::DeleteDeployment { name } => format!("delete deployment {name}"),
             Op::SetOpMode { mode } => format!("set operation mode {}", mode.word()),
+            Op::CreateTenant { tenant } => format!("create tenant {}", tenant.name),
+            Op::StartOperation {
+                deployment, kind, ..
+            } => match kind {
+                crate::model::OperationKind::Deploy { .. } => format!("deploy {deployment}"),
+                crate::model::OperationKind::Undeploy => format!("undeploy {deployment}"),
+            },
+            Op::RecordStep { .. } => "record a lifecycle step".into(),
         }
     }
 }

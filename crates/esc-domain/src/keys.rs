@@ -7,6 +7,27 @@ pub const IDEMPOTENCY: &str = "idem/";
 pub const EVENT: &str = "event/";
 pub const OP_MODE: &str = "setting/op_mode";
 pub const DEPLOYMENT_COUNT: &str = "count/deployments";
+pub const TENANT: &str = "tenant/";
+pub const SERVICE: &str = "service/";
+pub const OPERATION: &str = "op/";
+/// Index of the unsettled operations (what the lifecycle runner reads).
+pub const ACTIVE_OPERATION: &str = "opactive/";
+
+pub fn tenant(name: &str) -> String {
+    format!("{TENANT}{name}")
+}
+
+pub fn service(name: &str) -> String {
+    format!("{SERVICE}{name}")
+}
+
+pub fn operation(id: &str) -> String {
+    format!("{OPERATION}{id}")
+}
+
+pub fn active_operation(id: &str) -> String {
+    format!("{ACTIVE_OPERATION}{id}")
+}
 pub const EVENT_COUNT: &str = "count/events";
 
 pub fn deployment(name: &str) -> String {

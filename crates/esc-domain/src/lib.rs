@@ -17,6 +17,8 @@
 //! - [`apply`]: [`Domain`], the deterministic application (the
 //!   `StateMachine`).
 //! - [`query`]: typed reads of the state (the API's and the admin's).
+//! - [`lifecycle`]: starting lifecycle operations and recording their
+//!   steps (the replicated side of the lifecycle core).
 //! - [`keys`]: the layout of the state map.
 //! - [`model`]: the service's model (tenants, deployments with VM groups),
 //!   its validation naming each field, ESC's and SOL 003's states.
@@ -24,6 +26,7 @@
 pub mod apply;
 pub mod command;
 pub mod keys;
+pub mod lifecycle;
 pub mod model;
 pub mod outcome;
 pub mod query;

@@ -503,6 +503,17 @@ mod tests {
     }
 }
 
+/// A service (a deployment with VM groups) as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub spec: DeploymentSpec,
+    pub state: ServiceState,
+    /// The operation in progress, if any (one at a time).
+    pub current_op: Option<String>,
+    /// The VMs as the last operation left them.
+    pub vms: Vec<VmRecord>,
+}
+
 /// What a lifecycle operation does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -26,6 +26,18 @@ pub enum Outcome {
     OpModeSet {
         mode: OpMode,
     },
+    TenantCreated {
+        name: String,
+    },
+    /// Accepted: the operation runs on the primary, step by step.
+    OperationStarted {
+        op_id: String,
+        deployment: String,
+    },
+    StepRecorded {
+        op_id: String,
+        state: crate::model::OperationState,
+    },
     /// Nothing changed, and why.
     Refused {
         refused: Refused,
@@ -40,6 +52,14 @@ pub enum Refused {
     DeploymentExists { name: String },
     #[error("no deployment {name:?}")]
     NoSuchDeployment { name: String },
+    #[error("tenant {name:?} already exists")]
+    TenantExists { name: String },
+    #[error("no tenant {name:?}: create it first")]
+    NoSuchTenant { name: String },
+    #[error("deployment {deployment:?} has operation {op_id} in progress: wait for it, or retry, roll back or fail it")]
+    OperationInProgress { deployment: String, op_id: String },
+    #[error("no operation {op_id}")]
+    NoSuchOperation { op_id: String },
     /// The key of an earlier command, for a different request.
     #[error("Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
@@ -76,9 +96,27 @@ pub struct Event {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    DeploymentCreated { name: String, id: String },
-    DeploymentDeleted { name: String },
-    OpModeChanged { mode: OpMode },
+    DeploymentCreated {
+        name: String,
+        id: String,
+    },
+    DeploymentDeleted {
+        name: String,
+    },
+    OpModeChanged {
+        mode: OpMode,
+    },
+    /// An ESC-style notification (`escEvent`): `VM_DEPLOYED`, `VM_ALIVE`,
+    /// `SERVICE_ALIVE`, `VM_UNDEPLOYED`, `SERVICE_UNDEPLOYED`, failures.
+    Esc {
+        event: String,
+        depname: String,
+        tenant: String,
+        vm_group: Option<String>,
+        vm_target: Option<String>,
+        status: String,
+        message: String,
+    },
 }

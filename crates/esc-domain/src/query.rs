@@ -67,3 +67,36 @@ pub fn events(state: &dyn StateRead, after: u64, limit: usize) -> Result<Vec<Eve
 pub fn event_count(state: &dyn StateRead) -> Result<u64, StateError> {
     count(state, keys::EVENT_COUNT)
 }
+
+/// The unsettled lifecycle operations, for the primary's runner (one read
+/// per operation in progress, none per settled one).
+pub fn active_operations(
+    state: &dyn StateRead,
+) -> Result<Vec<crate::model::OperationRecord>, StateError> {
+    let mut ids = Vec::new();
+    state.scan(keys::ACTIVE_OPERATION, None, usize::MAX, &mut |k, _| {
+        ids.push(k[keys::ACTIVE_OPERATION.len()..].to_string());
+        true
+    })?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(r) = read(state, &keys::operation(&id))? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+pub fn operation(
+    state: &dyn StateRead,
+    id: &str,
+) -> Result<Option<crate::model::OperationRecord>, StateError> {
+    read(state, &keys::operation(id))
+}
+
+pub fn service(
+    state: &dyn StateRead,
+    name: &str,
+) -> Result<Option<crate::model::ServiceRecord>, StateError> {
+    read(state, &keys::service(name))
+}

@@ -151,7 +151,11 @@ fn the_outbox_holds_events_by_log_index_and_stays_bounded() {
     apply(&mut s, 2, &cmd(2, None, "", create("a"))); // refused: no event
     apply(&mut s, 3, &cmd(3, None, "", delete("a")));
     let ev = query::events(&s, 0, 10).unwrap();
-    assert_eq!(ev.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(
+        ev.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [16, 48],
+        "ids: log index x 16 + the event's position"
+    );
     assert_eq!(
         ev[1].kind,
         EventKind::DeploymentDeleted { name: "a".into() }
@@ -166,5 +170,9 @@ fn the_outbox_holds_events_by_log_index_and_stays_bounded() {
     }
     assert_eq!(query::event_count(&s).unwrap(), OUTBOX_EVENTS_MAX);
     let first = query::events(&s, 0, 1).unwrap();
-    assert_eq!(first[0].id, 4, "the two oldest (1 and 3) were dropped");
+    assert_eq!(
+        first[0].id,
+        4 * 16,
+        "the two oldest (of entries 1 and 3) were dropped"
+    );
 }

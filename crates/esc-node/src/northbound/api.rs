@@ -268,10 +268,26 @@ fn render(answer: Answer, replayed: bool) -> Response {
             (StatusCode::OK, serde_json::json!({ "deleted": name }))
         }
         Outcome::OpModeSet { mode } => (StatusCode::OK, serde_json::json!({ "op_mode": mode })),
+        Outcome::TenantCreated { name } => {
+            (StatusCode::CREATED, serde_json::json!({ "tenant": name }))
+        }
+        // Accepted: durable on both nodes, carried out step by step.
+        Outcome::OperationStarted { op_id, deployment } => (
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "operation": op_id, "deployment": deployment }),
+        ),
+        Outcome::StepRecorded { op_id, state } => (
+            StatusCode::OK,
+            serde_json::json!({ "operation": op_id, "state": state }),
+        ),
         Outcome::Refused { refused } => {
             let status = match refused {
-                Refused::DeploymentExists { .. } => StatusCode::CONFLICT,
-                Refused::NoSuchDeployment { .. } => StatusCode::NOT_FOUND,
+                Refused::DeploymentExists { .. }
+                | Refused::TenantExists { .. }
+                | Refused::OperationInProgress { .. } => StatusCode::CONFLICT,
+                Refused::NoSuchDeployment { .. }
+                | Refused::NoSuchTenant { .. }
+                | Refused::NoSuchOperation { .. } => StatusCode::NOT_FOUND,
                 Refused::IdempotencyKeyReused | Refused::Invalid(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }

@@ -1,0 +1,233 @@
+//! The replicated side of lifecycle operations (issue 11, item 2): starting
+//! an operation on a service, and applying each step the primary's runner
+//! proposes, with the notifications they produce. Deterministic like the
+//! rest of `apply`: every node holds the same records and the same events.
+
+use crate::apply::{read, write};
+use crate::keys;
+use crate::model::{
+    OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState, Step, Tenant,
+    VmState,
+};
+use crate::outcome::{EventKind, Outcome, Refused};
+use esc_state::{State, StateError};
+
+fn refused(r: Refused) -> (Outcome, Vec<EventKind>) {
+    (Outcome::Refused { refused: r }, Vec::new())
+}
+
+fn esc_event(
+    event: &str,
+    service: &ServiceRecord,
+    vm: Option<(&str, &str)>,
+    status: &str,
+    message: String,
+) -> EventKind {
+    EventKind::Esc {
+        event: event.into(),
+        depname: service.spec.name.clone(),
+        tenant: service.spec.tenant.clone(),
+        vm_group: vm.map(|(g, _)| g.to_string()),
+        vm_target: vm.map(|(_, t)| t.to_string()),
+        status: status.into(),
+        message,
+    }
+}
+
+/// `StartOperation`: a deploy creates the service (its tenant must exist,
+/// the name be free); an undeploy needs the service and no operation in
+/// progress on it.
+pub fn start(
+    op_id: &str,
+    deployment: &str,
+    kind: &OperationKind,
+    state: &mut dyn State,
+) -> Result<(Outcome, Vec<EventKind>), StateError> {
+    if read::<OperationRecord>(state, &keys::operation(op_id))?.is_some() {
+        return Ok(refused(Refused::Invalid(format!(
+            "operation id {op_id} is already used"
+        ))));
+    }
+    let sk = keys::service(deployment);
+    let existing: Option<ServiceRecord> = read(state, &sk)?;
+    if let Some(op) = existing.as_ref().and_then(|s| s.current_op.clone()) {
+        return Ok(refused(Refused::OperationInProgress {
+            deployment: deployment.into(),
+            op_id: op,
+        }));
+    }
+    let (service, event) = match kind {
+        OperationKind::Deploy { spec } => {
+            if existing.is_some() || state.get(&keys::deployment(deployment))?.is_some() {
+                return Ok(refused(Refused::DeploymentExists {
+                    name: deployment.into(),
+                }));
+            }
+            if read::<Tenant>(state, &keys::tenant(&spec.tenant))?.is_none() {
+                return Ok(refused(Refused::NoSuchTenant {
+                    name: spec.tenant.clone(),
+                }));
+            }
+            let s = ServiceRecord {
+                spec: spec.clone(),
+                state: ServiceState::Deploying,
+                current_op: Some(op_id.into()),
+                vms: Vec::new(),
+            };
+            (s, "SERVICE_DEPLOYING")
+        }
+        OperationKind::Undeploy => {
+            let Some(mut s) = existing else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: deployment.into(),
+                }));
+            };
+            s.state = ServiceState::Undeploying;
+            s.current_op = Some(op_id.into());
+            (s, "SERVICE_UNDEPLOYING")
+        }
+    };
+    let mut record = OperationRecord::new(op_id.into(), deployment.into(), kind.clone());
+    if let OperationKind::Undeploy = kind {
+        // What the last deploy left is what the undeploy removes (and the
+        // VIM is listed for leftovers).
+        record.vms = service.vms.clone();
+    }
+    write(state, &keys::operation(op_id), &record)?;
+    state.put(&keys::active_operation(op_id), b"")?;
+    write(state, &sk, &service)?;
+    let ev = esc_event(
+        event,
+        &service,
+        None,
+        "SUCCESS",
+        format!("operation {op_id} accepted"),
+    );
+    Ok((
+        Outcome::OperationStarted {
+            op_id: op_id.into(),
+            deployment: deployment.into(),
+        },
+        vec![ev],
+    ))
+}
+
+/// `RecordStep`: applies a committed step to its operation and the
+/// service, with its notifications. A settled operation leaves the
+/// runner's index; a completed undeploy removes the service.
+pub fn record(step: &Step, state: &mut dyn State) -> Result<(Outcome, Vec<EventKind>), StateError> {
+    let op_id = match step {
+        Step::ServerBound { op, .. }
+        | Step::VmActive { op, .. }
+        | Step::VmFailed { op, .. }
+        | Step::ServerGone { op, .. }
+        | Step::Settled { op, .. } => op.clone(),
+    };
+    let ok = keys::operation(&op_id);
+    let Some(mut record) = read::<OperationRecord>(state, &ok)? else {
+        return Ok(refused(Refused::NoSuchOperation { op_id }));
+    };
+    let sk = keys::service(&record.deployment_id);
+    let Some(mut service) = read::<ServiceRecord>(state, &sk)? else {
+        return Ok(refused(Refused::NoSuchDeployment {
+            name: record.deployment_id.clone(),
+        }));
+    };
+    let was = record.clone();
+    record.apply(step);
+    let mut events = Vec::new();
+    if record != was {
+        match step {
+            Step::ServerBound {
+                key,
+                server_id,
+                adopted,
+                ..
+            } => events.push(esc_event(
+                "VM_DEPLOYED",
+                &service,
+                Some((&key.group, &key.server_name())),
+                "SUCCESS",
+                format!(
+                    "server {server_id} {}",
+                    if *adopted { "adopted" } else { "created" }
+                ),
+            )),
+            Step::VmActive { key, .. } => events.push(esc_event(
+                "VM_ALIVE",
+                &service,
+                Some((&key.group, &key.server_name())),
+                "SUCCESS",
+                "VM is alive".into(),
+            )),
+            Step::VmFailed { key, error, .. } => events.push(esc_event(
+                "VM_DEPLOYED",
+                &service,
+                Some((&key.group, &key.server_name())),
+                "FAILURE",
+                error.clone(),
+            )),
+            Step::ServerGone { server_id, .. } => events.push(esc_event(
+                "VM_UNDEPLOYED",
+                &service,
+                None,
+                "SUCCESS",
+                format!("server {server_id} deleted"),
+            )),
+            Step::Settled { .. } => {}
+        }
+    }
+    let settled_now = record.state.settled() && !was.state.settled();
+    if settled_now {
+        state.delete(&keys::active_operation(&op_id))?;
+        let failed = record.state != OperationState::Completed;
+        let message = record.error.clone().unwrap_or_else(|| "completed".into());
+        let status = if failed { "FAILURE" } else { "SUCCESS" };
+        match &record.kind {
+            OperationKind::Deploy { .. } => {
+                service.state = if failed {
+                    ServiceState::Error
+                } else {
+                    ServiceState::Active
+                };
+                service.vms = record.vms.clone();
+                service.current_op = None;
+                events.push(esc_event("SERVICE_ALIVE", &service, None, status, message));
+                write(state, &sk, &service)?;
+            }
+            OperationKind::Undeploy if !failed => {
+                state.delete(&sk)?;
+                events.push(esc_event(
+                    "SERVICE_UNDEPLOYED",
+                    &service,
+                    None,
+                    status,
+                    message,
+                ));
+            }
+            OperationKind::Undeploy => {
+                service.state = ServiceState::Error;
+                service.current_op = None;
+                events.push(esc_event(
+                    "SERVICE_UNDEPLOYED",
+                    &service,
+                    None,
+                    status,
+                    message,
+                ));
+                write(state, &sk, &service)?;
+            }
+        }
+    } else if record.vms.iter().all(|v| v.state == VmState::Alive) {
+        service.vms = record.vms.clone();
+        write(state, &sk, &service)?;
+    }
+    write(state, &ok, &record)?;
+    Ok((
+        Outcome::StepRecorded {
+            op_id,
+            state: record.state,
+        },
+        events,
+    ))
+}

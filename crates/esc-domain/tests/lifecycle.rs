@@ -1,0 +1,261 @@
+//! The replicated side of lifecycle operations: starting them, recording
+//! their steps, the service's state and the notifications, and every
+//! refusal (issue 11, items 1, 2 and 6).
+
+use esc_domain::model::{
+    DeploymentSpec, OperationKind, OperationState, ServiceState, Step, Tenant, VmKey,
+};
+use esc_domain::{query, Command, Domain, EventKind, Op, Outcome, Refused};
+use esc_state::{MemState, StateMachine};
+
+struct Log {
+    state: MemState,
+    index: u64,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log {
+            state: MemState::default(),
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> Outcome {
+        self.index += 1;
+        let cmd = Command {
+            tid: format!("t{}", self.index),
+            idempotency_key: None,
+            fingerprint: String::new(),
+            at_ms: self.index,
+            op,
+        };
+        Domain
+            .apply(self.index, &cmd.to_payload(), &mut self.state)
+            .unwrap()
+            .outcome
+    }
+
+    fn esc_events(&self) -> Vec<(String, String)> {
+        query::events(&self.state, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Esc { event, status, .. } => Some((event, status)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn spec(vms: u32) -> DeploymentSpec {
+    DeploymentSpec::from_json(
+        serde_json::json!({
+            "name": "web", "tenant": "t1",
+            "vm_groups": [{
+                "name": "g1", "image": "vnf-image", "flavor": "m1.small",
+                "scaling": { "min_active": vms, "max_active": vms },
+                "interfaces": [{ "nicid": 0, "network": "vnf-net" }]
+            }]
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn deploy(op_id: &str, vms: u32) -> Op {
+    Op::StartOperation {
+        op_id: op_id.into(),
+        deployment: "web".into(),
+        kind: OperationKind::Deploy { spec: spec(vms) },
+    }
+}
+
+fn key(i: u32) -> VmKey {
+    VmKey {
+        deployment_id: "web".into(),
+        group: "g1".into(),
+        index: i,
+        generation: 0,
+    }
+}
+
+fn step(s: Step) -> Op {
+    Op::RecordStep { step: s }
+}
+
+fn tenant(log: &mut Log) {
+    let t = Tenant {
+        name: "t1".into(),
+        description: String::new(),
+    };
+    assert_eq!(
+        log.apply(Op::CreateTenant { tenant: t }),
+        Outcome::TenantCreated { name: "t1".into() }
+    );
+}
+
+#[test]
+fn a_deploy_runs_step_by_step_to_an_active_service_with_its_notifications() {
+    let mut log = Log::new();
+    tenant(&mut log);
+    assert!(matches!(
+        log.apply(deploy("op1", 2)),
+        Outcome::OperationStarted { .. }
+    ));
+    let active = query::active_operations(&log.state).unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].vms.len(), 2);
+    for i in 0..2 {
+        log.apply(step(Step::ServerBound {
+            op: "op1".into(),
+            key: key(i),
+            server_id: format!("s{i}"),
+            adopted: i == 1,
+        }));
+        log.apply(step(Step::VmActive {
+            op: "op1".into(),
+            key: key(i),
+        }));
+    }
+    // A repeated step changes nothing and notifies nothing.
+    log.apply(step(Step::VmActive {
+        op: "op1".into(),
+        key: key(1),
+    }));
+    let done = log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+    assert_eq!(
+        done,
+        Outcome::StepRecorded {
+            op_id: "op1".into(),
+            state: OperationState::Completed
+        }
+    );
+    let service = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(service.state, ServiceState::Active);
+    assert_eq!(service.current_op, None);
+    assert_eq!(service.vms.len(), 2);
+    assert!(
+        query::active_operations(&log.state).unwrap().is_empty(),
+        "settled: out of the runner's index"
+    );
+    let names: Vec<String> = log.esc_events().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        names,
+        [
+            "SERVICE_DEPLOYING",
+            "VM_DEPLOYED",
+            "VM_ALIVE",
+            "VM_DEPLOYED",
+            "VM_ALIVE",
+            "SERVICE_ALIVE"
+        ]
+    );
+}
+
+#[test]
+fn what_must_not_start_is_refused_and_changes_nothing() {
+    let mut log = Log::new();
+    assert_eq!(
+        log.apply(deploy("op1", 1)),
+        Outcome::Refused {
+            refused: Refused::NoSuchTenant { name: "t1".into() }
+        }
+    );
+    tenant(&mut log);
+    log.apply(deploy("op1", 1));
+    // One operation at a time per service, and one name per service.
+    let undeploy = Op::StartOperation {
+        op_id: "op2".into(),
+        deployment: "web".into(),
+        kind: OperationKind::Undeploy,
+    };
+    assert!(matches!(
+        log.apply(undeploy),
+        Outcome::Refused {
+            refused: Refused::OperationInProgress { .. }
+        }
+    ));
+    assert!(matches!(
+        log.apply(step(Step::VmActive {
+            op: "nope".into(),
+            key: key(0)
+        })),
+        Outcome::Refused {
+            refused: Refused::NoSuchOperation { .. }
+        }
+    ));
+    let mut bad = spec(1);
+    bad.vm_groups[0].scaling.min_active = 0;
+    let refused = log.apply(Op::StartOperation {
+        op_id: "op3".into(),
+        deployment: "web".into(),
+        kind: OperationKind::Deploy { spec: bad },
+    });
+    assert!(
+        matches!(&refused, Outcome::Refused { refused: Refused::Invalid(m) } if m.contains("min_active")),
+        "{refused:?}"
+    );
+    assert_eq!(query::active_operations(&log.state).unwrap().len(), 1);
+}
+
+#[test]
+fn an_undeploy_removes_the_service_once_its_servers_are_gone() {
+    let mut log = Log::new();
+    tenant(&mut log);
+    log.apply(deploy("op1", 1));
+    log.apply(step(Step::ServerBound {
+        op: "op1".into(),
+        key: key(0),
+        server_id: "s0".into(),
+        adopted: false,
+    }));
+    log.apply(step(Step::VmActive {
+        op: "op1".into(),
+        key: key(0),
+    }));
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+    let undeploy = Op::StartOperation {
+        op_id: "op2".into(),
+        deployment: "web".into(),
+        kind: OperationKind::Undeploy,
+    };
+    assert!(matches!(
+        log.apply(undeploy),
+        Outcome::OperationStarted { .. }
+    ));
+    assert_eq!(
+        query::service(&log.state, "web").unwrap().unwrap().state,
+        ServiceState::Undeploying
+    );
+    let op = query::operation(&log.state, "op2").unwrap().unwrap();
+    assert_eq!(
+        op.vms.len(),
+        1,
+        "the undeploy knows the servers the deploy left"
+    );
+    log.apply(step(Step::ServerGone {
+        op: "op2".into(),
+        server_id: "s0".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "op2".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+    assert!(query::service(&log.state, "web").unwrap().is_none());
+    let events = log.esc_events();
+    assert_eq!(
+        events.last().unwrap(),
+        &("SERVICE_UNDEPLOYED".to_string(), "SUCCESS".to_string())
+    );
+}
