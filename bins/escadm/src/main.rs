@@ -247,9 +247,12 @@ fn verbose(s: &NodeStatus) -> String {
 
 /// One admin request; the node's answer or why there is none.
 fn ask(home: &Path, req: &AdminRequest) -> Result<AdminResponse, ClientError> {
-    // A switchover waits for the standby: at most the switchover timeout
-    // (escd bounds it), plus the usual answer time.
-    request(home, req, req.timeout(Duration::from_secs(30)))
+    // A switchover waits for the standby up to the node's switchover
+    // timeout (from its esc.toml; the default when it cannot be read).
+    let switchover = esc_config::Config::load(home)
+        .map(|c| c.ha.switchover_timeout_ms)
+        .unwrap_or(esc_config::HaConfig::default().switchover_timeout_ms);
+    request(home, req, req.timeout(Duration::from_millis(switchover)))
 }
 
 fn health(home: &Path, json: bool) -> ExitCode {
@@ -431,6 +434,10 @@ fn main() -> ExitCode {
                 } else {
                     ExitCode::from(1)
                 }
+            }
+            Ok(AdminResponse::Refused { message }) => {
+                println!("1 ESC status=1 ESC Unhealthy: {message}");
+                ExitCode::from(1)
             }
             Ok(other) => {
                 println!("1 ESC status=1 ESC Down: unexpected answer {other:?}");

@@ -58,6 +58,70 @@ pub struct Config {
     pub ha: HaConfig,
     #[serde(default)]
     pub debug: DebugConfig,
+    /// The VIM connector (absent: the node manages no VIM; lifecycle
+    /// operations wait).
+    pub vim: Option<VimConfig>,
+}
+
+/// The VIM connector (issue 11): an OpenStack-compatible VIM, configured on
+/// both nodes. The password is read from `password_file`, never written
+/// here, never logged or shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VimConfig {
+    /// Identity v3, e.g. `http://203.0.113.5:5000/identity/v3`.
+    pub auth_url: String,
+    pub user: String,
+    /// A file holding the password (relative paths are under the node home).
+    pub password_file: PathBuf,
+    pub project: String,
+    #[serde(default = "VimConfig::default_domain")]
+    pub user_domain: String,
+    #[serde(default = "VimConfig::default_domain")]
+    pub project_domain: String,
+    pub region: Option<String>,
+    /// Deadline of each VIM call.
+    #[serde(default = "VimConfig::default_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// VIM calls in flight at once.
+    #[serde(default = "VimConfig::default_calls")]
+    pub calls_in_flight_max: usize,
+    /// How often a building server is looked at again.
+    #[serde(default = "VimConfig::default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl VimConfig {
+    fn default_domain() -> String {
+        "Default".into()
+    }
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
+    fn default_calls() -> usize {
+        64
+    }
+    fn default_poll_ms() -> u64 {
+        500
+    }
+
+    /// The password, from its file (trimmed); an empty file is an error.
+    pub fn load_password(&self, home: &Path) -> Result<String, ConfigError> {
+        let path = Config::resolve(home, &self.password_file);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let p = text.trim();
+        if p.is_empty() {
+            return Err(ConfigError::Invalid {
+                path,
+                field: "vim.password_file",
+                message: "the file is empty: write the VIM user's password into it".into(),
+            });
+        }
+        Ok(p.to_string())
+    }
 }
 
 /// Test and lab knobs; all off by default.
@@ -511,6 +575,29 @@ impl Config {
             field,
             message,
         };
+        if let Some(v) = &self.vim {
+            if !(v.auth_url.starts_with("http://") || v.auth_url.starts_with("https://")) {
+                return Err(bad(
+                    "vim.auth_url",
+                    "must be an http:// or https:// URL".into(),
+                ));
+            }
+            if v.user.is_empty() || v.project.is_empty() {
+                return Err(bad(
+                    "vim.user",
+                    "vim.user and vim.project must not be empty".into(),
+                ));
+            }
+            if !(100..=120_000).contains(&v.call_timeout_ms) {
+                return Err(bad("vim.call_timeout_ms", "must be 100 to 120000".into()));
+            }
+            if !(1..=1024).contains(&v.calls_in_flight_max) {
+                return Err(bad("vim.calls_in_flight_max", "must be 1 to 1024".into()));
+            }
+            if !(10..=60_000).contains(&v.poll_ms) {
+                return Err(bad("vim.poll_ms", "must be 10 to 60000".into()));
+            }
+        }
         if self.node_name.is_empty()
             || self.node_name.len() > 64
             || !self

@@ -39,13 +39,16 @@ pub fn registered(_shared: &Shared) -> Vec<Arc<dyn PrimaryService>> {
     Vec::new()
 }
 
-/// Starts `services` whenever `leading` is true and stops them when it no
-/// longer is; runs until aborted (or `leading`'s sender goes).
+/// Starts `services` whenever `leading` is true and stops them at its next
+/// change: a step-down, or a step-down and a new term in quick succession
+/// (the watch then reads true again, but each term starts afresh). Runs
+/// until aborted (or `leading`'s sender goes).
 pub async fn supervise(mut leading: watch::Receiver<bool>, services: Vec<Arc<dyn PrimaryService>>) {
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
+        leading.mark_unchanged();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut running = JoinSet::new();
         for s in &services {
@@ -57,7 +60,7 @@ pub async fn supervise(mut leading: watch::Receiver<bool>, services: Vec<Arc<dyn
                 name
             });
         }
-        if leading.wait_for(|l| !*l).await.is_err() {
+        if leading.changed().await.is_err() {
             running.abort_all();
             return;
         }
@@ -67,6 +70,9 @@ pub async fn supervise(mut leading: watch::Receiver<bool>, services: Vec<Arc<dyn
             match tokio::time::timeout_at(deadline, running.join_next()).await {
                 Ok(Some(Ok(name))) => {
                     info!(target: HA, service = name, "primary-only service stopped")
+                }
+                Ok(Some(Err(e))) if e.is_panic() => {
+                    warn!(target: HA, "a primary-only service panicked: {e}");
                 }
                 Ok(Some(Err(_))) | Ok(None) => {}
                 Err(_) => {
@@ -168,6 +174,28 @@ mod tests {
         // The stubborn one was aborted each time (it never counts a stop),
         // or the second term could not have started it again cleanly.
         assert_eq!(counters[1].1.load(Ordering::SeqCst), 0);
+        sup.abort();
+    }
+
+    // A step-down and a new term before the supervisor looks (the watch
+    // reads true again): the old term's services still stop and start anew.
+    #[tokio::test]
+    async fn a_new_term_in_quick_succession_restarts_the_services() {
+        let (started, stopped) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let probe: Arc<dyn PrimaryService> = Arc::new(Probe {
+            started: started.clone(),
+            stopped: stopped.clone(),
+            obedient: true,
+        });
+        let (leading, rx) = watch::channel(true);
+        let sup = tokio::spawn(supervise(rx, vec![probe]));
+        until("started", || started.load(Ordering::SeqCst) == 1).await;
+        leading.send_replace(false);
+        leading.send_replace(true);
+        until("restarted for the new term", || {
+            stopped.load(Ordering::SeqCst) == 1 && started.load(Ordering::SeqCst) == 2
+        })
+        .await;
         sup.abort();
     }
 }

@@ -224,6 +224,21 @@ pub async fn run(
         password,
     ));
     tasks.spawn(admin::serve(admin::bind(&home)?, shared.clone()));
+    if !pair {
+        // No role authority: a standalone node leads while its core is
+        // primary (a node restarted with data comes back standby).
+        let mut role = shared.role.clone();
+        let leading = shared.leading.clone();
+        tasks.spawn(async move {
+            loop {
+                let primary = role.borrow_and_update().role == Role::Primary;
+                leading.send_if_modified(|l| std::mem::replace(l, primary) != primary);
+                if role.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     tasks.spawn(crate::services::supervise(
         shared.leading.subscribe(),
         crate::services::registered(&shared),

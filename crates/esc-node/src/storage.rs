@@ -122,10 +122,27 @@ pub fn spawn(
 }
 
 /// Streams the store's state to a follower on its bulk lane, from one read
-/// transaction, in chunks; stops when the link closes. Runs on a blocking
-/// thread (it waits for room in the lane).
-pub fn send_snapshot(store: &NodeStore, epoch: u64, tx: &net::ConnTx) {
-    let send = |m: Message| tx.bulk.blocking_send(m).is_ok();
+/// transaction, in chunks; stops when the link closes, or closes it when the
+/// follower takes no chunk for `stall_max` (a frozen follower whose kernel
+/// still answers would otherwise pin the read transaction, and redb could
+/// reuse no page freed after it, for as long as it stays frozen). Runs on a
+/// blocking thread of the runtime.
+pub fn send_snapshot(
+    store: &NodeStore,
+    epoch: u64,
+    tx: &net::ConnTx,
+    stall_max: std::time::Duration,
+) {
+    let rt = tokio::runtime::Handle::current();
+    let send = |m: Message| match rt.block_on(tokio::time::timeout(stall_max, tx.bulk.send(m))) {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            warn!(target: HA, ?stall_max, "the follower took no snapshot chunk in time; closing the link");
+            tx.close();
+            false
+        }
+    };
     let mut end = None;
     let r = store.stream_snapshot(
         SNAPSHOT_CHUNK_ITEMS_MAX,

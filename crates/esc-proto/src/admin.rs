@@ -19,6 +19,10 @@ pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 pub const ANSWER_BYTES_MAX: usize = 4 << 20;
 /// Deadline for the node to answer most requests.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a client waits beyond the node's own deadlines, so that the node's
+/// answer (say, "did not commit in time: check ...") arrives before the
+/// client gives up. Health checks add up to three check deadlines.
+pub const CLIENT_MARGIN: Duration = Duration::from_secs(8);
 
 /// A command from `escadm`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,14 +70,18 @@ pub enum AdminRequest {
 }
 
 impl AdminRequest {
-    /// How long the node may take (a switchover waits for the standby).
+    /// How long a client waits for the answer: the node's deadline for
+    /// this request (a switchover waits for the standby up to
+    /// `switchover`, the node's `ha.switchover_timeout_ms`) plus
+    /// [`CLIENT_MARGIN`].
     pub fn timeout(&self, switchover: Duration) -> Duration {
-        match self {
+        let node = match self {
             AdminRequest::Switchover
             | AdminRequest::Promote { .. }
             | AdminRequest::Demote { .. } => ANSWER_TIMEOUT + switchover,
             _ => ANSWER_TIMEOUT,
-        }
+        };
+        node + CLIENT_MARGIN
     }
 }
 

@@ -77,6 +77,11 @@ pub struct Owner {
     next_token: Token,
     /// The link a snapshot is being received on (its chunks are staged).
     snapshot_conn: Option<ConnId>,
+    /// Snapshot streams running, by link (one at a time per link).
+    snapshot_streams: HashMap<ConnId, Arc<std::sync::atomic::AtomicBool>>,
+    /// How long a snapshot stream may wait for the follower to take a
+    /// chunk before it gives up (it pins a read transaction meanwhile).
+    snapshot_stall_max: Duration,
     out: Outlets,
     counters: Arc<Counters>,
     start: Instant,
@@ -135,6 +140,9 @@ impl Owner {
             responders: HashMap::new(),
             next_token: 0,
             snapshot_conn: None,
+            snapshot_streams: HashMap::new(),
+            snapshot_stall_max: Duration::from_millis(p.cfg.replication.peer_timeout_ms)
+                .max(Duration::from_secs(5)),
             out: p.out,
             counters: p.counters,
             start: Instant::now(),
@@ -328,9 +336,17 @@ impl Owner {
                     index,
                     index_epoch,
                 } => {
-                    if self.snapshot_conn.take() == Some(conn) {
+                    if self.snapshot_conn == Some(conn) {
+                        self.snapshot_conn = None;
                         info!(target: HA, index, "installing the snapshot received from the primary");
                         self.job(Job::Install { index, index_epoch });
+                    } else {
+                        // The core waits for an install that cannot come
+                        // (nothing was staged for this link): start over.
+                        self.disconnect(
+                            conn,
+                            "a snapshot to install was not staged on this link".into(),
+                        );
                     }
                 }
                 Output::Send { conn, msg } => {
@@ -366,11 +382,20 @@ impl Owner {
                 }
                 Output::SendSnapshot { conn, epoch } => {
                     if let Some(c) = self.conns.get(&conn) {
+                        // One stream per link: a second one would restart the
+                        // follower's staging in the middle of the first.
+                        let running = self.snapshot_streams.entry(conn).or_default().clone();
+                        if running.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            warn!(target: HA, peer = %c.peer_name, "a snapshot is already streaming on this link; not starting another");
+                            continue;
+                        }
                         info!(target: HA, peer = %c.peer_name, "follower needs a snapshot; streaming it");
                         let tx = c.tx.clone();
                         let store = self.store.clone();
+                        let stall_max = self.snapshot_stall_max;
                         tokio::task::spawn_blocking(move || {
-                            storage::send_snapshot(&store, epoch, &tx)
+                            storage::send_snapshot(&store, epoch, &tx, stall_max);
+                            running.store(false, std::sync::atomic::Ordering::SeqCst);
                         });
                     }
                 }
@@ -399,6 +424,13 @@ impl Owner {
         }
     }
 
+    /// A snapshot being received will not be installed: empty the staging
+    /// slot (staging from nothing again is what `StageBegin` does).
+    fn drop_stage(&mut self) {
+        self.snapshot_conn = None;
+        self.job(Job::StageBegin);
+    }
+
     fn disconnect(&mut self, conn: ConnId, reason: String) {
         if let Some(c) = self.conns.remove(&conn) {
             info!(target: HA, conn, peer = %c.peer_name, %reason, "closing replication link");
@@ -409,8 +441,9 @@ impl Owner {
             // net::CLOSE_DRAIN): a `Handover` sent right before a demote
             // that disconnects still reaches the peer.
             c.tx.close();
+            self.snapshot_streams.remove(&conn);
             if self.snapshot_conn == Some(conn) {
-                self.snapshot_conn = None;
+                self.drop_stage();
             }
             self.input(Input::PeerDown { conn });
         }
@@ -458,6 +491,7 @@ impl Owner {
             }
             NetEvent::Received { conn, msg } => {
                 if self.conns.contains_key(&conn) {
+                    let end = matches!(msg, Message::SnapshotEnd { .. });
                     if let Message::SnapshotBegin { .. } = msg {
                         // Staged as it arrives, in order with the other
                         // jobs: never held whole in memory.
@@ -465,6 +499,11 @@ impl Owner {
                         self.job(Job::StageBegin);
                     }
                     self.input(Input::Received { conn, msg });
+                    if end && self.snapshot_conn == Some(conn) {
+                        // The core kept its own state: drop the staged copy
+                        // (it would hold a second copy of the state on disk).
+                        self.drop_stage();
+                    }
                 }
             }
             NetEvent::SnapshotChunk {
@@ -494,8 +533,9 @@ impl Owner {
             NetEvent::Down { conn, reason } => {
                 if let Some(c) = self.conns.remove(&conn) {
                     info!(target: HA, conn, peer = %c.peer_name, %reason, "replication link down");
+                    self.snapshot_streams.remove(&conn);
                     if self.snapshot_conn == Some(conn) {
-                        self.snapshot_conn = None;
+                        self.drop_stage();
                     }
                     self.input(Input::PeerDown { conn });
                 }
