@@ -35,6 +35,8 @@
 //! - [`admin`]: the admin socket (`esc_proto`), used by `escadm`.
 //! - [`health`]: the local health checks.
 //! - [`services`]: primary-only services and their supervisor.
+//! - [`lifecycle`]: the lifecycle runner, a primary-only service (VIM calls
+//!   through `esc-openstack`, steps through the log).
 //! - [`shared`]: the handles and messages the tasks share.
 //! - [`status`]: the cores' status in `esc_proto`'s words.
 //! - [`error`]: why the node could not start or stopped.
@@ -44,6 +46,7 @@ pub mod admin;
 pub mod error;
 pub mod ha;
 pub mod health;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod net;

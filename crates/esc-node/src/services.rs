@@ -33,10 +33,42 @@ pub trait PrimaryService: Send + Sync + 'static {
     fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
 }
 
-/// The services this node runs while primary (none yet: the lifecycle
-/// manager and the monitoring engine of the next issues register here).
-pub fn registered(_shared: &Shared) -> Vec<Arc<dyn PrimaryService>> {
-    Vec::new()
+/// The services this node runs while primary: the lifecycle runner when a
+/// VIM connector is configured (the monitoring engine of issue 12 registers
+/// here too).
+pub fn registered(
+    shared: &Shared,
+    cfg: &esc_config::Config,
+    home: &std::path::Path,
+) -> crate::Result<Vec<Arc<dyn PrimaryService>>> {
+    let mut out: Vec<Arc<dyn PrimaryService>> = Vec::new();
+    if let Some(v) = &cfg.vim {
+        let client = esc_openstack::Client::new(esc_openstack::Connector {
+            auth_url: v.auth_url.clone(),
+            user: v.user.clone(),
+            password: esc_openstack::Secret::new(v.load_password(home)?),
+            project: v.project.clone(),
+            user_domain: v.user_domain.clone(),
+            project_domain: v.project_domain.clone(),
+            region: v.region.clone(),
+            timeout: Duration::from_millis(v.call_timeout_ms),
+        })
+        .map_err(|e| crate::Error::Invalid {
+            field: "vim".into(),
+            message: e.to_string(),
+        })?;
+        let core = esc_lifecycle::Config {
+            calls_in_flight_max: v.calls_in_flight_max,
+            poll_ms: v.poll_ms,
+            ..esc_lifecycle::Config::default()
+        };
+        out.push(Arc::new(crate::lifecycle::Runner::new(
+            shared.clone(),
+            client,
+            core,
+        )));
+    }
+    Ok(out)
 }
 
 /// Starts `services` whenever `leading` is true and stops them at its next

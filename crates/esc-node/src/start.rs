@@ -241,7 +241,7 @@ pub async fn run(
     }
     tasks.spawn(crate::services::supervise(
         shared.leading.subscribe(),
-        crate::services::registered(&shared),
+        crate::services::registered(&shared, &cfg, &home)?,
     ));
 
     let mut owner = Owner::new(OwnerParts {

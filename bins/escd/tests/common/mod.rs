@@ -38,6 +38,8 @@ pub struct NodeSpec {
     pub log_retain_entries: u64,
     /// `[debug] allow_fault_injection` (off unless a test turns it on).
     pub fault_injection: bool,
+    /// More esc.toml, appended (e.g. a `[vim]` section).
+    pub extra_toml: String,
 }
 
 impl NodeSpec {
@@ -54,6 +56,7 @@ impl NodeSpec {
             snapshot_every_entries: 100_000,
             log_retain_entries: 1_000,
             fault_injection: false,
+            extra_toml: String::new(),
         }
     }
 
@@ -87,6 +90,7 @@ body_bytes_max = 1048576
 concurrency_max = 1024
 [debug]
 allow_fault_injection = {faults}
+{extra}
 "#,
             name = self.name,
             repl = self.repl,
@@ -98,6 +102,7 @@ allow_fault_injection = {faults}
             api = self.api,
             health = self.health,
             faults = self.fault_injection,
+            extra = self.extra_toml,
         )
     }
 }

@@ -120,6 +120,13 @@ pub async fn serve(
     let app = Router::new()
         .route("/v0/deployments", get(list).post(create))
         .route("/v0/deployments/{name}", get(fetch).delete(remove))
+        .route("/v0/tenants", axum::routing::post(create_tenant))
+        .route("/v0/services", axum::routing::post(deploy_service))
+        .route(
+            "/v0/services/{name}",
+            get(show_service).delete(undeploy_service),
+        )
+        .route("/v0/operations/{id}", get(show_operation))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
         .with_state(state);
     // A dead API (lab fault injection) closes its listener and connections;
@@ -466,7 +473,7 @@ async fn write_request(
     build: impl FnOnce(Bytes) -> Result<(String, Op), Response>,
 ) -> Response {
     let tid = uuid::Uuid::new_v4().to_string();
-    let span = info_span!("nbi", tid = %tid, method, path = "/v0/deployments");
+    let span = info_span!("nbi", tid = %tid, method);
     async move {
         if let Err(r) = authorized(&state, &headers) {
             return with_tid(r, &tid);
@@ -602,6 +609,121 @@ async fn list(
                 serde_json::json!({ "deployments": items, "next_after": next }),
             )
         }
+        Err(r) => r,
+    }
+}
+
+/// `POST /v0/tenants`: `{"name", "description"}`.
+async fn create_tenant(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    write_request(state, headers, "POST", Some(req), |body| {
+        let tenant: esc_domain::model::Tenant = esc_domain::model::parse(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        tenant
+            .validate()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        info!(name = %tenant.name, "create tenant");
+        let fp = fingerprint(&[b"POST /v0/tenants", &body]);
+        Ok((fp, Op::CreateTenant { tenant }))
+    })
+    .await
+}
+
+/// `POST /v0/services`: a deployment with VM groups (the model of
+/// `esc_domain::model::DeploymentSpec`); answered `202` with the
+/// operation once it is durable, carried out by the primary's runner.
+async fn deploy_service(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    write_request(state, headers, "POST", Some(req), |body| {
+        let spec = esc_domain::model::DeploymentSpec::from_json(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        info!(name = %spec.name, "deploy service");
+        let fp = fingerprint(&[b"POST /v0/services", &body]);
+        Ok((
+            fp,
+            Op::StartOperation {
+                op_id: uuid::Uuid::new_v4().to_string(),
+                deployment: spec.name.clone(),
+                kind: esc_domain::model::OperationKind::Deploy { spec },
+            },
+        ))
+    })
+    .await
+}
+
+/// `DELETE /v0/services/{name}`: undeploy, `202`.
+async fn undeploy_service(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    write_request(state, headers, "DELETE", None, |_| {
+        check_name(&name).map_err(invalid)?;
+        info!(%name, "undeploy service");
+        let fp = fingerprint(&[b"DELETE /v0/services/", name.as_bytes()]);
+        Ok((
+            fp,
+            Op::StartOperation {
+                op_id: uuid::Uuid::new_v4().to_string(),
+                deployment: name,
+                kind: esc_domain::model::OperationKind::Undeploy,
+            },
+        ))
+    })
+    .await
+}
+
+/// `GET /v0/services/{name}`: its state, VMs and current operation.
+async fn show_service(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    if let Err(e) = check_name(&name) {
+        return invalid(e);
+    }
+    let n = name.clone();
+    match read_state(&state, move |r| query::service(r, &n)).await {
+        Ok(Some(s)) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            Refused::NoSuchDeployment { name }.to_string(),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v0/operations/{id}`: an operation occurrence and its steps.
+async fn show_operation(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    if id.is_empty() || id.len() > 64 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "an operation id is 1 to 64 characters",
+        );
+    }
+    let i = id.clone();
+    match read_state(&state, move |r| query::operation(r, &i)).await {
+        Ok(Some(o)) => json(StatusCode::OK, serde_json::to_value(o).unwrap_or_default()),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            Refused::NoSuchOperation { op_id: id }.to_string(),
+        ),
         Err(r) => r,
     }
 }

@@ -1,0 +1,244 @@
+//! The lifecycle runner (issue 11, item 2): a primary-only service that
+//! drives `esc_lifecycle::Lifecycle` with the committed operation records,
+//! makes its VIM calls through `esc_openstack`, and proposes its steps
+//! through the log like any write.
+//!
+//! ```text
+//!   store (applied index moved) ──active_operations──> Lifecycle::handle(Records)
+//!   VIM answers (one task per call) ──────────────────> Lifecycle::handle(Answer)
+//!        Output::Call ──> esc_openstack::Client ──> the VIM
+//!        Output::Propose(step) ──> Event::Propose(RecordStep) ──> owner ──> the log
+//! ```
+//! Everything it knows beyond the records is soft: the next primary starts
+//! it afresh (`Input::Lead`) from what was committed. Stopped (aborted) by
+//! the services supervisor within 100 ms of a step-down.
+
+use crate::logging::HA;
+use crate::services::PrimaryService;
+use crate::shared::{unix_ms, Event, Shared};
+use base64::Engine;
+use esc_domain::model::VmGroup;
+use esc_domain::{query, Command, Op};
+use esc_lifecycle::{Answer, Input, Lifecycle, Output, ServerInfo, VimCall};
+use esc_openstack::{Client, CreateServer, Error};
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+/// How often the runner looks whether the applied state moved.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+
+pub struct Runner {
+    shared: Shared,
+    client: Arc<Client>,
+    cfg: esc_lifecycle::Config,
+}
+
+impl Runner {
+    pub fn new(shared: Shared, client: Client, cfg: esc_lifecycle::Config) -> Runner {
+        Runner {
+            shared,
+            client: Arc::new(client),
+            cfg,
+        }
+    }
+}
+
+impl PrimaryService for Runner {
+    fn name(&self) -> &'static str {
+        "lifecycle runner"
+    }
+
+    fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        let (shared, client, cfg) = (self.shared.clone(), self.client.clone(), self.cfg.clone());
+        Box::pin(run(shared, client, cfg, stop))
+    }
+}
+
+fn answer_of(r: Result<Answer, Error>) -> Answer {
+    match r {
+        Ok(a) => a,
+        Err(Error::NotFound(_)) => Answer::NotFound,
+        Err(e) => Answer::Failed {
+            retryable: e.retryable(),
+            error: e.to_string(),
+        },
+    }
+}
+
+fn info(s: esc_openstack::Server) -> ServerInfo {
+    ServerInfo {
+        id: s.id,
+        name: s.name,
+        status: s.status,
+        fault: s.fault.map(|f| f.message),
+    }
+}
+
+/// Day-0 data: the group's files as JSON, base64 (the API's `user_data`).
+fn user_data(group: &VmGroup) -> Option<String> {
+    if group.config_data.is_empty() {
+        return None;
+    }
+    let files: BTreeMap<&str, &str> = group
+        .config_data
+        .iter()
+        .map(|f| (f.file.as_str(), f.data.as_str()))
+        .collect();
+    let json = serde_json::to_vec(&files).unwrap_or_default();
+    Some(base64::engine::general_purpose::STANDARD.encode(json))
+}
+
+/// One VIM call, as the core asked it.
+async fn execute(client: &Client, vim: VimCall) -> Answer {
+    match vim {
+        VimCall::Find { name } => answer_of(
+            client
+                .servers(Some(&name))
+                .await
+                .map(|l| Answer::Found(l.into_iter().map(info).collect())),
+        ),
+        VimCall::ListDeployment { deployment_id } => {
+            let prefix = format!("esc-{deployment_id}-");
+            answer_of(client.servers(Some(&prefix)).await.map(|l| {
+                Answer::Found(
+                    l.into_iter()
+                        .filter(|s| s.name.starts_with(&prefix))
+                        .map(info)
+                        .collect(),
+                )
+            }))
+        }
+        VimCall::Show { server_id } => answer_of(
+            client
+                .server(&server_id)
+                .await
+                .map(|s| Answer::Shown(info(s))),
+        ),
+        VimCall::Delete { server_id } => answer_of(
+            client
+                .delete_server(&server_id)
+                .await
+                .map(|()| Answer::Deleted),
+        ),
+        VimCall::Create { key, name, group } => {
+            let create = async {
+                let image = client.find_image(&group.image).await?;
+                let flavor = client.find_flavor(&group.flavor).await?;
+                let mut networks = Vec::new();
+                for nic in &group.interfaces {
+                    let net = client.find_network(&nic.network).await?;
+                    let ip = nic
+                        .ip_addresses
+                        .get(key.index as usize)
+                        .map(|a| a.to_string());
+                    networks.push((net.id, ip));
+                }
+                let req = CreateServer {
+                    name,
+                    image_id: image.id,
+                    flavor_id: flavor.id,
+                    networks,
+                    metadata: key.metadata().into_iter().collect(),
+                    user_data: user_data(&group),
+                };
+                client.create_server(&req).await
+            };
+            answer_of(create.await.map(|server_id| Answer::Created { server_id }))
+        }
+    }
+}
+
+async fn run(
+    shared: Shared,
+    client: Arc<Client>,
+    cfg: esc_lifecycle::Config,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut core = Lifecycle::new(cfg);
+    let start = Instant::now();
+    let now = move || start.elapsed().as_millis() as u64;
+    let epoch = shared.role.borrow().epoch;
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<(u64, Answer)>();
+    let mut applied = None;
+    let mut look = tokio::time::interval(LOOK_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(target: HA, epoch, "lifecycle runner starting");
+    let mut out = core.handle(now(), Input::Lead { epoch });
+    loop {
+        for o in out.drain(..) {
+            match o {
+                Output::Call { call, vim, .. } => {
+                    let (client, tx) = (client.clone(), answers_tx.clone());
+                    tokio::spawn(async move {
+                        let a = execute(&client, vim).await;
+                        let _ = tx.send((call, a));
+                    });
+                }
+                Output::Propose(step) => {
+                    let events = shared.events.clone();
+                    tokio::spawn(async move {
+                        let cmd = Command {
+                            tid: uuid::Uuid::new_v4().to_string(),
+                            idempotency_key: None,
+                            fingerprint: String::new(),
+                            at_ms: unix_ms(),
+                            op: Op::RecordStep { step },
+                        };
+                        let (reply, rx) = oneshot::channel();
+                        let payload = cmd.to_payload();
+                        if events.send(Event::Propose { payload, reply }).await.is_ok() {
+                            // The record's change reaches the core through
+                            // the store; a step that did not commit is
+                            // proposed again by the next primary's core.
+                            if let Ok(Err(r)) = rx.await {
+                                warn!(target: HA, "a lifecycle step was not committed: {r:?}");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    info!(target: HA, "lifecycle runner stopping");
+                    return;
+                }
+                out = Vec::new();
+            }
+            Some((call, answer)) = answers.recv() => {
+                out = core.handle(now(), Input::Answer { call, answer });
+            }
+            _ = look.tick() => {
+                let a = shared.store.meta().applied_index;
+                if applied != Some(a) {
+                    applied = Some(a);
+                    let store = shared.store.clone();
+                    let records = tokio::task::spawn_blocking(move || {
+                        store.reader().map_err(|e| e.to_string()).and_then(|r| {
+                            query::active_operations(&r).map_err(|e| e.to_string())
+                        })
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                    out = match records {
+                        Ok(r) => core.handle(now(), Input::Records(r)),
+                        Err(e) => {
+                            warn!(target: HA, "lifecycle runner cannot read the operations: {e}");
+                            // Read again at the next look.
+                            applied = None;
+                            Vec::new()
+                        }
+                    };
+                } else {
+                    out = core.handle(now(), Input::Tick);
+                }
+            }
+        }
+    }
+}
