@@ -10,9 +10,7 @@
 use crate::command::{Command, Op};
 use crate::keys;
 use crate::outcome::{Answer, Deployment, Event, EventKind, IdempotencyRecord, Outcome, Refused};
-use esc_state::{ApplyError, State, StateError, StateMachine, StateRead};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use esc_state::{ApplyError, State, StateError, StateMachine};
 
 /// Events kept in the outbox; older ones are dropped as new ones come (the
 /// notifier of a later issue delivers them well within that many).
@@ -24,41 +22,7 @@ pub const EVENTS_PER_ENTRY_MAX: u64 = 16;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Domain;
 
-pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
-        key: key.to_string(),
-        source: Box::new(e),
-    })
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("in-memory JSON serialization")
-}
-
-pub(crate) fn write<T: Serialize>(
-    state: &mut dyn State,
-    key: &str,
-    v: &T,
-) -> Result<(), StateError> {
-    state.put(key, &encode(v))
-}
-
-pub(crate) fn read<T: DeserializeOwned>(
-    state: &dyn StateRead,
-    key: &str,
-) -> Result<Option<T>, StateError> {
-    state.get(key)?.map(|b| decode(key, &b)).transpose()
-}
-
-pub(crate) fn count(state: &dyn StateRead, key: &str) -> Result<u64, StateError> {
-    Ok(read(state, key)?.unwrap_or(0))
-}
-
-fn add_count(state: &mut dyn State, key: &str, delta: i64) -> Result<u64, StateError> {
-    let n = count(state, key)?.saturating_add_signed(delta);
-    state.put(key, &encode(&n))?;
-    Ok(n)
-}
+use crate::codec::{add_count, encode, read};
 
 impl StateMachine for Domain {
     type Outcome = Answer;

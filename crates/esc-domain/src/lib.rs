@@ -16,6 +16,7 @@
 //! - [`outcome`]: what applying answers, and the records it keeps.
 //! - [`apply`]: [`Domain`], the deterministic application (the
 //!   `StateMachine`).
+//! - [`rules`]: names, keys and the field-naming error (a leaf).
 //! - [`query`]: typed reads of the state (the API's and the admin's).
 //! - [`lifecycle`]: starting lifecycle operations and recording their
 //!   steps (the replicated side of the lifecycle core).
@@ -24,12 +25,14 @@
 //!   its validation naming each field, ESC's and SOL 003's states.
 
 pub mod apply;
+mod codec;
 pub mod command;
 pub mod keys;
 pub mod lifecycle;
 pub mod model;
 pub mod outcome;
 pub mod query;
+pub mod rules;
 
 pub use apply::Domain;
 pub use command::{Command, InvalidCommand, Op, OpMode};

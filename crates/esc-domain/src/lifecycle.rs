@@ -3,7 +3,7 @@
 //! proposes, with the notifications they produce. Deterministic like the
 //! rest of `apply`: every node holds the same records and the same events.
 
-use crate::apply::{read, write};
+use crate::codec::{read, write};
 use crate::keys;
 use crate::model::{
     OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState, Step, Tenant,

@@ -6,7 +6,7 @@
 //! Not wired into the commands yet: the lifecycle operations of the next
 //! step apply it.
 
-use crate::command::{check_name, InvalidCommand};
+use crate::rules::{check_name, InvalidCommand};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 

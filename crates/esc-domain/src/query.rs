@@ -1,7 +1,7 @@
 //! Typed reads of the state, for the northbound and the admin socket. Each
 //! takes any `StateRead` (a read transaction of the store, or a `MemState`).
 
-use crate::apply::{count, decode, read};
+use crate::codec::{count, decode, read};
 use crate::command::OpMode;
 use crate::keys;
 use crate::outcome::{Deployment, Event, IdempotencyRecord};

@@ -13,7 +13,6 @@
 //! starts it afresh (soft state stays soft).
 
 use crate::logging::HA;
-use crate::shared::Shared;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,50 +24,12 @@ use tracing::{info, warn};
 /// leading (architecture section 8: "stops issuing them within 100 ms").
 pub const STOP_WITHIN: Duration = Duration::from_millis(100);
 
-/// A service of the primary. It holds the handles it needs (built from
-/// [`Shared`] in [`registered`]).
+/// A service of the primary. It holds the handles it needs (built at
+/// start, `start::primary_services`).
 pub trait PrimaryService: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Runs until `stop` turns true, and returns promptly then.
     fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
-}
-
-/// The services this node runs while primary: the lifecycle runner when a
-/// VIM connector is configured (the monitoring engine of issue 12 registers
-/// here too).
-pub fn registered(
-    shared: &Shared,
-    cfg: &esc_config::Config,
-    home: &std::path::Path,
-) -> crate::Result<Vec<Arc<dyn PrimaryService>>> {
-    let mut out: Vec<Arc<dyn PrimaryService>> = Vec::new();
-    if let Some(v) = &cfg.vim {
-        let client = esc_openstack::Client::new(esc_openstack::Connector {
-            auth_url: v.auth_url.clone(),
-            user: v.user.clone(),
-            password: esc_openstack::Secret::new(v.load_password(home)?),
-            project: v.project.clone(),
-            user_domain: v.user_domain.clone(),
-            project_domain: v.project_domain.clone(),
-            region: v.region.clone(),
-            timeout: Duration::from_millis(v.call_timeout_ms),
-        })
-        .map_err(|e| crate::Error::Invalid {
-            field: "vim".into(),
-            message: e.to_string(),
-        })?;
-        let core = esc_lifecycle::Config {
-            calls_in_flight_max: v.calls_in_flight_max,
-            poll_ms: v.poll_ms,
-            ..esc_lifecycle::Config::default()
-        };
-        out.push(Arc::new(crate::lifecycle::Runner::new(
-            shared.clone(),
-            client,
-            core,
-        )));
-    }
-    Ok(out)
 }
 
 /// Starts `services` whenever `leading` is true and stops them at its next

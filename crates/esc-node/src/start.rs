@@ -80,6 +80,44 @@ async fn bind(
         .map_err(|source| crate::Error::Listen { what, addr, source })
 }
 
+/// The services this node runs while primary: the lifecycle runner when a
+/// VIM connector is configured (the monitoring engine of issue 12 registers
+/// here too).
+pub fn primary_services(
+    shared: &Shared,
+    cfg: &esc_config::Config,
+    home: &std::path::Path,
+) -> crate::Result<Vec<Arc<dyn crate::services::PrimaryService>>> {
+    let mut out: Vec<Arc<dyn crate::services::PrimaryService>> = Vec::new();
+    if let Some(v) = &cfg.vim {
+        let client = esc_openstack::Client::new(esc_openstack::Connector {
+            auth_url: v.auth_url.clone(),
+            user: v.user.clone(),
+            password: esc_openstack::Secret::new(v.load_password(home)?),
+            project: v.project.clone(),
+            user_domain: v.user_domain.clone(),
+            project_domain: v.project_domain.clone(),
+            region: v.region.clone(),
+            timeout: Duration::from_millis(v.call_timeout_ms),
+        })
+        .map_err(|e| crate::Error::Invalid {
+            field: "vim".into(),
+            message: e.to_string(),
+        })?;
+        let core = esc_lifecycle::Config {
+            calls_in_flight_max: v.calls_in_flight_max,
+            poll_ms: v.poll_ms,
+            ..esc_lifecycle::Config::default()
+        };
+        out.push(Arc::new(crate::lifecycle::Runner::new(
+            shared.clone(),
+            client,
+            core,
+        )));
+    }
+    Ok(out)
+}
+
 /// Runs a node until `shutdown` resolves, `escadm reload`, or a fatal error.
 pub async fn run(
     opts: NodeOptions,
@@ -241,7 +279,7 @@ pub async fn run(
     }
     tasks.spawn(crate::services::supervise(
         shared.leading.subscribe(),
-        crate::services::registered(&shared, &cfg, &home)?,
+        primary_services(&shared, &cfg, &home)?,
     ));
 
     let mut owner = Owner::new(OwnerParts {
