@@ -554,14 +554,8 @@ async fn fetch(
         return invalid(e);
     }
     let n = name.clone();
-    match read_state(&state, move |r| query::deployment(r, &n)).await {
-        Ok(Some(d)) => json(StatusCode::OK, serde_json::to_value(d).unwrap_or_default()),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            Refused::NoSuchDeployment { name }.to_string(),
-        ),
-        Err(r) => r,
-    }
+    let missing = Refused::NoSuchDeployment { name }.to_string();
+    show_record(&state, move |r| query::deployment(r, &n), missing).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -679,6 +673,21 @@ async fn undeploy_service(
     .await
 }
 
+/// A record read from the state: 200 with it, or 404 with `missing`.
+async fn show_record<T: serde::Serialize + Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&esc_store::StateReader) -> Result<Option<T>, esc_state::StateError>
+        + Send
+        + 'static,
+    missing: String,
+) -> Response {
+    match read_state(state, read).await {
+        Ok(Some(v)) => json(StatusCode::OK, serde_json::to_value(v).unwrap_or_default()),
+        Ok(None) => error(StatusCode::NOT_FOUND, missing),
+        Err(r) => r,
+    }
+}
+
 /// `GET /v0/services/{name}`: its state, VMs and current operation.
 async fn show_service(
     State(state): State<ApiState>,
@@ -692,14 +701,8 @@ async fn show_service(
         return invalid(e);
     }
     let n = name.clone();
-    match read_state(&state, move |r| query::service(r, &n)).await {
-        Ok(Some(s)) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            Refused::NoSuchDeployment { name }.to_string(),
-        ),
-        Err(r) => r,
-    }
+    let missing = Refused::NoSuchDeployment { name }.to_string();
+    show_record(&state, move |r| query::service(r, &n), missing).await
 }
 
 /// `GET /v0/operations/{id}`: an operation occurrence and its steps.
@@ -718,12 +721,6 @@ async fn show_operation(
         );
     }
     let i = id.clone();
-    match read_state(&state, move |r| query::operation(r, &i)).await {
-        Ok(Some(o)) => json(StatusCode::OK, serde_json::to_value(o).unwrap_or_default()),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            Refused::NoSuchOperation { op_id: id }.to_string(),
-        ),
-        Err(r) => r,
-    }
+    let missing = Refused::NoSuchOperation { op_id: id }.to_string();
+    show_record(&state, move |r| query::operation(r, &i), missing).await
 }
