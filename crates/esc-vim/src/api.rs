@@ -105,19 +105,9 @@ pub async fn serve(
 }
 
 fn router(vim: Vim) -> Router {
-    Router::new()
-        .route("/identity", get(identity_versions))
-        .route("/identity/", get(identity_versions))
-        .route("/identity/v3", get(identity_version))
-        .route("/identity/v3/", get(identity_version))
-        .route(
-            "/identity/v3/auth/tokens",
-            post(issue_token).get(check_token),
-        )
-        .route("/compute", get(compute_versions))
-        .route("/compute/", get(compute_versions))
-        .route("/compute/v2.1", get(compute_version))
-        .route("/compute/v2.1/", get(compute_version))
+    // Every API call needs a valid token; version documents and token
+    // requests do not (as in OpenStack).
+    let api = Router::new()
         .route(
             "/compute/v2.1/servers",
             get(list_servers_brief).post(create_server),
@@ -131,17 +121,47 @@ fn router(vim: Vim) -> Router {
         .route("/compute/v2.1/flavors", get(list_flavors))
         .route("/compute/v2.1/flavors/detail", get(list_flavors))
         .route("/compute/v2.1/flavors/{id}", get(show_flavor))
-        .route("/image", get(image_versions))
-        .route("/image/", get(image_versions))
         .route("/image/v2/images", get(list_images))
         .route("/image/v2/images/{id}", get(show_image))
-        .route("/network", get(network_versions))
-        .route("/network/", get(network_versions))
         .route("/network/v2.0/networks", get(list_networks))
         .route("/network/v2.0/networks/{id}", get(show_network))
         .route("/network/v2.0/ports", get(list_ports))
         .route("/network/v2.0/ports/{id}", get(show_port))
+        .route_layer(axum::middleware::from_fn_with_state(
+            vim.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/identity", get(identity_versions))
+        .route("/identity/", get(identity_versions))
+        .route("/identity/v3", get(identity_version))
+        .route("/identity/v3/", get(identity_version))
+        .route(
+            "/identity/v3/auth/tokens",
+            post(issue_token).get(check_token),
+        )
+        .route("/compute", get(compute_versions))
+        .route("/compute/", get(compute_versions))
+        .route("/compute/v2.1", get(compute_version))
+        .route("/compute/v2.1/", get(compute_version))
+        .route("/image", get(image_versions))
+        .route("/image/", get(image_versions))
+        .route("/network", get(network_versions))
+        .route("/network/", get(network_versions))
+        .merge(api)
         .with_state(vim)
+}
+
+/// The token check of every API call.
+async fn require_token(
+    State(vim): State<Vim>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorized(&vim, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -450,12 +470,8 @@ fn listed(s: &Server, q: &HashMap<String, String>) -> bool {
 
 async fn list_servers_detail(
     State(vim): State<Vim>,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
     let g = vim.lock();
     let list: Vec<Value> = g
         .cloud
@@ -468,12 +484,8 @@ async fn list_servers_detail(
 
 async fn list_servers_brief(
     State(vim): State<Vim>,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
     let base = format!("{}/compute/v2.1", vim.base);
     let g = vim.lock();
     let list: Vec<Value> = g
@@ -485,14 +497,7 @@ async fn list_servers_brief(
     nova_headers(Json(json!({ "servers": list })).into_response())
 }
 
-async fn show_server(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn show_server(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let g = vim.lock();
     match g.cloud.server(&id) {
         Ok(s) => nova_headers(
@@ -554,14 +559,7 @@ fn new_server(body: &Value) -> Result<NewServer, String> {
     })
 }
 
-async fn create_server(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn create_server(State(vim): State<Vim>, body: Option<Json<Value>>) -> Response {
     let Some(Json(body)) = body else {
         return error(StatusCode::BAD_REQUEST, "the request body must be JSON");
     };
@@ -586,14 +584,7 @@ async fn create_server(
     }
 }
 
-async fn delete_server(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn delete_server(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let now = vim.now_ms();
     match vim.lock().cloud.delete_server(now, &id) {
         Ok(()) => nova_headers(StatusCode::NO_CONTENT.into_response()),
@@ -603,13 +594,9 @@ async fn delete_server(
 
 async fn server_action(
     State(vim): State<Vim>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Option<Json<Value>>,
 ) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
     let Some(Json(body)) = body else {
         return error(StatusCode::BAD_REQUEST, "the request body must be JSON");
     };
@@ -650,23 +637,13 @@ fn flavor_json(vim: &Vim, f: &crate::cloud::Flavor) -> Value {
     })
 }
 
-async fn list_flavors(State(vim): State<Vim>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn list_flavors(State(vim): State<Vim>) -> Response {
     let g = vim.lock();
     let list: Vec<Value> = g.cloud.flavors().map(|f| flavor_json(&vim, f)).collect();
     nova_headers(Json(json!({ "flavors": list })).into_response())
 }
 
-async fn show_flavor(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn show_flavor(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let g = vim.lock();
     // By id only, as Nova: clients fall back to listing to find by name.
     let found = g
@@ -697,14 +674,7 @@ fn image_json(i: &crate::cloud::Image) -> Value {
     })
 }
 
-async fn list_images(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn list_images(State(vim): State<Vim>, Query(q): Query<HashMap<String, String>>) -> Response {
     let g = vim.lock();
     let list: Vec<Value> = g
         .cloud
@@ -716,14 +686,7 @@ async fn list_images(
         .into_response()
 }
 
-async fn show_image(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn show_image(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let g = vim.lock();
     match g.cloud.image(&id) {
         Some(i) => Json(image_json(i)).into_response(),
@@ -744,12 +707,8 @@ fn network_json(n: &crate::cloud::Network) -> Value {
 
 async fn list_networks(
     State(vim): State<Vim>,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
     let g = vim.lock();
     let list: Vec<Value> = g
         .cloud
@@ -761,14 +720,7 @@ async fn list_networks(
     Json(json!({ "networks": list })).into_response()
 }
 
-async fn show_network(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn show_network(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let g = vim.lock();
     match g.cloud.network(&id) {
         Some(n) => Json(json!({ "network": network_json(n) })).into_response(),
@@ -788,14 +740,7 @@ fn port_json(p: &crate::cloud::Port) -> Value {
     })
 }
 
-async fn list_ports(
-    State(vim): State<Vim>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn list_ports(State(vim): State<Vim>, Query(q): Query<HashMap<String, String>>) -> Response {
     let g = vim.lock();
     let list: Vec<Value> = g
         .cloud
@@ -807,10 +752,7 @@ async fn list_ports(
     Json(json!({ "ports": list })).into_response()
 }
 
-async fn show_port(State(vim): State<Vim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorized(&vim, &headers) {
-        return r;
-    }
+async fn show_port(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let g = vim.lock();
     let found = g.cloud.ports().find(|p| p.id == id).map(port_json);
     match found {
