@@ -20,6 +20,33 @@ impl Drop for Vim {
     }
 }
 
+/// esc-vim on a free loopback port with `password`, once it listens; its
+/// address and the temp dir holding the password file.
+fn start_vim(password: &str, extra: &[&str]) -> (Vim, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("password"), password).unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let vim = Vim(Command::new(env!("CARGO_BIN_EXE_esc-vim"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--password-file")
+        .arg(dir.path().join("password"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start esc-vim"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "esc-vim does not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (vim, addr, dir)
+}
+
 fn sdk_available() -> bool {
     Command::new("python3")
         .args(["-c", "import openstack"])
@@ -39,29 +66,8 @@ fn openstacksdk_creates_lists_reboots_and_deletes_a_server() {
         eprintln!("skipped: python3 with openstacksdk is not installed (pip install openstacksdk)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let password = "vim-test-password-9f2c";
-    std::fs::write(dir.path().join("password"), password).unwrap();
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _vim = Vim(Command::new(env!("CARGO_BIN_EXE_esc-vim"))
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--password-file")
-        .arg(dir.path().join("password"))
-        .arg("--build-ms")
-        .arg("300")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start esc-vim"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "esc-vim does not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_vim, addr, _dir) = start_vim(password, &["--build-ms", "300"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -80,26 +86,7 @@ fn openstacksdk_creates_lists_reboots_and_deletes_a_server() {
 
 #[test]
 fn a_wrong_password_gets_no_token() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("password"), "right").unwrap();
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _vim = Vim(Command::new(env!("CARGO_BIN_EXE_esc-vim"))
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--password-file")
-        .arg(dir.path().join("password"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start esc-vim"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "esc-vim does not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_vim, addr, _dir) = start_vim("right", &[]);
     let body = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"wrong"}}},"scope":{"project":{"name":"vnf","domain":{"name":"Default"}}}}}"#;
     let req = format!(
         "POST /identity/v3/auth/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -3,8 +3,8 @@
 //! (`vm_groups[0].scaling.min_active: ...`). The states carry ESC's names;
 //! lifecycle operations carry ETSI NFV-SOL 003's.
 //!
-//! Not wired into the commands yet: the lifecycle operations of the next
-//! step apply it.
+//! The commands carry it (`Op::CreateTenant`, `Op::StartOperation`,
+//! `Op::RecordStep`); `lifecycle` applies the operation records and steps.
 
 use crate::rules::{check_name, InvalidCommand};
 use serde::{Deserialize, Serialize};

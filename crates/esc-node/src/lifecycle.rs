@@ -162,6 +162,8 @@ async fn run(
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
     let epoch = shared.role.borrow().epoch;
+    // At most one answer per call in flight, and the core bounds those
+    // (`calls_in_flight_max`).
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<(u64, Answer)>();
     let mut applied = None;
     let mut look = tokio::time::interval(LOOK_EVERY);

@@ -24,7 +24,7 @@
 //!   later entry the same way.
 //!
 //! [`contract`] checks these properties for any machine on [`MemState`];
-//! `esc-domain` runs it, and `esc-store` runs its own suite on redb.
+//! `esc-domain` runs it, on a `MemState` and on the redb store.
 
 use std::collections::BTreeMap;
 
