@@ -27,15 +27,17 @@ async fn fill(
                 if i >= n {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let body =
-                    serde_json::json!({ "name": format!("{tag}-{i}"), "payload": &*payload });
+                let body = serde_json::json!({
+                    "name": format!("{tag}-{i}"), "tenant": crate::TENANT,
+                    "properties": { "payload": &*payload },
+                });
                 let r = c
                     .post(format!("http://{api}/v0/deployments"))
                     .basic_auth("admin", Some(PASSWORD))
                     .json(&body)
                     .send()
                     .await?;
-                anyhow::ensure!(r.status() == 201, "write {i} failed: {}", r.status());
+                anyhow::ensure!(r.status() == 202, "write {i} failed: {}", r.status());
             }
         }));
     }

@@ -42,6 +42,7 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
     wait_until(Duration::from_secs(10), "primary", || {
         a.status()["role"] == "primary"
     });
+    create_tenant(&a);
     let rt = rt();
     let c = client();
     let url = a.url("/v0/deployments");
@@ -49,14 +50,14 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
         rt.block_on(async {
             c.post(&url)
                 .basic_auth("admin", Some(PASSWORD))
-                .json(&serde_json::json!({ "name": name }))
+                .json(&deployment(name, serde_json::json!({})))
                 .send()
                 .await
                 .unwrap()
                 .status()
         })
     };
-    assert_eq!(write("before"), 201);
+    assert_eq!(write("before"), 202);
     let before = digest(&a);
     let epoch_before = a.status()["epoch"].clone();
     let repl = a.spec.repl;
@@ -139,7 +140,7 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
         epoch_before,
         "a forged higher epoch was not taken"
     );
-    assert_eq!(write("after"), 201);
+    assert_eq!(write("after"), 202);
     assert!(a
         .log_text("escadm.log")
         .contains("dropping replication link"));

@@ -2,11 +2,14 @@
 //! service of two VMs deployed on the lab's VIM (`esc-vim`, in process) by
 //! the primary's lifecycle runner through the OpenStack API, its state
 //! through the northbound, then its undeploy; bad input refused with the
-//! field named.
+//! field named; each result POSTed to its callback URL (retried, and an
+//! unreachable URL holding up no other), and every notification on the
+//! event stream, resumable with `Last-Event-ID`.
 
 mod common;
 
 use common::{client, rt, wait_until, Node, NodeSpec, PASSWORD};
+use esc_lab::notify::{stream_faults, CallbackSink, EventReader, SseRecord};
 use std::time::Duration;
 
 const VIM_PASSWORD: &str = "vim-password-for-the-test-31";
@@ -98,7 +101,7 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
     };
     use reqwest::Method;
     // Bad input: the field is named; nothing is started.
-    let (status, body) = call(Method::POST, "/v0/services", Some(spec(0)));
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(spec(0)));
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]
@@ -107,7 +110,7 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
             .contains("vm_groups[0].scaling.min_active"),
         "{body}"
     );
-    let (status, body) = call(Method::POST, "/v0/services", Some(spec(2)));
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(spec(2)));
     assert_eq!(status, 404, "no tenant yet: {body}");
     assert_eq!(
         call(
@@ -119,11 +122,55 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
         201
     );
 
-    let (status, body) = call(Method::POST, "/v0/services", Some(spec(2)));
+    // Callbacks (the first POST refused: the notifier retries) and the
+    // event stream, from the start of the outbox.
+    let sink = CallbackSink::bind("127.0.0.1:0", 1).unwrap();
+    let reader = EventReader::start(node.spec.api, "admin", PASSWORD, 0, Duration::from_secs(3));
+    let with_callback = |method: Method, path: &str, cb: &str, body: Option<serde_json::Value>| {
+        rt.block_on(async {
+            let mut r = c
+                .request(method, node.url(path))
+                .basic_auth("admin", Some(PASSWORD))
+                .header("callback", cb);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            let tid = r.headers()["esc-transaction-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (
+                r.status().as_u16(),
+                tid,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        })
+    };
+    let (status, _, body) =
+        with_callback(Method::POST, "/v0/deployments", "ftp://x/", Some(spec(2)));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("callback:"),
+        "{body}"
+    );
+    assert_eq!(
+        call(Method::GET, "/v0/deployments/web", None).0,
+        404,
+        "nothing started"
+    );
+
+    let (status, deploy_tid, body) = with_callback(
+        Method::POST,
+        "/v0/deployments",
+        &sink.url("/cb/deploy"),
+        Some(spec(2)),
+    );
     assert_eq!(status, 202, "{body}");
     let op = body["operation"].as_str().unwrap().to_string();
+    assert_eq!(body["href"], format!("/v0/operations/{op}"));
     wait_until(Duration::from_secs(30), "the service is active", || {
-        call(Method::GET, "/v0/services/web", None).1["state"] == "SERVICE_ACTIVE_STATE"
+        call(Method::GET, "/v0/deployments/web", None).1["state"] == "SERVICE_ACTIVE_STATE"
     });
     let (_, o) = call(Method::GET, &format!("/v0/operations/{op}"), None);
     assert_eq!(o["state"], "COMPLETED", "{o}");
@@ -146,13 +193,113 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
     );
     assert_eq!(s0.metadata["esc_deployment"], "web");
 
-    let (status, _) = call(Method::DELETE, "/v0/services/web", None);
+    // The deploy's result reached its callback, with ESC's headers.
+    assert!(sink.wait(1, Duration::from_secs(30)), "no callback");
+    let got = &sink.received()[0];
+    assert_eq!(got.path, "/cb/deploy");
+    assert_eq!(got.headers["esc-status-code"], "200");
+    assert_eq!(got.headers["esc_transaction_id"], deploy_tid);
+    assert_eq!(got.body["operation"]["state"], "COMPLETED");
+    assert_eq!(got.body["deployment"]["state"], "SERVICE_ACTIVE_STATE");
+
+    let (status, _, _) = with_callback(
+        Method::DELETE,
+        "/v0/deployments/web",
+        &sink.url("/cb/undeploy"),
+        None,
+    );
     assert_eq!(status, 202);
     wait_until(Duration::from_secs(30), "the service is gone", || {
-        call(Method::GET, "/v0/services/web", None).0 == 404
+        call(Method::GET, "/v0/deployments/web", None).0 == 404
     });
     assert!(
         rt.block_on(vim_c.servers(None)).unwrap().is_empty(),
         "no server left on the VIM"
     );
+    assert!(
+        sink.wait(2, Duration::from_secs(30)),
+        "no undeploy callback"
+    );
+    assert_eq!(sink.received()[1].path, "/cb/undeploy");
+
+    // An unreachable callback URL holds nothing: the next operation's
+    // callback arrives while the first is still being retried.
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v0/tenants",
+            Some(serde_json::json!({"name": "t2"}))
+        )
+        .0,
+        201
+    );
+    let empty = |name: &str| serde_json::json!({ "name": name, "tenant": "t2" });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/never", closed.local_addr().unwrap());
+    drop(closed);
+    let (status, _, body) = with_callback(
+        Method::POST,
+        "/v0/deployments",
+        &dead_url,
+        Some(empty("e1")),
+    );
+    assert_eq!(
+        (status, &body["state"]),
+        (202, &serde_json::json!("COMPLETED"))
+    );
+    let (status, _, _) = with_callback(
+        Method::POST,
+        "/v0/deployments",
+        &sink.url("/cb/e2"),
+        Some(empty("e2")),
+    );
+    assert_eq!(status, 202);
+    assert!(
+        sink.wait(3, Duration::from_secs(30)),
+        "e2's callback held up"
+    );
+    assert_eq!(sink.received()[2].path, "/cb/e2");
+
+    // The event stream: every notification, in order, nothing missing.
+    let done = |e: &[SseRecord]| e.iter().filter(|r| r.event == "SERVICE_ALIVE").count() >= 3;
+    assert!(
+        reader.wait_for(Duration::from_secs(30), done),
+        "events: {:?}",
+        reader.events()
+    );
+    let events = reader.finish();
+    assert!(
+        stream_faults(&events).is_empty(),
+        "{:?}",
+        stream_faults(&events)
+    );
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    let count = |n: &str| names.iter().filter(|x| **x == n).count();
+    assert_eq!(
+        (
+            count("VM_DEPLOYED"),
+            count("VM_ALIVE"),
+            count("VM_UNDEPLOYED"),
+            count("SERVICE_UNDEPLOYED")
+        ),
+        (2, 2, 2, 1),
+        "{names:?}"
+    );
+    // Resuming after an event gives exactly what followed it.
+    let alive = events
+        .iter()
+        .position(|e| e.event == "SERVICE_ALIVE")
+        .unwrap();
+    let resumed = EventReader::start(
+        node.spec.api,
+        "admin",
+        PASSWORD,
+        events[alive].id,
+        Duration::from_secs(3),
+    );
+    let rest = events.len() - alive - 1;
+    assert!(resumed.wait_for(Duration::from_secs(10), |e| e.len() >= rest));
+    let again: Vec<u64> = resumed.finish().iter().map(|e| e.id).take(rest).collect();
+    let want: Vec<u64> = events[alive + 1..].iter().map(|e| e.id).collect();
+    assert_eq!(again, want);
 }

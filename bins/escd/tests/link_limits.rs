@@ -188,20 +188,24 @@ fn a_closed_link_is_closed_while_a_snapshot_streams_to_a_stuck_peer() {
         a.status()["role"] == "primary"
     });
     // A snapshot of ~21 MB: far more than the socket buffers of both ends hold.
+    create_tenant(&a);
     let rt = rt();
     let c = client();
-    let pad = "x".repeat(700_000);
-    for i in 0..30 {
+    let pad = "x".repeat(500_000);
+    for i in 0..42 {
         let code = rt.block_on(async {
             c.post(a.url("/v0/deployments"))
                 .basic_auth("admin", Some(PASSWORD))
-                .json(&serde_json::json!({ "name": format!("d{i}"), "pad": pad }))
+                .json(&deployment(
+                    &format!("d{i}"),
+                    serde_json::json!({ "pad": pad }),
+                ))
                 .send()
                 .await
                 .unwrap()
                 .status()
         });
-        assert_eq!(code, 201);
+        assert_eq!(code, 202);
     }
     wait_until(Duration::from_secs(10), "log compacted", || {
         a.status()["store"]["snapshot_index"].as_u64() > Some(0)
@@ -317,7 +321,11 @@ fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
         "an oversized body must be refused: {big_status:?}"
     );
 
-    assert_eq!(post(r#"{"name":"ok"}"#.into()), 201);
+    create_tenant(&a);
+    assert_eq!(
+        post(deployment("ok", serde_json::json!({})).to_string()),
+        202
+    );
     assert_eq!(post("not json".into()), 400);
     let unauth = rt.block_on(async {
         c.delete(a.url("/v0/deployments/ok"))

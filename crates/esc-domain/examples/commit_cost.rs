@@ -2,6 +2,7 @@
 //! 1 KiB deployment commands, then the (non-durable) apply of that group.
 //! `cargo run --release -p esc-domain --example commit_cost`
 
+use esc_domain::model::{DeploymentSpec, OperationKind, Tenant};
 use esc_domain::{Command, Domain, Op};
 use esc_store::{Batch, Store};
 use esc_wire::Entry;
@@ -10,7 +11,28 @@ use std::time::{Duration, Instant};
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), Domain).expect("open store");
-    let mut index = 0u64;
+    // The tenant every deployment names (entry 1), so each deploy applies.
+    let tenant = Command {
+        tid: "t".into(),
+        idempotency_key: None,
+        fingerprint: "f".into(),
+        at_ms: 0,
+        op: Op::CreateTenant {
+            tenant: Tenant {
+                name: "t".into(),
+                description: String::new(),
+            },
+        },
+    };
+    store
+        .write(Batch {
+            append: vec![Entry::new(1, 1, serde_json::to_vec(&tenant).expect("json"))],
+            apply_up_to: Some(1),
+            sync: true,
+            ..Batch::default()
+        })
+        .expect("tenant");
+    let mut index = 1u64;
     println!("| group size | append+fsync | apply | cycles |");
     println!("|---:|---:|---:|---:|");
     for group in [1usize, 20, 100] {
@@ -25,10 +47,18 @@ fn main() {
                         idempotency_key: None,
                         fingerprint: "f".into(),
                         at_ms: 0,
-                        op: Op::CreateDeployment {
-                            id: "i".into(),
-                            name: format!("d{index}"),
-                            spec: serde_json::json!({ "payload": "x".repeat(1000) }),
+                        op: Op::StartOperation {
+                            op_id: format!("op{index}"),
+                            deployment: format!("d{index}"),
+                            kind: OperationKind::Deploy {
+                                spec: DeploymentSpec {
+                                    name: format!("d{index}"),
+                                    tenant: "t".into(),
+                                    vm_groups: Vec::new(),
+                                    properties: [("payload".to_string(), "x".repeat(1000))].into(),
+                                },
+                            },
+                            callback: None,
                         },
                     };
                     Entry::new(1, index, serde_json::to_vec(&cmd).expect("json"))

@@ -9,7 +9,7 @@
 
 use crate::command::{Command, Op};
 use crate::keys;
-use crate::outcome::{Answer, Deployment, Event, EventKind, IdempotencyRecord, Outcome, Refused};
+use crate::outcome::{Answer, Event, EventKind, IdempotencyRecord, Outcome, Refused};
 use esc_state::{ApplyError, State, StateError, StateMachine};
 
 /// Events kept in the outbox; older ones are dropped as new ones come (the
@@ -84,46 +84,6 @@ fn refused(refused: Refused) -> Outcome {
 /// The change one valid command makes, and the events it produces.
 fn change(cmd: &Command, state: &mut dyn State) -> Result<(Outcome, Vec<EventKind>), StateError> {
     Ok(match &cmd.op {
-        Op::CreateDeployment { id, name, spec } => {
-            let k = keys::deployment(name);
-            if state.get(&k)?.is_some() {
-                (
-                    refused(Refused::DeploymentExists { name: name.clone() }),
-                    Vec::new(),
-                )
-            } else {
-                let d = Deployment {
-                    id: id.clone(),
-                    name: name.clone(),
-                    created_at_ms: cmd.at_ms,
-                    tid: cmd.tid.clone(),
-                    spec: spec.clone(),
-                };
-                state.put(&k, &encode(&d))?;
-                add_count(state, keys::DEPLOYMENT_COUNT, 1)?;
-                (
-                    Outcome::DeploymentCreated { deployment: d },
-                    vec![EventKind::DeploymentCreated {
-                        name: name.clone(),
-                        id: id.clone(),
-                    }],
-                )
-            }
-        }
-        Op::DeleteDeployment { name } => {
-            if state.delete(&keys::deployment(name))? {
-                add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
-                (
-                    Outcome::DeploymentDeleted { name: name.clone() },
-                    vec![EventKind::DeploymentDeleted { name: name.clone() }],
-                )
-            } else {
-                (
-                    refused(Refused::NoSuchDeployment { name: name.clone() }),
-                    Vec::new(),
-                )
-            }
-        }
         Op::CreateTenant { tenant } => {
             let k = keys::tenant(&tenant.name);
             if state.get(&k)?.is_some() {
@@ -139,8 +99,12 @@ fn change(cmd: &Command, state: &mut dyn State) -> Result<(Outcome, Vec<EventKin
             op_id,
             deployment,
             kind,
-        } => crate::lifecycle::start(op_id, deployment, kind, state)?,
-        Op::RecordStep { step } => crate::lifecycle::record(step, state)?,
+            callback,
+        } => crate::lifecycle::start(cmd, op_id, deployment, kind, callback.as_deref(), state)?,
+        Op::RecordStep { step } => crate::lifecycle::record(cmd, step, state)?,
+        Op::CallbacksDelivered { op_ids } => {
+            (crate::lifecycle::delivered(op_ids, state)?, Vec::new())
+        }
         Op::SetOpMode { mode } => {
             state.put(keys::OP_MODE, &encode(mode))?;
             (
@@ -165,6 +129,7 @@ fn emit(
     let id = index.saturating_mul(EVENTS_PER_ENTRY_MAX) + (n as u64).min(EVENTS_PER_ENTRY_MAX - 1);
     let event = Event {
         id,
+        seq: add_count(state, keys::EVENT_SEQ, 1)?,
         at_ms: cmd.at_ms,
         tid: cmd.tid.clone(),
         kind,

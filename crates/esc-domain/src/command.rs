@@ -32,35 +32,29 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    CreateDeployment {
-        id: String,
-        name: String,
-        spec: serde_json::Value,
-    },
-    DeleteDeployment {
-        name: String,
-    },
     /// The operation mode (esc-facts: `escadm op_mode`); replicated, so it
     /// survives a switchover.
-    SetOpMode {
-        mode: OpMode,
-    },
+    SetOpMode { mode: OpMode },
     /// A tenant (the owner of services).
-    CreateTenant {
-        tenant: crate::model::Tenant,
-    },
+    CreateTenant { tenant: crate::model::Tenant },
     /// A lifecycle operation on the service `deployment` (a deploy creates
     /// it): one at a time per service.
     StartOperation {
         op_id: String,
         deployment: String,
         kind: crate::model::OperationKind,
+        /// Where the result is POSTed when the operation settles.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<String>,
     },
     /// A step's result, proposed by the primary's lifecycle runner.
-    RecordStep {
-        step: crate::model::Step,
-    },
+    RecordStep { step: crate::model::Step },
+    /// Callbacks the primary's notifier delivered (or gave up on).
+    CallbacksDelivered { op_ids: Vec<String> },
 }
+
+/// Most callbacks one `CallbacksDelivered` clears.
+pub const CALLBACKS_PER_COMMAND_MAX: usize = 256;
 
 /// Operation mode: in maintenance, northbound writes are refused
 /// ("unavailable temporarily") and transactions in progress finish.
@@ -84,30 +78,33 @@ impl OpMode {
 impl Op {
     pub fn validate(&self) -> Result<(), InvalidCommand> {
         match self {
-            Op::CreateDeployment { id, name, spec } => {
-                check_name(name)?;
-                if id.is_empty() {
-                    return Err(invalid("id", "must not be empty"));
-                }
-                if !spec.is_object() {
-                    return Err(invalid("spec", "must be a JSON object"));
-                }
-                Ok(())
-            }
-            Op::DeleteDeployment { name } => check_name(name),
             Op::SetOpMode { .. } | Op::RecordStep { .. } => Ok(()),
             Op::CreateTenant { tenant } => tenant
                 .validate()
                 .map_err(|e| invalid("tenant", e.to_string())),
+            Op::CallbacksDelivered { op_ids } => {
+                if op_ids.len() > CALLBACKS_PER_COMMAND_MAX {
+                    return Err(invalid(
+                        "op_ids",
+                        format!("at most {CALLBACKS_PER_COMMAND_MAX}"),
+                    ));
+                }
+                Ok(())
+            }
             Op::StartOperation {
                 op_id,
                 deployment,
                 kind,
+                callback,
             } => {
                 if op_id.is_empty() || op_id.len() > 64 {
                     return Err(invalid("op_id", "must be 1 to 64 characters"));
                 }
                 check_name(deployment)?;
+                if let Some(url) = callback {
+                    crate::model::check_callback(url)
+                        .map_err(|e| invalid("callback", e.message))?;
+                }
                 match kind {
                     crate::model::OperationKind::Deploy { spec } => {
                         if spec.name != *deployment {
@@ -124,8 +121,6 @@ impl Op {
     /// One line for `escadm ip_trans` and the logs.
     pub fn describe(&self) -> String {
         match self {
-            Op::CreateDeployment { name, .. } => format!("create deployment {name}"),
-            Op::DeleteDeployment { name } => format!("delete deployment {name}"),
             Op::SetOpMode { mode } => format!("set operation mode {}", mode.word()),
             Op::CreateTenant { tenant } => format!("create tenant {}", tenant.name),
             Op::StartOperation {
@@ -135,6 +130,7 @@ impl Op {
                 crate::model::OperationKind::Undeploy => format!("undeploy {deployment}"),
             },
             Op::RecordStep { .. } => "record a lifecycle step".into(),
+            Op::CallbacksDelivered { op_ids } => format!("{} callback(s) delivered", op_ids.len()),
         }
     }
 }

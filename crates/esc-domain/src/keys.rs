@@ -2,13 +2,15 @@
 //! Values are JSON. Counters are kept as entries apply, so a count is one
 //! read, never a scan.
 
-pub const DEPLOYMENT: &str = "deployment/";
 pub const IDEMPOTENCY: &str = "idem/";
 pub const EVENT: &str = "event/";
 pub const OP_MODE: &str = "setting/op_mode";
 pub const DEPLOYMENT_COUNT: &str = "count/deployments";
 pub const TENANT: &str = "tenant/";
+/// A deployment (`model::ServiceRecord`), by name.
 pub const SERVICE: &str = "service/";
+/// Results owed to callback URLs (`model::Callback`), by operation.
+pub const CALLBACK: &str = "callback/";
 pub const OPERATION: &str = "op/";
 /// Index of the unsettled operations (what the lifecycle runner reads).
 pub const ACTIVE_OPERATION: &str = "opactive/";
@@ -29,9 +31,11 @@ pub fn active_operation(id: &str) -> String {
     format!("{ACTIVE_OPERATION}{id}")
 }
 pub const EVENT_COUNT: &str = "count/events";
+/// Events ever emitted (the last one's `seq`).
+pub const EVENT_SEQ: &str = "count/event_seq";
 
-pub fn deployment(name: &str) -> String {
-    format!("{DEPLOYMENT}{name}")
+pub fn callback(op_id: &str) -> String {
+    format!("{CALLBACK}{op_id}")
 }
 
 pub fn idempotency(key: &str) -> String {

@@ -36,4 +36,4 @@ pub mod rules;
 
 pub use apply::Domain;
 pub use command::{Command, InvalidCommand, Op, OpMode};
-pub use outcome::{Answer, Deployment, Event, EventKind, IdempotencyRecord, Outcome, Refused};
+pub use outcome::{Answer, Event, EventKind, IdempotencyRecord, Outcome, Refused};

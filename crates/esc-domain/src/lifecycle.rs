@@ -3,11 +3,12 @@
 //! proposes, with the notifications they produce. Deterministic like the
 //! rest of `apply`: every node holds the same records and the same events.
 
-use crate::codec::{read, write};
+use crate::codec::{add_count, read, write};
+use crate::command::Command;
 use crate::keys;
 use crate::model::{
-    OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState, Step, Tenant,
-    VmState,
+    Callback, OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState, Step,
+    Tenant, VmState,
 };
 use crate::outcome::{EventKind, Outcome, Refused};
 use esc_state::{State, StateError};
@@ -36,11 +37,14 @@ fn esc_event(
 
 /// `StartOperation`: a deploy creates the service (its tenant must exist,
 /// the name be free); an undeploy needs the service and no operation in
-/// progress on it.
+/// progress on it. An operation with no VM to touch (a deployment of no VM
+/// group) settles here, in the same entry: nothing is left for the runner.
 pub fn start(
+    cmd: &Command,
     op_id: &str,
     deployment: &str,
     kind: &OperationKind,
+    callback: Option<&str>,
     state: &mut dyn State,
 ) -> Result<(Outcome, Vec<EventKind>), StateError> {
     if read::<OperationRecord>(state, &keys::operation(op_id))?.is_some() {
@@ -58,7 +62,7 @@ pub fn start(
     }
     let (service, event) = match kind {
         OperationKind::Deploy { spec } => {
-            if existing.is_some() || state.get(&keys::deployment(deployment))?.is_some() {
+            if existing.is_some() {
                 return Ok(refused(Refused::DeploymentExists {
                     name: deployment.into(),
                 }));
@@ -68,11 +72,14 @@ pub fn start(
                     name: spec.tenant.clone(),
                 }));
             }
+            add_count(state, keys::DEPLOYMENT_COUNT, 1)?;
             let s = ServiceRecord {
                 spec: spec.clone(),
                 state: ServiceState::Deploying,
                 current_op: Some(op_id.into()),
                 vms: Vec::new(),
+                created_at_ms: cmd.at_ms,
+                last_op: None,
             };
             (s, "SERVICE_DEPLOYING")
         }
@@ -88,34 +95,109 @@ pub fn start(
         }
     };
     let mut record = OperationRecord::new(op_id.into(), deployment.into(), kind.clone());
+    record.tid.clone_from(&cmd.tid);
+    record.callback = callback.map(str::to_string);
+    record.started_at_ms = cmd.at_ms;
     if let OperationKind::Undeploy = kind {
         // What the last deploy left is what the undeploy removes (and the
         // VIM is listed for leftovers).
         record.vms = service.vms.clone();
     }
-    write(state, &keys::operation(op_id), &record)?;
-    state.put(&keys::active_operation(op_id), b"")?;
-    write(state, &sk, &service)?;
-    let ev = esc_event(
+    let mut events = vec![esc_event(
         event,
         &service,
         None,
         "SUCCESS",
         format!("operation {op_id} accepted"),
-    );
+    )];
+    // No VM group ever: no server can exist, nothing to ask the VIM.
+    if service.spec.vm_groups.is_empty() && record.vms.is_empty() {
+        record.state = OperationState::Completed;
+        settle(cmd, &record, service, state, &mut events)?;
+    } else {
+        state.put(&keys::active_operation(op_id), b"")?;
+        write(state, &sk, &service)?;
+    }
+    write(state, &keys::operation(op_id), &record)?;
     Ok((
         Outcome::OperationStarted {
             op_id: op_id.into(),
             deployment: deployment.into(),
+            state: record.state,
         },
-        vec![ev],
+        events,
     ))
+}
+
+/// What an operation's settlement does to its service (one place for both
+/// an operation settled by its last step and one settled at its start):
+/// the service's state, its removal after an undeploy, the runner's index,
+/// the notification and the callback owed to the client.
+fn settle(
+    cmd: &Command,
+    record: &OperationRecord,
+    mut service: ServiceRecord,
+    state: &mut dyn State,
+    events: &mut Vec<EventKind>,
+) -> Result<(), StateError> {
+    let sk = keys::service(&record.deployment_id);
+    state.delete(&keys::active_operation(&record.id))?;
+    let failed = record.state != OperationState::Completed;
+    let message = record.error.clone().unwrap_or_else(|| "completed".into());
+    let status = if failed { "FAILURE" } else { "SUCCESS" };
+    service.current_op = None;
+    service.last_op = Some(record.id.clone());
+    match &record.kind {
+        OperationKind::Deploy { .. } => {
+            service.state = if failed {
+                ServiceState::Error
+            } else {
+                ServiceState::Active
+            };
+            service.vms = record.vms.clone();
+            events.push(esc_event("SERVICE_ALIVE", &service, None, status, message));
+            write(state, &sk, &service)?;
+        }
+        OperationKind::Undeploy => {
+            events.push(esc_event(
+                "SERVICE_UNDEPLOYED",
+                &service,
+                None,
+                status,
+                message,
+            ));
+            if failed {
+                service.state = ServiceState::Error;
+                write(state, &sk, &service)?;
+            } else {
+                state.delete(&sk)?;
+                add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
+            }
+        }
+    }
+    if let Some(url) = &record.callback {
+        let delivery = Callback {
+            op_id: record.id.clone(),
+            tid: record.tid.clone(),
+            url: url.clone(),
+            deployment: record.deployment_id.clone(),
+            state: record.state,
+            message: record.error.clone(),
+            settled_at_ms: cmd.at_ms,
+        };
+        write(state, &keys::callback(&record.id), &delivery)?;
+    }
+    Ok(())
 }
 
 /// `RecordStep`: applies a committed step to its operation and the
 /// service, with its notifications. A settled operation leaves the
 /// runner's index; a completed undeploy removes the service.
-pub fn record(step: &Step, state: &mut dyn State) -> Result<(Outcome, Vec<EventKind>), StateError> {
+pub fn record(
+    cmd: &Command,
+    step: &Step,
+    state: &mut dyn State,
+) -> Result<(Outcome, Vec<EventKind>), StateError> {
     let op_id = match step {
         Step::ServerBound { op, .. }
         | Step::VmActive { op, .. }
@@ -177,47 +259,9 @@ pub fn record(step: &Step, state: &mut dyn State) -> Result<(Outcome, Vec<EventK
             Step::Settled { .. } => {}
         }
     }
-    let settled_now = record.state.settled() && !was.state.settled();
-    if settled_now {
-        state.delete(&keys::active_operation(&op_id))?;
-        let failed = record.state != OperationState::Completed;
-        let message = record.error.clone().unwrap_or_else(|| "completed".into());
-        let status = if failed { "FAILURE" } else { "SUCCESS" };
-        match &record.kind {
-            OperationKind::Deploy { .. } => {
-                service.state = if failed {
-                    ServiceState::Error
-                } else {
-                    ServiceState::Active
-                };
-                service.vms = record.vms.clone();
-                service.current_op = None;
-                events.push(esc_event("SERVICE_ALIVE", &service, None, status, message));
-                write(state, &sk, &service)?;
-            }
-            OperationKind::Undeploy if !failed => {
-                state.delete(&sk)?;
-                events.push(esc_event(
-                    "SERVICE_UNDEPLOYED",
-                    &service,
-                    None,
-                    status,
-                    message,
-                ));
-            }
-            OperationKind::Undeploy => {
-                service.state = ServiceState::Error;
-                service.current_op = None;
-                events.push(esc_event(
-                    "SERVICE_UNDEPLOYED",
-                    &service,
-                    None,
-                    status,
-                    message,
-                ));
-                write(state, &sk, &service)?;
-            }
-        }
+    if record.state.settled() && !was.state.settled() {
+        record.settled_at_ms = Some(cmd.at_ms);
+        settle(cmd, &record, service, state, &mut events)?;
     } else if record.vms.iter().all(|v| v.state == VmState::Alive) {
         service.vms = record.vms.clone();
         write(state, &sk, &service)?;
@@ -230,4 +274,16 @@ pub fn record(step: &Step, state: &mut dyn State) -> Result<(Outcome, Vec<EventK
         },
         events,
     ))
+}
+
+/// `CallbacksDelivered`: the primary's notifier POSTed these results (or
+/// gave up on them); they leave the outbox.
+pub fn delivered(op_ids: &[String], state: &mut dyn State) -> Result<Outcome, StateError> {
+    let mut removed = 0;
+    for id in op_ids {
+        if state.delete(&keys::callback(id))? {
+            removed += 1;
+        }
+    }
+    Ok(Outcome::CallbacksDelivered { removed })
 }

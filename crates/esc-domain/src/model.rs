@@ -8,7 +8,7 @@
 
 use crate::rules::{check_name, InvalidCommand};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Bounds of a deployment (every list has one; style: a limit on everything).
 pub const VM_GROUPS_MAX: usize = 32;
@@ -18,6 +18,11 @@ pub const CONFIG_FILES_MAX: usize = 16;
 pub const CONFIG_FILE_BYTES_MAX: usize = 64 * 1024;
 pub const RETRIES_MAX: u32 = 10;
 pub const RECOVERY_WAIT_S_MAX: u64 = 3_600;
+pub const PROPERTIES_MAX: usize = 64;
+/// Names and values of a deployment's properties, in all.
+pub const PROPERTIES_BYTES_MAX: usize = 512 * 1024;
+/// Longest callback URL.
+pub const CALLBACK_URL_LEN_MAX: usize = 2_048;
 
 /// A tenant (ESC's `tenant`: the owner of deployments).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +42,10 @@ pub struct DeploymentSpec {
     /// None: a deployment of no VM (it is active at once).
     #[serde(default)]
     pub vm_groups: Vec<VmGroup>,
+    /// Name -> value pairs kept with the deployment for its owner (ESC's
+    /// deployment properties); the manager does not read them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +265,32 @@ pub fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, InvalidFi
     })
 }
 
+/// A callback URL: `http://` or `https://`, a host, no space or control
+/// character, at most [`CALLBACK_URL_LEN_MAX`] characters.
+pub fn check_callback(url: &str) -> Result<(), InvalidField> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| at("callback", "must be an http:// or https:// URL"))?;
+    if url.len() > CALLBACK_URL_LEN_MAX {
+        return Err(at(
+            "callback",
+            format!("at most {CALLBACK_URL_LEN_MAX} characters"),
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at(
+            "callback",
+            "must not contain spaces or control characters",
+        ));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return Err(at("callback", "must name a host (no user information)"));
+    }
+    Ok(())
+}
+
 fn name(path: &str, v: &str) -> Result<(), InvalidField> {
     check_name(v).map_err(|e| (path, e).into())
 }
@@ -275,6 +310,23 @@ impl DeploymentSpec {
     pub fn validate(&self) -> Result<(), InvalidField> {
         name("name", &self.name)?;
         name("tenant", &self.tenant)?;
+        if self.properties.len() > PROPERTIES_MAX {
+            return Err(at(
+                "properties",
+                format!("at most {PROPERTIES_MAX} properties"),
+            ));
+        }
+        let mut bytes = 0;
+        for (k, v) in &self.properties {
+            name(&format!("properties.{k}"), k)?;
+            bytes += k.len() + v.len();
+        }
+        if bytes > PROPERTIES_BYTES_MAX {
+            return Err(at(
+                "properties",
+                format!("at most {PROPERTIES_BYTES_MAX} bytes of names and values"),
+            ));
+        }
         if self.vm_groups.len() > VM_GROUPS_MAX {
             return Err(at("vm_groups", format!("at most {VM_GROUPS_MAX} groups")));
         }
@@ -512,6 +564,26 @@ pub struct ServiceRecord {
     pub current_op: Option<String>,
     /// The VMs as the last operation left them.
     pub vms: Vec<VmRecord>,
+    /// When the deploy was accepted (the proposer's clock).
+    #[serde(default)]
+    pub created_at_ms: u64,
+    /// The last operation that settled on it.
+    #[serde(default)]
+    pub last_op: Option<String>,
+}
+
+/// A result owed to a client's callback URL (the replicated outbox of
+/// callbacks: the primary's notifier POSTs it, at least once, and then
+/// proposes `Op::CallbacksDelivered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    pub op_id: String,
+    pub tid: String,
+    pub url: String,
+    pub deployment: String,
+    pub state: OperationState,
+    pub message: Option<String>,
+    pub settled_at_ms: u64,
 }
 
 /// What a lifecycle operation does.
@@ -547,6 +619,17 @@ pub struct OperationRecord {
     /// In order (the deployment's groups, then index).
     pub vms: Vec<VmRecord>,
     pub error: Option<String>,
+    /// The transaction id of the request that started it.
+    #[serde(default)]
+    pub tid: String,
+    /// Where the result is POSTed when it settles (the request's `callback`).
+    #[serde(default)]
+    pub callback: Option<String>,
+    /// When it was accepted and when it settled (the proposers' clocks).
+    #[serde(default)]
+    pub started_at_ms: u64,
+    #[serde(default)]
+    pub settled_at_ms: Option<u64>,
 }
 
 /// A step's result, proposed by the lifecycle core and committed through
@@ -607,6 +690,10 @@ impl OperationRecord {
             state: OperationState::Starting,
             vms,
             error: None,
+            tid: String::new(),
+            callback: None,
+            started_at_ms: 0,
+            settled_at_ms: None,
         }
     }
 

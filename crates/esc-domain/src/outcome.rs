@@ -3,26 +3,10 @@
 use crate::command::OpMode;
 use serde::{Deserialize, Serialize};
 
-/// A deployment as stored and as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: String,
-    pub name: String,
-    pub created_at_ms: u64,
-    pub tid: String,
-    pub spec: serde_json::Value,
-}
-
 /// The result of applying one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    DeploymentCreated {
-        deployment: Deployment,
-    },
-    DeploymentDeleted {
-        name: String,
-    },
     OpModeSet {
         mode: OpMode,
     },
@@ -33,6 +17,11 @@ pub enum Outcome {
     OperationStarted {
         op_id: String,
         deployment: String,
+        /// COMPLETED already when there was no VM to touch.
+        state: crate::model::OperationState,
+    },
+    CallbacksDelivered {
+        removed: usize,
     },
     StepRecorded {
         op_id: String,
@@ -90,6 +79,10 @@ pub struct IdempotencyRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: u64,
+    /// 1, 2, 3, ...: every event ever emitted, in order, so a reader sees
+    /// a gap (events dropped from the bounded outbox before it read them).
+    #[serde(default)]
+    pub seq: u64,
     pub at_ms: u64,
     pub tid: String,
     pub kind: EventKind,
@@ -98,13 +91,6 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    DeploymentCreated {
-        name: String,
-        id: String,
-    },
-    DeploymentDeleted {
-        name: String,
-    },
     OpModeChanged {
         mode: OpMode,
     },

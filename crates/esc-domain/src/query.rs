@@ -4,21 +4,23 @@
 use crate::codec::{count, decode, read};
 use crate::command::OpMode;
 use crate::keys;
-use crate::outcome::{Deployment, Event, IdempotencyRecord};
+use crate::model::{Callback, ServiceRecord};
+use crate::outcome::{Event, IdempotencyRecord};
 use esc_state::{StateError, StateRead};
-
-pub fn deployment(state: &dyn StateRead, name: &str) -> Result<Option<Deployment>, StateError> {
-    read(state, &keys::deployment(name))
-}
 
 /// Deployments in name order, after `after`, at most `limit`.
 pub fn deployments(
     state: &dyn StateRead,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<Deployment>, StateError> {
-    let after = after.map(keys::deployment);
-    decoded(state, keys::DEPLOYMENT, after.as_deref(), limit)
+) -> Result<Vec<ServiceRecord>, StateError> {
+    let after = after.map(keys::service);
+    decoded(state, keys::SERVICE, after.as_deref(), limit)
+}
+
+/// Results owed to callback URLs, in operation-id order, at most `limit`.
+pub fn callbacks(state: &dyn StateRead, limit: usize) -> Result<Vec<Callback>, StateError> {
+    decoded(state, keys::CALLBACK, None, limit)
 }
 
 /// The values under `prefix` after the key `after`, decoded, in key order.
@@ -64,6 +66,10 @@ pub fn events(state: &dyn StateRead, after: u64, limit: usize) -> Result<Vec<Eve
     decoded(state, keys::EVENT, Some(&keys::event(after)), limit)
 }
 
+pub fn event(state: &dyn StateRead, id: u64) -> Result<Option<Event>, StateError> {
+    read(state, &keys::event(id))
+}
+
 pub fn event_count(state: &dyn StateRead) -> Result<u64, StateError> {
     count(state, keys::EVENT_COUNT)
 }
@@ -94,9 +100,6 @@ pub fn operation(
     read(state, &keys::operation(id))
 }
 
-pub fn service(
-    state: &dyn StateRead,
-    name: &str,
-) -> Result<Option<crate::model::ServiceRecord>, StateError> {
+pub fn service(state: &dyn StateRead, name: &str) -> Result<Option<ServiceRecord>, StateError> {
     read(state, &keys::service(name))
 }

@@ -69,6 +69,7 @@ fn deploy(op_id: &str, vms: u32) -> Op {
         op_id: op_id.into(),
         deployment: "web".into(),
         kind: OperationKind::Deploy { spec: spec(vms) },
+        callback: None,
     }
 }
 
@@ -174,6 +175,7 @@ fn what_must_not_start_is_refused_and_changes_nothing() {
         op_id: "op2".into(),
         deployment: "web".into(),
         kind: OperationKind::Undeploy,
+        callback: None,
     };
     assert!(matches!(
         log.apply(undeploy),
@@ -196,6 +198,7 @@ fn what_must_not_start_is_refused_and_changes_nothing() {
         op_id: "op3".into(),
         deployment: "web".into(),
         kind: OperationKind::Deploy { spec: bad },
+        callback: None,
     });
     assert!(
         matches!(&refused, Outcome::Refused { refused: Refused::Invalid(m) } if m.contains("min_active")),
@@ -228,6 +231,7 @@ fn an_undeploy_removes_the_service_once_its_servers_are_gone() {
         op_id: "op2".into(),
         deployment: "web".into(),
         kind: OperationKind::Undeploy,
+        callback: None,
     };
     assert!(matches!(
         log.apply(undeploy),

@@ -4,6 +4,7 @@
 //! matches the state, and a streamed snapshot installed on another store
 //! answers the rest of the log the same.
 
+use esc_domain::model::{DeploymentSpec, OperationKind, Tenant};
 use esc_domain::{Command, Domain, Op, OpMode};
 use esc_state::{contract, StateRead};
 use esc_store::{Batch, Store};
@@ -14,12 +15,32 @@ fn log() -> Vec<Vec<u8>> {
         .map(|seq| {
             let name = format!("d{}", seq % 17);
             let op = match seq % 5 {
-                0..=2 => Op::CreateDeployment {
-                    id: format!("id{seq}"),
-                    name,
-                    spec: serde_json::json!({ "seq": seq, "pad": "x".repeat((seq % 7 * 100) as usize) }),
+                _ if seq == 0 => Op::CreateTenant {
+                    tenant: Tenant {
+                        name: "t".into(),
+                        description: String::new(),
+                    },
                 },
-                3 => Op::DeleteDeployment { name },
+                0..=2 => Op::StartOperation {
+                    op_id: format!("op{seq}"),
+                    deployment: name.clone(),
+                    kind: OperationKind::Deploy {
+                        spec: DeploymentSpec {
+                            name,
+                            tenant: "t".into(),
+                            vm_groups: Vec::new(),
+                            properties: [("pad".to_string(), "x".repeat((seq % 7 * 100) as usize))]
+                                .into(),
+                        },
+                    },
+                    callback: None,
+                },
+                3 => Op::StartOperation {
+                    op_id: format!("op{seq}"),
+                    deployment: name,
+                    kind: OperationKind::Undeploy,
+                    callback: None,
+                },
                 _ => Op::SetOpMode {
                     mode: if seq % 2 == 0 {
                         OpMode::Maintenance

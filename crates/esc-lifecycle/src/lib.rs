@@ -11,6 +11,9 @@
 //!   leadership ──Input::Lead / Tick──────────────┘             └> Output::Propose(Step) ─> the log
 //! ```
 //!
+//! [`delivery`] is the callback outbox's core: which results to POST, when
+//! to retry, when to commit them as delivered (at least once).
+//!
 //! # Exactly once
 //! - A VM's server is created only after a lookup by its name (derived
 //!   from deployment, group, index, generation) found none; a server found
@@ -28,5 +31,6 @@
 //! operator's retry, rollback or fail (SOL 003).
 
 pub mod core;
+pub mod delivery;
 
 pub use crate::core::{Answer, Config, Input, Lifecycle, Output, ServerInfo, VimCall};

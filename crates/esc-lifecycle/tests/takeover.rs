@@ -194,6 +194,7 @@ fn a_deploy_and_an_undeploy_survive_a_takeover_at_every_call() {
             op_id: "op1".into(),
             deployment: "web".into(),
             kind: OperationKind::Deploy { spec: spec() },
+            callback: None,
         });
         let out = p.take_over();
         p.run(out, crash_at);
@@ -211,6 +212,7 @@ fn a_deploy_and_an_undeploy_survive_a_takeover_at_every_call() {
             op_id: "op2".into(),
             deployment: "web".into(),
             kind: OperationKind::Undeploy,
+            callback: None,
         });
         let out = p.take_over();
         p.run(out, crash_at.map(|c| c % 4 + 1));

@@ -37,6 +37,8 @@
 //! - [`services`]: primary-only services and their supervisor.
 //! - [`lifecycle`]: the lifecycle runner, a primary-only service (VIM calls
 //!   through `esc-openstack`, steps through the log).
+//! - [`notify`]: the notifier, a primary-only service (callbacks from the
+//!   replicated outbox, at least once).
 //! - [`shared`]: the handles and messages the tasks share.
 //! - [`status`]: the cores' status in `esc_proto`'s words.
 //! - [`error`]: why the node could not start or stopped.
@@ -51,6 +53,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod northbound;
+pub mod notify;
 pub mod owner;
 pub mod services;
 pub mod shared;

@@ -88,7 +88,8 @@ pub fn primary_services(
     cfg: &esc_config::Config,
     home: &std::path::Path,
 ) -> crate::Result<Vec<Arc<dyn crate::services::PrimaryService>>> {
-    let mut out: Vec<Arc<dyn crate::services::PrimaryService>> = Vec::new();
+    let mut out: Vec<Arc<dyn crate::services::PrimaryService>> =
+        vec![crate::notify::service(shared)?];
     if let Some(v) = &cfg.vim {
         let client = esc_openstack::Client::new(esc_openstack::Connector {
             auth_url: v.auth_url.clone(),
@@ -188,8 +189,14 @@ pub async fn run(
     // Role commands are few (a handful per role change).
     let (ha_tx, ha_rx) = mpsc::unbounded_channel::<Event>();
     let (net_tx, net_rx) = mpsc::channel::<NetEvent>(EVENT_QUEUE);
-    let storage = storage::spawn(store.clone(), counters.clone(), data_dir.clone())
-        .map_err(|e| crate::Error::io("cannot start the storage worker", e))?;
+    let applied = Arc::new(watch::Sender::new(store.meta().applied_index));
+    let storage = storage::spawn(
+        store.clone(),
+        applied.clone(),
+        counters.clone(),
+        data_dir.clone(),
+    )
+    .map_err(|e| crate::Error::io("cannot start the storage worker", e))?;
 
     let repl_listener = match &secret {
         Some(_) => Some(bind(r.listen, "replication").await?),
@@ -231,6 +238,7 @@ pub async fn run(
         leading: Arc::new(watch::Sender::new(!pair)),
         agent: Default::default(),
         api_dead: Arc::new(watch::Sender::new(false)),
+        applied,
     };
     // The HA agent (role authority, VRRP, witness client, health) runs on
     // its own thread; dropping its handle at the end sends priority 0 (if

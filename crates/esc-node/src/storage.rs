@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tracing::{error, info, warn};
 
 /// Jobs queued for the worker before the owner waits.
@@ -95,6 +95,7 @@ pub struct Storage {
 /// Starts the worker thread.
 pub fn spawn(
     store: Arc<NodeStore>,
+    applied: Arc<watch::Sender<u64>>,
     counters: Arc<Counters>,
     data_dir: PathBuf,
 ) -> std::io::Result<Storage> {
@@ -105,6 +106,7 @@ pub fn spawn(
         .spawn(move || {
             let w = Worker {
                 store,
+                applied,
                 counters,
                 data_dir,
                 events: events_tx,
@@ -168,6 +170,9 @@ pub fn send_snapshot(
 
 struct Worker {
     store: Arc<NodeStore>,
+    /// The applied index, published after every apply (the primary-only
+    /// services and the event stream wait on it instead of polling).
+    applied: Arc<watch::Sender<u64>>,
     counters: Arc<Counters>,
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
@@ -207,6 +212,7 @@ impl Worker {
                     // log is replaced.
                     self.save_recovery(index + 1, "beyond the snapshot point")?;
                     self.store.install_staged(index, index_epoch)?;
+                    self.applied.send_replace(self.store.meta().applied_index);
                     if self
                         .events
                         .send(StorageEvent::SnapshotInstalled { index, index_epoch })
@@ -268,6 +274,9 @@ impl Worker {
             {
                 return Ok(None);
             }
+        }
+        if !result.outcomes.is_empty() {
+            self.applied.send_replace(self.store.meta().applied_index);
         }
         if !replies.is_empty() {
             let mut by_index: HashMap<u64, _> = result.outcomes.into_iter().collect();

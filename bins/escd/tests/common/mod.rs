@@ -305,7 +305,35 @@ pub fn pair(tune: impl Fn(&mut NodeSpec)) -> (Node, Node) {
             s["role"] == "primary" && s["replication"]["peer"]["in_sync"] == true
         },
     );
+    create_tenant(&a);
     (a, b)
+}
+
+/// The tenant of the tests' deployments ([`create_tenant`] makes it).
+pub const TENANT: &str = "t";
+
+/// Creates [`TENANT`] on the primary `n` (201, or 409 if it exists).
+pub fn create_tenant(n: &Node) {
+    let url = n.url("/v0/tenants");
+    let status = rt().block_on(async {
+        client()
+            .post(&url)
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&serde_json::json!({ "name": TENANT }))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert!(
+        matches!(status, Ok(201 | 409)),
+        "tenant {TENANT} on {url}: {status:?}"
+    );
+}
+
+/// A deployment of no VM group of [`TENANT`] (it completes in its own
+/// log entry), with `properties`.
+pub fn deployment(name: &str, properties: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "name": name, "tenant": TENANT, "properties": properties })
 }
 
 pub fn client() -> reqwest::Client {

@@ -3,8 +3,12 @@
 //! turns a write into a [`Command`] for the owner task, and renders the
 //! outcome; reads go straight to the store.
 //!
-//! - `POST /v0/deployments` (JSON object with `name`), `GET /v0/deployments`,
-//!   `GET /v0/deployments/{name}`, `DELETE /v0/deployments/{name}`.
+//! - `POST /v0/deployments` (a `DeploymentSpec`), `DELETE
+//!   /v0/deployments/{name}`: asynchronous as ESC's (esc-facts, "The service
+//!   itself"): `202` once durable on both nodes, with the operation's URL
+//!   (`Location`); a `callback` header names a URL for the result.
+//!   `GET /v0/deployments[/{name}]`, `GET /v0/operations/{id}`: synchronous.
+//!   `POST /v0/tenants`.
 //! - Every write answers with `ESC-Transaction-Id`; the id is logged as
 //!   `tid` on every line the request touches.
 //! - `Idempotency-Key`: a resend gets the first outcome, even after a
@@ -56,6 +60,8 @@ struct ApiState {
     /// Expected `Authorization` header value.
     auth: Arc<String>,
     limit: Arc<Semaphore>,
+    /// Open event streams (`GET /v0/events`).
+    streams: Arc<Semaphore>,
 }
 
 impl ApiState {
@@ -67,6 +73,7 @@ impl ApiState {
             shared,
             auth: Arc::new(format!("Basic {token}")),
             limit: Arc::new(Semaphore::new(concurrency)),
+            streams: Arc::new(Semaphore::new(super::events::STREAMS_MAX)),
         }
     }
 }
@@ -118,15 +125,14 @@ pub async fn serve(
     let mut dead = shared.api_dead.subscribe();
     let state = ApiState::new(shared, &cfg, &password, cfg.concurrency_max);
     let app = Router::new()
-        .route("/v0/deployments", get(list).post(create))
-        .route("/v0/deployments/{name}", get(fetch).delete(remove))
-        .route("/v0/tenants", axum::routing::post(create_tenant))
-        .route("/v0/services", axum::routing::post(deploy_service))
+        .route("/v0/deployments", get(list).post(deploy))
         .route(
-            "/v0/services/{name}",
-            get(show_service).delete(undeploy_service),
+            "/v0/deployments/{name}",
+            get(show_deployment).delete(undeploy),
         )
+        .route("/v0/tenants", axum::routing::post(create_tenant))
         .route("/v0/operations/{id}", get(show_operation))
+        .route("/v0/events", get(events))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
         .with_state(state);
     // A dead API (lab fault injection) closes its listener and connections;
@@ -267,22 +273,34 @@ fn unavailable(role: Role, message: &str) -> Response {
 /// The northbound's one mapping of the domain's outcomes to HTTP.
 fn render(answer: Answer, replayed: bool) -> Response {
     let (status, body) = match answer.outcome {
-        Outcome::DeploymentCreated { deployment } => (
-            StatusCode::CREATED,
-            serde_json::to_value(deployment).unwrap_or_default(),
-        ),
-        Outcome::DeploymentDeleted { name } => {
-            (StatusCode::OK, serde_json::json!({ "deleted": name }))
-        }
         Outcome::OpModeSet { mode } => (StatusCode::OK, serde_json::json!({ "op_mode": mode })),
         Outcome::TenantCreated { name } => {
             (StatusCode::CREATED, serde_json::json!({ "tenant": name }))
         }
-        // Accepted: durable on both nodes, carried out step by step.
-        Outcome::OperationStarted { op_id, deployment } => (
-            StatusCode::ACCEPTED,
-            serde_json::json!({ "operation": op_id, "deployment": deployment }),
-        ),
+        // Accepted: durable on both nodes, carried out step by step (or
+        // completed already, with no VM to touch).
+        Outcome::OperationStarted {
+            op_id,
+            deployment,
+            state,
+        } => {
+            let href = format!("/v0/operations/{op_id}");
+            let body = serde_json::json!({
+                "operation": op_id, "deployment": deployment, "state": state, "href": href,
+            });
+            let mut r = with_tid(json(StatusCode::ACCEPTED, body), &answer.tid);
+            if let Ok(v) = HeaderValue::from_str(&href) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            if replayed {
+                r.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            return r;
+        }
+        Outcome::CallbacksDelivered { removed } => {
+            (StatusCode::OK, serde_json::json!({ "removed": removed }))
+        }
         Outcome::StepRecorded { op_id, state } => (
             StatusCode::OK,
             serde_json::json!({ "operation": op_id, "state": state }),
@@ -501,63 +519,6 @@ async fn write_request(
     .await
 }
 
-async fn create(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
-    write_request(state, headers, "POST", Some(req), |body| {
-        let spec: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not valid JSON: {e}"),
-            )
-        })?;
-        let name = spec
-            .get("name")
-            .and_then(|n| n.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be a JSON object with a string `name`",
-                )
-            })?;
-        check_name(&name).map_err(invalid)?;
-        info!(%name, "create deployment");
-        let fp = fingerprint(&[b"POST /v0/deployments", &body]);
-        let id = uuid::Uuid::new_v4().to_string();
-        Ok((fp, Op::CreateDeployment { id, name, spec }))
-    })
-    .await
-}
-
-async fn remove(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    UrlPath(name): UrlPath<String>,
-) -> Response {
-    write_request(state, headers, "DELETE", None, |_| {
-        check_name(&name).map_err(invalid)?;
-        info!(%name, "delete deployment");
-        let fp = fingerprint(&[b"DELETE /v0/deployments/", name.as_bytes()]);
-        Ok((fp, Op::DeleteDeployment { name }))
-    })
-    .await
-}
-
-async fn fetch(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    UrlPath(name): UrlPath<String>,
-) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
-    if let Err(e) = check_name(&name) {
-        return invalid(e);
-    }
-    let n = name.clone();
-    let missing = Refused::NoSuchDeployment { name }.to_string();
-    show_record(&state, move |r| query::deployment(r, &n), missing).await
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -594,10 +555,11 @@ async fn list(
     {
         Ok(items) => {
             let next = if items.len() == limit {
-                items.last().map(|d| d.name.clone())
+                items.last().map(|d| d.spec.name.clone())
             } else {
                 None
             };
+            let items: Vec<serde_json::Value> = items.iter().map(summary).collect();
             json(
                 StatusCode::OK,
                 serde_json::json!({ "deployments": items, "next_after": next }),
@@ -626,51 +588,137 @@ async fn create_tenant(
     .await
 }
 
-/// `POST /v0/services`: a deployment with VM groups (the model of
-/// `esc_domain::model::DeploymentSpec`); answered `202` with the
-/// operation once it is durable, carried out by the primary's runner.
-async fn deploy_service(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    req: Request,
-) -> Response {
+/// One line of a listing: what a deployment is and where it stands.
+fn summary(d: &esc_domain::model::ServiceRecord) -> serde_json::Value {
+    serde_json::json!({
+        "name": d.spec.name,
+        "tenant": d.spec.tenant,
+        "state": d.state,
+        "current_op": d.current_op,
+        "last_op": d.last_op,
+        "vms": d.vms.len(),
+    })
+}
+
+/// The `callback` header (ESC's): where the result is POSTed when the
+/// operation settles; an `http(s)` URL or nothing.
+fn callback(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get("callback") else {
+        return Ok(None);
+    };
+    let url = v
+        .to_str()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "callback: must be visible ASCII"))?;
+    esc_domain::model::check_callback(url)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Some(url.to_string()))
+}
+
+/// `POST /v0/deployments`: a deployment (`esc_domain::model::DeploymentSpec`),
+/// answered `202` with the operation once it is durable on both nodes,
+/// carried out by the primary's lifecycle runner; `callback` names a URL
+/// for the result.
+async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
+    let cb = callback(&headers);
     write_request(state, headers, "POST", Some(req), |body| {
+        let callback = cb?;
         let spec = esc_domain::model::DeploymentSpec::from_json(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-        info!(name = %spec.name, "deploy service");
-        let fp = fingerprint(&[b"POST /v0/services", &body]);
+        info!(name = %spec.name, "deploy");
+        let fp = fingerprint(&[
+            b"POST /v0/deployments",
+            &body,
+            callback.as_deref().unwrap_or("").as_bytes(),
+        ]);
         Ok((
             fp,
             Op::StartOperation {
                 op_id: uuid::Uuid::new_v4().to_string(),
                 deployment: spec.name.clone(),
                 kind: esc_domain::model::OperationKind::Deploy { spec },
+                callback,
             },
         ))
     })
     .await
 }
 
-/// `DELETE /v0/services/{name}`: undeploy, `202`.
-async fn undeploy_service(
+/// `DELETE /v0/deployments/{name}`: undeploy, `202`.
+async fn undeploy(
     State(state): State<ApiState>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
+    let cb = callback(&headers);
     write_request(state, headers, "DELETE", None, |_| {
+        let callback = cb?;
         check_name(&name).map_err(invalid)?;
-        info!(%name, "undeploy service");
-        let fp = fingerprint(&[b"DELETE /v0/services/", name.as_bytes()]);
+        info!(%name, "undeploy");
+        let fp = fingerprint(&[
+            b"DELETE /v0/deployments/",
+            name.as_bytes(),
+            callback.as_deref().unwrap_or("").as_bytes(),
+        ]);
         Ok((
             fp,
             Op::StartOperation {
                 op_id: uuid::Uuid::new_v4().to_string(),
                 deployment: name,
                 kind: esc_domain::model::OperationKind::Undeploy,
+                callback,
             },
         ))
     })
     .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// `GET /v0/events`: the outbox as server-sent events after `Last-Event-ID`
+/// (or `?after=`; neither: from the oldest kept), on either node.
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: `after` (an event id) only",
+        );
+    };
+    let after = match headers.get("last-event-id") {
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(id) => id,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID: must be an event id (a number) from this stream",
+                )
+            }
+        },
+        None => q.after.unwrap_or(0),
+    };
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open already: retry later",
+                super::events::STREAMS_MAX
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
+    super::events::stream(state.shared.clone(), after, permit)
 }
 
 /// A record read from the state: 200 with it, or 404 with `missing`.
@@ -688,8 +736,8 @@ async fn show_record<T: serde::Serialize + Send + 'static>(
     }
 }
 
-/// `GET /v0/services/{name}`: its state, VMs and current operation.
-async fn show_service(
+/// `GET /v0/deployments/{name}`: its state, VMs and current operation.
+async fn show_deployment(
     State(state): State<ApiState>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,

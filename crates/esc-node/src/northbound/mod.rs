@@ -4,5 +4,6 @@
 //! the domain's outcomes become HTTP answers here and nowhere else.
 
 pub mod api;
+pub mod events;
 
 pub use api::{password, serve, serve_health, PASSWORD_FILE, WRITE_TIMEOUT};
