@@ -177,6 +177,23 @@ fn verbose(s: &NodeStatus) -> String {
     if let Some(why) = &r.promotion_blocker {
         lines.push(format!("promotion:       refused now: {why}"));
     }
+    if let Some(v) = &s.vim {
+        let usable = match v.usable {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "not yet tried",
+        };
+        lines.push(format!(
+            "vim:             {} user={} project={} usable={usable} calls_in_flight={} calls={} failures={} last_error={}",
+            v.auth_url,
+            v.user,
+            v.project,
+            v.calls_in_flight,
+            v.calls,
+            v.failures,
+            v.last_error.as_deref().unwrap_or("none")
+        ));
+    }
     if let Some(st) = &s.state {
         lines.push(format!(
             "state:           applied={} deployments={} events={} digest={}",

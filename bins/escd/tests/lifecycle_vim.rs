@@ -9,6 +9,16 @@
 mod common;
 
 use common::{client, rt, wait_until, Node, NodeSpec, PASSWORD};
+use std::path::PathBuf;
+
+fn escadm() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_escd")).with_file_name("escadm");
+    assert!(
+        p.exists(),
+        "build escadm first: scripts/test.sh does (cargo build --workspace --bins)"
+    );
+    p
+}
 use esc_lab::notify::{stream_faults, CallbackSink, EventReader, SseRecord};
 use std::time::Duration;
 
@@ -16,7 +26,10 @@ const VIM_PASSWORD: &str = "vim-password-for-the-test-31";
 
 /// esc-vim on a loopback port, on its own thread; its base URL.
 fn start_vim() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    start_vim_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+fn start_vim_on(listener: std::net::TcpListener) -> String {
     listener.set_nonblocking(true).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let b = base.clone();
@@ -69,9 +82,9 @@ fn spec(min_active: u32) -> serde_json::Value {
     })
 }
 
-#[test]
-fn a_service_is_deployed_on_the_vim_and_undeployed() {
-    let vim = start_vim();
+/// A node whose `[vim]` points at `vim` (a base URL); the password file
+/// lives in the returned directory.
+fn node_with_vim(vim: &str) -> (Node, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let pw = secrets.path().join("vim.password");
     std::fs::write(&pw, VIM_PASSWORD).unwrap();
@@ -80,7 +93,118 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
         "[vim]\nauth_url = \"{vim}/identity/v3\"\nuser = \"admin\"\npassword_file = \"{}\"\nproject = \"vnf\"\npoll_ms = 50\n",
         pw.display()
     );
-    let node = Node::start(spec_node);
+    (Node::start(spec_node), secrets)
+}
+
+/// The VIM manager's health: `stage` INIT and a clear 503 for a deploy
+/// of VMs (nothing started) while the VIM does not answer; READY, and
+/// the deploy accepted, once it does; the status shows the connector and
+/// its last error, never the password.
+#[test]
+fn the_stage_is_init_and_deploys_get_503_until_the_vim_answers() {
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = spare.local_addr().unwrap();
+    drop(spare);
+    let (node, _secrets) = node_with_vim(&format!("http://{addr}"));
+    let health = || node.admin(esc_proto::AdminRequest::Health).value.unwrap();
+    wait_until(Duration::from_secs(10), "the VIM tried", || {
+        health()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "vim" && c["ok"] == false && c["detail"] != "")
+    });
+    let h = health();
+    assert_eq!(h["stage"], "INIT", "{h}");
+    assert_eq!(
+        h["status_code"], 2000,
+        "a VIM outage is no node failure: {h}"
+    );
+    let rt = rt();
+    let c = client();
+    let post = |path: &str, body: serde_json::Value| {
+        rt.block_on(async {
+            let r = c
+                .post(node.url(path))
+                .basic_auth("admin", Some(PASSWORD))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    assert_eq!(
+        post("/v0/tenants", serde_json::json!({"name": "t1"})).0,
+        201
+    );
+    let (status, body) = post("/v0/deployments", spec(2));
+    assert_eq!(status, 503, "{body}");
+    let e = body["error"].as_str().unwrap();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("nothing was started"),
+        "{e}"
+    );
+    let got = rt.block_on(async {
+        c.get(node.url("/v0/deployments/web"))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(got, 404, "nothing half-done");
+    // A deployment of no VM group needs no VIM.
+    let (status, _) = post(
+        "/v0/deployments",
+        serde_json::json!({"name": "bare", "tenant": "t1"}),
+    );
+    assert_eq!(status, 202);
+    let s = node
+        .admin(esc_proto::AdminRequest::Status {
+            verbose: true,
+            health: false,
+        })
+        .value
+        .unwrap();
+    let v = &s["vim"];
+    assert_eq!(v["usable"], false, "{s}");
+    assert!(
+        v["last_error"].as_str().unwrap().contains("unreachable"),
+        "{v}"
+    );
+    let text = std::process::Command::new(escadm())
+        .arg("--home")
+        .arg(&node.home)
+        .args(["status", "--v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("vim:") && text.contains("usable=no"),
+        "{text}"
+    );
+    assert!(!text.contains(VIM_PASSWORD) && !v.to_string().contains(VIM_PASSWORD));
+
+    // The VIM comes up on that address: READY, and the deploy goes ahead.
+    start_vim_on(std::net::TcpListener::bind(addr).unwrap());
+    wait_until(Duration::from_secs(10), "stage READY", || {
+        health()["stage"] == "READY"
+    });
+    let (status, body) = post("/v0/deployments", spec(2));
+    assert_eq!(status, 202, "{body}");
+    assert!(!node.log_text("escmanager.log").contains(VIM_PASSWORD));
+    assert!(!node.log_text("escadm.log").contains(VIM_PASSWORD));
+}
+
+#[test]
+fn a_service_is_deployed_on_the_vim_and_undeployed() {
+    let vim = start_vim();
+    let (node, _secrets) = node_with_vim(&vim);
     let rt = rt();
     let c = client();
     let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {

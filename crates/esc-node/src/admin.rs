@@ -131,6 +131,7 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
                 if verbose {
                     status.state = summary(shared).await;
                 }
+                status.vim = shared.vim.as_deref().map(crate::vim::status);
             }
             resp
         }

@@ -10,6 +10,10 @@
 //! | 5010 | the store does not accept writes |
 //! | 5020 | the data volume is (almost) full |
 //! | 5030 | the northbound API does not answer |
+//!
+//! `stage` is `INIT` until the node has a role and, with a `[vim]`
+//! configured, the VIM has answered (the `vim` check); then `READY`. The
+//! VIM never changes the code: its outage is no reason for a takeover.
 
 use crate::shared::{unix_ms, Shared};
 use esc_proto::status::{Check, HealthReport};
@@ -90,11 +94,27 @@ pub fn peer_in_sync(shared: &Shared) -> Option<bool> {
 
 /// Runs every check.
 pub async fn report(shared: &Shared, api: SocketAddr, peer_in_sync: Option<bool>) -> HealthReport {
-    let checks = vec![
+    let mut checks = vec![
         store_writable(shared).await,
         disk_space(shared),
         api_answers(api).await,
     ];
+    // The VIM sets the stage, not the code: a VIM outage is no reason for
+    // a takeover (the other node reaches the same VIM).
+    let vim_usable = shared.vim.as_ref().map(|c| {
+        let h = c.health();
+        let ok = h.usable == Some(true);
+        checks.push(Check {
+            name: "vim".into(),
+            ok,
+            detail: match (h.usable, h.last_error) {
+                (Some(true), _) => format!("{} answers", c.connector().auth_url),
+                (None, _) => format!("{} not reached yet", c.connector().auth_url),
+                (Some(false), e) => e.unwrap_or_else(|| "not usable".into()),
+            },
+        });
+        ok
+    });
     let failed = |n: &str| checks.iter().any(|c| c.name == n && !c.ok);
     let role = shared.role.borrow().role;
     let (status_code, message) = if failed("store") {
@@ -121,7 +141,8 @@ pub async fn report(shared: &Shared, api: SocketAddr, peer_in_sync: Option<bool>
     } else {
         (2000, "ESC services are running".to_string())
     };
-    let stage = if role == Role::Primary || role == Role::Standby {
+    // esc-facts: INIT until the VIM connector works, then READY.
+    let stage = if (role == Role::Primary || role == Role::Standby) && vim_usable != Some(false) {
         "READY"
     } else {
         "INIT"

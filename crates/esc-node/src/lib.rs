@@ -37,6 +37,8 @@
 //! - [`services`]: primary-only services and their supervisor.
 //! - [`lifecycle`]: the lifecycle runner, a primary-only service (VIM calls
 //!   through `esc-openstack`, steps through the log).
+//! - [`vim`]: the VIM connector of `[vim]` and its watcher (usable or
+//!   not: the health `stage`, the status, the deploy refusal).
 //! - [`notify`]: the notifier, a primary-only service (callbacks from the
 //!   replicated outbox, at least once).
 //! - [`shared`]: the handles and messages the tasks share.
@@ -60,6 +62,7 @@ pub mod shared;
 pub mod start;
 pub mod status;
 pub mod storage;
+pub mod vim;
 
 pub use error::{Error, Result};
 pub use ha::witness;

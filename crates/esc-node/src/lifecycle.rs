@@ -38,10 +38,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(shared: Shared, client: Client, cfg: esc_lifecycle::Config) -> Runner {
+    pub fn new(shared: Shared, client: Arc<Client>, cfg: esc_lifecycle::Config) -> Runner {
         Runner {
             shared,
-            client: Arc::new(client),
+            client,
             cfg,
         }
     }

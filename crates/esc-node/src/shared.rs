@@ -183,4 +183,6 @@ pub struct Shared {
     /// The store's applied index, published by the storage worker after
     /// every apply: what waits for the state to move subscribes to it.
     pub applied: Arc<watch::Sender<u64>>,
+    /// The VIM connector of `[vim]` (`vim`), if configured.
+    pub vim: Option<Arc<esc_openstack::Client>>,
 }

@@ -80,31 +80,16 @@ async fn bind(
         .map_err(|source| crate::Error::Listen { what, addr, source })
 }
 
-/// The services this node runs while primary: the lifecycle runner when a
-/// VIM connector is configured (the monitoring engine of issue 12 registers
-/// here too).
+/// The services this node runs while primary: the notifier, and the
+/// lifecycle runner when a VIM connector is configured (the monitoring
+/// engine of issue 12 registers here too).
 pub fn primary_services(
     shared: &Shared,
     cfg: &esc_config::Config,
-    home: &std::path::Path,
 ) -> crate::Result<Vec<Arc<dyn crate::services::PrimaryService>>> {
     let mut out: Vec<Arc<dyn crate::services::PrimaryService>> =
         vec![crate::notify::service(shared)?];
-    if let Some(v) = &cfg.vim {
-        let client = esc_openstack::Client::new(esc_openstack::Connector {
-            auth_url: v.auth_url.clone(),
-            user: v.user.clone(),
-            password: esc_openstack::Secret::new(v.load_password(home)?),
-            project: v.project.clone(),
-            user_domain: v.user_domain.clone(),
-            project_domain: v.project_domain.clone(),
-            region: v.region.clone(),
-            timeout: Duration::from_millis(v.call_timeout_ms),
-        })
-        .map_err(|e| crate::Error::Invalid {
-            field: "vim".into(),
-            message: e.to_string(),
-        })?;
+    if let (Some(client), Some(v)) = (&shared.vim, &cfg.vim) {
         let core = esc_lifecycle::Config {
             calls_in_flight_max: v.calls_in_flight_max,
             poll_ms: v.poll_ms,
@@ -112,7 +97,7 @@ pub fn primary_services(
         };
         out.push(Arc::new(crate::lifecycle::Runner::new(
             shared.clone(),
-            client,
+            client.clone(),
             core,
         )));
     }
@@ -239,7 +224,11 @@ pub async fn run(
         agent: Default::default(),
         api_dead: Arc::new(watch::Sender::new(false)),
         applied,
+        vim: crate::vim::client(&cfg, &home)?,
     };
+    if let Some(client) = &shared.vim {
+        tasks.spawn(crate::vim::watch(client.clone()));
+    }
     // The HA agent (role authority, VRRP, witness client, health) runs on
     // its own thread; dropping its handle at the end sends priority 0 (if
     // VRRP master) and removes the VIP.
@@ -287,7 +276,7 @@ pub async fn run(
     }
     tasks.spawn(crate::services::supervise(
         shared.leading.subscribe(),
-        primary_services(&shared, &cfg, &home)?,
+        primary_services(&shared, &cfg)?,
     ));
 
     let mut owner = Owner::new(OwnerParts {

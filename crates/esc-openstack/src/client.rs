@@ -64,10 +64,36 @@ struct Session {
 const RENEW_AT_REMAINING: f64 = 0.1;
 pub const RENEW_BEFORE_MAX: Duration = Duration::from_secs(300);
 
+/// What the connector has seen of the VIM: for `escadm status --v`, the
+/// health API's `stage` and the northbound's refusal of a deploy while the
+/// VIM is unusable. Never the password.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// The last call reached the VIM with working credentials (None: no
+    /// call yet). A refusal of one request (404, 409, 400) still counts as
+    /// usable; an unreachable VIM, a 5xx, refused credentials do not.
+    pub usable: Option<bool>,
+    pub last_error: Option<String>,
+    pub calls_in_flight: u64,
+    pub calls: u64,
+    pub failures: u64,
+}
+
+/// Counts a call in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     conn: Connector,
     session: Mutex<Option<Session>>,
+    health: std::sync::Mutex<Health>,
+    in_flight: AtomicU64,
     /// Tokens obtained (the first included).
     tokens_issued: AtomicU64,
     /// Calls answered 401 despite a live token (then re-authenticated).
@@ -98,6 +124,8 @@ impl Client {
             http,
             conn,
             session: Mutex::new(None),
+            health: Default::default(),
+            in_flight: AtomicU64::new(0),
             tokens_issued: AtomicU64::new(0),
             unauthorized_retries: AtomicU64::new(0),
         })
@@ -181,9 +209,60 @@ impl Client {
         }
     }
 
+    /// What the connector has seen of the VIM.
+    pub fn health(&self) -> Health {
+        let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        h.calls_in_flight = self.in_flight.load(Ordering::Relaxed);
+        h
+    }
+
+    /// Where the connector points (for status; no secret in it).
+    pub fn connector(&self) -> &Connector {
+        &self.conn
+    }
+
+    /// A cheap authenticated call (Compute "List Flavors"): whether the VIM
+    /// is usable now. Its outcome is in [`Client::health`].
+    pub async fn probe(&self) -> Result<(), Error> {
+        let _: Value = self.get(|s| &s.compute, "/flavors", "flavors").await?;
+        Ok(())
+    }
+
     /// One call: `path` is relative to the service's endpoint; a 401 with a
     /// live token re-authenticates and retries once. The body of a 2xx.
+    /// Its outcome goes into [`Client::health`].
     async fn call(
+        &self,
+        method: reqwest::Method,
+        service: fn(&Session) -> &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), Error> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.in_flight);
+        let r = self.call_once(method, service, path, body).await;
+        if let Ok(mut h) = self.health.lock() {
+            h.calls += 1;
+            match &r {
+                Ok(_) => h.usable = Some(true),
+                Err(e) => {
+                    h.failures += 1;
+                    h.last_error = Some(e.to_string());
+                    let answered = matches!(
+                        e,
+                        Error::NotFound(_)
+                            | Error::Conflict(_)
+                            | Error::BadRequest(_)
+                            | Error::Forbidden(_)
+                    );
+                    h.usable = Some(answered);
+                }
+            }
+        }
+        r
+    }
+
+    async fn call_once(
         &self,
         method: reqwest::Method,
         service: fn(&Session) -> &str,

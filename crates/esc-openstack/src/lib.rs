@@ -18,6 +18,6 @@ pub mod error;
 pub mod model;
 mod time;
 
-pub use client::{Client, Connector, Secret};
+pub use client::{Client, Connector, Health, Secret};
 pub use error::Error;
 pub use model::{Address, CreateServer, Flavor, Image, Network, Server};

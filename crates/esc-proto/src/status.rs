@@ -25,6 +25,24 @@ pub struct NodeStatus {
     pub recovery_note: Option<String>,
     pub ha: HaStatus,
     pub health: Option<HealthReport>,
+    /// The VIM connector, if one is configured (never its password).
+    #[serde(default)]
+    pub vim: Option<VimStatus>,
+}
+
+/// The VIM manager: where it points and what it has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VimStatus {
+    pub auth_url: String,
+    pub user: String,
+    pub project: String,
+    pub region: Option<String>,
+    /// The last call worked (None: none made yet).
+    pub usable: Option<bool>,
+    pub last_error: Option<String>,
+    pub calls_in_flight: u64,
+    pub calls: u64,
+    pub failures: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

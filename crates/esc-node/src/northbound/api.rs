@@ -614,16 +614,53 @@ fn callback(headers: &HeaderMap) -> Result<Option<String>, Response> {
     Ok(Some(url.to_string()))
 }
 
+/// A deploy of VMs needs a VIM that answers now (esc-facts: in `INIT`,
+/// only configuration requests): otherwise a 503 that says why, and
+/// nothing is started.
+fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<(), Response> {
+    let Some(c) = vim else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no VIM connector is configured ([vim] in esc.toml): only deployments of no VM group can be deployed",
+        ));
+    };
+    let h = c.health();
+    if h.usable == Some(true) {
+        return Ok(());
+    }
+    let why = match h.usable {
+        None => "has not answered yet".to_string(),
+        _ => format!(
+            "is not usable: {}",
+            h.last_error.unwrap_or_else(|| "no answer".into())
+        ),
+    };
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the VIM at {} {why}; nothing was started: retry once it answers",
+            c.connector().auth_url
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    Err(r)
+}
+
 /// `POST /v0/deployments`: a deployment (`esc_domain::model::DeploymentSpec`),
 /// answered `202` with the operation once it is durable on both nodes,
 /// carried out by the primary's lifecycle runner; `callback` names a URL
 /// for the result.
 async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
     let cb = callback(&headers);
+    let vim = state.shared.vim.clone();
     write_request(state, headers, "POST", Some(req), |body| {
         let callback = cb?;
         let spec = esc_domain::model::DeploymentSpec::from_json(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if !spec.vm_groups.is_empty() {
+            vim_usable(vim.as_deref())?;
+        }
         info!(name = %spec.name, "deploy");
         let fp = fingerprint(&[
             b"POST /v0/deployments",

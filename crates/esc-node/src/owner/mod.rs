@@ -750,6 +750,7 @@ impl Owner {
             recovery_note: self.store.recovery_note.clone(),
             ha: self.out.agent_status.borrow().clone(),
             health: None,
+            vim: None,
         }
     }
 }
