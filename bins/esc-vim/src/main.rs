@@ -39,6 +39,10 @@ struct Args {
     /// How long a token is valid, s.
     #[arg(long, default_value_t = 3600)]
     token_ttl_s: u64,
+    /// Address of the control plane (API faults, the servers' history),
+    /// outside the OpenStack API; none: no control plane.
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -82,10 +86,21 @@ fn main() -> ExitCode {
     let base = args
         .public_url
         .unwrap_or_else(|| format!("http://{}", args.listen));
+    let vim = esc_vim::Vim::new(cloud, creds, base.clone());
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        if let Some(addr) = args.control_listen {
+            let control = tokio::net::TcpListener::bind(addr).await?;
+            eprintln!("esc-vim: control plane on {addr}");
+            let v = vim.clone();
+            tokio::spawn(async move {
+                if let Err(e) = esc_vim::serve_control(control, v).await {
+                    eprintln!("esc-vim: control plane stopped: {e}");
+                }
+            });
+        }
         eprintln!("esc-vim: serving on {} (catalog at {base})", args.listen);
-        esc_vim::serve(listener, cloud, creds, base).await
+        esc_vim::serve_vim(listener, vim).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

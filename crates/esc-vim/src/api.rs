@@ -60,10 +60,12 @@ const USER_ID: &str = "7a1c3e5f9b2d4f6a8c0e2a4c6e8a0c2e";
 struct Inner {
     cloud: Cloud,
     tokens: HashMap<String, Instant>,
+    faults: crate::faults::Injector,
 }
 
+/// One running VIM: the API and the control plane share it.
 #[derive(Clone)]
-struct Vim {
+pub struct Vim {
     inner: Arc<Mutex<Inner>>,
     creds: Arc<Credentials>,
     /// Base URL clients reach this service at (the catalog's endpoints).
@@ -84,6 +86,41 @@ impl Vim {
     }
 }
 
+impl Vim {
+    /// A VIM over `cloud`; `base` is the URL clients reach it at (e.g.
+    /// `http://203.0.113.5:5000`).
+    pub fn new(cloud: Cloud, creds: Credentials, base: String) -> Vim {
+        Vim {
+            inner: Arc::new(Mutex::new(Inner {
+                cloud,
+                tokens: HashMap::new(),
+                faults: Default::default(),
+            })),
+            creds: Arc::new(creds),
+            base: Arc::new(base.trim_end_matches('/').to_string()),
+            start: Instant::now(),
+        }
+    }
+
+    /// Sets the API faults (`faults`).
+    pub fn set_faults(&self, f: crate::faults::ApiFaults) -> Result<(), String> {
+        f.check()?;
+        self.lock().faults.set(f);
+        Ok(())
+    }
+
+    /// The API faults in force, and how many calls met each fate.
+    pub fn faults(&self) -> (crate::faults::ApiFaults, crate::faults::FaultCounts) {
+        let g = self.lock();
+        (g.faults.faults().clone(), g.faults.counts)
+    }
+
+    /// Every change to a server so far.
+    pub fn history(&self) -> Vec<crate::cloud::Change> {
+        self.lock().cloud.history.clone()
+    }
+}
+
 /// Serves the VIM on `listener` until the task is aborted; `base` is the
 /// URL clients reach it at (e.g. `http://203.0.113.5:5000`).
 pub async fn serve(
@@ -92,16 +129,52 @@ pub async fn serve(
     creds: Credentials,
     base: String,
 ) -> std::io::Result<()> {
-    let vim = Vim {
-        inner: Arc::new(Mutex::new(Inner {
-            cloud,
-            tokens: HashMap::new(),
-        })),
-        creds: Arc::new(creds),
-        base: Arc::new(base.trim_end_matches('/').to_string()),
-        start: Instant::now(),
-    };
+    serve_vim(listener, Vim::new(cloud, creds, base)).await
+}
+
+/// Serves the OpenStack API of `vim` on `listener`.
+pub async fn serve_vim(listener: tokio::net::TcpListener, vim: Vim) -> std::io::Result<()> {
     axum::serve(listener, router(vim)).await
+}
+
+/// Serves the control plane of `vim` on `listener` (`control`).
+pub async fn serve_control(listener: tokio::net::TcpListener, vim: Vim) -> std::io::Result<()> {
+    axum::serve(listener, crate::control::router(vim)).await
+}
+
+/// What the lab's faults make of one API call (`faults`), outside its
+/// token check.
+async fn inject(
+    State(vim): State<Vim>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::faults::Fate;
+    let fate = vim.lock().faults.decide();
+    let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    match fate {
+        Fate::Pass { delay_ms } => {
+            if delay_ms > 0 {
+                sleep(delay_ms).await;
+            }
+            next.run(req).await
+        }
+        Fate::Fail => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "injected fault: the call failed (nothing was done)",
+        ),
+        Fate::Lose => {
+            let _done = next.run(req).await;
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "injected fault: the call was carried out and its answer lost",
+            )
+        }
+        Fate::Stall { ms } => {
+            sleep(ms).await;
+            next.run(req).await
+        }
+    }
 }
 
 fn router(vim: Vim) -> Router {
@@ -130,7 +203,8 @@ fn router(vim: Vim) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             vim.clone(),
             require_token,
-        ));
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(vim.clone(), inject));
     Router::new()
         .route("/identity", get(identity_versions))
         .route("/identity/", get(identity_versions))
@@ -389,6 +463,22 @@ async fn check_token(State(vim): State<Vim>, headers: HeaderMap) -> Response {
     } else {
         error(StatusCode::NOT_FOUND, "Could not find token.")
     }
+}
+
+/// The control plane's check: HTTP basic with the VIM's account.
+pub(crate) fn account(vim: &Vim, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", vim.creds.user, vim.creds.password));
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .is_some_and(|got| got.as_bytes() == want.as_bytes())
+}
+
+pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    error(status, message)
 }
 
 fn authorized(vim: &Vim, headers: &HeaderMap) -> Result<(), Response> {

@@ -139,8 +139,18 @@ pub struct Cloud {
     pools: BTreeMap<String, Pool>,
     servers: BTreeMap<String, Server>,
     /// Every request that changed a server, for tests ("one reboot, one
-    /// redeploy per VM"): (time, server id, what).
-    pub history: Vec<(u64, String, String)>,
+    /// redeploy per VM"), oldest first.
+    pub history: Vec<Change>,
+}
+
+/// One change to a server, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub at_ms: u64,
+    pub server_id: String,
+    pub name: String,
+    /// `create`, `delete`, `reboot`, `hard-reboot`, `start`, `stop`.
+    pub what: String,
 }
 
 /// The creation request (Compute API reference, "Create Server").
@@ -369,7 +379,12 @@ impl Cloud {
                 });
             }
         }
-        self.history.push((now_ms, id.clone(), "create".into()));
+        self.history.push(Change {
+            at_ms: now_ms,
+            server_id: id.clone(),
+            name: req.name.clone(),
+            what: "create".into(),
+        });
         let server = Server {
             id: id.clone(),
             name: req.name,
@@ -402,7 +417,12 @@ impl Cloud {
                 pool.used.remove(&h);
             }
         }
-        self.history.push((now_ms, id.to_string(), "delete".into()));
+        self.history.push(Change {
+            at_ms: now_ms,
+            server_id: id.to_string(),
+            name: s.name.clone(),
+            what: "delete".into(),
+        });
         Ok(())
     }
 
@@ -447,8 +467,13 @@ impl Cloud {
             }
         }
         s.updated_ms = now_ms;
-        self.history
-            .push((now_ms, id.to_string(), action.word().into()));
+        let name = s.name.clone();
+        self.history.push(Change {
+            at_ms: now_ms,
+            server_id: id.to_string(),
+            name,
+            what: action.word().into(),
+        });
         Ok(())
     }
 }
@@ -535,7 +560,7 @@ mod tests {
         assert_eq!(c.server("a").unwrap().status, Status::HardReboot);
         c.tick(502);
         assert_eq!(c.server("a").unwrap().status, Status::Active);
-        let words: Vec<&str> = c.history.iter().map(|(_, _, w)| w.as_str()).collect();
+        let words: Vec<&str> = c.history.iter().map(|h| h.what.as_str()).collect();
         assert_eq!(words, ["create", "stop", "start", "hard-reboot"]);
     }
 }

@@ -16,13 +16,19 @@
 //!   it, server states and actions, port addresses), deterministic.
 //! - [`api`]: the HTTP surface: Identity v3 (password tokens with a
 //!   catalog), Compute v2.1, Images v2, Networking v2.0, version documents
-//!   for discovery.
+//!   for discovery; API faults applied to every call but token requests.
+//! - [`faults`]: the API faults (fail, lose the answer, stall, delay at a
+//!   rate), seeded.
+//! - [`control`]: the control plane outside the OpenStack API (faults,
+//!   the servers' history).
 //!
 //! What it does not do yet (issue 11): run servers as network namespaces
-//! or shared-process addresses, and fault injection outside the API.
+//! or shared-process addresses (and kill, hang or cut one).
 
 pub mod api;
 pub mod cloud;
+pub mod control;
+pub mod faults;
 
-pub use api::{serve, Credentials};
+pub use api::{serve, serve_control, serve_vim, Credentials, Vim};
 pub use cloud::{Capacity, Cloud};

@@ -1,0 +1,73 @@
+//! The control plane of `esc-vim` (issue 11, item 4): what the lab does to
+//! the VIM from outside the OpenStack API, on a listener of its own, with
+//! HTTP basic authentication by the VIM's account.
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /control/v1/state` | the faults in force and how many calls met each |
+//! | `PUT /control/v1/faults` with [`ApiFaults`](crate::faults::ApiFaults) | sets the API faults (`400` naming the field if invalid) |
+//! | `GET /control/v1/history` | every change to a server (create, delete, reboot, start, stop), oldest first |
+
+use crate::api::{account, error_response, Vim};
+use crate::faults::ApiFaults;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub fn router(vim: Vim) -> Router {
+    Router::new()
+        .route("/control/v1/state", get(state))
+        .route("/control/v1/faults", put(set_faults))
+        .route("/control/v1/history", get(history))
+        .with_state(vim)
+}
+
+fn check(vim: &Vim, headers: &HeaderMap) -> Result<(), Response> {
+    if account(vim, headers) {
+        Ok(())
+    } else {
+        Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "the control plane needs the VIM account (HTTP basic)",
+        ))
+    }
+}
+
+async fn state(State(vim): State<Vim>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&vim, &headers) {
+        return r;
+    }
+    let (faults, counts) = vim.faults();
+    Json(json!({ "faults": faults, "counts": counts })).into_response()
+}
+
+async fn set_faults(
+    State(vim): State<Vim>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check(&vim, &headers) {
+        return r;
+    }
+    let f: ApiFaults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("faults: {e}")),
+    };
+    match vim.set_faults(f.clone()) {
+        Ok(()) => {
+            tracing::info!(?f, "API faults set");
+            Json(json!({ "faults": f })).into_response()
+        }
+        Err(e) => error_response(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn history(State(vim): State<Vim>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&vim, &headers) {
+        return r;
+    }
+    Json(json!({ "history": vim.history() })).into_response()
+}
