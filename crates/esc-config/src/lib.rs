@@ -89,6 +89,11 @@ pub struct VimConfig {
     /// How often a building server is looked at again.
     #[serde(default = "VimConfig::default_poll_ms")]
     pub poll_ms: u64,
+    /// A create that got no answer is looked up again only after this: it
+    /// must exceed the longest the VIM may hold a request (the lifecycle
+    /// core's `create_doubt_ms`).
+    #[serde(default = "VimConfig::default_create_doubt_ms")]
+    pub create_doubt_ms: u64,
 }
 
 impl VimConfig {
@@ -103,6 +108,9 @@ impl VimConfig {
     }
     fn default_poll_ms() -> u64 {
         500
+    }
+    fn default_create_doubt_ms() -> u64 {
+        30_000
     }
 
     /// The password, from its file (trimmed); an empty file is an error.
@@ -596,6 +604,12 @@ impl Config {
             }
             if !(10..=60_000).contains(&v.poll_ms) {
                 return Err(bad("vim.poll_ms", "must be 10 to 60000".into()));
+            }
+            if v.create_doubt_ms < v.call_timeout_ms || v.create_doubt_ms > 3_600_000 {
+                return Err(bad(
+                    "vim.create_doubt_ms",
+                    "must be at least vim.call_timeout_ms and at most 3600000".into(),
+                ));
             }
         }
         if self.node_name.is_empty()

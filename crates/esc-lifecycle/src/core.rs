@@ -20,6 +20,10 @@ pub struct Config {
     pub retry_max_ms: u64,
     /// Attempts of one call before the operation is FAILED_TEMP.
     pub call_retries_max: u32,
+    /// A create whose outcome is unknown (no answer: a timeout, a lost
+    /// connection) may still land: its VM is looked up again only after
+    /// this, which must exceed the longest the VIM may hold a request.
+    pub create_doubt_ms: u64,
 }
 
 impl Default for Config {
@@ -30,6 +34,7 @@ impl Default for Config {
             retry_base_ms: 200,
             retry_max_ms: 5_000,
             call_retries_max: 5,
+            create_doubt_ms: 10_000,
         }
     }
 }
@@ -82,6 +87,10 @@ pub enum Answer {
     Failed {
         error: String,
         retryable: bool,
+        /// No answer came (a timeout, a lost connection): the call may
+        /// have been carried out.
+        #[serde(default)]
+        unknown: bool,
     },
 }
 
@@ -267,7 +276,20 @@ impl Lifecycle {
                         continue;
                     }
                     if r.vms.iter().all(|v| v.state == VmState::Alive) {
-                        self.propose(settle, settled(&r.id, OperationState::Completed, None), out);
+                        // Every VM alive: one listing of the deployment
+                        // first, to remove a server no VM holds (a create
+                        // that landed after its lookup), then COMPLETED.
+                        let slot = (r.id.clone(), Target::Deployment);
+                        if self.inflight.len() < self.cfg.calls_in_flight_max
+                            && !self.busy(&slot)
+                            && !self.waiting(&slot, now_ms)
+                            && !self.proposed.contains_key(&settle)
+                        {
+                            let vim = VimCall::ListDeployment {
+                                deployment_id: r.deployment_id.clone(),
+                            };
+                            self.call(slot, vim, out);
+                        }
                         continue;
                     }
                     for v in &r.vms {
@@ -320,15 +342,28 @@ impl Lifecycle {
         let op = slot.0.clone();
         let target = slot.1.clone();
         match (answer, &target, vim) {
-            (Answer::Failed { error, retryable }, _, _) => {
+            (
+                Answer::Failed {
+                    error,
+                    retryable,
+                    unknown,
+                },
+                _,
+                vim,
+            ) => {
                 let n = self.failures.entry(slot.clone()).or_insert(0);
                 *n += 1;
                 if retryable && *n < self.cfg.call_retries_max {
-                    let wait = self
+                    let mut wait = self
                         .cfg
                         .retry_base_ms
                         .saturating_mul(1 << (*n - 1).min(16))
                         .min(self.cfg.retry_max_ms);
+                    if unknown && matches!(vim, VimCall::Create { .. }) {
+                        // The server may yet appear: look it up only once
+                        // the create can no longer land.
+                        wait = wait.max(self.cfg.create_doubt_ms);
+                    }
                     self.not_before.insert(slot, now_ms + wait);
                 } else {
                     let why = format!("the VIM refused or kept failing ({n} attempt(s)): {error}");
@@ -341,8 +376,10 @@ impl Lifecycle {
             }
             (Answer::Found(servers), Target::Vm(key), VimCall::Find { name }) => {
                 self.failures.remove(&slot);
-                match servers.iter().find(|s| s.name == name) {
-                    // Made by an earlier primary whose result was never committed.
+                let mut named = servers.iter().filter(|s| s.name == name);
+                match named.next() {
+                    // Made by an earlier primary whose result was never
+                    // committed, or by a create whose answer was lost.
                     Some(s) => {
                         let step = Step::ServerBound {
                             op: op.clone(),
@@ -351,6 +388,17 @@ impl Lifecycle {
                             adopted: true,
                         };
                         self.propose(slot, step, out);
+                        // Two of one VM (a create that landed after its
+                        // lookup): the one adopted stays.
+                        for extra in named {
+                            let slot = (op.clone(), Target::Server(extra.id.clone()));
+                            if !self.busy(&slot) {
+                                let vim = VimCall::Delete {
+                                    server_id: extra.id.clone(),
+                                };
+                                self.call(slot, vim, out);
+                            }
+                        }
                     }
                     None => {
                         let group = match &r.kind {
@@ -424,6 +472,19 @@ impl Lifecycle {
             }
             (Answer::Found(servers), Target::Deployment, _) => {
                 self.failures.remove(&slot);
+                // A deploy keeps the servers its VMs hold; an undeploy none.
+                let keep: Vec<&str> = match &r.kind {
+                    OperationKind::Deploy { .. } => r
+                        .vms
+                        .iter()
+                        .filter_map(|v| v.server_id.as_deref())
+                        .collect(),
+                    OperationKind::Undeploy => Vec::new(),
+                };
+                let servers: Vec<ServerInfo> = servers
+                    .into_iter()
+                    .filter(|s| !keep.contains(&s.id.as_str()))
+                    .collect();
                 if servers.is_empty() {
                     self.propose(
                         (op.clone(), Target::Settle),
@@ -441,6 +502,12 @@ impl Lifecycle {
                     }
                     self.call(slot, VimCall::Delete { server_id: s.id }, out);
                 }
+            }
+            (Answer::Deleted | Answer::NotFound, Target::Server(_), _)
+                if matches!(r.kind, OperationKind::Deploy { .. }) =>
+            {
+                // A duplicate removed: no VM of the operation held it.
+                self.failures.remove(&slot);
             }
             (Answer::Deleted | Answer::NotFound, Target::Server(id), _) => {
                 self.failures.remove(&slot);

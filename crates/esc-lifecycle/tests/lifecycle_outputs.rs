@@ -46,6 +46,7 @@ fn cfg() -> Config {
         retry_base_ms: 50,
         retry_max_ms: 400,
         call_retries_max: 3,
+        create_doubt_ms: 1_000,
     }
 }
 
@@ -226,7 +227,56 @@ fn a_deploy_looks_up_creates_watches_and_completes() {
             answer: Answer::Shown(server("s1", &key(1).server_name(), "ACTIVE")),
         },
     );
+    // Every VM alive: the deployment is listed once more; a second server
+    // of VM 0 (a create that landed after its lookup) is removed.
     let out = commit(&mut l, &mut r, &out, 111);
+    let (c, list) = calls(&out)[0].clone();
+    assert_eq!(
+        list,
+        VimCall::ListDeployment {
+            deployment_id: "d1".into()
+        }
+    );
+    assert!(steps(&out).is_empty(), "not completed before the listing");
+    let out = l.handle(
+        112,
+        Input::Answer {
+            call: c,
+            answer: Answer::Found(vec![
+                server("s0", &name0, "ACTIVE"),
+                server("s1", &key(1).server_name(), "ACTIVE"),
+                server("s9", &name0, "BUILD"),
+            ]),
+        },
+    );
+    let (del, vim) = calls(&out)[0].clone();
+    assert_eq!(
+        vim,
+        VimCall::Delete {
+            server_id: "s9".into()
+        }
+    );
+    assert!(steps(&out).is_empty());
+    let out = l.handle(
+        113,
+        Input::Answer {
+            call: del,
+            answer: Answer::Deleted,
+        },
+    );
+    assert!(steps(&out).is_empty(), "no step for a duplicate: {out:?}");
+    // Listed again after the poll period: only what the VMs hold.
+    let (c, _) = calls(&l.handle(113 + 100, Input::Tick))[0].clone();
+    let out = l.handle(
+        214,
+        Input::Answer {
+            call: c,
+            answer: Answer::Found(vec![
+                server("s0", &name0, "ACTIVE"),
+                server("s1", &key(1).server_name(), "ACTIVE"),
+            ]),
+        },
+    );
     assert_eq!(
         steps(&out),
         vec![Step::Settled {
@@ -235,7 +285,7 @@ fn a_deploy_looks_up_creates_watches_and_completes() {
             error: None
         }]
     );
-    commit(&mut l, &mut r, &out, 112);
+    commit(&mut l, &mut r, &out, 215);
     assert_eq!(r.state, OperationState::Completed);
     assert!(l.handle(113, Input::Tick).is_empty(), "nothing more to do");
 }
@@ -327,6 +377,7 @@ fn vim_errors_back_off_then_fail_temp() {
     let fail = |retryable| Answer::Failed {
         error: "HTTP 503".into(),
         retryable,
+        unknown: false,
     };
     assert!(l
         .handle(
@@ -547,19 +598,29 @@ fn calls_in_flight_are_bounded() {
             answer: Answer::Failed {
                 error: "x".into(),
                 retryable: true,
+                unknown: false,
             },
         },
     );
     assert_eq!(calls(&out).len(), 1, "a freed slot is used at once");
 }
 
-// A deployment without VMs completes at once.
+// A deployment without VMs (the domain settles those itself; a record of
+// one reaching the core) completes after one listing shows nothing.
 #[test]
 fn a_deployment_without_vms_completes_at_once() {
     let spec = DeploymentSpec::from_json(br#"{"name": "empty", "tenant": "t1"}"#).unwrap();
     let r = OperationRecord::new("op3".into(), "d9".into(), OperationKind::Deploy { spec });
     let mut l = leading();
     let out = l.handle(0, Input::Records(vec![r]));
+    let (c, _) = calls(&out)[0].clone();
+    let out = l.handle(
+        1,
+        Input::Answer {
+            call: c,
+            answer: Answer::Found(vec![]),
+        },
+    );
     assert_eq!(
         steps(&out),
         vec![Step::Settled {
@@ -567,5 +628,46 @@ fn a_deployment_without_vms_completes_at_once() {
             state: OperationState::Completed,
             error: None
         }]
+    );
+}
+
+// A create that got no answer may still land: the VM is looked up again
+// only after `create_doubt_ms`, not after the usual backoff.
+#[test]
+fn a_create_without_an_answer_is_looked_up_only_after_the_doubt_period() {
+    let mut l = leading();
+    let r = deploy(1);
+    let out = l.handle(0, Input::Records(vec![r]));
+    let (find, _) = calls(&out)[0].clone();
+    let out = l.handle(
+        1,
+        Input::Answer {
+            call: find,
+            answer: Answer::Found(vec![]),
+        },
+    );
+    let (create, vim) = calls(&out)[0].clone();
+    assert!(matches!(vim, VimCall::Create { .. }));
+    let timeout = Answer::Failed {
+        error: "the VIM is unreachable: timed out".into(),
+        retryable: true,
+        unknown: true,
+    };
+    assert!(calls(&l.handle(
+        2,
+        Input::Answer {
+            call: create,
+            answer: timeout
+        }
+    ))
+    .is_empty());
+    assert!(
+        calls(&l.handle(2 + cfg().retry_max_ms, Input::Tick)).is_empty(),
+        "not after the backoff"
+    );
+    let out = l.handle(2 + cfg().create_doubt_ms, Input::Tick);
+    assert!(
+        matches!(calls(&out)[..], [(_, VimCall::Find { .. })]),
+        "a lookup, not a second create: {out:?}"
     );
 }

@@ -64,6 +64,7 @@ fn answer_of(r: Result<Answer, Error>) -> Answer {
         Err(Error::NotFound(_)) => Answer::NotFound,
         Err(e) => Answer::Failed {
             retryable: e.retryable(),
+            unknown: matches!(e, Error::Transport(_)),
             error: e.to_string(),
         },
     }

@@ -93,6 +93,7 @@ pub fn primary_services(
         let core = esc_lifecycle::Config {
             calls_in_flight_max: v.calls_in_flight_max,
             poll_ms: v.poll_ms,
+            create_doubt_ms: v.create_doubt_ms,
             ..esc_lifecycle::Config::default()
         };
         out.push(Arc::new(crate::lifecycle::Runner::new(
