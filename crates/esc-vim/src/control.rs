@@ -8,6 +8,9 @@
 //! | `PUT /control/v1/faults` with [`ApiFaults`](crate::faults::ApiFaults) | sets the API faults (`400` naming the field if invalid) |
 //! | `GET /control/v1/history` | every change to a server (create, delete, reboot, start, stop), oldest first |
 
+// Refusals are the finished error responses (as in `api`).
+#![allow(clippy::result_large_err)]
+
 use crate::api::{account, error_response, Vim};
 use crate::faults::ApiFaults;
 use axum::extract::State;

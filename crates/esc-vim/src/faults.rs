@@ -115,7 +115,7 @@ impl Injector {
         } else {
             1.0
         };
-        let fate = if x < f.fail_rate {
+        if x < f.fail_rate {
             self.counts.failed += 1;
             Fate::Fail
         } else if x < f.fail_rate + f.lose_rate {
@@ -131,8 +131,7 @@ impl Injector {
             Fate::Pass {
                 delay_ms: f.delay_ms,
             }
-        };
-        fate
+        }
     }
 }
 
