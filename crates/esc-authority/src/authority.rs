@@ -410,6 +410,14 @@ impl Authority {
     }
 
     /// Whether northbound writes are admitted.
+    /// Until when (this core's clock) the witness's lease is held, while
+    /// primary: what fences this node's actions on the outside world (a
+    /// process frozen past it must not act on resuming). None: no lease
+    /// (two-node mode, or not primary).
+    pub fn lease_until_ms(&self) -> Option<u64> {
+        self.lease_until_ms.filter(|_| self.role == Role::Primary)
+    }
+
     pub fn admits_writes(&self) -> bool {
         self.admission
     }

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod notify;
 pub mod scenario;
+pub mod service;
 pub mod workload;
 
 use std::process::{Child, Command, Stdio};

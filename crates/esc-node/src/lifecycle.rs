@@ -93,8 +93,18 @@ fn user_data(group: &VmGroup) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(json))
 }
 
-/// One VIM call, as the core asked it.
-async fn execute(client: &Client, vim: VimCall) -> Answer {
+/// A call this node may not make (`Shared::may_act`): nothing was sent.
+fn not_leading() -> Answer {
+    Answer::Failed {
+        error: "this node no longer holds its lease: the call was not made".into(),
+        retryable: true,
+        unknown: false,
+    }
+}
+
+/// One VIM call, as the core asked it; a create checks `may_act` again
+/// right before the request that creates (its lookups take time).
+async fn execute(client: &Client, vim: VimCall, shared: &Shared) -> Answer {
     match vim {
         VimCall::Find { name } => answer_of(
             client
@@ -138,6 +148,9 @@ async fn execute(client: &Client, vim: VimCall) -> Answer {
                         .map(|a| a.to_string());
                     networks.push((net.id, ip));
                 }
+                if !shared.may_act() {
+                    return Ok(None);
+                }
                 let req = CreateServer {
                     name,
                     image_id: image.id,
@@ -146,9 +159,13 @@ async fn execute(client: &Client, vim: VimCall) -> Answer {
                     metadata: key.metadata().into_iter().collect(),
                     user_data: user_data(&group),
                 };
-                client.create_server(&req).await
+                client.create_server(&req).await.map(Some)
             };
-            answer_of(create.await.map(|server_id| Answer::Created { server_id }))
+            match create.await {
+                Ok(None) => not_leading(),
+                Ok(Some(server_id)) => Answer::Created { server_id },
+                Err(e) => answer_of(Err(e)),
+            }
         }
     }
 }
@@ -175,9 +192,13 @@ async fn run(
         for o in out.drain(..) {
             match o {
                 Output::Call { call, vim, .. } => {
-                    let (client, tx) = (client.clone(), answers_tx.clone());
+                    let (client, tx, sh) = (client.clone(), answers_tx.clone(), shared.clone());
                     tokio::spawn(async move {
-                        let a = execute(&client, vim).await;
+                        let a = if sh.may_act() {
+                            execute(&client, vim, &sh).await
+                        } else {
+                            not_leading()
+                        };
                         let _ = tx.send((call, a));
                     });
                 }

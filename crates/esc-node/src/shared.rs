@@ -147,6 +147,27 @@ impl Drop for InFlightGuard {
 }
 
 /// Shared by the API, admin, health and agent tasks.
+impl Shared {
+    /// Whether this node may act on the outside world now (a VIM call):
+    /// it leads, and, with a witness, its lease has not run out by its own
+    /// monotonic clock. A process frozen (SIGSTOP, a VM paused) past its
+    /// lease, which the standby may have taken over meanwhile, therefore
+    /// makes no call on resuming before it has even noticed.
+    pub fn may_act(&self) -> bool {
+        if !*self.leading.borrow() {
+            return false;
+        }
+        match (self.agent.get().map(|a| a.pair), self.lease_until.read()) {
+            (Some(true), Ok(l)) => match *l {
+                Some(until) => std::time::Instant::now() < until,
+                // A pair without a witness: no lease to hold.
+                None => !self.has_witness,
+            },
+            _ => true,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Shared {
     pub node_name: String,
@@ -183,6 +204,12 @@ pub struct Shared {
     /// The store's applied index, published by the storage worker after
     /// every apply: what waits for the state to move subscribes to it.
     pub applied: Arc<watch::Sender<u64>>,
+    /// Until when this node holds the witness's lease (set by the HA agent;
+    /// None: no lease, in two-node mode or when not primary). See
+    /// [`Shared::may_act`].
+    pub lease_until: Arc<std::sync::RwLock<Option<std::time::Instant>>>,
+    /// The pair has a witness (a lease is then required to act).
+    pub has_witness: bool,
     /// The VIM connector of `[vim]` (`vim`), if configured.
     pub vim: Option<Arc<esc_openstack::Client>>,
 }

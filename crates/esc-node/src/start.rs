@@ -225,6 +225,8 @@ pub async fn run(
         agent: Default::default(),
         api_dead: Arc::new(watch::Sender::new(false)),
         applied,
+        lease_until: Default::default(),
+        has_witness: pair && cfg.witness.address.is_some(),
         vim: crate::vim::client(&cfg, &home)?,
     };
     if let Some(client) = &shared.vim {

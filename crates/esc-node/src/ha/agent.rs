@@ -434,6 +434,13 @@ impl Agent {
             let Some(i) = input.take() else { break };
             let now = self.now_ms();
             let outputs = self.auth.handle(now, i);
+            let until = self
+                .auth
+                .lease_until_ms()
+                .map(|ms| self.start + std::time::Duration::from_millis(ms));
+            if let Ok(mut l) = self.ctx.shared.lease_until.write() {
+                *l = until;
+            }
             for o in outputs {
                 self.perform(o).await;
             }

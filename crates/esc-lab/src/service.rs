@@ -1,0 +1,685 @@
+//! The service under failure (issue 11, "Done when"): the lab's pair
+//! configured with a VIM connector to `esc-vim` on a host of its own; a
+//! client deploys deployments of VMs through the VIP (each with an
+//! `Idempotency-Key` and a `callback`), the fault hits the primary while
+//! they are being deployed, then part of them is undeployed; and a checker
+//! verifies what the issue asks:
+//!
+//! - every operation answered `202` reached `COMPLETED`, once (every
+//!   resend of a request got the same operation);
+//! - the VIM holds exactly the servers of the deployments that remain (no
+//!   duplicate, no leak, none missing);
+//! - every callback arrived with its operation's transaction id;
+//! - the event stream read through the VIP across the takeover has no gap
+//!   and no event twice, and is the new primary's outbox.
+//!
+//! ```text
+//!   client ns: deployer (HTTP through the VIP) + CallbackSink + EventReader
+//!   vim ns:    esc-vim (API :5000, control plane :5001: API faults)
+//!   esc1/esc2: the pair with [vim]; the fault on the primary
+//! ```
+
+use crate::cluster::{wait_for, Bins, Cluster, Fault, CLIENT_ADDR, PASSWORD, READY, VIP};
+use crate::notify::{stream_faults, CallbackSink, EventReader};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The VIM host.
+pub const VIM_ADDR: &str = "192.0.2.14";
+/// The lab VIM's account password (the lab's own, never a product default).
+pub const VIM_PASSWORD: &str = "lab-vim-password-not-a-default";
+/// Each phase of the client (deploy, undeploy, deliveries) ends by then.
+const PHASE: Duration = Duration::from_secs(180);
+/// The client's attempt timeout: it resends with the same key after it.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub deployments: usize,
+    pub vms_per_deployment: u32,
+    /// Undeployed after every deploy completed (the first ones).
+    pub undeploy: usize,
+    /// Injected after this many deploys were accepted.
+    pub fault_after: usize,
+    /// API faults of the VIM during the run (the control plane's JSON).
+    pub api_faults: Option<serde_json::Value>,
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            deployments: 50,
+            vms_per_deployment: 2,
+            undeploy: 25,
+            fault_after: 15,
+            api_faults: None,
+            verbose: false,
+        }
+    }
+}
+
+/// One operation as the client saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Op {
+    pub deployment: String,
+    pub kind: &'static str,
+    pub op_id: String,
+    pub tid: String,
+    /// Every answer to a resend named this operation.
+    pub resends_agree: bool,
+    pub state: String,
+}
+
+/// What the checker found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub fault: String,
+    pub operations: usize,
+    pub completed: usize,
+    /// Operations whose resends were answered with another operation.
+    pub disagreeing_resends: usize,
+    pub servers_expected: usize,
+    pub servers_on_vim: usize,
+    pub duplicates: Vec<String>,
+    pub missing: Vec<String>,
+    pub leaked: Vec<String>,
+    /// Creates the VIM saw (more than the VMs: duplicates made, then removed).
+    pub creates: usize,
+    pub callbacks_missing: Vec<String>,
+    pub events_read: usize,
+    pub event_faults: Vec<String>,
+    pub stream_is_outbox: bool,
+    pub stream_connections: usize,
+    /// The VIM's fault counts (calls failed, lost, stalled).
+    pub api_fault_counts: serde_json::Value,
+    pub takeover_ms: u64,
+    pub errors: Vec<String>,
+    pub pass: bool,
+}
+
+fn say(opts: &Options, msg: &str) {
+    if opts.verbose {
+        eprintln!("  {msg}");
+    }
+}
+
+/// The name of deployment `i` and the server names its VMs get.
+fn dep_name(i: usize) -> String {
+    format!("svc-{i:03}")
+}
+
+fn server_names(i: usize, vms: u32) -> Vec<String> {
+    (0..vms)
+        .map(|v| format!("esc-{}-g-{v}-g0", dep_name(i)))
+        .collect()
+}
+
+fn spec(i: usize, vms: u32) -> serde_json::Value {
+    serde_json::json!({
+        "name": dep_name(i), "tenant": "svc",
+        "vm_groups": [{
+            "name": "g", "image": "vnf-image", "flavor": "m1.tiny",
+            "scaling": { "min_active": vms, "max_active": vms },
+            "interfaces": [{ "nicid": 0, "network": "vnf-net" }],
+            "config_data": [{ "file": "/etc/vnf/day0.conf", "data": format!("id={i}\n") }]
+        }]
+    })
+}
+
+/// The pair with `[vim]` and `esc-vim` running on its host; the temp dir
+/// holds the VIM's password file (both nodes read it).
+pub fn up(tag: &str, bins: &Bins, fault: Fault) -> anyhow::Result<(Cluster, tempfile::TempDir)> {
+    let secrets = tempfile::tempdir()?;
+    let pw = secrets.path().join("vim.password");
+    std::fs::write(&pw, VIM_PASSWORD)?;
+    let pw2 = pw.clone();
+    let mut c = Cluster::up_with(
+        tag,
+        bins.clone(),
+        true,
+        fault.needs_volume().then_some(160),
+        move |cfg| {
+            cfg.vim = Some(esc_config::VimConfig {
+                auth_url: format!("http://{VIM_ADDR}:5000/identity/v3"),
+                user: "admin".into(),
+                password_file: pw2.clone(),
+                project: "vnf".into(),
+                user_domain: "Default".into(),
+                project_domain: "Default".into(),
+                region: None,
+                call_timeout_ms: 2_000,
+                calls_in_flight_max: 64,
+                poll_ms: 100,
+                // Past the lab's longest API stall (3 s).
+                create_doubt_ms: 5_000,
+            });
+        },
+    )?;
+    c.lab.host("vim", &format!("{VIM_ADDR}/24"));
+    let vim = bins.escd.with_file_name("esc-vim");
+    anyhow::ensure!(
+        vim.exists(),
+        "{} not found: build first (cargo build --workspace --bins)",
+        vim.display()
+    );
+    let log = std::fs::File::create(secrets.path().join("esc-vim.log"))?;
+    let pw = pw.to_string_lossy().to_string();
+    c.lab.spawn(
+        "vim",
+        &vim.to_string_lossy(),
+        &[
+            "--listen",
+            &format!("{VIM_ADDR}:5000"),
+            "--control-listen",
+            &format!("{VIM_ADDR}:5001"),
+            "--password-file",
+            &pw,
+            "--build-ms",
+            "300",
+            "--vcpus",
+            "100000",
+        ],
+        log,
+    );
+    Ok((c, secrets))
+}
+
+/// Shared between the client thread and the driver.
+#[derive(Default)]
+struct Progress {
+    deploys_accepted: AtomicUsize,
+}
+
+struct ClientReport {
+    ops: Vec<Op>,
+    received: Vec<crate::notify::Received>,
+    events: Vec<crate::notify::SseRecord>,
+    outbox_ids: Vec<u64>,
+    connections: usize,
+    servers: Vec<String>,
+    history: Vec<serde_json::Value>,
+    api_fault_counts: serde_json::Value,
+    errors: Vec<String>,
+}
+
+/// Sends one write until it is answered with something other than 503 or
+/// a lost connection (same key every time), at most [`PHASE`].
+async fn send(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: &str,
+    callback: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<Vec<(u16, serde_json::Value, String)>, String> {
+    let end = Instant::now() + PHASE;
+    let mut answers = Vec::new();
+    while Instant::now() < end {
+        let mut r = c
+            .request(method.clone(), url)
+            .basic_auth("admin", Some(PASSWORD))
+            .header("Idempotency-Key", key);
+        if !callback.is_empty() {
+            r = r.header("callback", callback);
+        }
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        if let Ok(r) = r.send().await {
+            let status = r.status().as_u16();
+            let tid = r
+                .headers()
+                .get("esc-transaction-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            if status != 503 {
+                answers.push((status, v, tid));
+                return Ok(answers);
+            }
+        }
+        // The client's resend pacing, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{method} {url}: no answer within {PHASE:?}"))
+}
+
+/// Polls each operation through the VIP until it settles (or `PHASE`).
+async fn settle(c: &reqwest::Client, ops: &mut [Op]) {
+    let end = Instant::now() + PHASE;
+    while Instant::now() < end {
+        let mut open = 0;
+        for op in ops
+            .iter_mut()
+            .filter(|o| o.state.is_empty() || o.state == "PROCESSING" || o.state == "STARTING")
+        {
+            let url = format!("http://{VIP}:8080/v0/operations/{}", op.op_id);
+            let r = c.get(&url).basic_auth("admin", Some(PASSWORD)).send().await;
+            if let Ok(r) = r {
+                if r.status() == 200 {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    op.state = v["state"].as_str().unwrap_or("").to_string();
+                }
+            }
+            if !matches!(
+                op.state.as_str(),
+                "COMPLETED" | "FAILED_TEMP" | "FAILED" | "ROLLED_BACK"
+            ) {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn vim_servers() -> Result<Vec<String>, String> {
+    let client = esc_openstack::Client::new(esc_openstack::Connector {
+        auth_url: format!("http://{VIM_ADDR}:5000/identity/v3"),
+        user: "admin".into(),
+        password: esc_openstack::Secret::new(VIM_PASSWORD),
+        project: "vnf".into(),
+        user_domain: "Default".into(),
+        project_domain: "Default".into(),
+        region: None,
+        timeout: Duration::from_secs(10),
+    })
+    .map_err(|e| e.to_string())?;
+    // The API faults are off by now; a retry covers a last stalled call.
+    for _ in 0..5 {
+        if let Ok(l) = client.servers(None).await {
+            return Ok(l.into_iter().map(|s| s.name).collect());
+        }
+    }
+    Err("cannot list the VIM's servers".into())
+}
+
+async fn control(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let mut r = c
+        .request(method, format!("http://{VIM_ADDR}:5001{path}"))
+        .basic_auth("admin", Some(VIM_PASSWORD));
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    let r = r.send().await.map_err(|e| e.to_string())?;
+    anyhow_status(r.status().as_u16(), path)?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+fn anyhow_status(status: u16, what: &str) -> Result<(), String> {
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{what}: HTTP {status}"))
+    }
+}
+
+/// The client's whole script, in the client namespace.
+fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
+    let mut errors = Vec::new();
+    let sink = match CallbackSink::bind(&format!("{CLIENT_ADDR}:0"), 0) {
+        Ok(s) => s,
+        Err(e) => {
+            return ClientReport {
+                ops: Vec::new(),
+                received: Vec::new(),
+                events: Vec::new(),
+                outbox_ids: Vec::new(),
+                connections: 0,
+                servers: Vec::new(),
+                history: Vec::new(),
+                api_fault_counts: serde_json::Value::Null,
+                errors: vec![format!("callback receiver: {e}")],
+            }
+        }
+    };
+    let vip_api: std::net::SocketAddr = format!("{VIP}:8080").parse().expect("address");
+    let reader = EventReader::start(vip_api, "admin", PASSWORD, 0, Duration::from_secs(3));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (ops, servers, history, api_fault_counts) = rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .timeout(ATTEMPT)
+            .connect_timeout(ATTEMPT)
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        if let Some(f) = &opts.api_faults {
+            if let Err(e) = control(&c, reqwest::Method::PUT, "/control/v1/faults", Some(f)).await {
+                errors.push(format!("setting the API faults: {e}"));
+            }
+        }
+        let tenant = serde_json::json!({"name": "svc"});
+        match send(
+            &c,
+            reqwest::Method::POST,
+            &format!("http://{VIP}:8080/v0/tenants"),
+            "svc-tenant",
+            "",
+            Some(&tenant),
+        )
+        .await
+        {
+            Ok(a) if matches!(a.last().map(|x| x.0), Some(201 | 409)) => {}
+            other => errors.push(format!("tenant: {other:?}")),
+        }
+        // Deploys, 8 at a time.
+        let ops: Arc<Mutex<Vec<Op>>> = Default::default();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (c, ops, next, progress, cb, opts) = (
+                c.clone(),
+                ops.clone(),
+                next.clone(),
+                progress.clone(),
+                sink.url("/cb"),
+                opts.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut errs = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= opts.deployments {
+                        return errs;
+                    }
+                    let body = spec(i, opts.vms_per_deployment);
+                    let url = format!("http://{VIP}:8080/v0/deployments");
+                    match send(
+                        &c,
+                        reqwest::Method::POST,
+                        &url,
+                        &format!("dep-{i}"),
+                        &format!("{cb}/deploy/{i}"),
+                        Some(&body),
+                    )
+                    .await
+                    {
+                        Ok(a) => {
+                            let (status, v, tid) = a.last().cloned().unwrap_or_default();
+                            if status != 202 {
+                                errs.push(format!("deploy {i}: HTTP {status} {v}"));
+                                continue;
+                            }
+                            progress.deploys_accepted.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut o) = ops.lock() {
+                                o.push(Op {
+                                    deployment: dep_name(i),
+                                    kind: "deploy",
+                                    op_id: v["operation"].as_str().unwrap_or("").to_string(),
+                                    tid,
+                                    resends_agree: true,
+                                    state: String::new(),
+                                });
+                            }
+                        }
+                        Err(e) => errs.push(e),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            if let Ok(e) = t.await {
+                errors.extend(e);
+            }
+        }
+        let mut ops = ops.lock().map(|o| o.clone()).unwrap_or_default();
+        settle(&c, &mut ops).await;
+        // A resend of every deploy, with its key: the same operation.
+        for op in ops.iter_mut() {
+            let i: usize = op.deployment[4..].parse().unwrap_or(0);
+            let body = spec(i, opts.vms_per_deployment);
+            if let Ok(a) = send(
+                &c,
+                reqwest::Method::POST,
+                &format!("http://{VIP}:8080/v0/deployments"),
+                &format!("dep-{i}"),
+                &sink.url(&format!("/cb/deploy/{i}")),
+                Some(&body),
+            )
+            .await
+            {
+                op.resends_agree = a
+                    .last()
+                    .is_some_and(|x| x.1["operation"] == op.op_id.as_str());
+            }
+        }
+        // Undeploys of the first ones.
+        let mut undeploys = Vec::new();
+        for i in 0..opts.undeploy.min(opts.deployments) {
+            let url = format!("http://{VIP}:8080/v0/deployments/{}", dep_name(i));
+            match send(
+                &c,
+                reqwest::Method::DELETE,
+                &url,
+                &format!("undep-{i}"),
+                &sink.url(&format!("/cb/undeploy/{i}")),
+                None,
+            )
+            .await
+            {
+                Ok(a) => {
+                    let (status, v, tid) = a.last().cloned().unwrap_or_default();
+                    if status != 202 {
+                        errors.push(format!("undeploy {i}: HTTP {status} {v}"));
+                        continue;
+                    }
+                    undeploys.push(Op {
+                        deployment: dep_name(i),
+                        kind: "undeploy",
+                        op_id: v["operation"].as_str().unwrap_or("").to_string(),
+                        tid,
+                        resends_agree: true,
+                        state: String::new(),
+                    });
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        settle(&c, &mut undeploys).await;
+        ops.extend(undeploys);
+        if opts.api_faults.is_some() {
+            if let Err(e) = control(
+                &c,
+                reqwest::Method::PUT,
+                "/control/v1/faults",
+                Some(&serde_json::json!({})),
+            )
+            .await
+            {
+                errors.push(format!("clearing the API faults: {e}"));
+            }
+        }
+        let servers = vim_servers().await.unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        });
+        let history = control(&c, reqwest::Method::GET, "/control/v1/history", None)
+            .await
+            .map(|v| v["history"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let counts = control(&c, reqwest::Method::GET, "/control/v1/state", None)
+            .await
+            .map(|v| v["counts"].clone())
+            .unwrap_or_default();
+        (ops, servers, history, counts)
+    });
+    // Every callback, then the stream caught up with the outbox.
+    let tids: BTreeSet<String> = ops.iter().map(|o| o.tid.clone()).collect();
+    let have_all = |r: &[crate::notify::Received]| {
+        let got: BTreeSet<&str> = r
+            .iter()
+            .filter_map(|x| x.headers.get("esc_transaction_id").map(String::as_str))
+            .collect();
+        tids.iter().all(|t| got.contains(t.as_str()))
+    };
+    crate::cluster::wait_for(PHASE, || have_all(&sink.received()));
+    let fresh = EventReader::start(vip_api, "admin", PASSWORD, 0, Duration::from_secs(3));
+    let last = |e: &[crate::notify::SseRecord]| e.last().map(|r| r.id);
+    crate::cluster::wait_for(Duration::from_secs(30), || {
+        let f = fresh.events();
+        !f.is_empty() && last(&f) == last(&reader.events())
+    });
+    let outbox_ids = fresh.finish().iter().map(|e| e.id).collect();
+    let connections = reader.connections();
+    let events = reader.finish();
+    ClientReport {
+        ops,
+        received: sink.received(),
+        events,
+        outbox_ids,
+        connections,
+        servers,
+        history,
+        api_fault_counts,
+        errors,
+    }
+}
+
+/// Runs the service scenario for `fault` on a fresh cluster.
+pub fn run(tag: &str, bins: &Bins, fault: Fault, opts: &Options) -> anyhow::Result<Report> {
+    let (mut c, _secrets) = up(tag, bins, fault)?;
+    let r = run_on(&mut c, fault, opts);
+    if r.as_ref().map_or(true, |o| !o.pass) {
+        eprintln!("{}", c.dump());
+        if let Ok(log) = std::fs::read_to_string(_secrets.path().join("esc-vim.log")) {
+            eprintln!(
+                "esc-vim log (last lines):\n{}",
+                log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    r
+}
+
+fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Report> {
+    let p = c.wait_ready()?;
+    let s = 1 - p;
+    say(opts, &format!("pair ready: esc-{} primary", p + 1));
+    let progress = Arc::new(Progress::default());
+    let (o, pr) = (opts.clone(), progress.clone());
+    let client = c.lab.in_ns("client", move || client_script(o, pr));
+    anyhow::ensure!(
+        wait_for(PHASE, || progress.deploys_accepted.load(Ordering::Relaxed)
+            >= opts.fault_after),
+        "the deploys do not progress"
+    );
+    say(
+        opts,
+        &format!("injecting {} on esc-{}", fault.name(), p + 1),
+    );
+    let t0 = Instant::now();
+    c.inject(fault, p)?;
+    let took_over = wait_for(READY, || {
+        c.role(s) == "PRIMARY" && c.vip_holders().contains(&s)
+    });
+    let takeover_ms = t0.elapsed().as_millis() as u64;
+    anyhow::ensure!(
+        took_over,
+        "esc-{} did not take over after {}",
+        s + 1,
+        fault.name()
+    );
+    say(
+        opts,
+        &format!("esc-{} took over after {takeover_ms} ms", s + 1),
+    );
+    c.heal(fault, p)?;
+    c.wait_ready()?;
+    let r = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
+    Ok(check(fault, opts, r, takeover_ms))
+}
+
+fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Report {
+    let remaining: Vec<usize> = (opts.undeploy.min(opts.deployments)..opts.deployments).collect();
+    let expected: BTreeSet<String> = remaining
+        .iter()
+        .flat_map(|&i| server_names(i, opts.vms_per_deployment))
+        .collect();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &r.servers {
+        *seen.entry(s.as_str()).or_default() += 1;
+    }
+    let duplicates: Vec<String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|s| !seen.contains_key(s.as_str()))
+        .cloned()
+        .collect();
+    let leaked: Vec<String> = seen
+        .keys()
+        .filter(|s| !expected.contains(**s))
+        .map(|s| s.to_string())
+        .collect();
+    let got_tids: BTreeSet<&str> = r
+        .received
+        .iter()
+        .filter(|x| x.headers.get("esc-status-code").is_some_and(|c| c == "200"))
+        .filter_map(|x| x.headers.get("esc_transaction_id").map(String::as_str))
+        .collect();
+    let callbacks_missing: Vec<String> = r
+        .ops
+        .iter()
+        .filter(|o| !got_tids.contains(o.tid.as_str()))
+        .map(|o| format!("{} {} ({})", o.kind, o.deployment, o.tid))
+        .collect();
+    let event_faults = stream_faults(&r.events);
+    let read_ids: Vec<u64> = r.events.iter().filter(|e| e.id > 0).map(|e| e.id).collect();
+    let stream_is_outbox = !read_ids.is_empty() && read_ids == r.outbox_ids;
+    let completed = r.ops.iter().filter(|o| o.state == "COMPLETED").count();
+    let disagreeing = r.ops.iter().filter(|o| !o.resends_agree).count();
+    let want_ops = opts.deployments + opts.undeploy.min(opts.deployments);
+    let creates = r.history.iter().filter(|h| h["what"] == "create").count();
+    let pass = r.errors.is_empty()
+        && r.ops.len() == want_ops
+        && completed == want_ops
+        && disagreeing == 0
+        && duplicates.is_empty()
+        && missing.is_empty()
+        && leaked.is_empty()
+        && callbacks_missing.is_empty()
+        && event_faults.is_empty()
+        && stream_is_outbox;
+    Report {
+        fault: fault.name().to_string(),
+        operations: r.ops.len(),
+        completed,
+        disagreeing_resends: disagreeing,
+        servers_expected: expected.len(),
+        servers_on_vim: r.servers.len(),
+        duplicates,
+        missing,
+        leaked,
+        creates,
+        callbacks_missing,
+        events_read: r.events.len(),
+        event_faults,
+        stream_is_outbox,
+        stream_connections: r.connections,
+        api_fault_counts: r.api_fault_counts,
+        takeover_ms,
+        errors: r.errors,
+        pass,
+    }
+}
