@@ -246,6 +246,62 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
         201
     );
 
+    // What the VIM does not have, or has no room for: refused with the
+    // field, nothing started.
+    let mut bad = spec(2);
+    bad["vm_groups"][0]["image"] = "no-such-image".into();
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(bad));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("vm_groups[0].image: image \"no-such-image\""),
+        "{body}"
+    );
+    let mut bad = spec(2);
+    bad["vm_groups"][0]["interfaces"][0]["network"] = "no-net".into();
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(bad));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("vm_groups[0].interfaces[0].network"),
+        "{body}"
+    );
+    let mut big = spec(2);
+    big["vm_groups"][0]["scaling"] = serde_json::json!({"min_active": 600, "max_active": 600});
+    big["vm_groups"][0]["interfaces"][0]["ip_addresses"] = serde_json::json!([]);
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(big));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the VIM has 512 vCPUs"),
+        "{body}"
+    );
+    let mut missing = spec(2);
+    missing["vm_groups"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("flavor");
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(missing));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `flavor`"),
+        "{body}"
+    );
+    assert_eq!(
+        call(Method::GET, "/v0/deployments/web", None).0,
+        404,
+        "nothing started"
+    );
+
     // Callbacks (the first POST refused: the notifier retries) and the
     // event stream, from the start of the outbox.
     let sink = CallbackSink::bind("127.0.0.1:0", 1).unwrap();

@@ -3,7 +3,7 @@
 //! call is retried once). Every call is bounded by the connector's timeout.
 
 use crate::error::Error;
-use crate::model::{CreateServer, Flavor, Image, Network, Server};
+use crate::model::{CreateServer, Flavor, Image, Limits, Network, Server};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -317,6 +317,13 @@ impl Client {
         all.into_iter()
             .find(|f| f.name == name)
             .ok_or_else(|| Error::NotFound(format!("flavor {name:?}")))
+    }
+
+    /// Compute "Show Rate And Absolute Limits": the project's quota and use.
+    pub async fn limits(&self) -> Result<Limits, Error> {
+        let v: Value = self.get(|s| &s.compute, "/limits", "limits").await?;
+        serde_json::from_value(v["absolute"].clone())
+            .map_err(|e| Error::Protocol(format!("limits.absolute: {e}")))
     }
 
     /// Images v2 "List images" with the `name` filter.

@@ -97,3 +97,27 @@ impl CreateServer {
         serde_json::json!({ "server": s })
     }
 }
+
+/// Compute's absolute limits (quota) and their use, as "Show Rate And
+/// Absolute Limits" answers them (`-1`: unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_total_cores: i64,
+    pub total_cores_used: i64,
+    #[serde(rename = "maxTotalRAMSize")]
+    pub max_total_ram_size: i64,
+    #[serde(rename = "totalRAMUsed")]
+    pub total_ram_used: i64,
+}
+
+impl Limits {
+    /// vCPUs and MiB still free (None: unlimited).
+    pub fn free(&self) -> (Option<i64>, Option<i64>) {
+        let left = |max: i64, used: i64| (max >= 0).then(|| (max - used).max(0));
+        (
+            left(self.max_total_cores, self.total_cores_used),
+            left(self.max_total_ram_size, self.total_ram_used),
+        )
+    }
+}

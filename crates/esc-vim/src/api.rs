@@ -5,7 +5,7 @@
 //! | path | service | reference |
 //! |---|---|---|
 //! | `/identity/v3/auth/tokens` | Identity v3: password tokens with a catalog | Identity API v3, "Password authentication with scoped authorization" |
-//! | `/compute/v2.1/servers[/detail, /{id}, /{id}/action]`, `/flavors[/detail, /{id}]` | Compute v2.1 (microversion 2.1) | Compute API, "Servers", "Servers - run an action", "Flavors" |
+//! | `/compute/v2.1/servers[/detail, /{id}, /{id}/action]`, `/flavors[/detail, /{id}]`, `/limits` | Compute v2.1 (microversion 2.1) | Compute API, "Servers", "Servers - run an action", "Flavors", "Limits" |
 //! | `/image/v2/images[/{id}]` | Images v2 | Image Service API v2, "Images" |
 //! | `/network/v2.0/networks[/{id}]`, `/ports[/{id}]` | Networking v2.0 | Networking API v2.0, "Networks", "Ports" |
 //!
@@ -191,6 +191,7 @@ fn router(vim: Vim) -> Router {
             get(show_server).delete(delete_server),
         )
         .route("/compute/v2.1/servers/{id}/action", post(server_action))
+        .route("/compute/v2.1/limits", get(show_limits))
         .route("/compute/v2.1/flavors", get(list_flavors))
         .route("/compute/v2.1/flavors/detail", get(list_flavors))
         .route("/compute/v2.1/flavors/{id}", get(show_flavor))
@@ -716,6 +717,23 @@ async fn server_action(
         Ok(()) => nova_headers(StatusCode::ACCEPTED.into_response()),
         Err(e) => vim_error(e),
     }
+}
+
+/// Compute "Show Rate And Absolute Limits": the project's quota is the
+/// VIM's capacity here.
+async fn show_limits(State(vim): State<Vim>) -> Response {
+    let g = vim.lock();
+    let (cores, ram, cap) = g.cloud.usage();
+    let instances = g.cloud.servers().count();
+    Json(json!({ "limits": { "rate": [], "absolute": {
+        "maxTotalCores": cap.vcpus, "totalCoresUsed": cores,
+        "maxTotalRAMSize": cap.ram_mb, "totalRAMUsed": ram,
+        "maxTotalInstances": -1, "totalInstancesUsed": instances,
+        "maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240,
+        "maxTotalKeypairs": 100, "maxServerGroups": 10, "maxServerGroupMembers": 10,
+        "maxImageMeta": 128, "totalServerGroupsUsed": 0,
+    } } }))
+    .into_response()
 }
 
 fn flavor_json(vim: &Vim, f: &crate::cloud::Flavor) -> Value {

@@ -296,6 +296,12 @@ impl Cloud {
             .ok_or_else(|| VimError::NotFound(format!("Instance {id} could not be found.")))
     }
 
+    /// vCPUs and RAM (MiB) held by servers, and the capacity.
+    pub fn usage(&self) -> (u32, u64, Capacity) {
+        let (c, r) = self.used();
+        (c, r, self.capacity)
+    }
+
     fn used(&self) -> (u32, u64) {
         self.servers
             .values()

@@ -483,13 +483,16 @@ fn fingerprint(parts: &[&[u8]]) -> String {
 /// The body is read only once the credentials are checked, and within the
 /// concurrency limit: unauthenticated clients make the node buffer nothing,
 /// authenticated ones at most `concurrency_max` bodies of `body_bytes_max`.
-async fn write_request(
+async fn write_request<F>(
     state: ApiState,
     headers: HeaderMap,
     method: &'static str,
     body: Option<Request>,
-    build: impl FnOnce(Bytes) -> Result<(String, Op), Response>,
-) -> Response {
+    build: impl FnOnce(Bytes) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = Result<(String, Op), Response>>,
+{
     let tid = uuid::Uuid::new_v4().to_string();
     let span = info_span!("nbi", tid = %tid, method);
     async move {
@@ -510,7 +513,7 @@ async fn write_request(
             },
             None => Bytes::new(),
         };
-        match build(body) {
+        match build(body).await {
             Ok((fp, op)) => write(&state, tid.clone(), key, fp, op).await,
             Err(r) => with_tid(r, &tid),
         }
@@ -575,7 +578,7 @@ async fn create_tenant(
     headers: HeaderMap,
     req: Request,
 ) -> Response {
-    write_request(state, headers, "POST", Some(req), |body| {
+    write_request(state, headers, "POST", Some(req), |body| async move {
         let tenant: esc_domain::model::Tenant = esc_domain::model::parse(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
         tenant
@@ -617,7 +620,7 @@ fn callback(headers: &HeaderMap) -> Result<Option<String>, Response> {
 /// A deploy of VMs needs a VIM that answers now (esc-facts: in `INIT`,
 /// only configuration requests): otherwise a 503 that says why, and
 /// nothing is started.
-fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<(), Response> {
+fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<&esc_openstack::Client, Response> {
     let Some(c) = vim else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -626,7 +629,7 @@ fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<(), Response> {
     };
     let h = c.health();
     if h.usable == Some(true) {
-        return Ok(());
+        return Ok(c);
     }
     let why = match h.usable {
         None => "has not answered yet".to_string(),
@@ -647,6 +650,76 @@ fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<(), Response> {
     Err(r)
 }
 
+/// What the VIM must have for `spec`, asked before anything is accepted:
+/// each group's image, flavor and networks by name (`400` naming the
+/// field), and room for every VM at its flavor (`400` with what is needed
+/// and what is free). Best effort (another deploy may take the room
+/// meanwhile: the VIM then refuses the server, and the operation says so).
+async fn fits_the_vim(
+    vim: &esc_openstack::Client,
+    spec: &esc_domain::model::DeploymentSpec,
+) -> Result<(), Response> {
+    use esc_openstack::Error;
+    let unavailable = |e: Error| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the VIM could not be asked (nothing was started; retry): {e}"),
+        )
+    };
+    let bad = |path: String, what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{path}: {what} does not exist on the VIM"),
+        )
+    };
+    let (mut cores, mut ram) = (0i64, 0i64);
+    for (g, group) in spec.vm_groups.iter().enumerate() {
+        let p = |f: &str| format!("vm_groups[{g}].{f}");
+        match vim.find_image(&group.image).await {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => {
+                return Err(bad(p("image"), &format!("image {:?}", group.image)))
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        let flavor = match vim.find_flavor(&group.flavor).await {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => {
+                return Err(bad(p("flavor"), &format!("flavor {:?}", group.flavor)))
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        for (i, nic) in group.interfaces.iter().enumerate() {
+            match vim.find_network(&nic.network).await {
+                Ok(_) => {}
+                Err(Error::NotFound(_)) => {
+                    return Err(bad(
+                        p(&format!("interfaces[{i}].network")),
+                        &format!("network {:?}", nic.network),
+                    ))
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let n = i64::from(group.scaling.min_active);
+        cores += n * i64::from(flavor.vcpus);
+        ram += n * flavor.ram as i64;
+    }
+    let limits = vim.limits().await.map_err(unavailable)?;
+    let (free_cores, free_ram) = limits.free();
+    if free_cores.is_some_and(|f| cores > f) || free_ram.is_some_and(|f| ram > f) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "vm_groups: the VMs need {cores} vCPUs and {ram} MiB; the VIM has {} vCPUs and {} MiB free",
+                free_cores.map_or("unlimited".into(), |f| f.to_string()),
+                free_ram.map_or("unlimited".into(), |f| f.to_string()),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v0/deployments`: a deployment (`esc_domain::model::DeploymentSpec`),
 /// answered `202` with the operation once it is durable on both nodes,
 /// carried out by the primary's lifecycle runner; `callback` names a URL
@@ -654,12 +727,13 @@ fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<(), Response> {
 async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
     let cb = callback(&headers);
     let vim = state.shared.vim.clone();
-    write_request(state, headers, "POST", Some(req), |body| {
+    write_request(state, headers, "POST", Some(req), |body| async move {
         let callback = cb?;
         let spec = esc_domain::model::DeploymentSpec::from_json(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
         if !spec.vm_groups.is_empty() {
-            vim_usable(vim.as_deref())?;
+            let vim = vim_usable(vim.as_deref())?;
+            fits_the_vim(vim, &spec).await?;
         }
         info!(name = %spec.name, "deploy");
         let fp = fingerprint(&[
@@ -687,7 +761,7 @@ async fn undeploy(
     UrlPath(name): UrlPath<String>,
 ) -> Response {
     let cb = callback(&headers);
-    write_request(state, headers, "DELETE", None, |_| {
+    write_request(state, headers, "DELETE", None, |_| async move {
         let callback = cb?;
         check_name(&name).map_err(invalid)?;
         info!(%name, "undeploy");
