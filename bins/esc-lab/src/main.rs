@@ -414,9 +414,167 @@ fn chaos(
     Ok(v.pass(false) && false_takeovers == 0)
 }
 
+/// The demo's VNFs: deployments of this many VMs each.
+const DEMO_VNFS: usize = 4;
+const DEMO_VMS: u32 = 2;
+
+/// In the client namespace: the tenant, then the demo's deployments (each
+/// resent with its key until answered); their operation ids.
+fn demo_deploy() -> anyhow::Result<Vec<(String, String)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let base = format!("http://{}:8080", esc_lab::cluster::VIP);
+        let tenant = serde_json::json!({"name": "svc"});
+        esc_lab::service::send(
+            &c,
+            reqwest::Method::POST,
+            &format!("{base}/v0/tenants"),
+            "demo-tenant",
+            "",
+            Some(&tenant),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let mut ops = Vec::new();
+        for i in 0..DEMO_VNFS {
+            let body = esc_lab::service::spec(i, DEMO_VMS);
+            let a = esc_lab::service::send(
+                &c,
+                reqwest::Method::POST,
+                &format!("{base}/v0/deployments"),
+                &format!("demo-{i}"),
+                "",
+                Some(&body),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let (status, v, _) = a.last().cloned().unwrap_or_default();
+            anyhow::ensure!(status == 202, "deploy {i}: HTTP {status} {v}");
+            ops.push((
+                esc_lab::service::dep_name(i),
+                v["operation"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        Ok(ops)
+    })
+}
+
+/// In the client namespace: each demo VNF's state and VMs alive, now.
+fn demo_states() -> anyhow::Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let base = format!("http://{}:8080", esc_lab::cluster::VIP);
+        let mut out = Vec::new();
+        for i in 0..DEMO_VNFS {
+            let name = esc_lab::service::dep_name(i);
+            let d: serde_json::Value = c
+                .get(format!("{base}/v0/deployments/{name}"))
+                .basic_auth("admin", Some(esc_lab::cluster::PASSWORD))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let alive = d["vms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["state"] == "VM_ALIVE_STATE")
+                .count();
+            out.push(format!(
+                "{name} {} ({alive} of {DEMO_VMS} VMs alive)",
+                d["state"].as_str().unwrap_or("?")
+            ));
+        }
+        Ok(out)
+    })
+}
+
+/// In the client namespace: waits for every demo VNF to settle; one line
+/// per VNF, the VIM's server names and how many creates it saw.
+fn demo_vnfs() -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let base = format!("http://{}:8080", esc_lab::cluster::VIP);
+        let mut lines = Vec::new();
+        for i in 0..DEMO_VNFS {
+            let name = esc_lab::service::dep_name(i);
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut d = serde_json::Value::Null;
+            while Instant::now() < end {
+                if let Ok(r) = c
+                    .get(format!("{base}/v0/deployments/{name}"))
+                    .basic_auth("admin", Some(esc_lab::cluster::PASSWORD))
+                    .send()
+                    .await
+                {
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        d = v;
+                        if d["current_op"].is_null() && d["state"].is_string() {
+                            break;
+                        }
+                    }
+                }
+                // Polling pace of a client, not synchronisation.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let vms: Vec<String> = d["vms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    format!(
+                        "{} {}",
+                        v["server_id"]
+                            .as_str()
+                            .unwrap_or("-")
+                            .chars()
+                            .take(8)
+                            .collect::<String>(),
+                        v["state"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            lines.push(format!(
+                "{name}: {} [{}]",
+                d["state"].as_str().unwrap_or("unknown"),
+                vms.join(", ")
+            ));
+        }
+        let servers = esc_lab::service::vim_servers()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let history =
+            esc_lab::service::control(&c, reqwest::Method::GET, "/control/v1/history", None)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let creates = history["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["what"] == "create")
+            .count();
+        Ok((lines, servers, creates))
+    })
+}
+
 fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
-    println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload)");
-    let mut c = Cluster::up("ld", bins.clone(), true, None)?;
+    println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload), and the lab's VIM (esc-vim)");
+    let (mut c, _vim_secrets) = esc_lab::service::up("ld", bins, Fault::PowerFailure)?;
     let p = c.wait_ready()?;
     let s = 1 - p;
     println!(
@@ -446,13 +604,29 @@ fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
         );
     };
     let mut last = (0, Instant::now());
-    for _ in 0..8 {
+    for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(500));
         show(&c, &w, &mut last);
     }
+    println!(
+        "== deploying {DEMO_VNFS} VNFs of {DEMO_VMS} VMs each through the VIP (POST /v0/deployments: 202 once durable on both nodes)"
+    );
+    let accepted = c.lab.in_ns("client", || demo_deploy()).join();
+    match &accepted {
+        Ok(Ok(ops)) => {
+            for (name, op) in ops {
+                println!("   {name}: accepted, operation {op}");
+            }
+        }
+        Ok(Err(e)) => println!("   deploy failed: {e}"),
+        Err(_) => println!("   the deploying client panicked"),
+    }
+    if let Ok(Ok(states)) = c.lab.in_ns("client", demo_states).join() {
+        println!("   just before the failure: {}", states.join(", "));
+    }
     let fault_ms = w.now_ms();
     println!(
-        "== power failure of esc-{} (every process killed, link cut)",
+        "== power failure of esc-{} while the VNFs are being deployed (every process killed, link cut)",
         p + 1
     );
     c.inject(Fault::PowerFailure, p)?;
@@ -477,6 +651,38 @@ fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(500));
         show(&c, &w, &mut last);
     }
+    println!(
+        "== the VNFs, as the new primary finished them (GET /v0/deployments/NAME through the VIP):"
+    );
+    let vnfs = c.lab.in_ns("client", demo_vnfs).join();
+    let vnfs_ok = match vnfs {
+        Ok(Ok((lines, servers, creates))) => {
+            for l in &lines {
+                println!("   {l}");
+            }
+            let want = DEMO_VNFS * DEMO_VMS as usize;
+            let distinct: std::collections::BTreeSet<&String> = servers.iter().collect();
+            println!(
+                "   VIM: {} servers for {want} VMs ({} distinct names), {creates} creates: {}",
+                servers.len(),
+                distinct.len(),
+                if servers.len() == want && distinct.len() == want && creates == want {
+                    "nothing duplicated, nothing lost"
+                } else {
+                    "MISMATCH"
+                }
+            );
+            lines.iter().all(|l| l.contains("SERVICE_ACTIVE_STATE"))
+                && servers.len() == want
+                && distinct.len() == want
+                && creates == want
+        }
+        Ok(Err(e)) => {
+            println!("   cannot read the VNFs: {e}");
+            false
+        }
+        Err(_) => false,
+    };
     let history = w.finish();
     let path = history_dir.join("demo.jsonl");
     esc_lab::workload::write_history(&path, &history)?;
@@ -499,7 +705,7 @@ fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
         "   client-visible interruption {} ms (the original product: 2 to 5 minutes)",
         v.interruption_ms
     );
-    let pass = v.pass(false) && ok && took.is_some();
+    let pass = v.pass(false) && ok && took.is_some() && vnfs_ok;
     println!(
         "== {}; removing the lab",
         if pass { "PASS" } else { "FAIL" }

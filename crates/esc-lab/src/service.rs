@@ -109,17 +109,18 @@ fn say(opts: &Options, msg: &str) {
 }
 
 /// The name of deployment `i` and the server names its VMs get.
-fn dep_name(i: usize) -> String {
+pub fn dep_name(i: usize) -> String {
     format!("svc-{i:03}")
 }
 
-fn server_names(i: usize, vms: u32) -> Vec<String> {
+pub fn server_names(i: usize, vms: u32) -> Vec<String> {
     (0..vms)
         .map(|v| format!("esc-{}-g-{v}-g0", dep_name(i)))
         .collect()
 }
 
-fn spec(i: usize, vms: u32) -> serde_json::Value {
+/// Deployment `i` of tenant `svc`: one group `g` of `vms` VMs on `vnf-net`.
+pub fn spec(i: usize, vms: u32) -> serde_json::Value {
     serde_json::json!({
         "name": dep_name(i), "tenant": "svc",
         "vm_groups": [{
@@ -209,7 +210,7 @@ struct ClientReport {
 
 /// Sends one write until it is answered with something other than 503 or
 /// a lost connection (same key every time), at most [`PHASE`].
-async fn send(
+pub async fn send(
     c: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
@@ -281,7 +282,8 @@ async fn settle(c: &reqwest::Client, ops: &mut [Op]) {
     }
 }
 
-async fn vim_servers() -> Result<Vec<String>, String> {
+/// The names of every server on the lab's VIM (from a lab namespace).
+pub async fn vim_servers() -> Result<Vec<String>, String> {
     let client = esc_openstack::Client::new(esc_openstack::Connector {
         auth_url: format!("http://{VIM_ADDR}:5000/identity/v3"),
         user: "admin".into(),
@@ -302,7 +304,8 @@ async fn vim_servers() -> Result<Vec<String>, String> {
     Err("cannot list the VIM's servers".into())
 }
 
-async fn control(
+/// A request to the lab VIM's control plane (from a lab namespace).
+pub async fn control(
     c: &reqwest::Client,
     method: reqwest::Method,
     path: &str,
