@@ -83,6 +83,19 @@ enum Cmd {
         #[arg(long, default_value = "docs/bench/lab-failover.json")]
         out: PathBuf,
     },
+    /// The service at scale: servers deployed in deployments of ten VMs on
+    /// esc-vim (each call answered after --vim-delay-ms), the primary's
+    /// power cut at half; takeover to the first resumed VIM call, to every
+    /// operation completed, and the deploy rate.
+    BenchService {
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        servers: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        vim_delay_ms: u64,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "docs/bench/lab-service.json")]
+        out: PathBuf,
+    },
     /// Brings a cluster up and keeps it until Ctrl-C.
     Up {
         #[arg(long)]
@@ -122,6 +135,11 @@ fn main() -> ExitCode {
                 faults,
                 out,
             } => bench(&bins, *runs, deployments, faults, out),
+            Cmd::BenchService {
+                servers,
+                vim_delay_ms,
+                out,
+            } => bench_service(&bins, servers, *vim_delay_ms, out),
             Cmd::Up { two_node } => up(&bins, !two_node),
             Cmd::Down => unreachable!(),
         }),
@@ -412,6 +430,49 @@ fn chaos(
     );
     println!("{}", serde_json::to_string(&v)?);
     Ok(v.pass(false) && false_takeovers == 0)
+}
+
+fn bench_service(
+    bins: &Bins,
+    sizes: &[usize],
+    vim_delay_ms: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("== {n} servers");
+        let r = esc_lab::service_bench::run(bins, n, vim_delay_ms, true)?;
+        eprintln!("   {}", serde_json::to_string(&r)?);
+        rows.push(r);
+    }
+    println!("| servers | deployments | VIM delay | servers before the fault | takeover to first resumed VIM call | takeover to all completed | deploy rate before the fault | end to end (takeover included) | one server per VM |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    for r in &rows {
+        println!(
+            "| {} | {} | {} ms | {} | {} | {} | {:.0} servers/s | {:.0} servers/s | {} ({} creates) |",
+            r.servers,
+            r.deployments,
+            r.vim_delay_ms,
+            r.servers_before_fault,
+            ms(r.takeover_to_first_vim_call_ms),
+            ms(r.takeover_to_all_completed_ms),
+            r.deploy_rate_before_fault,
+            r.deploy_rate_end_to_end,
+            if r.pass { "yes" } else { "NO" },
+            r.creates
+        );
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let doc = serde_json::json!({
+        "benchmark": "the service at scale: takeover during a deploy on esc-vim",
+        "command": format!("esc-lab bench-service --servers {} --vim-delay-ms {vim_delay_ms}", sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
+        "rows": rows,
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
+    Ok(rows.iter().all(|r| r.pass))
 }
 
 /// The demo's VNFs: deployments of this many VMs each.

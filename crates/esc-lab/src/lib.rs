@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod notify;
 pub mod scenario;
 pub mod service;
+pub mod service_bench;
 pub mod workload;
 
 use std::process::{Child, Command, Stdio};

@@ -184,6 +184,8 @@ pub fn up(tag: &str, bins: &Bins, fault: Fault) -> anyhow::Result<(Cluster, temp
             "300",
             "--vcpus",
             "100000",
+            "--ram-mb",
+            "100000000",
         ],
         log,
     );

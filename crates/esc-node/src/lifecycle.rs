@@ -93,6 +93,34 @@ fn user_data(group: &VmGroup) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(json))
 }
 
+/// How long a name -> id lookup of the VIM's catalogue (image, flavor,
+/// network) is reused: a create then costs one call, not four.
+const CATALOG_TTL: Duration = Duration::from_secs(60);
+
+/// The ids of the VIM's images, flavors and networks, by name, as looked
+/// up lately (soft: a miss asks the VIM).
+#[derive(Default)]
+pub struct Catalog(std::sync::Mutex<BTreeMap<(&'static str, String), (String, Instant)>>);
+
+impl Catalog {
+    async fn id<F>(&self, kind: &'static str, name: &str, find: F) -> Result<String, Error>
+    where
+        F: std::future::Future<Output = Result<String, Error>>,
+    {
+        let key = (kind, name.to_string());
+        if let Some((id, at)) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            if at.elapsed() < CATALOG_TTL {
+                return Ok(id);
+            }
+        }
+        let id = find.await?;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, (id.clone(), Instant::now()));
+        }
+        Ok(id)
+    }
+}
+
 /// A call this node may not make (`Shared::may_act`): nothing was sent.
 fn not_leading() -> Answer {
     Answer::Failed {
@@ -104,7 +132,7 @@ fn not_leading() -> Answer {
 
 /// One VIM call, as the core asked it; a create checks `may_act` again
 /// right before the request that creates (its lookups take time).
-async fn execute(client: &Client, vim: VimCall, shared: &Shared) -> Answer {
+async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shared) -> Answer {
     match vim {
         VimCall::Find { name } => answer_of(
             client
@@ -137,24 +165,36 @@ async fn execute(client: &Client, vim: VimCall, shared: &Shared) -> Answer {
         ),
         VimCall::Create { key, name, group } => {
             let create = async {
-                let image = client.find_image(&group.image).await?;
-                let flavor = client.find_flavor(&group.flavor).await?;
+                let image = catalog
+                    .id("image", &group.image, async {
+                        client.find_image(&group.image).await.map(|i| i.id)
+                    })
+                    .await?;
+                let flavor = catalog
+                    .id("flavor", &group.flavor, async {
+                        client.find_flavor(&group.flavor).await.map(|f| f.id)
+                    })
+                    .await?;
                 let mut networks = Vec::new();
                 for nic in &group.interfaces {
-                    let net = client.find_network(&nic.network).await?;
+                    let net = catalog
+                        .id("network", &nic.network, async {
+                            client.find_network(&nic.network).await.map(|n| n.id)
+                        })
+                        .await?;
                     let ip = nic
                         .ip_addresses
                         .get(key.index as usize)
                         .map(|a| a.to_string());
-                    networks.push((net.id, ip));
+                    networks.push((net, ip));
                 }
                 if !shared.may_act() {
                     return Ok(None);
                 }
                 let req = CreateServer {
                     name,
-                    image_id: image.id,
-                    flavor_id: flavor.id,
+                    image_id: image,
+                    flavor_id: flavor,
                     networks,
                     metadata: key.metadata().into_iter().collect(),
                     user_data: user_data(&group),
@@ -177,6 +217,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut core = Lifecycle::new(cfg);
+    let catalog = Arc::new(Catalog::default());
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
     let epoch = shared.role.borrow().epoch;
@@ -192,10 +233,15 @@ async fn run(
         for o in out.drain(..) {
             match o {
                 Output::Call { call, vim, .. } => {
-                    let (client, tx, sh) = (client.clone(), answers_tx.clone(), shared.clone());
+                    let (client, tx, sh, cat) = (
+                        client.clone(),
+                        answers_tx.clone(),
+                        shared.clone(),
+                        catalog.clone(),
+                    );
                     tokio::spawn(async move {
                         let a = if sh.may_act() {
-                            execute(&client, vim, &sh).await
+                            execute(&client, &cat, vim, &sh).await
                         } else {
                             not_leading()
                         };

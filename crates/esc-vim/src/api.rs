@@ -61,6 +61,23 @@ struct Inner {
     cloud: Cloud,
     tokens: HashMap<String, Instant>,
     faults: crate::faults::Injector,
+    /// The last [`CALLS_KEPT`] API calls, oldest first.
+    calls: std::collections::VecDeque<Call>,
+}
+
+/// API calls the call log keeps.
+pub const CALLS_KEPT: usize = 200_000;
+
+/// One API call as the call log keeps it (for the lab's measurements:
+/// which node called, and when).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Call {
+    /// Wall clock, milliseconds since the Unix epoch, when it arrived.
+    pub at_ms: u64,
+    pub from: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
 }
 
 /// One running VIM: the API and the control plane share it.
@@ -95,6 +112,7 @@ impl Vim {
                 cloud,
                 tokens: HashMap::new(),
                 faults: Default::default(),
+                calls: Default::default(),
             })),
             creds: Arc::new(creds),
             base: Arc::new(base.trim_end_matches('/').to_string()),
@@ -113,6 +131,23 @@ impl Vim {
     pub fn faults(&self) -> (crate::faults::ApiFaults, crate::faults::FaultCounts) {
         let g = self.lock();
         (g.faults.faults().clone(), g.faults.counts)
+    }
+
+    /// The calls logged since `since_ms` (wall clock), from `from` if given,
+    /// at most `limit`, oldest first.
+    pub fn calls(&self, since_ms: u64, from: Option<&str>, limit: usize) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.at_ms >= since_ms && from.is_none_or(|f| c.from == f))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// How many servers exist.
+    pub fn server_count(&self) -> usize {
+        self.lock().cloud.servers().count()
     }
 
     /// Every change to a server so far.
@@ -134,7 +169,11 @@ pub async fn serve(
 
 /// Serves the OpenStack API of `vim` on `listener`.
 pub async fn serve_vim(listener: tokio::net::TcpListener, vim: Vim) -> std::io::Result<()> {
-    axum::serve(listener, router(vim)).await
+    axum::serve(
+        listener,
+        router(vim).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
 }
 
 /// Serves the control plane of `vim` on `listener` (`control`).
@@ -150,9 +189,16 @@ async fn inject(
     next: axum::middleware::Next,
 ) -> Response {
     use crate::faults::Fate;
+    let at_ms = wall_ms();
+    let from = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     let fate = vim.lock().faults.decide();
     let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
-    match fate {
+    let r = match fate {
         Fate::Pass { delay_ms } => {
             if delay_ms > 0 {
                 sleep(delay_ms).await;
@@ -174,7 +220,19 @@ async fn inject(
             sleep(ms).await;
             next.run(req).await
         }
+    };
+    let mut g = vim.lock();
+    if g.calls.len() >= CALLS_KEPT {
+        g.calls.pop_front();
     }
+    g.calls.push_back(Call {
+        at_ms,
+        from,
+        method,
+        path,
+        status: r.status().as_u16(),
+    });
+    r
 }
 
 fn router(vim: Vim) -> Router {

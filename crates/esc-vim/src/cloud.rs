@@ -30,9 +30,30 @@ pub struct Image {
 pub struct Network {
     pub id: String,
     pub name: String,
-    /// The first three octets of its /24 (`"203.0.113"`); hosts .10 up.
-    pub prefix: String,
+    /// Its range (`203.0.113.0/24`); servers get addresses from .10 up,
+    /// short of the broadcast address.
+    pub cidr: String,
+    #[serde(skip)]
+    base: u32,
+    #[serde(skip)]
+    size: u32,
 }
+
+impl Network {
+    /// The offset of `ip` in this network, if it is a host address in it.
+    fn offset(&self, ip: &str) -> Option<u32> {
+        let a: std::net::Ipv4Addr = ip.parse().ok()?;
+        let off = u32::from(a).checked_sub(self.base)?;
+        (FIRST_HOST..self.size - 1).contains(&off).then_some(off)
+    }
+
+    fn address(&self, offset: u32) -> String {
+        std::net::Ipv4Addr::from(self.base + offset).to_string()
+    }
+}
+
+/// Addresses below this offset are the network's own (gateway, services).
+const FIRST_HOST: u32 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Port {
@@ -126,7 +147,10 @@ pub enum VimError {
 /// Where a network's addresses are, and which hosts are taken.
 #[derive(Debug, Default)]
 struct Pool {
-    used: std::collections::BTreeSet<u8>,
+    used: std::collections::BTreeSet<u32>,
+    /// Where the next search for a free address starts (allocation stays
+    /// O(log n) while addresses are handed out in order).
+    next: u32,
 }
 
 /// One VIM: its catalogue (flavors, images, networks) and its servers.
@@ -138,6 +162,10 @@ pub struct Cloud {
     networks: BTreeMap<String, Network>,
     pools: BTreeMap<String, Pool>,
     servers: BTreeMap<String, Server>,
+    /// Servers in a transition (build, reboot), by when it ends.
+    transitions: std::collections::BTreeSet<(u64, String)>,
+    /// vCPUs and RAM (MiB) held by placed servers.
+    used: (u32, u64),
     /// Every request that changed a server, for tests ("one reboot, one
     /// redeploy per VM"), oldest first.
     pub history: Vec<Change>,
@@ -179,8 +207,9 @@ fn mac_of(id: &str) -> String {
 
 impl Cloud {
     /// A VIM with the lab's catalogue: flavors `m1.tiny`, `m1.small`,
-    /// `m1.medium`; image `vnf-image`; networks `vnf-net` (203.0.113.0/24)
-    /// and `mgmt-net` (198.51.100.0/24).
+    /// `m1.medium`; image `vnf-image`; networks `vnf-net` (203.0.113.0/24),
+    /// `mgmt-net` (198.51.100.0/24) and `scale-net` (127.64.0.0/16, for
+    /// light servers).
     pub fn lab(capacity: Capacity) -> Cloud {
         let mut c = Cloud {
             capacity,
@@ -189,6 +218,8 @@ impl Cloud {
             networks: BTreeMap::new(),
             pools: BTreeMap::new(),
             servers: BTreeMap::new(),
+            transitions: Default::default(),
+            used: (0, 0),
             history: Vec::new(),
         };
         for (id, name, vcpus, ram_mb, disk_gb) in [
@@ -215,24 +246,37 @@ impl Cloud {
                 name: "vnf-image".into(),
             },
         );
-        for (id, name, prefix) in [
+        // scale-net: light servers only (addresses on loopback, never
+        // configured anywhere), room for a 10,000-server run.
+        for (id, name, base, bits) in [
             (
                 "8f0c2f62-2f52-4a53-8f5e-5a3f0c9d1e01",
                 "vnf-net",
-                "203.0.113",
+                [203, 0, 113, 0],
+                24,
             ),
             (
                 "8f0c2f62-2f52-4a53-8f5e-5a3f0c9d1e02",
                 "mgmt-net",
-                "198.51.100",
+                [198, 51, 100, 0],
+                24,
+            ),
+            (
+                "8f0c2f62-2f52-4a53-8f5e-5a3f0c9d1e03",
+                "scale-net",
+                [127, 64, 0, 0],
+                16,
             ),
         ] {
+            let a = std::net::Ipv4Addr::from(base);
             c.networks.insert(
                 id.into(),
                 Network {
                     id: id.into(),
                     name: name.into(),
-                    prefix: prefix.into(),
+                    cidr: format!("{a}/{bits}"),
+                    base: u32::from(a),
+                    size: 1 << (32 - bits),
                 },
             );
             c.pools.insert(id.into(), Pool::default());
@@ -271,17 +315,25 @@ impl Cloud {
         self.servers.values().flat_map(|s| s.ports.iter())
     }
 
-    /// Brings every server whose transition is over to its next state.
+    /// Brings every server whose transition is over to its next state
+    /// (only those in a transition are looked at: a tick precedes every
+    /// API call).
     pub fn tick(&mut self, now_ms: u64) {
-        for s in self.servers.values_mut() {
-            if now_ms >= s.busy_until_ms
-                && matches!(
-                    s.status,
-                    Status::Build | Status::Reboot | Status::HardReboot
-                )
-            {
-                s.status = Status::Active;
-                s.updated_ms = now_ms;
+        while let Some((until, id)) = self.transitions.first().cloned() {
+            if until > now_ms {
+                break;
+            }
+            self.transitions.pop_first();
+            if let Some(s) = self.servers.get_mut(&id) {
+                if s.busy_until_ms == until
+                    && matches!(
+                        s.status,
+                        Status::Build | Status::Reboot | Status::HardReboot
+                    )
+                {
+                    s.status = Status::Active;
+                    s.updated_ms = now_ms;
+                }
             }
         }
     }
@@ -303,11 +355,7 @@ impl Cloud {
     }
 
     fn used(&self) -> (u32, u64) {
-        self.servers
-            .values()
-            .filter(|s| s.placed)
-            .filter_map(|s| self.flavors.get(&s.flavor_id))
-            .fold((0, 0), |(c, r), f| (c + f.vcpus, r + f.ram_mb))
+        self.used
     }
 
     /// Creates a server (id chosen by the caller). An unknown image, flavor
@@ -338,12 +386,9 @@ impl Cloud {
                 VimError::BadRequest(format!("Network {net} could not be found."))
             })?;
             if let Some(ip) = ip {
-                let host = ip
-                    .strip_prefix(&format!("{}.", n.prefix))
-                    .and_then(|h| h.parse::<u8>().ok())
-                    .ok_or_else(|| {
-                        VimError::BadRequest(format!("Fixed IP {ip} is not in network {net}."))
-                    })?;
+                let host = n.offset(ip).ok_or_else(|| {
+                    VimError::BadRequest(format!("Fixed IP {ip} is not in network {net}."))
+                })?;
                 if self.pools[net].used.contains(&host) {
                     return Err(VimError::Conflict(format!(
                         "Fixed IP address {ip} is already in use on network {net}."
@@ -357,30 +402,35 @@ impl Cloud {
         let mut ports = Vec::new();
         if fits {
             for (i, (net, ip)) in req.networks.iter().enumerate() {
-                let prefix = self.networks[net].prefix.clone();
+                let n = &self.networks[net];
                 let pool = self.pools.get_mut(net).expect("a pool per network");
-                let host = match ip {
-                    Some(ip) => ip
-                        .rsplit('.')
-                        .next()
-                        .and_then(|h| h.parse().ok())
-                        .expect("checked above"),
-                    None => match (10..=250u8).find(|h| !pool.used.contains(h)) {
-                        Some(h) => h,
-                        None => {
-                            return Err(VimError::Conflict(format!(
-                                "No more IP addresses available on network {net}."
-                            )))
+                let host = match ip.as_deref().and_then(|ip| n.offset(ip)) {
+                    Some(h) => h,
+                    None => {
+                        let free = |h: &u32| !pool.used.contains(h);
+                        let last = n.size - 1;
+                        match (pool.next.max(FIRST_HOST)..last)
+                            .chain(FIRST_HOST..pool.next.min(last))
+                            .find(free)
+                        {
+                            Some(h) => h,
+                            None => {
+                                return Err(VimError::Conflict(format!(
+                                    "No more IP addresses available on network {net}."
+                                )))
+                            }
                         }
-                    },
+                    }
                 };
                 pool.used.insert(host);
+                pool.next = host + 1;
+                let address = n.address(host);
                 let port_id = format!("{id}-p{i}");
                 ports.push(Port {
                     mac: mac_of(&port_id),
                     id: port_id,
                     network_id: net.clone(),
-                    ip: format!("{prefix}.{host}"),
+                    ip: address,
                     device_id: id.clone(),
                 });
             }
@@ -407,6 +457,11 @@ impl Cloud {
             busy_until_ms: now_ms + self.capacity.build_ms,
             placed: fits,
         };
+        if fits {
+            self.used.0 += flavor.vcpus;
+            self.used.1 += flavor.ram_mb;
+            self.transitions.insert((server.busy_until_ms, id.clone()));
+        }
         Ok(self.servers.entry(id).or_insert(server))
     }
 
@@ -415,11 +470,18 @@ impl Cloud {
             .servers
             .remove(id)
             .ok_or_else(|| VimError::NotFound(format!("Instance {id} could not be found.")))?;
+        if s.placed {
+            if let Some(f) = self.flavors.get(&s.flavor_id) {
+                self.used.0 -= f.vcpus;
+                self.used.1 -= f.ram_mb;
+            }
+        }
         for p in &s.ports {
-            if let (Some(pool), Some(h)) = (
-                self.pools.get_mut(&p.network_id),
-                p.ip.rsplit('.').next().and_then(|h| h.parse::<u8>().ok()),
-            ) {
+            let h = self
+                .networks
+                .get(&p.network_id)
+                .and_then(|n| n.offset(&p.ip));
+            if let (Some(pool), Some(h)) = (self.pools.get_mut(&p.network_id), h) {
                 pool.used.remove(&h);
             }
         }
@@ -458,6 +520,7 @@ impl Cloud {
                     Status::Reboot
                 };
                 s.busy_until_ms = now_ms + reboot_ms;
+                self.transitions.insert((s.busy_until_ms, id.to_string()));
             }
             Action::Stop => {
                 if s.status != Status::Active {
@@ -545,9 +608,35 @@ mod tests {
         ));
         // Deleting frees capacity and the address.
         c.delete_server(1, "a").unwrap();
-        let s = c.create_server(2, "d".into(), new("d", "3")).unwrap();
+        let mut d = new("d", "3");
+        d.networks[0].1 = Some("203.0.113.10".into());
+        let s = c.create_server(2, "d".into(), d).unwrap();
         assert_eq!(s.status, Status::Build);
-        assert_eq!(s.ports[0].ip, "203.0.113.10");
+        assert_eq!(s.ports[0].ip, "203.0.113.10", "the freed address is free");
+    }
+
+    #[test]
+    fn a_16_holds_ten_thousand_servers_and_addresses_stay_in_their_network() {
+        let mut c = Cloud::lab(Capacity {
+            vcpus: 100_000,
+            ram_mb: 1 << 40,
+            ..Capacity::default()
+        });
+        let net = "8f0c2f62-2f52-4a53-8f5e-5a3f0c9d1e03";
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..10_000 {
+            let mut r = new(&format!("s{i}"), "1");
+            r.networks = vec![(net.into(), None)];
+            let s = c.create_server(0, format!("id{i}"), r).unwrap();
+            assert!(s.ports[0].ip.starts_with("127.64."), "{}", s.ports[0].ip);
+            assert!(seen.insert(s.ports[0].ip.clone()), "an address twice");
+        }
+        let mut r = new("x", "1");
+        r.networks = vec![(net.into(), Some("127.65.0.1".into()))];
+        assert!(matches!(
+            c.create_server(0, "x".into(), r),
+            Err(VimError::BadRequest(_))
+        ));
     }
 
     #[test]

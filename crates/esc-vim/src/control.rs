@@ -7,6 +7,7 @@
 //! | `GET /control/v1/state` | the faults in force and how many calls met each |
 //! | `PUT /control/v1/faults` with [`ApiFaults`](crate::faults::ApiFaults) | sets the API faults (`400` naming the field if invalid) |
 //! | `GET /control/v1/history` | every change to a server (create, delete, reboot, start, stop), oldest first |
+//! | `GET /control/v1/calls?since_ms=T&from=IP&limit=N` | the API calls logged (arrival time on the wall clock, caller, method, path, status), oldest first |
 
 // Refusals are the finished error responses (as in `api`).
 #![allow(clippy::result_large_err)]
@@ -25,6 +26,7 @@ pub fn router(vim: Vim) -> Router {
         .route("/control/v1/state", get(state))
         .route("/control/v1/faults", put(set_faults))
         .route("/control/v1/history", get(history))
+        .route("/control/v1/calls", get(calls))
         .with_state(vim)
 }
 
@@ -44,7 +46,8 @@ async fn state(State(vim): State<Vim>, headers: HeaderMap) -> Response {
         return r;
     }
     let (faults, counts) = vim.faults();
-    Json(json!({ "faults": faults, "counts": counts })).into_response()
+    Json(json!({ "faults": faults, "counts": counts, "servers": vim.server_count() }))
+        .into_response()
 }
 
 async fn set_faults(
@@ -73,4 +76,31 @@ async fn history(State(vim): State<Vim>, headers: HeaderMap) -> Response {
         return r;
     }
     Json(json!({ "history": vim.history() })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    #[serde(default)]
+    since_ms: u64,
+    from: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn calls(
+    State(vim): State<Vim>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = check(&vim, &headers) {
+        return r;
+    }
+    let Ok(axum::extract::Query(q)) = q else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "query: since_ms (wall-clock ms), from (an address), limit",
+        );
+    };
+    let limit = q.limit.unwrap_or(1_000).min(crate::api::CALLS_KEPT);
+    Json(json!({ "calls": vim.calls(q.since_ms, q.from.as_deref(), limit) })).into_response()
 }
