@@ -672,7 +672,7 @@ fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
     println!(
         "== deploying {DEMO_VNFS} VNFs of {DEMO_VMS} VMs each through the VIP (POST /v0/deployments: 202 once durable on both nodes)"
     );
-    let accepted = c.lab.in_ns("client", || demo_deploy()).join();
+    let accepted = c.lab.in_ns("client", demo_deploy).join();
     match &accepted {
         Ok(Ok(ops)) => {
             for (name, op) in ops {

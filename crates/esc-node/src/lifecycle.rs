@@ -100,7 +100,10 @@ const CATALOG_TTL: Duration = Duration::from_secs(60);
 /// The ids of the VIM's images, flavors and networks, by name, as looked
 /// up lately (soft: a miss asks the VIM).
 #[derive(Default)]
-pub struct Catalog(std::sync::Mutex<BTreeMap<(&'static str, String), (String, Instant)>>);
+struct Catalog(std::sync::Mutex<BTreeMap<CatalogKey, (String, Instant)>>);
+
+/// What was looked up: `image`, `flavor` or `network`, and its name.
+type CatalogKey = (&'static str, String);
 
 impl Catalog {
     async fn id<F>(&self, kind: &'static str, name: &str, find: F) -> Result<String, Error>
