@@ -58,7 +58,7 @@ pub fn apply(index: u64, cmd: &Command, state: &mut dyn State) -> Result<Answer,
     }
     let (outcome, events) = match cmd.validate() {
         Err(e) => (refused(Refused::Invalid(e.to_string())), Vec::new()),
-        Ok(()) => change(cmd, state)?,
+        Ok(()) => change(index, cmd, state)?,
     };
     for (n, kind) in events.into_iter().enumerate() {
         emit(index, n, cmd, kind, state)?;
@@ -82,7 +82,11 @@ fn refused(refused: Refused) -> Outcome {
 }
 
 /// The change one valid command makes, and the events it produces.
-fn change(cmd: &Command, state: &mut dyn State) -> Result<(Outcome, Vec<EventKind>), StateError> {
+fn change(
+    index: u64,
+    cmd: &Command,
+    state: &mut dyn State,
+) -> Result<(Outcome, Vec<EventKind>), StateError> {
     Ok(match &cmd.op {
         Op::CreateTenant { tenant } => {
             let k = keys::tenant(&tenant.name);
@@ -100,8 +104,16 @@ fn change(cmd: &Command, state: &mut dyn State) -> Result<(Outcome, Vec<EventKin
             deployment,
             kind,
             callback,
-        } => crate::lifecycle::start(cmd, op_id, deployment, kind, callback.as_deref(), state)?,
-        Op::RecordStep { step } => crate::lifecycle::record(cmd, step, state)?,
+        } => crate::lifecycle::start(
+            index,
+            cmd,
+            op_id,
+            deployment,
+            kind,
+            callback.as_deref(),
+            state,
+        )?,
+        Op::RecordStep { step } => crate::lifecycle::record(index, cmd, step, state)?,
         Op::CallbacksDelivered { op_ids } => {
             (crate::lifecycle::delivered(op_ids, state)?, Vec::new())
         }

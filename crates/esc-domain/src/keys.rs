@@ -12,7 +12,8 @@ pub const SERVICE: &str = "service/";
 /// Results owed to callback URLs (`model::Callback`), by operation.
 pub const CALLBACK: &str = "callback/";
 pub const OPERATION: &str = "op/";
-/// Index of the unsettled operations (what the lifecycle runner reads).
+/// Index of the unsettled operations (what the lifecycle runner reads):
+/// each holds the log index that last changed its record (its version).
 pub const ACTIVE_OPERATION: &str = "opactive/";
 
 pub fn tenant(name: &str) -> String {

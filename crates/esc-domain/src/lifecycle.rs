@@ -40,6 +40,7 @@ fn esc_event(
 /// progress on it. An operation with no VM to touch (a deployment of no VM
 /// group) settles here, in the same entry: nothing is left for the runner.
 pub fn start(
+    index: u64,
     cmd: &Command,
     op_id: &str,
     deployment: &str,
@@ -115,7 +116,7 @@ pub fn start(
         record.state = OperationState::Completed;
         settle(cmd, &record, service, state, &mut events)?;
     } else {
-        state.put(&keys::active_operation(op_id), b"")?;
+        write(state, &keys::active_operation(op_id), &index)?;
         write(state, &sk, &service)?;
     }
     write(state, &keys::operation(op_id), &record)?;
@@ -194,6 +195,7 @@ fn settle(
 /// service, with its notifications. A settled operation leaves the
 /// runner's index; a completed undeploy removes the service.
 pub fn record(
+    index: u64,
     cmd: &Command,
     step: &Step,
     state: &mut dyn State,
@@ -265,6 +267,10 @@ pub fn record(
     } else if record.vms.iter().all(|v| v.state == VmState::Alive) {
         service.vms = record.vms.clone();
         write(state, &sk, &service)?;
+    }
+    if record != was && !record.state.settled() {
+        // The runner reads again only the records whose version moved.
+        write(state, &keys::active_operation(&op_id), &index)?;
     }
     write(state, &ok, &record)?;
     Ok((

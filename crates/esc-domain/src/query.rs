@@ -74,6 +74,31 @@ pub fn event_count(state: &dyn StateRead) -> Result<u64, StateError> {
     count(state, keys::EVENT_COUNT)
 }
 
+/// The unsettled operations and their versions (the log index that last
+/// changed each): one small read per operation in progress, so the
+/// runner reads again only the records that moved.
+pub fn active_operation_versions(state: &dyn StateRead) -> Result<Vec<(String, u64)>, StateError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    state.scan(keys::ACTIVE_OPERATION, None, usize::MAX, &mut |k, v| {
+        // Written as a JSON number; an empty value is version 0.
+        let version = if v.is_empty() {
+            Ok(0)
+        } else {
+            decode::<u64>(k, v)
+        };
+        match version {
+            Ok(n) => out.push((k[keys::ACTIVE_OPERATION.len()..].to_string(), n)),
+            Err(e) => bad = Some(e),
+        }
+        bad.is_none()
+    })?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 /// The unsettled lifecycle operations, for the primary's runner (one read
 /// per operation in progress, none per settled one).
 pub fn active_operations(

@@ -104,6 +104,12 @@ pub enum Input {
     Unlead,
     /// The committed operation records (every unsettled one), after a change.
     Records(Vec<OperationRecord>),
+    /// Only what changed since the last `Records` or `Changed`: these
+    /// records (new or moved), and the operations no longer unsettled.
+    Changed {
+        records: Vec<OperationRecord>,
+        gone: Vec<String>,
+    },
     Answer {
         call: u64,
         answer: Answer,
@@ -174,6 +180,7 @@ impl Lifecycle {
                 return out;
             }
             Input::Records(records) => self.on_records(records),
+            Input::Changed { records, gone } => self.on_changed(records, gone),
             Input::Answer { call, answer } => self.on_answer(now_ms, call, answer, &mut out),
             Input::Tick => {}
         }
@@ -195,10 +202,37 @@ impl Lifecycle {
             .filter(|r| !r.state.settled())
             .map(|r| (r.id.clone(), r))
             .collect();
+        self.reconcile_pending(None);
+    }
+
+    fn on_changed(&mut self, records: Vec<OperationRecord>, gone: Vec<String>) {
+        let mut touched = std::collections::BTreeSet::new();
+        for id in gone {
+            self.records.remove(&id);
+            touched.insert(id);
+        }
+        for r in records {
+            touched.insert(r.id.clone());
+            if r.state.settled() {
+                self.records.remove(&r.id);
+            } else {
+                self.records.insert(r.id.clone(), r);
+            }
+        }
+        self.reconcile_pending(Some(&touched));
+    }
+
+    /// Drops what the records now show done (of the operations `only`
+    /// names, or all).
+    fn reconcile_pending(&mut self, only: Option<&std::collections::BTreeSet<String>>) {
         let records = &self.records;
+        let untouched = |op: &String| only.is_some_and(|t| !t.contains(op));
         // A proposed step that the records now show is done; one of an
         // operation that is gone or settled is moot.
         self.proposed.retain(|(op, target), step| {
+            if untouched(op) {
+                return true;
+            }
             let Some(r) = records.get(op) else {
                 return false;
             };
@@ -219,8 +253,9 @@ impl Lifecycle {
             }
         });
         self.not_before
-            .retain(|(op, _), _| records.contains_key(op));
-        self.failures.retain(|(op, _), _| records.contains_key(op));
+            .retain(|(op, _), _| untouched(op) || records.contains_key(op));
+        self.failures
+            .retain(|(op, _), _| untouched(op) || records.contains_key(op));
     }
 
     fn busy(&self, slot: &Slot) -> bool {

@@ -671,3 +671,53 @@ fn a_create_without_an_answer_is_looked_up_only_after_the_doubt_period() {
         "a lookup, not a second create: {out:?}"
     );
 }
+
+// Changes alone (what the runtime sends): a record that moved replaces its
+// copy, one gone stops being worked on, the others stay as they were.
+#[test]
+fn changes_replace_only_the_records_they_name() {
+    let mut l = leading();
+    let a = deploy(1);
+    let mut b = deploy(1);
+    b.id = "op2".into();
+    b.deployment_id = "d2".into();
+    let out = l.handle(
+        0,
+        Input::Changed {
+            records: vec![a.clone(), b.clone()],
+            gone: vec![],
+        },
+    );
+    assert_eq!(calls(&out).len(), 2, "one lookup per VM of each");
+    // op1 goes (settled elsewhere): its answer is dropped; op2 unchanged.
+    let (c1, _) = calls(&out)[0].clone();
+    assert!(l
+        .handle(
+            1,
+            Input::Changed {
+                records: vec![],
+                gone: vec!["op1".into()]
+            }
+        )
+        .is_empty());
+    assert!(calls(&l.handle(
+        2,
+        Input::Answer {
+            call: c1,
+            answer: Answer::Found(vec![])
+        }
+    ))
+    .is_empty());
+    let (c2, _) = calls(&out)[1].clone();
+    let out = l.handle(
+        3,
+        Input::Answer {
+            call: c2,
+            answer: Answer::Found(vec![]),
+        },
+    );
+    assert!(
+        matches!(calls(&out)[..], [(_, VimCall::Create { .. })]),
+        "op2 goes on: {out:?}"
+    );
+}

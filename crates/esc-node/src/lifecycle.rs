@@ -133,6 +133,46 @@ fn not_leading() -> Answer {
     }
 }
 
+/// What changed among the unsettled operations since `known` (their
+/// versions): the versions now, the records that are new or moved, and the
+/// operations gone (settled). One small read per operation in progress,
+/// one record read per change.
+fn changed_since(
+    store: &crate::shared::NodeStore,
+    known: &BTreeMap<String, u64>,
+) -> Result<Changes, String> {
+    let r = store.reader().map_err(|e| e.to_string())?;
+    let now: BTreeMap<String, u64> = query::active_operation_versions(&r)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    let mut records = Vec::new();
+    for (id, v) in &now {
+        if known.get(id) != Some(v) {
+            if let Some(rec) = query::operation(&r, id).map_err(|e| e.to_string())? {
+                records.push(rec);
+            }
+        }
+    }
+    let gone = known
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
+    Ok(Changes {
+        versions: now,
+        records,
+        gone,
+    })
+}
+
+/// What [`changed_since`] found.
+struct Changes {
+    versions: BTreeMap<String, u64>,
+    records: Vec<esc_domain::model::OperationRecord>,
+    gone: Vec<String>,
+}
+
 /// One VIM call, as the core asked it; a create checks `may_act` again
 /// right before the request that creates (its lookups take time).
 async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shared) -> Answer {
@@ -228,6 +268,9 @@ async fn run(
     // (`calls_in_flight_max`).
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<(u64, Answer)>();
     let mut applied = None;
+    // The version (log index of the last change) of every unsettled
+    // operation the core holds: only records that moved are read again.
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut look = tokio::time::interval(LOOK_EVERY);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(target: HA, epoch, "lifecycle runner starting");
@@ -291,16 +334,16 @@ async fn run(
                 if applied != Some(a) {
                     applied = Some(a);
                     let store = shared.store.clone();
-                    let records = tokio::task::spawn_blocking(move || {
-                        store.reader().map_err(|e| e.to_string()).and_then(|r| {
-                            query::active_operations(&r).map_err(|e| e.to_string())
-                        })
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                    out = match records {
-                        Ok(r) => core.handle(now(), Input::Records(r)),
+                    let known: BTreeMap<String, u64> = versions.clone();
+                    let read = tokio::task::spawn_blocking(move || changed_since(&store, &known))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r);
+                    out = match read {
+                        Ok(c) => {
+                            versions = c.versions;
+                            core.handle(now(), Input::Changed { records: c.records, gone: c.gone })
+                        }
                         Err(e) => {
                             warn!(target: HA, "lifecycle runner cannot read the operations: {e}");
                             // Read again at the next look.
