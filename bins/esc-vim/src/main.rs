@@ -43,6 +43,22 @@ struct Args {
     /// outside the OpenStack API; none: no control plane.
     #[arg(long)]
     control_listen: Option<SocketAddr>,
+    /// Run each server as a network namespace joined to the bridge
+    /// (--netns-bridge) of this namespace, with esc-vnf inside; without
+    /// it, servers are light (records only).
+    #[arg(long)]
+    netns_switch: Option<String>,
+    #[arg(long, default_value = "br0")]
+    netns_bridge: String,
+    /// Name prefix of the servers' namespaces.
+    #[arg(long, default_value = "escvm")]
+    netns_prefix: String,
+    /// The esc-vnf binary (default: beside esc-vim).
+    #[arg(long)]
+    vnf: Option<PathBuf>,
+    /// Where the servers' day-0 files go (default: a temporary directory).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +102,51 @@ fn main() -> ExitCode {
     let base = args
         .public_url
         .unwrap_or_else(|| format!("http://{}", args.listen));
-    let vim = esc_vim::Vim::new(cloud, creds, base.clone());
+    let mut vim = esc_vim::Vim::new(cloud, creds, base.clone());
+    let _state_tmp;
+    if let Some(switch_ns) = args.netns_switch {
+        let vnf = args.vnf.unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|p| p.with_file_name("esc-vnf"))
+                .unwrap_or_else(|_| PathBuf::from("esc-vnf"))
+        });
+        if !vnf.exists() {
+            eprintln!(
+                "esc-vim: {} not found: build esc-vnf (cargo build -p esc-vnf) or pass --vnf",
+                vnf.display()
+            );
+            return ExitCode::from(2);
+        }
+        let state_dir = match args.state_dir {
+            Some(d) => d,
+            None => match tempfile::tempdir() {
+                Ok(t) => {
+                    let p = t.path().to_path_buf();
+                    _state_tmp = t;
+                    p
+                }
+                Err(e) => {
+                    eprintln!("esc-vim: no state directory: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let cfg = esc_vim::servers::NetnsConfig {
+            prefix: args.netns_prefix,
+            switch_ns,
+            bridge: args.netns_bridge,
+            prefix_len: 24,
+            vnf,
+            state_dir,
+        };
+        vim = match vim.with_namespace_servers(cfg) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("esc-vim: cannot run namespace servers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         if let Some(addr) = args.control_listen {

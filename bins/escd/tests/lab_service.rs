@@ -73,3 +73,134 @@ fn deploys_survive_power_failure_with_vim_api_faults() {
         })),
     );
 }
+
+/// The lab VIM's namespace servers: a deployed VM's VNF answers on its
+/// address with its day-0 file; the control plane kills, hangs and cuts
+/// it (the VIM still says ACTIVE) and heals it; a reboot restarts it.
+#[test]
+fn namespace_servers_can_be_killed_hung_and_cut() {
+    if !esc_lab::allowed() {
+        return;
+    }
+    let (c, _secrets) = esc_lab::service::up_with("sn", &bins(), Fault::Switchover, true).unwrap();
+    c.wait_ready().unwrap();
+    let r = c
+        .lab
+        .in_ns("client", || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use esc_lab::service::{control, send, spec};
+                let vip = esc_lab::cluster::VIP;
+                let cl = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(2))
+                    .build()
+                    .unwrap();
+                let base = format!("http://{vip}:8080");
+                send(
+                    &cl,
+                    reqwest::Method::POST,
+                    &format!("{base}/v0/tenants"),
+                    "t",
+                    "",
+                    Some(&serde_json::json!({"name": "svc"})),
+                )
+                .await
+                .unwrap();
+                send(
+                    &cl,
+                    reqwest::Method::POST,
+                    &format!("{base}/v0/deployments"),
+                    "d",
+                    "",
+                    Some(&spec(0, 1)),
+                )
+                .await
+                .unwrap();
+                // Active: its server id and address.
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let (id, addr) = loop {
+                    assert!(std::time::Instant::now() < end, "never active");
+                    let d: serde_json::Value = cl
+                        .get(format!("{base}/v0/deployments/svc-000"))
+                        .basic_auth("admin", Some(esc_lab::cluster::PASSWORD))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    if d["state"] == "SERVICE_ACTIVE_STATE" {
+                        let id = d["vms"][0]["server_id"].as_str().unwrap().to_string();
+                        let list = esc_lab::service::vim_server_list().await.unwrap();
+                        break (id, list[0].1.clone().unwrap());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                };
+                let health = || {
+                    let (cl, addr) = (cl.clone(), addr.clone());
+                    async move {
+                        match cl.get(format!("http://{addr}:8080/health")).send().await {
+                            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                            Err(_) => None,
+                        }
+                    }
+                };
+                let first = health().await.expect("the VNF answers");
+                assert_eq!(first["day0"]["/etc/vnf/day0.conf"], 5, "{first}");
+                let mut seen = Vec::new();
+                for fault in ["kill", "heal", "hang", "heal", "cut", "heal"] {
+                    control(
+                        &cl,
+                        reqwest::Method::POST,
+                        &format!("/control/v1/servers/{id}/{fault}"),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    let answers = if fault == "heal" {
+                        // A restarted VNF takes a moment to listen.
+                        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        loop {
+                            if health().await.is_some() {
+                                break true;
+                            }
+                            if std::time::Instant::now() > end {
+                                break false;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    } else {
+                        health().await.is_some()
+                    };
+                    seen.push((fault, answers));
+                }
+                let bad = control(
+                    &cl,
+                    reqwest::Method::POST,
+                    &format!("/control/v1/servers/{id}/melt"),
+                    None,
+                )
+                .await;
+                assert!(bad.is_err());
+                (seen, first)
+            })
+        })
+        .join()
+        .unwrap();
+    assert_eq!(
+        r.0,
+        [
+            ("kill", false),
+            ("heal", true),
+            ("hang", false),
+            ("heal", true),
+            ("cut", false),
+            ("heal", true)
+        ],
+        "{:?}",
+        r.1
+    );
+}

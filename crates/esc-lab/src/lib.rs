@@ -69,12 +69,14 @@ pub fn is_lab_namespace(name: &str) -> bool {
         && name[2..].split_once('x').is_some_and(|(pid, rest)| {
             pid.chars().all(|c| c.is_ascii_digit())
                 && rest.chars().next().is_some_and(|c| c.is_ascii_digit())
-                && ["sw", "esc1", "esc2", "witness", "client", "ka", "n1", "n2"]
-                    .iter()
-                    .any(|h| {
-                        rest.trim_start_matches(|c: char| c.is_ascii_digit())
-                            .starts_with(h)
-                    })
+                && [
+                    "sw", "esc1", "esc2", "witness", "client", "ka", "n1", "n2", "vim", "vm",
+                ]
+                .iter()
+                .any(|h| {
+                    rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                        .starts_with(h)
+                })
         })
 }
 
@@ -279,8 +281,18 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Grandchildren too (keepalived's VRRP process): everything left
-        // inside our namespaces.
+        // Namespaces others made under our prefix (esc-vim's servers).
+        let listed = Command::new("ip").args(["netns", "list"]).output();
+        if let Ok(out) = listed {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let ns = line.split_whitespace().next().unwrap_or("").to_string();
+                if ns.starts_with(&self.prefix) && !self.namespaces.contains(&ns) {
+                    self.namespaces.push(ns);
+                }
+            }
+        }
+        // Grandchildren too (keepalived's VRRP process, esc-vim's VNFs):
+        // everything left inside our namespaces.
         for ns in &self.namespaces {
             let out = Command::new("ip").args(["netns", "pids", ns]).output();
             if let Ok(out) = out {

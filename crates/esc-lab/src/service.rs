@@ -47,6 +47,8 @@ pub struct Options {
     pub fault_after: usize,
     /// API faults of the VIM during the run (the control plane's JSON).
     pub api_faults: Option<serde_json::Value>,
+    /// Servers as network namespaces with `esc-vnf` (else light).
+    pub namespace_servers: bool,
     pub verbose: bool,
 }
 
@@ -58,6 +60,7 @@ impl Default for Options {
             undeploy: 25,
             fault_after: 15,
             api_faults: None,
+            namespace_servers: true,
             verbose: false,
         }
     }
@@ -73,6 +76,8 @@ pub struct Op {
     /// Every answer to a resend named this operation.
     pub resends_agree: bool,
     pub state: String,
+    /// The operation's error, if it did not complete.
+    pub error: String,
 }
 
 /// What the checker found.
@@ -81,6 +86,8 @@ pub struct Report {
     pub fault: String,
     pub operations: usize,
     pub completed: usize,
+    /// Those that did not complete: kind, deployment, state, error.
+    pub unfinished: Vec<String>,
     /// Operations whose resends were answered with another operation.
     pub disagreeing_resends: usize,
     pub servers_expected: usize,
@@ -91,6 +98,9 @@ pub struct Report {
     /// Creates the VIM saw (more than the VMs: duplicates made, then removed).
     pub creates: usize,
     pub callbacks_missing: Vec<String>,
+    /// Namespace servers whose VNF did not answer its health check with
+    /// its day-0 file (empty with light servers).
+    pub vnfs_not_answering: Vec<String>,
     pub events_read: usize,
     pub event_faults: Vec<String>,
     pub stream_is_outbox: bool,
@@ -132,9 +142,23 @@ pub fn spec(i: usize, vms: u32) -> serde_json::Value {
     })
 }
 
-/// The pair with `[vim]` and `esc-vim` running on its host; the temp dir
-/// holds the VIM's password file (both nodes read it).
+/// The client's address on the VIM network (it reaches the VNFs there).
+pub const CLIENT_VIM_NET_ADDR: &str = "203.0.113.250";
+
+/// The pair with `[vim]` and `esc-vim` running on its host, its servers
+/// light; the temp dir holds the VIM's password file (both nodes read it).
 pub fn up(tag: &str, bins: &Bins, fault: Fault) -> anyhow::Result<(Cluster, tempfile::TempDir)> {
+    up_with(tag, bins, fault, false)
+}
+
+/// [`up`], with every server a network namespace running `esc-vnf` on the
+/// VIM network (203.0.113.0/24, on the lab's bridge) when `namespaces`.
+pub fn up_with(
+    tag: &str,
+    bins: &Bins,
+    fault: Fault,
+    namespaces: bool,
+) -> anyhow::Result<(Cluster, tempfile::TempDir)> {
     let secrets = tempfile::tempdir()?;
     let pw = secrets.path().join("vim.password");
     std::fs::write(&pw, VIM_PASSWORD)?;
@@ -170,25 +194,58 @@ pub fn up(tag: &str, bins: &Bins, fault: Fault) -> anyhow::Result<(Cluster, temp
     );
     let log = std::fs::File::create(secrets.path().join("esc-vim.log"))?;
     let pw = pw.to_string_lossy().to_string();
-    c.lab.spawn(
-        "vim",
-        &vim.to_string_lossy(),
-        &[
-            "--listen",
-            &format!("{VIM_ADDR}:5000"),
-            "--control-listen",
-            &format!("{VIM_ADDR}:5001"),
-            "--password-file",
-            &pw,
-            "--build-ms",
-            "300",
-            "--vcpus",
-            "100000",
-            "--ram-mb",
-            "100000000",
-        ],
-        log,
-    );
+    let mut extra: Vec<String> = Vec::new();
+    if namespaces {
+        let vnf = bins.escd.with_file_name("esc-vnf");
+        anyhow::ensure!(
+            vnf.exists(),
+            "{} not found: build first (cargo build --workspace --bins)",
+            vnf.display()
+        );
+        extra.extend([
+            "--netns-switch".to_string(),
+            c.lab.ns("sw"),
+            "--netns-prefix".into(),
+            format!("{}vm", c.lab.prefix),
+            "--vnf".into(),
+            vnf.to_string_lossy().into_owned(),
+            "--state-dir".into(),
+            secrets
+                .path()
+                .join("servers")
+                .to_string_lossy()
+                .into_owned(),
+        ]);
+        crate::ip(&[
+            "-n",
+            &c.lab.ns("client"),
+            "addr",
+            "add",
+            &format!("{CLIENT_VIM_NET_ADDR}/24"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    let mut args: Vec<String> = [
+        "--listen",
+        &format!("{VIM_ADDR}:5000"),
+        "--control-listen",
+        &format!("{VIM_ADDR}:5001"),
+        "--password-file",
+        &pw,
+        "--build-ms",
+        "300",
+        "--vcpus",
+        "100000",
+        "--ram-mb",
+        "100000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.lab.spawn("vim", &vim.to_string_lossy(), &args, log);
     Ok((c, secrets))
 }
 
@@ -205,6 +262,7 @@ struct ClientReport {
     outbox_ids: Vec<u64>,
     connections: usize,
     servers: Vec<String>,
+    vnfs_not_answering: Vec<String>,
     history: Vec<serde_json::Value>,
     api_fault_counts: serde_json::Value,
     errors: Vec<String>,
@@ -268,6 +326,7 @@ async fn settle(c: &reqwest::Client, ops: &mut [Op]) {
                 if r.status() == 200 {
                     let v: serde_json::Value = r.json().await.unwrap_or_default();
                     op.state = v["state"].as_str().unwrap_or("").to_string();
+                    op.error = v["error"].as_str().unwrap_or("").to_string();
                 }
             }
             if !matches!(
@@ -286,6 +345,15 @@ async fn settle(c: &reqwest::Client, ops: &mut [Op]) {
 
 /// The names of every server on the lab's VIM (from a lab namespace).
 pub async fn vim_servers() -> Result<Vec<String>, String> {
+    Ok(vim_server_list()
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// Every server on the lab's VIM: its name and its address on `vnf-net`.
+pub async fn vim_server_list() -> Result<Vec<(String, Option<String>)>, String> {
     let client = esc_openstack::Client::new(esc_openstack::Connector {
         auth_url: format!("http://{VIM_ADDR}:5000/identity/v3"),
         user: "admin".into(),
@@ -300,7 +368,17 @@ pub async fn vim_servers() -> Result<Vec<String>, String> {
     // The API faults are off by now; a retry covers a last stalled call.
     for _ in 0..5 {
         if let Ok(l) = client.servers(None).await {
-            return Ok(l.into_iter().map(|s| s.name).collect());
+            return Ok(l
+                .into_iter()
+                .map(|s| {
+                    let addr = s
+                        .addresses
+                        .get("vnf-net")
+                        .and_then(|a| a.first())
+                        .map(|a| a.addr.clone());
+                    (s.name, addr)
+                })
+                .collect());
         }
     }
     Err("cannot list the VIM's servers".into())
@@ -345,6 +423,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                 outbox_ids: Vec::new(),
                 connections: 0,
                 servers: Vec::new(),
+                vnfs_not_answering: Vec::new(),
                 history: Vec::new(),
                 api_fault_counts: serde_json::Value::Null,
                 errors: vec![format!("callback receiver: {e}")],
@@ -357,7 +436,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
         .enable_all()
         .build()
         .expect("runtime");
-    let (ops, servers, history, api_fault_counts) = rt.block_on(async {
+    let (ops, servers, vnfs_not_answering, history, api_fault_counts) = rt.block_on(async {
         let c = reqwest::Client::builder()
             .timeout(ATTEMPT)
             .connect_timeout(ATTEMPT)
@@ -430,6 +509,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                                     tid,
                                     resends_agree: true,
                                     state: String::new(),
+                                    error: String::new(),
                                 });
                             }
                         }
@@ -491,6 +571,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                         tid,
                         resends_agree: true,
                         state: String::new(),
+                        error: String::new(),
                     });
                 }
                 Err(e) => errors.push(e),
@@ -510,10 +591,34 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                 errors.push(format!("clearing the API faults: {e}"));
             }
         }
-        let servers = vim_servers().await.unwrap_or_else(|e| {
+        let listed = vim_server_list().await.unwrap_or_else(|e| {
             errors.push(e);
             Vec::new()
         });
+        // Each namespace server's VNF answers on its address, with the
+        // day-0 file its deployment gave it.
+        let mut not_answering = Vec::new();
+        if opts.namespace_servers {
+            for (name, addr) in &listed {
+                let ok = match addr {
+                    Some(a) => match c.get(format!("http://{a}:8080/health")).send().await {
+                        Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| {
+                            v["status"] == "ok"
+                                && v["name"] == name.as_str()
+                                && v["day0"]["/etc/vnf/day0.conf"]
+                                    .as_u64()
+                                    .is_some_and(|n| n > 0)
+                        }),
+                        Err(_) => false,
+                    },
+                    None => false,
+                };
+                if !ok {
+                    not_answering.push(name.clone());
+                }
+            }
+        }
+        let servers: Vec<String> = listed.into_iter().map(|(n, _)| n).collect();
         let history = control(&c, reqwest::Method::GET, "/control/v1/history", None)
             .await
             .map(|v| v["history"].as_array().cloned().unwrap_or_default())
@@ -522,7 +627,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
             .await
             .map(|v| v["counts"].clone())
             .unwrap_or_default();
-        (ops, servers, history, counts)
+        (ops, servers, not_answering, history, counts)
     });
     // Every callback, then the stream caught up with the outbox.
     let tids: BTreeSet<String> = ops.iter().map(|o| o.tid.clone()).collect();
@@ -550,6 +655,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
         outbox_ids,
         connections,
         servers,
+        vnfs_not_answering,
         history,
         api_fault_counts,
         errors,
@@ -558,7 +664,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
 
 /// Runs the service scenario for `fault` on a fresh cluster.
 pub fn run(tag: &str, bins: &Bins, fault: Fault, opts: &Options) -> anyhow::Result<Report> {
-    let (mut c, _secrets) = up(tag, bins, fault)?;
+    let (mut c, _secrets) = up_with(tag, bins, fault, opts.namespace_servers)?;
     let r = run_on(&mut c, fault, opts);
     if r.as_ref().map_or(true, |o| !o.pass) {
         eprintln!("{}", c.dump());
@@ -664,12 +770,19 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
         && missing.is_empty()
         && leaked.is_empty()
         && callbacks_missing.is_empty()
+        && r.vnfs_not_answering.is_empty()
         && event_faults.is_empty()
         && stream_is_outbox;
     Report {
         fault: fault.name().to_string(),
         operations: r.ops.len(),
         completed,
+        unfinished: r
+            .ops
+            .iter()
+            .filter(|o| o.state != "COMPLETED")
+            .map(|o| format!("{} {} {}: {}", o.kind, o.deployment, o.state, o.error))
+            .collect(),
         disagreeing_resends: disagreeing,
         servers_expected: expected.len(),
         servers_on_vim: r.servers.len(),
@@ -678,6 +791,7 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
         leaked,
         creates,
         callbacks_missing,
+        vnfs_not_answering: r.vnfs_not_answering,
         events_read: r.events.len(),
         event_faults,
         stream_is_outbox,

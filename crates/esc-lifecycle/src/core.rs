@@ -20,10 +20,21 @@ pub struct Config {
     pub retry_max_ms: u64,
     /// Attempts of one call before the operation is FAILED_TEMP.
     pub call_retries_max: u32,
+    /// A proposed step not seen in the records after this (refused in a
+    /// role change, say) is given up, and its work planned again: steps
+    /// are idempotent, so proposing one twice is harmless.
+    #[serde(default = "Config::default_repropose_ms")]
+    pub repropose_ms: u64,
     /// A create whose outcome is unknown (no answer: a timeout, a lost
     /// connection) may still land: its VM is looked up again only after
     /// this, which must exceed the longest the VIM may hold a request.
     pub create_doubt_ms: u64,
+}
+
+impl Config {
+    fn default_repropose_ms() -> u64 {
+        2_000
+    }
 }
 
 impl Default for Config {
@@ -34,6 +45,7 @@ impl Default for Config {
             retry_base_ms: 200,
             retry_max_ms: 5_000,
             call_retries_max: 5,
+            repropose_ms: Config::default_repropose_ms(),
             create_doubt_ms: 10_000,
         }
     }
@@ -149,8 +161,10 @@ pub struct Lifecycle {
     next_call: u64,
     /// Calls in flight: what they are about, and for a Create the key.
     inflight: BTreeMap<u64, (Slot, VimCall)>,
-    /// Steps proposed and not yet seen in the records.
-    proposed: BTreeMap<Slot, Step>,
+    /// Steps proposed and not yet seen in the records, and when.
+    proposed: BTreeMap<Slot, (Step, u64)>,
+    /// The time of the input being handled.
+    now_ms: u64,
     not_before: BTreeMap<Slot, u64>,
     failures: BTreeMap<Slot, u32>,
 }
@@ -169,6 +183,7 @@ impl Lifecycle {
 
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        self.now_ms = now_ms;
         match input {
             Input::Lead { epoch } => {
                 self.forget();
@@ -229,7 +244,7 @@ impl Lifecycle {
         let untouched = |op: &String| only.is_some_and(|t| !t.contains(op));
         // A proposed step that the records now show is done; one of an
         // operation that is gone or settled is moot.
-        self.proposed.retain(|(op, target), step| {
+        self.proposed.retain(|(op, target), (step, _)| {
             if untouched(op) {
                 return true;
             }
@@ -284,7 +299,7 @@ impl Lifecycle {
             return;
         }
         out.push(Output::Propose(step.clone()));
-        self.proposed.insert(slot, step);
+        self.proposed.insert(slot, (step, self.now_ms));
     }
 
     /// Every call and settlement due now, in operation order.
@@ -292,6 +307,9 @@ impl Lifecycle {
         if self.epoch.is_none() {
             return;
         }
+        let repropose = self.cfg.repropose_ms;
+        self.proposed
+            .retain(|_, (_, at)| now_ms < at.saturating_add(repropose));
         let ops: Vec<OperationRecord> = self.records.values().cloned().collect();
         for r in ops {
             let settle = (r.id.clone(), Target::Settle);

@@ -46,6 +46,7 @@ fn cfg() -> Config {
         retry_base_ms: 50,
         retry_max_ms: 400,
         call_retries_max: 3,
+        repropose_ms: 5_000,
         create_doubt_ms: 1_000,
     }
 }
@@ -719,5 +720,33 @@ fn changes_replace_only_the_records_they_name() {
     assert!(
         matches!(calls(&out)[..], [(_, VimCall::Create { .. })]),
         "op2 goes on: {out:?}"
+    );
+}
+
+// A step proposed and never committed (refused in a role change) frees its
+// VM after `repropose_ms`: the work is planned again, and proposed again.
+#[test]
+fn a_step_never_committed_is_planned_again() {
+    let mut l = leading();
+    let r = deploy(1);
+    let out = l.handle(0, Input::Records(vec![r.clone()]));
+    let (find, _) = calls(&out)[0].clone();
+    let found = Answer::Found(vec![server("s0", &key(0).server_name(), "ACTIVE")]);
+    let out = l.handle(
+        1,
+        Input::Answer {
+            call: find,
+            answer: found,
+        },
+    );
+    assert_eq!(steps(&out).len(), 1, "ServerBound proposed");
+    // Never committed: nothing while it may still land...
+    assert!(l.handle(2, Input::Records(vec![r.clone()])).is_empty());
+    assert!(l.handle(4_000, Input::Tick).is_empty());
+    // ...then the VM is looked up again.
+    let out = l.handle(5_001, Input::Tick);
+    assert!(
+        matches!(calls(&out)[..], [(_, VimCall::Find { .. })]),
+        "{out:?}"
     );
 }

@@ -83,6 +83,8 @@ pub struct Call {
 /// One running VIM: the API and the control plane share it.
 #[derive(Clone)]
 pub struct Vim {
+    /// Where servers run, for namespace servers (`servers`); none: light.
+    runtime: Option<Arc<crate::servers::Netns>>,
     inner: Arc<Mutex<Inner>>,
     creds: Arc<Credentials>,
     /// Base URL clients reach this service at (the catalog's endpoints).
@@ -117,6 +119,40 @@ impl Vim {
             creds: Arc::new(creds),
             base: Arc::new(base.trim_end_matches('/').to_string()),
             start: Instant::now(),
+            runtime: None,
+        }
+    }
+
+    /// Runs every server as a network namespace with `esc-vnf` inside
+    /// (`servers`); they stay in BUILD until set up.
+    pub fn with_namespace_servers(
+        mut self,
+        cfg: crate::servers::NetnsConfig,
+    ) -> std::io::Result<Vim> {
+        self.lock().cloud.await_ready = true;
+        let v = self.clone();
+        let rt = crate::servers::Netns::start(cfg, move |id, r| {
+            if let Err(e) = &r {
+                tracing::warn!(server = %id, "namespace server not set up: {e}");
+            }
+            let now = v.now_ms();
+            v.lock().cloud.server_ready(now, &id, r);
+        })?;
+        self.runtime = Some(Arc::new(rt));
+        Ok(self)
+    }
+
+    /// Plays a fault on a namespace server (`control`).
+    pub fn server_fault(&self, id: &str, fault: crate::servers::Fault) -> Result<(), String> {
+        match &self.runtime {
+            Some(rt) => {
+                self.lock().cloud.server(id).map_err(|e| e.to_string())?;
+                rt.fault(id, fault)
+            }
+            None => Err(
+                "light servers have no process or link to fail: run esc-vim with --netns-switch"
+                    .into(),
+            ),
         }
     }
 
@@ -722,6 +758,11 @@ async fn create_server(State(vim): State<Vim>, body: Option<Json<Value>>) -> Res
     let mut g = vim.lock();
     match g.cloud.create_server(now, id, req) {
         Ok(s) => {
+            if let (Some(rt), Some(port)) = (&vim.runtime, s.ports.first()) {
+                if s.status == crate::cloud::Status::Build {
+                    rt.create(&s.id, &s.name, &port.ip, s.user_data.as_deref());
+                }
+            }
             let body = json!({ "server": {
                 "id": s.id, "links": link(format!("{base}/servers/{}", s.id)),
                 "OS-DCF:diskConfig": "MANUAL", "security_groups": [{ "name": "default" }],
@@ -736,7 +777,12 @@ async fn create_server(State(vim): State<Vim>, body: Option<Json<Value>>) -> Res
 async fn delete_server(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
     let now = vim.now_ms();
     match vim.lock().cloud.delete_server(now, &id) {
-        Ok(()) => nova_headers(StatusCode::NO_CONTENT.into_response()),
+        Ok(()) => {
+            if let Some(rt) = &vim.runtime {
+                rt.delete(&id);
+            }
+            nova_headers(StatusCode::NO_CONTENT.into_response())
+        }
         Err(e) => vim_error(e),
     }
 }
@@ -772,7 +818,15 @@ async fn server_action(
     };
     let now = vim.now_ms();
     match vim.lock().cloud.action(now, &id, action) {
-        Ok(()) => nova_headers(StatusCode::ACCEPTED.into_response()),
+        Ok(()) => {
+            if let Some(rt) = &vim.runtime {
+                match action {
+                    Action::Stop => rt.stop(&id),
+                    Action::Start | Action::Reboot { .. } => rt.restart(&id),
+                }
+            }
+            nova_headers(StatusCode::ACCEPTED.into_response())
+        }
         Err(e) => vim_error(e),
     }
 }

@@ -108,6 +108,8 @@ pub struct Server {
     busy_until_ms: u64,
     /// It holds capacity (not in ERROR).
     placed: bool,
+    /// Its runtime is set up (always, for light servers).
+    ready: bool,
 }
 
 /// What the VIM can host.
@@ -166,6 +168,9 @@ pub struct Cloud {
     transitions: std::collections::BTreeSet<(u64, String)>,
     /// vCPUs and RAM (MiB) held by placed servers.
     used: (u32, u64),
+    /// Servers stay in BUILD until their runtime says they are set up
+    /// ([`Cloud::server_ready`]; namespace servers).
+    pub await_ready: bool,
     /// Every request that changed a server, for tests ("one reboot, one
     /// redeploy per VM"), oldest first.
     pub history: Vec<Change>,
@@ -220,6 +225,7 @@ impl Cloud {
             servers: BTreeMap::new(),
             transitions: Default::default(),
             used: (0, 0),
+            await_ready: false,
             history: Vec::new(),
         };
         for (id, name, vcpus, ram_mb, disk_gb) in [
@@ -326,6 +332,7 @@ impl Cloud {
             self.transitions.pop_first();
             if let Some(s) = self.servers.get_mut(&id) {
                 if s.busy_until_ms == until
+                    && (s.ready || s.status != Status::Build)
                     && matches!(
                         s.status,
                         Status::Build | Status::Reboot | Status::HardReboot
@@ -334,6 +341,28 @@ impl Cloud {
                     s.status = Status::Active;
                     s.updated_ms = now_ms;
                 }
+            }
+        }
+    }
+
+    /// A server's runtime is set up (Ok), or could not be (the server goes
+    /// to ERROR with the reason).
+    pub fn server_ready(&mut self, now_ms: u64, id: &str, r: Result<(), String>) {
+        let Some(s) = self.servers.get_mut(id) else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                s.ready = true;
+                if s.status == Status::Build && now_ms >= s.busy_until_ms {
+                    s.status = Status::Active;
+                    s.updated_ms = now_ms;
+                }
+            }
+            Err(e) => {
+                s.status = Status::Error;
+                s.fault = Some(e);
+                s.updated_ms = now_ms;
             }
         }
     }
@@ -456,6 +485,7 @@ impl Cloud {
             updated_ms: now_ms,
             busy_until_ms: now_ms + self.capacity.build_ms,
             placed: fits,
+            ready: !self.await_ready,
         };
         if fits {
             self.used.0 += flavor.vcpus;

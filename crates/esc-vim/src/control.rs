@@ -7,6 +7,7 @@
 //! | `GET /control/v1/state` | the faults in force and how many calls met each |
 //! | `PUT /control/v1/faults` with [`ApiFaults`](crate::faults::ApiFaults) | sets the API faults (`400` naming the field if invalid) |
 //! | `GET /control/v1/history` | every change to a server (create, delete, reboot, start, stop), oldest first |
+//! | `POST /control/v1/servers/{id}/{kill,hang,cut,heal}` | a namespace server's VNF killed, hung (SIGSTOP), its link cut, or all undone (`409` for light servers) |
 //! | `GET /control/v1/calls?since_ms=T&from=IP&limit=N` | the API calls logged (arrival time on the wall clock, caller, method, path, status), oldest first |
 
 // Refusals are the finished error responses (as in `api`).
@@ -27,6 +28,10 @@ pub fn router(vim: Vim) -> Router {
         .route("/control/v1/faults", put(set_faults))
         .route("/control/v1/history", get(history))
         .route("/control/v1/calls", get(calls))
+        .route(
+            "/control/v1/servers/{id}/{fault}",
+            axum::routing::post(server_fault),
+        )
         .with_state(vim)
 }
 
@@ -103,4 +108,28 @@ async fn calls(
     };
     let limit = q.limit.unwrap_or(1_000).min(crate::api::CALLS_KEPT);
     Json(json!({ "calls": vim.calls(q.since_ms, q.from.as_deref(), limit) })).into_response()
+}
+
+async fn server_fault(
+    State(vim): State<Vim>,
+    headers: HeaderMap,
+    axum::extract::Path((id, fault)): axum::extract::Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check(&vim, &headers) {
+        return r;
+    }
+    let Some(f) = crate::servers::Fault::parse(&fault) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("{fault:?}: the faults are kill, hang, cut and heal"),
+        );
+    };
+    match vim.server_fault(&id, f) {
+        Ok(()) => {
+            tracing::info!(server = %id, fault = %fault, "server fault played");
+            Json(json!({ "server": id, "fault": fault })).into_response()
+        }
+        Err(e) if e.starts_with("Instance") => error_response(StatusCode::NOT_FOUND, e),
+        Err(e) => error_response(StatusCode::CONFLICT, e),
+    }
 }

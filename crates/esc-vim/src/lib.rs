@@ -20,15 +20,16 @@
 //! - [`faults`]: the API faults (fail, lose the answer, stall, delay at a
 //!   rate), seeded.
 //! - [`control`]: the control plane outside the OpenStack API (faults,
-//!   the servers' history).
-//!
-//! What it does not do yet (issue 11): run servers as network namespaces
-//! or shared-process addresses (and kill, hang or cut one).
+//!   the servers' history, the call log, a server's kill, hang or cut).
+//! - [`servers`]: namespace servers: a network namespace per server on
+//!   the VIM network's bridge, `esc-vnf` inside with its day-0 files.
+//!   Without it servers are light (records only, for scale runs).
 
 pub mod api;
 pub mod cloud;
 pub mod control;
 pub mod faults;
+pub mod servers;
 
 pub use api::{serve, serve_control, serve_vim, Credentials, Vim};
 pub use cloud::{Capacity, Cloud};

@@ -1,4 +1,5 @@
-//! The one place with `unsafe`: sending a raw Ethernet frame (gratuitous
+//! One of the two places with `unsafe` (the other: esc-vim's death signal
+//! for its VNF children): sending a raw Ethernet frame (gratuitous
 //! ARP) through an `AF_PACKET` socket, which needs a `sockaddr_ll` that no
 //! safe wrapper builds (socket2 and nix only take it from raw memory).
 //! Everything else about the interface is read from `/sys/class/net`.
