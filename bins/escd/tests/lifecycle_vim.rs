@@ -30,9 +30,25 @@ fn start_vim() -> String {
 }
 
 fn start_vim_on(listener: std::net::TcpListener) -> String {
+    start_vim_handle(listener).0
+}
+
+/// esc-vim on `listener`: its base URL and its handle (API faults).
+fn start_vim_handle(listener: std::net::TcpListener) -> (String, esc_vim::Vim) {
     listener.set_nonblocking(true).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let b = base.clone();
+    let creds = esc_vim::Credentials {
+        user: "admin".into(),
+        password: VIM_PASSWORD.into(),
+        project: "vnf".into(),
+        token_ttl: Duration::from_secs(3600),
+    };
+    let cloud = esc_vim::Cloud::lab(esc_vim::Capacity {
+        build_ms: 100,
+        ..esc_vim::Capacity::default()
+    });
+    let vim = esc_vim::Vim::new(cloud, creds, base.clone());
+    let v = vim.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -40,20 +56,10 @@ fn start_vim_on(listener: std::net::TcpListener) -> String {
             .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let creds = esc_vim::Credentials {
-                user: "admin".into(),
-                password: VIM_PASSWORD.into(),
-                project: "vnf".into(),
-                token_ttl: Duration::from_secs(3600),
-            };
-            let cloud = esc_vim::Cloud::lab(esc_vim::Capacity {
-                build_ms: 100,
-                ..esc_vim::Capacity::default()
-            });
-            let _ = esc_vim::serve(listener, cloud, creds, b).await;
+            let _ = esc_vim::serve_vim(listener, v).await;
         });
     });
-    base
+    (base, vim)
 }
 
 fn vim_client(base: &str) -> esc_openstack::Client {
@@ -482,4 +488,95 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
     let again: Vec<u64> = resumed.finish().iter().map(|e| e.id).take(rest).collect();
     let want: Vec<u64> = events[alive + 1..].iter().map(|e| e.id).collect();
     assert_eq!(again, want);
+}
+
+/// A VIM that fails every call: the deploy ends FAILED_TEMP with the
+/// reason (after its bounded retries); once the VIM is back, `retry`
+/// carries it to COMPLETED with one server per VM, and a task on an
+/// operation that is not FAILED_TEMP is refused.
+#[test]
+fn a_failed_temp_deploy_is_retried_to_completion() {
+    let (vim, handle) = start_vim_handle(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let (node, _secrets) = node_with_vim(&vim);
+    let rt = rt();
+    let c = client();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        rt.block_on(async {
+            let mut r = c
+                .request(method, node.url(path))
+                .basic_auth("admin", Some(PASSWORD));
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        })
+    };
+    use reqwest::Method;
+    wait_until(Duration::from_secs(10), "the VIM answers", || {
+        node.admin(esc_proto::AdminRequest::Health).value.unwrap()["stage"] == "READY"
+    });
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v0/tenants",
+            Some(serde_json::json!({"name": "t1"}))
+        )
+        .0,
+        201
+    );
+    // Accepted while the VIM answers, then every call fails.
+    let mut s = spec(2);
+    s["vm_groups"][0]["interfaces"][0]["ip_addresses"] = serde_json::json!([]);
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(s));
+    assert_eq!(status, 202, "{body}");
+    let op = body["operation"].as_str().unwrap().to_string();
+    handle
+        .set_faults(esc_vim::faults::ApiFaults {
+            fail_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+    let op_url = format!("/v0/operations/{op}");
+    wait_until(Duration::from_secs(60), "FAILED_TEMP", || {
+        call(Method::GET, &op_url, None).1["state"] == "FAILED_TEMP"
+    });
+    let o = call(Method::GET, &op_url, None).1;
+    assert!(
+        o["error"].as_str().unwrap().contains("injected fault"),
+        "{o}"
+    );
+    assert_eq!(
+        call(Method::GET, "/v0/deployments/web", None).1["state"],
+        "SERVICE_ERROR_STATE"
+    );
+    // The VIM is back: retry.
+    handle
+        .set_faults(esc_vim::faults::ApiFaults::default())
+        .unwrap();
+    let (status, body) = call(Method::POST, &format!("{op_url}/retry"), None);
+    assert_eq!(status, 202, "{body}");
+    wait_until(Duration::from_secs(60), "COMPLETED", || {
+        call(Method::GET, &op_url, None).1["state"] == "COMPLETED"
+    });
+    assert_eq!(
+        call(Method::GET, "/v0/deployments/web", None).1["state"],
+        "SERVICE_ACTIVE_STATE"
+    );
+    let servers = rt.block_on(vim_client(&vim).servers(None)).unwrap();
+    assert_eq!(servers.len(), 2, "one server per VM: {servers:?}");
+    let (status, body) = call(Method::POST, &format!("{op_url}/fail"), None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only a FAILED_TEMP"),
+        "{body}"
+    );
+    let (status, _) = call(Method::POST, &format!("{op_url}/melt"), None);
+    assert_eq!(status, 404);
 }

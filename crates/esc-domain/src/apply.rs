@@ -114,6 +114,9 @@ fn change(
             state,
         )?,
         Op::RecordStep { step } => crate::lifecycle::record(index, cmd, step, state)?,
+        Op::ControlOperation { op_id, action } => {
+            crate::lifecycle::control(index, cmd, op_id, *action, state)?
+        }
         Op::CallbacksDelivered { op_ids } => {
             (crate::lifecycle::delivered(op_ids, state)?, Vec::new())
         }

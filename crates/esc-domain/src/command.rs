@@ -49,6 +49,11 @@ pub enum Op {
     },
     /// A step's result, proposed by the primary's lifecycle runner.
     RecordStep { step: crate::model::Step },
+    /// `retry` or `fail` of a FAILED_TEMP operation (SOL 003).
+    ControlOperation {
+        op_id: String,
+        action: crate::model::LcmControl,
+    },
     /// Callbacks the primary's notifier delivered (or gave up on).
     CallbacksDelivered { op_ids: Vec<String> },
 }
@@ -82,6 +87,12 @@ impl Op {
             Op::CreateTenant { tenant } => tenant
                 .validate()
                 .map_err(|e| invalid("tenant", e.to_string())),
+            Op::ControlOperation { op_id, .. } => {
+                if op_id.is_empty() || op_id.len() > 64 {
+                    return Err(invalid("op_id", "must be 1 to 64 characters"));
+                }
+                Ok(())
+            }
             Op::CallbacksDelivered { op_ids } => {
                 if op_ids.len() > CALLBACKS_PER_COMMAND_MAX {
                     return Err(invalid(
@@ -131,6 +142,9 @@ impl Op {
             },
             Op::RecordStep { .. } => "record a lifecycle step".into(),
             Op::CallbacksDelivered { op_ids } => format!("{} callback(s) delivered", op_ids.len()),
+            Op::ControlOperation { op_id, action } => {
+                format!("{action:?} operation {op_id}").to_lowercase()
+            }
         }
     }
 }

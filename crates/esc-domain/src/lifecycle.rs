@@ -7,8 +7,8 @@ use crate::codec::{add_count, read, write};
 use crate::command::Command;
 use crate::keys;
 use crate::model::{
-    Callback, OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState, Step,
-    Tenant, VmState,
+    Callback, LcmControl, OperationKind, OperationRecord, OperationState, ServiceRecord,
+    ServiceState, Step, Tenant, VmState,
 };
 use crate::outcome::{EventKind, Outcome, Refused};
 use esc_state::{State, StateError};
@@ -276,6 +276,91 @@ pub fn record(
     Ok((
         Outcome::StepRecorded {
             op_id,
+            state: record.state,
+        },
+        events,
+    ))
+}
+
+/// `ControlOperation`: `retry` puts a FAILED_TEMP operation back in the
+/// runner's hands (its deployment must have no other operation running);
+/// `fail` ends it FAILED, with a callback saying so.
+pub fn control(
+    index: u64,
+    cmd: &Command,
+    op_id: &str,
+    action: LcmControl,
+    state: &mut dyn State,
+) -> Result<(Outcome, Vec<EventKind>), StateError> {
+    let ok = keys::operation(op_id);
+    let Some(mut record) = read::<OperationRecord>(state, &ok)? else {
+        return Ok(refused(Refused::NoSuchOperation {
+            op_id: op_id.into(),
+        }));
+    };
+    if record.state != OperationState::FailedTemp {
+        let word = serde_json::to_value(record.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        return Ok(refused(Refused::NotFailedTemp {
+            op_id: op_id.into(),
+            state: word,
+        }));
+    }
+    let sk = keys::service(&record.deployment_id);
+    let mut service: Option<ServiceRecord> = read(state, &sk)?;
+    let mut events = Vec::new();
+    match action {
+        LcmControl::Retry => {
+            let Some(s) = service.as_mut() else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: record.deployment_id.clone(),
+                }));
+            };
+            if let Some(other) = s.current_op.clone() {
+                return Ok(refused(Refused::OperationInProgress {
+                    deployment: record.deployment_id.clone(),
+                    op_id: other,
+                }));
+            }
+            record.retry();
+            s.current_op = Some(op_id.into());
+            s.state = match record.kind {
+                OperationKind::Deploy { .. } => ServiceState::Deploying,
+                OperationKind::Undeploy => ServiceState::Undeploying,
+            };
+            events.push(esc_event(
+                "SERVICE_DEPLOYING",
+                s,
+                None,
+                "SUCCESS",
+                format!("operation {op_id} retried"),
+            ));
+            write(state, &sk, s)?;
+            write(state, &keys::active_operation(op_id), &index)?;
+        }
+        LcmControl::Fail => {
+            record.state = OperationState::Failed;
+            record.settled_at_ms = Some(cmd.at_ms);
+            if let Some(url) = &record.callback {
+                let delivery = Callback {
+                    op_id: record.id.clone(),
+                    tid: record.tid.clone(),
+                    url: url.clone(),
+                    deployment: record.deployment_id.clone(),
+                    state: record.state,
+                    message: record.error.clone(),
+                    settled_at_ms: cmd.at_ms,
+                };
+                write(state, &keys::callback(&record.id), &delivery)?;
+            }
+        }
+    }
+    write(state, &ok, &record)?;
+    Ok((
+        Outcome::OperationControlled {
+            op_id: op_id.into(),
             state: record.state,
         },
         events,

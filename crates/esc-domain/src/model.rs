@@ -630,6 +630,23 @@ pub struct OperationRecord {
     pub started_at_ms: u64,
     #[serde(default)]
     pub settled_at_ms: Option<u64>,
+    /// Servers to delete before the operation can complete (a failed VM's
+    /// server, replaced on a retry by one of the next generation).
+    #[serde(default)]
+    pub cleanup: Vec<String>,
+}
+
+/// What an operator may do with a FAILED_TEMP operation (ETSI NFV-SOL 003,
+/// the `retry` and `fail` tasks of an LCM operation occurrence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LcmControl {
+    /// Carry on: every failed VM is replaced (its server deleted, a new
+    /// one of the next generation created), the rest resumes.
+    Retry,
+    /// Give up: the operation is FAILED for good; the deployment stays
+    /// in error (undeploy it).
+    Fail,
 }
 
 /// A step's result, proposed by the lifecycle core and committed through
@@ -668,6 +685,23 @@ pub enum Step {
 }
 
 impl OperationRecord {
+    /// `retry` of a FAILED_TEMP operation: back to PROCESSING; each VM in
+    /// error gets the next generation (a new server name, so the lookup
+    /// cannot adopt the failed one), its old server to clean up.
+    pub fn retry(&mut self) {
+        for v in self.vms.iter_mut().filter(|v| v.state == VmState::Error) {
+            if let Some(id) = v.server_id.take() {
+                self.cleanup.push(id);
+            }
+            v.key.generation += 1;
+            v.state = VmState::Deploying;
+            v.error = None;
+        }
+        self.state = OperationState::Processing;
+        self.error = None;
+        self.settled_at_ms = None;
+    }
+
     /// A new operation in STARTING: a deploy lists its VMs.
     pub fn new(id: String, deployment_id: String, kind: OperationKind) -> OperationRecord {
         let vms = match &kind {
@@ -694,6 +728,7 @@ impl OperationRecord {
             callback: None,
             started_at_ms: 0,
             settled_at_ms: None,
+            cleanup: Vec::new(),
         }
     }
 
@@ -728,6 +763,7 @@ impl OperationRecord {
             Step::ServerGone { op, server_id } if *op == self.id => {
                 self.vms
                     .retain(|v| v.server_id.as_deref() != Some(server_id));
+                self.cleanup.retain(|c| c != server_id);
                 if self.state == OperationState::Starting {
                     self.state = OperationState::Processing;
                 }

@@ -23,6 +23,11 @@ pub enum Outcome {
     CallbacksDelivered {
         removed: usize,
     },
+    /// A FAILED_TEMP operation retried (PROCESSING again) or failed.
+    OperationControlled {
+        op_id: String,
+        state: crate::model::OperationState,
+    },
     StepRecorded {
         op_id: String,
         state: crate::model::OperationState,
@@ -49,6 +54,8 @@ pub enum Refused {
     OperationInProgress { deployment: String, op_id: String },
     #[error("no operation {op_id}")]
     NoSuchOperation { op_id: String },
+    #[error("operation {op_id} is {state}: only a FAILED_TEMP operation can be retried or failed")]
+    NotFailedTemp { op_id: String, state: String },
     /// The key of an earlier command, for a different request.
     #[error("Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,

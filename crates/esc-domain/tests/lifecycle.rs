@@ -263,3 +263,100 @@ fn an_undeploy_removes_the_service_once_its_servers_are_gone() {
         &("SERVICE_UNDEPLOYED".to_string(), "SUCCESS".to_string())
     );
 }
+
+#[test]
+fn a_failed_temp_operation_is_retried_with_new_servers_or_failed() {
+    let mut log = Log::new();
+    tenant(&mut log);
+    log.apply(deploy("op1", 1));
+    log.apply(step(Step::ServerBound {
+        op: "op1".into(),
+        key: key(0),
+        server_id: "s0".into(),
+        adopted: false,
+    }));
+    log.apply(step(Step::VmFailed {
+        op: "op1".into(),
+        key: key(0),
+        error: "no valid host".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::FailedTemp,
+        error: Some("VM failed".into()),
+    }));
+    assert!(query::active_operations(&log.state).unwrap().is_empty());
+    let control = |action| Op::ControlOperation {
+        op_id: "op1".into(),
+        action,
+    };
+    use esc_domain::model::LcmControl;
+    assert_eq!(
+        log.apply(control(LcmControl::Retry)),
+        Outcome::OperationControlled {
+            op_id: "op1".into(),
+            state: OperationState::Processing
+        }
+    );
+    let op = query::operation(&log.state, "op1").unwrap().unwrap();
+    assert_eq!(op.vms[0].key.generation, 1, "a new server name");
+    assert_eq!(op.vms[0].server_id, None);
+    assert_eq!(op.cleanup, ["s0"], "the failed server goes");
+    assert_eq!(query::active_operations(&log.state).unwrap().len(), 1);
+    let service = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(
+        (service.state, service.current_op.as_deref()),
+        (ServiceState::Deploying, Some("op1"))
+    );
+    // Only a FAILED_TEMP operation takes a task.
+    assert!(matches!(
+        log.apply(control(LcmControl::Fail)),
+        Outcome::Refused {
+            refused: Refused::NotFailedTemp { .. }
+        }
+    ));
+    log.apply(step(Step::ServerGone {
+        op: "op1".into(),
+        server_id: "s0".into(),
+    }));
+    assert!(query::operation(&log.state, "op1")
+        .unwrap()
+        .unwrap()
+        .cleanup
+        .is_empty());
+    // It fails again; the operator gives up.
+    let mut k = key(0);
+    k.generation = 1;
+    log.apply(step(Step::VmFailed {
+        op: "op1".into(),
+        key: k,
+        error: "no valid host".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::FailedTemp,
+        error: Some("VM failed".into()),
+    }));
+    assert_eq!(
+        log.apply(control(LcmControl::Fail)),
+        Outcome::OperationControlled {
+            op_id: "op1".into(),
+            state: OperationState::Failed
+        }
+    );
+    assert!(matches!(
+        log.apply(control(LcmControl::Retry)),
+        Outcome::Refused {
+            refused: Refused::NotFailedTemp { .. }
+        }
+    ));
+    assert!(matches!(
+        log.apply(Op::ControlOperation {
+            op_id: "nope".into(),
+            action: LcmControl::Retry
+        }),
+        Outcome::Refused {
+            refused: Refused::NoSuchOperation { .. }
+        }
+    ));
+}

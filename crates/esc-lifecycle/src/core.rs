@@ -263,6 +263,7 @@ impl Lifecycle {
                 }
                 (Target::Server(id), Step::ServerGone { .. }) => {
                     !r.vms.iter().any(|v| v.server_id.as_deref() == Some(id))
+                        && !r.cleanup.contains(id)
                 }
                 _ => false,
             }
@@ -328,7 +329,20 @@ impl Lifecycle {
                         );
                         continue;
                     }
-                    if r.vms.iter().all(|v| v.state == VmState::Alive) {
+                    // The servers of VMs replaced on a retry go first.
+                    for id in &r.cleanup {
+                        if self.inflight.len() >= self.cfg.calls_in_flight_max {
+                            return;
+                        }
+                        let slot = (r.id.clone(), Target::Server(id.clone()));
+                        if !self.busy(&slot) && !self.waiting(&slot, now_ms) {
+                            let vim = VimCall::Delete {
+                                server_id: id.clone(),
+                            };
+                            self.call(slot, vim, out);
+                        }
+                    }
+                    if r.cleanup.is_empty() && r.vms.iter().all(|v| v.state == VmState::Alive) {
                         // Every VM alive: one listing of the deployment
                         // first, to remove a server no VM holds (a create
                         // that landed after its lookup), then COMPLETED.
@@ -556,11 +570,19 @@ impl Lifecycle {
                     self.call(slot, VimCall::Delete { server_id: s.id }, out);
                 }
             }
-            (Answer::Deleted | Answer::NotFound, Target::Server(_), _)
+            (Answer::Deleted | Answer::NotFound, Target::Server(id), _)
                 if matches!(r.kind, OperationKind::Deploy { .. }) =>
             {
-                // A duplicate removed: no VM of the operation held it.
                 self.failures.remove(&slot);
+                // A replaced VM's server is gone: committed, so the retry
+                // can complete. A duplicate (no VM held it) needs no step.
+                if r.cleanup.contains(id) {
+                    let step = Step::ServerGone {
+                        op,
+                        server_id: id.clone(),
+                    };
+                    self.propose(slot, step, out);
+                }
             }
             (Answer::Deleted | Answer::NotFound, Target::Server(id), _) => {
                 self.failures.remove(&slot);

@@ -750,3 +750,55 @@ fn a_step_never_committed_is_planned_again() {
         "{out:?}"
     );
 }
+
+// A retried operation first deletes the servers of the VMs it replaced
+// (committed one by one), and completes only once they are gone.
+#[test]
+fn a_retry_deletes_the_replaced_servers_before_completing() {
+    let mut l = leading();
+    let mut r = deploy(1);
+    r.vms[0].server_id = Some("s-new".into());
+    r.vms[0].state = VmState::Alive;
+    r.cleanup = vec!["s-old".into()];
+    let out = l.handle(0, Input::Records(vec![r.clone()]));
+    let (del, vim) = calls(&out)[0].clone();
+    assert_eq!(
+        vim,
+        VimCall::Delete {
+            server_id: "s-old".into()
+        }
+    );
+    assert!(steps(&out).is_empty(), "not completed while it exists");
+    let out = l.handle(
+        1,
+        Input::Answer {
+            call: del,
+            answer: Answer::NotFound,
+        },
+    );
+    assert_eq!(
+        steps(&out),
+        vec![Step::ServerGone {
+            op: "op1".into(),
+            server_id: "s-old".into()
+        }]
+    );
+    let out = commit(&mut l, &mut r, &out, 2);
+    assert!(r.cleanup.is_empty());
+    let (list, vim) = calls(&out)[0].clone();
+    assert!(matches!(vim, VimCall::ListDeployment { .. }));
+    let out = l.handle(
+        3,
+        Input::Answer {
+            call: list,
+            answer: Answer::Found(vec![server("s-new", &key(0).server_name(), "ACTIVE")]),
+        },
+    );
+    assert!(matches!(
+        steps(&out)[..],
+        [Step::Settled {
+            state: OperationState::Completed,
+            ..
+        }]
+    ));
+}

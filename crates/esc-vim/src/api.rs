@@ -212,11 +212,6 @@ pub async fn serve_vim(listener: tokio::net::TcpListener, vim: Vim) -> std::io::
     .await
 }
 
-/// Serves the control plane of `vim` on `listener` (`control`).
-pub async fn serve_control(listener: tokio::net::TcpListener, vim: Vim) -> std::io::Result<()> {
-    axum::serve(listener, crate::control::router(vim)).await
-}
-
 /// What the lab's faults make of one API call (`faults`), outside its
 /// token check.
 async fn inject(

@@ -22,6 +22,11 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+/// Serves the control plane of `vim` on `listener`.
+pub async fn serve_control(listener: tokio::net::TcpListener, vim: Vim) -> std::io::Result<()> {
+    axum::serve(listener, router(vim)).await
+}
+
 pub fn router(vim: Vim) -> Router {
     Router::new()
         .route("/control/v1/state", get(state))

@@ -31,5 +31,6 @@ pub mod control;
 pub mod faults;
 pub mod servers;
 
-pub use api::{serve, serve_control, serve_vim, Credentials, Vim};
+pub use api::{serve, serve_vim, Credentials, Vim};
 pub use cloud::{Capacity, Cloud};
+pub use control::serve_control;

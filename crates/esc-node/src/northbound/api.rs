@@ -132,6 +132,10 @@ pub async fn serve(
         )
         .route("/v0/tenants", axum::routing::post(create_tenant))
         .route("/v0/operations/{id}", get(show_operation))
+        .route(
+            "/v0/operations/{id}/{task}",
+            axum::routing::post(control_operation),
+        )
         .route("/v0/events", get(events))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
         .with_state(state);
@@ -301,6 +305,15 @@ fn render(answer: Answer, replayed: bool) -> Response {
         Outcome::CallbacksDelivered { removed } => {
             (StatusCode::OK, serde_json::json!({ "removed": removed }))
         }
+        // A retry is accepted (carried out again by the runner); a fail is done.
+        Outcome::OperationControlled { op_id, state } => (
+            if state == esc_domain::model::OperationState::Processing {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            },
+            serde_json::json!({ "operation": op_id, "state": state, "href": format!("/v0/operations/{op_id}") }),
+        ),
         Outcome::StepRecorded { op_id, state } => (
             StatusCode::OK,
             serde_json::json!({ "operation": op_id, "state": state }),
@@ -309,7 +322,8 @@ fn render(answer: Answer, replayed: bool) -> Response {
             let status = match refused {
                 Refused::DeploymentExists { .. }
                 | Refused::TenantExists { .. }
-                | Refused::OperationInProgress { .. } => StatusCode::CONFLICT,
+                | Refused::OperationInProgress { .. }
+                | Refused::NotFailedTemp { .. } => StatusCode::CONFLICT,
                 Refused::NoSuchDeployment { .. }
                 | Refused::NoSuchTenant { .. }
                 | Refused::NoSuchOperation { .. } => StatusCode::NOT_FOUND,
@@ -862,6 +876,37 @@ async fn show_deployment(
     let n = name.clone();
     let missing = Refused::NoSuchDeployment { name }.to_string();
     show_record(&state, move |r| query::service(r, &n), missing).await
+}
+
+/// `POST /v0/operations/{id}/retry` and `.../fail` (ETSI NFV-SOL 003's
+/// tasks of an LCM operation occurrence) for a FAILED_TEMP operation.
+async fn control_operation(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath((id, task)): UrlPath<(String, String)>,
+) -> Response {
+    write_request(state, headers, "POST", None, |_| async move {
+        let action = match task.as_str() {
+            "retry" => esc_domain::model::LcmControl::Retry,
+            "fail" => esc_domain::model::LcmControl::Fail,
+            _ => {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("{task:?}: an operation's tasks are retry and fail"),
+                ))
+            }
+        };
+        if id.is_empty() || id.len() > 64 {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "an operation id is 1 to 64 characters",
+            ));
+        }
+        info!(op = %id, %task, "operation task");
+        let fp = fingerprint(&[b"POST /v0/operations/", id.as_bytes(), task.as_bytes()]);
+        Ok((fp, Op::ControlOperation { op_id: id, action }))
+    })
+    .await
 }
 
 /// `GET /v0/operations/{id}`: an operation occurrence and its steps.
