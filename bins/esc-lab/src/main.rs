@@ -479,16 +479,23 @@ fn bench_service(
 const DEMO_VNFS: usize = 4;
 const DEMO_VMS: u32 = 2;
 
-/// In the client namespace: the tenant, then the demo's deployments (each
-/// resent with its key until answered); their operation ids.
-fn demo_deploy() -> anyhow::Result<Vec<(String, String)>> {
+/// A runtime and an HTTP client for the demo's calls from the client
+/// namespace.
+fn demo_client() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    Ok((rt, c))
+}
+
+/// In the client namespace: the tenant, then the demo's deployments (each
+/// resent with its key until answered); their operation ids.
+fn demo_deploy() -> anyhow::Result<Vec<(String, String)>> {
+    let (rt, c) = demo_client()?;
     rt.block_on(async {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
         let base = format!("http://{}:8080", esc_lab::cluster::VIP);
         let tenant = serde_json::json!({"name": "svc"});
         esc_lab::service::send(
@@ -527,13 +534,8 @@ fn demo_deploy() -> anyhow::Result<Vec<(String, String)>> {
 
 /// In the client namespace: each demo VNF's state and VMs alive, now.
 fn demo_states() -> anyhow::Result<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (rt, c) = demo_client()?;
     rt.block_on(async {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
         let base = format!("http://{}:8080", esc_lab::cluster::VIP);
         let mut out = Vec::new();
         for i in 0..DEMO_VNFS {
@@ -563,13 +565,8 @@ fn demo_states() -> anyhow::Result<Vec<String>> {
 /// In the client namespace: waits for every demo VNF to settle; one line
 /// per VNF, the VIM's server names and how many creates it saw.
 fn demo_vnfs() -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (rt, c) = demo_client()?;
     rt.block_on(async {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
         let base = format!("http://{}:8080", esc_lab::cluster::VIP);
         let mut lines = Vec::new();
         for i in 0..DEMO_VNFS {

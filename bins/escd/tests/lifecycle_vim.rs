@@ -88,6 +88,30 @@ fn spec(min_active: u32) -> serde_json::Value {
     })
 }
 
+/// One authenticated API call to `node`: its status and JSON body.
+fn api(
+    rt: &tokio::runtime::Runtime,
+    c: &reqwest::Client,
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    rt.block_on(async {
+        let mut r = c
+            .request(method, node.url(path))
+            .basic_auth("admin", Some(PASSWORD));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    })
+}
+
 /// A node whose `[vim]` points at `vim` (a base URL); the password file
 /// lives in the returned directory.
 fn node_with_vim(vim: &str) -> (Node, tempfile::TempDir) {
@@ -129,19 +153,7 @@ fn the_stage_is_init_and_deploys_get_503_until_the_vim_answers() {
     let rt = rt();
     let c = client();
     let post = |path: &str, body: serde_json::Value| {
-        rt.block_on(async {
-            let r = c
-                .post(node.url(path))
-                .basic_auth("admin", Some(PASSWORD))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
-        })
+        api(&rt, &c, &node, reqwest::Method::POST, path, Some(body))
     };
     assert_eq!(
         post("/v0/tenants", serde_json::json!({"name": "t1"})).0,
@@ -214,20 +226,7 @@ fn a_service_is_deployed_on_the_vim_and_undeployed() {
     let rt = rt();
     let c = client();
     let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
-        rt.block_on(async {
-            let mut r = c
-                .request(method, node.url(path))
-                .basic_auth("admin", Some(PASSWORD));
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            let r = r.send().await.unwrap();
-            let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        })
+        api(&rt, &c, &node, method, path, body)
     };
     use reqwest::Method;
     // Bad input: the field is named; nothing is started.
@@ -501,19 +500,7 @@ fn a_failed_temp_deploy_is_retried_to_completion() {
     let rt = rt();
     let c = client();
     let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
-        rt.block_on(async {
-            let mut r = c
-                .request(method, node.url(path))
-                .basic_auth("admin", Some(PASSWORD));
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            let r = r.send().await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        })
+        api(&rt, &c, &node, method, path, body)
     };
     use reqwest::Method;
     wait_until(Duration::from_secs(10), "the VIM answers", || {

@@ -176,6 +176,16 @@ fn settle(
             }
         }
     }
+    owe_callback(cmd, record, state)
+}
+
+/// The result owed to the operation's callback URL, if it has one, as it
+/// stands now (a later settlement overwrites one not yet delivered).
+fn owe_callback(
+    cmd: &Command,
+    record: &OperationRecord,
+    state: &mut dyn State,
+) -> Result<(), StateError> {
     if let Some(url) = &record.callback {
         let delivery = Callback {
             op_id: record.id.clone(),
@@ -343,18 +353,7 @@ pub fn control(
         LcmControl::Fail => {
             record.state = OperationState::Failed;
             record.settled_at_ms = Some(cmd.at_ms);
-            if let Some(url) = &record.callback {
-                let delivery = Callback {
-                    op_id: record.id.clone(),
-                    tid: record.tid.clone(),
-                    url: url.clone(),
-                    deployment: record.deployment_id.clone(),
-                    state: record.state,
-                    message: record.error.clone(),
-                    settled_at_ms: cmd.at_ms,
-                };
-                write(state, &keys::callback(&record.id), &delivery)?;
-            }
+            owe_callback(cmd, &record, state)?;
         }
     }
     write(state, &ok, &record)?;

@@ -15,17 +15,17 @@
 
 use crate::logging::HA;
 use crate::services::PrimaryService;
-use crate::shared::{unix_ms, Event, Shared};
+use crate::shared::Shared;
 use base64::Engine;
 use esc_domain::model::VmGroup;
-use esc_domain::{query, Command, Op};
+use esc_domain::{query, Op};
 use esc_lifecycle::{Answer, Input, Lifecycle, Output, ServerInfo, VimCall};
 use esc_openstack::{Client, CreateServer, Error};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// How often the runner looks whether the applied state moved.
@@ -294,27 +294,10 @@ async fn run(
                         let _ = tx.send((call, a));
                     });
                 }
+                // The record's change reaches the core through the store;
+                // a step that did not commit is planned again (`repropose_ms`).
                 Output::Propose(step) => {
-                    let events = shared.events.clone();
-                    tokio::spawn(async move {
-                        let cmd = Command {
-                            tid: uuid::Uuid::new_v4().to_string(),
-                            idempotency_key: None,
-                            fingerprint: String::new(),
-                            at_ms: unix_ms(),
-                            op: Op::RecordStep { step },
-                        };
-                        let (reply, rx) = oneshot::channel();
-                        let payload = cmd.to_payload();
-                        if events.send(Event::Propose { payload, reply }).await.is_ok() {
-                            // The record's change reaches the core through
-                            // the store; a step that did not commit is
-                            // proposed again by the next primary's core.
-                            if let Ok(Err(r)) = rx.await {
-                                warn!(target: HA, "a lifecycle step was not committed: {r:?}");
-                            }
-                        }
-                    });
+                    crate::services::propose(&shared, Op::RecordStep { step }, "a lifecycle step")
                 }
             }
         }

@@ -15,14 +15,14 @@
 
 use crate::logging::HA;
 use crate::services::PrimaryService;
-use crate::shared::{unix_ms, Event, Shared};
+use crate::shared::Shared;
 use esc_domain::model::{Callback, OperationState};
-use esc_domain::{query, Command, Op};
+use esc_domain::{query, Op};
 use esc_lifecycle::delivery::{Config, Deliveries, Input, Output};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// One POST to a callback URL, connect included.
@@ -124,27 +124,6 @@ async fn post(shared: Shared, http: reqwest::Client, c: Callback) -> Result<(), 
     }
 }
 
-fn propose_delivered(shared: &Shared, op_ids: Vec<String>) {
-    let events = shared.events.clone();
-    tokio::spawn(async move {
-        let cmd = Command {
-            tid: uuid::Uuid::new_v4().to_string(),
-            idempotency_key: None,
-            fingerprint: String::new(),
-            at_ms: unix_ms(),
-            op: Op::CallbacksDelivered { op_ids },
-        };
-        let (reply, rx) = oneshot::channel();
-        let payload = cmd.to_payload();
-        if events.send(Event::Propose { payload, reply }).await.is_ok() {
-            // Not committed: the core proposes it again (`recommit_ms`).
-            if let Ok(Err(r)) = rx.await {
-                warn!(target: HA, "delivered callbacks were not committed: {r:?}");
-            }
-        }
-    });
-}
-
 async fn run(shared: Shared, http: reqwest::Client, cfg: Config, mut stop: watch::Receiver<bool>) {
     let mut core = Deliveries::new(cfg);
     let start = Instant::now();
@@ -168,7 +147,12 @@ async fn run(shared: Shared, http: reqwest::Client, cfg: Config, mut stop: watch
                         let _ = tx.send((op, r));
                     });
                 }
-                Output::Commit(ids) => propose_delivered(&shared, ids),
+                // Not committed: the core proposes it again (`recommit_ms`).
+                Output::Commit(op_ids) => crate::services::propose(
+                    &shared,
+                    Op::CallbacksDelivered { op_ids },
+                    "a delivery of callbacks",
+                ),
                 Output::Abandoned {
                     op_id,
                     url,

@@ -32,6 +32,32 @@ pub trait PrimaryService: Send + Sync + 'static {
     fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
 }
 
+/// Proposes `op` through the owner like a client write, from a
+/// primary-only service, without waiting for it; a refusal is logged as
+/// `what` (the service's core proposes again what did not commit).
+pub fn propose(shared: &crate::shared::Shared, op: esc_domain::Op, what: &'static str) {
+    let events = shared.events.clone();
+    tokio::spawn(async move {
+        let cmd = esc_domain::Command {
+            tid: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: None,
+            fingerprint: String::new(),
+            at_ms: crate::shared::unix_ms(),
+            op,
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let payload = cmd.to_payload();
+        let sent = events
+            .send(crate::shared::Event::Propose { payload, reply })
+            .await;
+        if sent.is_ok() {
+            if let Ok(Err(r)) = rx.await {
+                warn!(target: HA, "{what} was not committed: {r:?}");
+            }
+        }
+    });
+}
+
 /// Starts `services` whenever `leading` is true and stops them at its next
 /// change: a step-down, or a step-down and a new term in quick succession
 /// (the watch then reads true again, but each term starts afresh). Runs
