@@ -566,4 +566,46 @@ fn a_failed_temp_deploy_is_retried_to_completion() {
     );
     let (status, _) = call(Method::POST, &format!("{op_url}/melt"), None);
     assert_eq!(status, 404);
+
+    // Another deploy fails the same way; this one is rolled back: every
+    // server it made is deleted and the deployment is gone.
+    let mut s2 = spec(2);
+    s2["name"] = "web2".into();
+    s2["vm_groups"][0]["interfaces"][0]["ip_addresses"] = serde_json::json!([]);
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(s2));
+    assert_eq!(status, 202, "{body}");
+    let op2 = format!("/v0/operations/{}", body["operation"].as_str().unwrap());
+    // Let it make a server first, then fail every call.
+    wait_until(Duration::from_secs(30), "a server of web2", || {
+        rt.block_on(vim_client(&vim).servers(Some("esc-web2-")))
+            .is_ok_and(|l| !l.is_empty())
+    });
+    handle
+        .set_faults(esc_vim::faults::ApiFaults {
+            fail_rate: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+    wait_until(Duration::from_secs(60), "web2 FAILED_TEMP", || {
+        call(Method::GET, &op2, None).1["state"] == "FAILED_TEMP"
+    });
+    handle
+        .set_faults(esc_vim::faults::ApiFaults::default())
+        .unwrap();
+    let (status, body) = call(Method::POST, &format!("{op2}/rollback"), None);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "ROLLING_BACK");
+    wait_until(Duration::from_secs(60), "ROLLED_BACK", || {
+        call(Method::GET, &op2, None).1["state"] == "ROLLED_BACK"
+    });
+    assert_eq!(call(Method::GET, "/v0/deployments/web2", None).0, 404);
+    let left = rt.block_on(vim_client(&vim).servers(None)).unwrap();
+    assert!(
+        left.iter().all(|s| !s.name.starts_with("esc-web2-")),
+        "no server of web2 left: {left:?}"
+    );
+    assert_eq!(left.len(), 2, "web's servers stay");
+    // Only a deploy rolls back; an operation not FAILED_TEMP takes no task.
+    let (status, _) = call(Method::POST, &format!("{op_url}/rollback"), None);
+    assert_eq!(status, 409);
 }

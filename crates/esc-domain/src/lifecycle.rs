@@ -149,6 +149,18 @@ fn settle(
     service.current_op = None;
     service.last_op = Some(record.id.clone());
     match &record.kind {
+        // A deploy rolled back: every server gone, like an undeploy.
+        OperationKind::Deploy { .. } if record.state == OperationState::RolledBack => {
+            events.push(esc_event(
+                "SERVICE_UNDEPLOYED",
+                &service,
+                None,
+                "SUCCESS",
+                format!("operation {} rolled back", record.id),
+            ));
+            state.delete(&sk)?;
+            add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
+        }
         OperationKind::Deploy { .. } => {
             service.state = if failed {
                 ServiceState::Error
@@ -346,6 +358,37 @@ pub fn control(
                 None,
                 "SUCCESS",
                 format!("operation {op_id} retried"),
+            ));
+            write(state, &sk, s)?;
+            write(state, &keys::active_operation(op_id), &index)?;
+        }
+        LcmControl::Rollback => {
+            if !matches!(record.kind, OperationKind::Deploy { .. }) {
+                return Ok(refused(Refused::Invalid(format!(
+                    "operation {op_id} is not a deploy: only a deploy can be rolled back (retry or fail it)"
+                ))));
+            }
+            let Some(s) = service.as_mut() else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: record.deployment_id.clone(),
+                }));
+            };
+            if let Some(other) = s.current_op.clone() {
+                return Ok(refused(Refused::OperationInProgress {
+                    deployment: record.deployment_id.clone(),
+                    op_id: other,
+                }));
+            }
+            record.state = OperationState::RollingBack;
+            record.settled_at_ms = None;
+            s.current_op = Some(op_id.into());
+            s.state = ServiceState::Undeploying;
+            events.push(esc_event(
+                "SERVICE_UNDEPLOYING",
+                s,
+                None,
+                "SUCCESS",
+                format!("operation {op_id} rolling back"),
             ));
             write(state, &sk, s)?;
             write(state, &keys::active_operation(op_id), &index)?;

@@ -647,6 +647,9 @@ pub enum LcmControl {
     /// Give up: the operation is FAILED for good; the deployment stays
     /// in error (undeploy it).
     Fail,
+    /// Undo a deploy: every server of the deployment deleted, the
+    /// operation ROLLED_BACK, the deployment gone (a deploy only).
+    Rollback,
 }
 
 /// A step's result, proposed by the lifecycle core and committed through

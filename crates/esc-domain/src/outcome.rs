@@ -54,7 +54,7 @@ pub enum Refused {
     OperationInProgress { deployment: String, op_id: String },
     #[error("no operation {op_id}")]
     NoSuchOperation { op_id: String },
-    #[error("operation {op_id} is {state}: only a FAILED_TEMP operation can be retried or failed")]
+    #[error("operation {op_id} is {state}: only a FAILED_TEMP operation can be retried, rolled back or failed")]
     NotFailedTemp { op_id: String, state: String },
     /// The key of an earlier command, for a different request.
     #[error("Idempotency-Key was already used for a different request")]

@@ -360,3 +360,55 @@ fn a_failed_temp_operation_is_retried_with_new_servers_or_failed() {
         }
     ));
 }
+
+#[test]
+fn a_failed_temp_deploy_rolls_back_to_nothing() {
+    use esc_domain::model::LcmControl;
+    let mut log = Log::new();
+    tenant(&mut log);
+    log.apply(deploy("op1", 1));
+    log.apply(step(Step::ServerBound {
+        op: "op1".into(),
+        key: key(0),
+        server_id: "s0".into(),
+        adopted: false,
+    }));
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::FailedTemp,
+        error: Some("the VIM kept failing".into()),
+    }));
+    assert_eq!(query::deployment_count(&log.state).unwrap(), 1);
+    assert_eq!(
+        log.apply(Op::ControlOperation {
+            op_id: "op1".into(),
+            action: LcmControl::Rollback
+        }),
+        Outcome::OperationControlled {
+            op_id: "op1".into(),
+            state: OperationState::RollingBack
+        }
+    );
+    assert_eq!(query::active_operations(&log.state).unwrap().len(), 1);
+    assert_eq!(
+        query::service(&log.state, "web").unwrap().unwrap().state,
+        ServiceState::Undeploying
+    );
+    log.apply(step(Step::ServerGone {
+        op: "op1".into(),
+        server_id: "s0".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::RolledBack,
+        error: None,
+    }));
+    assert!(query::service(&log.state, "web").unwrap().is_none());
+    assert_eq!(query::deployment_count(&log.state).unwrap(), 0);
+    assert_eq!(
+        query::operation(&log.state, "op1").unwrap().unwrap().state,
+        OperationState::RolledBack
+    );
+    let names: Vec<String> = log.esc_events().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(names.last().unwrap(), "SERVICE_UNDEPLOYED");
+}

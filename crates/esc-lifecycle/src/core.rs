@@ -314,8 +314,10 @@ impl Lifecycle {
         let ops: Vec<OperationRecord> = self.records.values().cloned().collect();
         for r in ops {
             let settle = (r.id.clone(), Target::Settle);
+            // A rollback removes what the deploy made, as an undeploy does.
+            let rolling_back = r.state == OperationState::RollingBack;
             match &r.kind {
-                OperationKind::Deploy { .. } => {
+                OperationKind::Deploy { .. } if !rolling_back => {
                     if let Some(failed) = r.vms.iter().find(|v| v.state == VmState::Error) {
                         let error = format!(
                             "VM {} failed: {}",
@@ -381,7 +383,7 @@ impl Lifecycle {
                         self.call(slot, vim, out);
                     }
                 }
-                OperationKind::Undeploy => {
+                OperationKind::Undeploy | OperationKind::Deploy { .. } => {
                     let slot = (r.id.clone(), Target::Deployment);
                     if self.inflight.len() < self.cfg.calls_in_flight_max
                         && !self.busy(&slot)
@@ -539,25 +541,28 @@ impl Lifecycle {
             }
             (Answer::Found(servers), Target::Deployment, _) => {
                 self.failures.remove(&slot);
-                // A deploy keeps the servers its VMs hold; an undeploy none.
+                // A deploy keeps the servers its VMs hold; an undeploy or a
+                // rollback none.
+                let rolling_back = r.state == OperationState::RollingBack;
                 let keep: Vec<&str> = match &r.kind {
-                    OperationKind::Deploy { .. } => r
+                    OperationKind::Deploy { .. } if !rolling_back => r
                         .vms
                         .iter()
                         .filter_map(|v| v.server_id.as_deref())
                         .collect(),
-                    OperationKind::Undeploy => Vec::new(),
+                    _ => Vec::new(),
+                };
+                let done = if rolling_back {
+                    OperationState::RolledBack
+                } else {
+                    OperationState::Completed
                 };
                 let servers: Vec<ServerInfo> = servers
                     .into_iter()
                     .filter(|s| !keep.contains(&s.id.as_str()))
                     .collect();
                 if servers.is_empty() {
-                    self.propose(
-                        (op.clone(), Target::Settle),
-                        settled(&op, OperationState::Completed, None),
-                        out,
-                    );
+                    self.propose((op.clone(), Target::Settle), settled(&op, done, None), out);
                     return;
                 }
                 // Look again once these deletes had time to take effect.
@@ -571,7 +576,8 @@ impl Lifecycle {
                 }
             }
             (Answer::Deleted | Answer::NotFound, Target::Server(id), _)
-                if matches!(r.kind, OperationKind::Deploy { .. }) =>
+                if matches!(r.kind, OperationKind::Deploy { .. })
+                    && r.state != OperationState::RollingBack =>
             {
                 self.failures.remove(&slot);
                 // A replaced VM's server is gone: committed, so the retry

@@ -802,3 +802,56 @@ fn a_retry_deletes_the_replaced_servers_before_completing() {
         }]
     ));
 }
+
+// A rollback of a deploy lists the deployment and deletes every server,
+// the ones its VMs hold included, then settles ROLLED_BACK.
+#[test]
+fn a_rollback_deletes_every_server_then_settles_rolled_back() {
+    let mut l = leading();
+    let mut r = deploy(1);
+    r.vms[0].server_id = Some("s0".into());
+    r.state = OperationState::RollingBack;
+    let out = l.handle(0, Input::Records(vec![r.clone()]));
+    let (list, vim) = calls(&out)[0].clone();
+    assert!(matches!(vim, VimCall::ListDeployment { .. }), "{vim:?}");
+    let out = l.handle(
+        1,
+        Input::Answer {
+            call: list,
+            answer: Answer::Found(vec![server("s0", &key(0).server_name(), "ACTIVE")]),
+        },
+    );
+    let (del, vim) = calls(&out)[0].clone();
+    assert_eq!(
+        vim,
+        VimCall::Delete {
+            server_id: "s0".into()
+        }
+    );
+    let out = l.handle(
+        2,
+        Input::Answer {
+            call: del,
+            answer: Answer::Deleted,
+        },
+    );
+    let out = commit(&mut l, &mut r, &out, 3);
+    assert!(r.vms.is_empty());
+    assert!(calls(&out).is_empty());
+    let (list, _) = calls(&l.handle(200, Input::Tick))[0].clone();
+    let out = l.handle(
+        201,
+        Input::Answer {
+            call: list,
+            answer: Answer::Found(vec![]),
+        },
+    );
+    assert_eq!(
+        steps(&out),
+        vec![Step::Settled {
+            op: "op1".into(),
+            state: OperationState::RolledBack,
+            error: None
+        }]
+    );
+}

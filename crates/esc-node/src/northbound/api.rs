@@ -305,9 +305,14 @@ fn render(answer: Answer, replayed: bool) -> Response {
         Outcome::CallbacksDelivered { removed } => {
             (StatusCode::OK, serde_json::json!({ "removed": removed }))
         }
-        // A retry is accepted (carried out again by the runner); a fail is done.
+        // A retry or a rollback is accepted (carried out by the runner); a
+        // fail is done.
         Outcome::OperationControlled { op_id, state } => (
-            if state == esc_domain::model::OperationState::Processing {
+            if matches!(
+                state,
+                esc_domain::model::OperationState::Processing
+                    | esc_domain::model::OperationState::RollingBack
+            ) {
                 StatusCode::ACCEPTED
             } else {
                 StatusCode::OK
@@ -878,7 +883,7 @@ async fn show_deployment(
     show_record(&state, move |r| query::service(r, &n), missing).await
 }
 
-/// `POST /v0/operations/{id}/retry` and `.../fail` (ETSI NFV-SOL 003's
+/// `POST /v0/operations/{id}/retry`, `.../rollback` and `.../fail` (ETSI NFV-SOL 003's
 /// tasks of an LCM operation occurrence) for a FAILED_TEMP operation.
 async fn control_operation(
     State(state): State<ApiState>,
@@ -889,10 +894,11 @@ async fn control_operation(
         let action = match task.as_str() {
             "retry" => esc_domain::model::LcmControl::Retry,
             "fail" => esc_domain::model::LcmControl::Fail,
+            "rollback" => esc_domain::model::LcmControl::Rollback,
             _ => {
                 return Err(error(
                     StatusCode::NOT_FOUND,
-                    format!("{task:?}: an operation's tasks are retry and fail"),
+                    format!("{task:?}: an operation's tasks are retry, rollback and fail"),
                 ))
             }
         };
