@@ -23,7 +23,7 @@ fi
 for tool in ip nft; do
   command -v "$tool" >/dev/null || { echo "demo.sh: '$tool' is missing: apt-get install -y iproute2 nftables" >&2; exit 2; }
 done
-cargo build --release -q -p escd -p escadm -p esc-lab-cli -p esc-vim-cli
+cargo build --release -q -p escd -p escadm -p esc-lab-cli -p esc-vim-cli -p esc-vnf
 # A lab left by an interrupted earlier run is removed first.
 target/release/esc-lab down >/dev/null
 exec target/release/esc-lab --bins target/release demo

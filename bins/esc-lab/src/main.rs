@@ -632,7 +632,7 @@ fn demo_vnfs() -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
 
 fn demo(bins: &Bins, history_dir: &std::path::Path) -> anyhow::Result<bool> {
     println!("== bringing up esc-1, esc-2 and the witness in network namespaces (escadm ha set + reload), and the lab's VIM (esc-vim)");
-    let (mut c, _vim_secrets) = esc_lab::service::up("ld", bins, Fault::PowerFailure)?;
+    let (mut c, _vim_secrets) = esc_lab::service::up_with("ld", bins, Fault::PowerFailure, true)?;
     let p = c.wait_ready()?;
     let s = 1 - p;
     println!(

@@ -398,11 +398,11 @@ pub async fn control(
         r = r.json(b);
     }
     let r = r.send().await.map_err(|e| e.to_string())?;
-    anyhow_status(r.status().as_u16(), path)?;
+    answered_200(r.status().as_u16(), path)?;
     r.json().await.map_err(|e| e.to_string())
 }
 
-fn anyhow_status(status: u16, what: &str) -> Result<(), String> {
+fn answered_200(status: u16, what: &str) -> Result<(), String> {
     if status == 200 {
         Ok(())
     } else {

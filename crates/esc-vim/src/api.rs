@@ -143,17 +143,21 @@ impl Vim {
     }
 
     /// Plays a fault on a namespace server (`control`).
-    pub fn server_fault(&self, id: &str, fault: crate::servers::Fault) -> Result<(), String> {
-        match &self.runtime {
-            Some(rt) => {
-                self.lock().cloud.server(id).map_err(|e| e.to_string())?;
-                rt.fault(id, fault)
-            }
+    /// A server not found is the cloud's refusal (404); any other
+    /// failure is the message (409).
+    pub fn server_fault(
+        &self,
+        id: &str,
+        fault: crate::servers::Fault,
+    ) -> Result<Result<(), String>, VimError> {
+        self.lock().cloud.server(id)?;
+        Ok(match &self.runtime {
+            Some(rt) => rt.fault(id, fault),
             None => Err(
                 "light servers have no process or link to fail: run esc-vim with --netns-switch"
                     .into(),
             ),
-        }
+        })
     }
 
     /// Sets the API faults (`faults`).

@@ -130,11 +130,11 @@ async fn server_fault(
         );
     };
     match vim.server_fault(&id, f) {
-        Ok(()) => {
+        Err(e) => error_response(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Ok(())) => {
             tracing::info!(server = %id, fault = %fault, "server fault played");
             Json(json!({ "server": id, "fault": fault })).into_response()
         }
-        Err(e) if e.starts_with("Instance") => error_response(StatusCode::NOT_FOUND, e),
-        Err(e) => error_response(StatusCode::CONFLICT, e),
+        Ok(Err(e)) => error_response(StatusCode::CONFLICT, e),
     }
 }
