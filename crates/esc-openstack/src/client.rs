@@ -3,7 +3,7 @@
 //! call is retried once). Every call is bounded by the connector's timeout.
 
 use crate::error::Error;
-use crate::model::{CreateServer, Flavor, Image, Limits, Network, Server};
+use crate::model::{CreateServer, Flavor, Image, InstanceAction, Limits, Network, Server};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -417,6 +417,18 @@ impl Client {
     /// Compute "Stop Server" (`os-stop`).
     pub async fn stop(&self, id: &str) -> Result<(), Error> {
         self.action(id, json!({ "os-stop": null })).await
+    }
+
+    /// Compute "List Actions For Server" (`os-instance-actions`), newest
+    /// first: the lifecycle's mark that an action it asked for was
+    /// carried out (the newest request id moves).
+    pub async fn instance_actions(&self, id: &str) -> Result<Vec<InstanceAction>, Error> {
+        self.get(
+            |s| &s.compute,
+            &format!("/servers/{}/os-instance-actions", encode(id)),
+            "instanceActions",
+        )
+        .await
     }
 
     async fn action(&self, id: &str, body: Value) -> Result<(), Error> {

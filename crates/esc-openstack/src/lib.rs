@@ -20,4 +20,4 @@ mod time;
 
 pub use client::{Client, Connector, Health, Secret};
 pub use error::Error;
-pub use model::{Address, CreateServer, Flavor, Image, Limits, Network, Server};
+pub use model::{Address, CreateServer, Flavor, Image, InstanceAction, Limits, Network, Server};

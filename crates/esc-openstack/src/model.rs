@@ -37,6 +37,16 @@ pub struct Address {
 }
 
 /// A server's fault (why it is in ERROR).
+/// One entry of "List Actions For Server" (Compute API reference).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InstanceAction {
+    /// `create`, `reboot`, `stop`, `start`, `delete`, ...
+    pub action: String,
+    pub request_id: String,
+    #[serde(default)]
+    pub start_time: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Fault {
     #[serde(default)]

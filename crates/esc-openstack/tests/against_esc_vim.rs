@@ -93,7 +93,19 @@ async fn a_server_lives_and_dies_through_the_api() {
     // A second stop is refused by the state, not by the request.
     assert!(matches!(c.stop(&id).await, Err(Error::Conflict(_))));
     c.start(&id).await.unwrap();
+    // Every change is an instance action, newest first, each with its own
+    // request id (a manual action's mark).
+    let actions = c.instance_actions(&id).await.unwrap();
+    let words: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(words, ["start", "stop", "reboot", "create"]);
+    let ids: std::collections::BTreeSet<&str> =
+        actions.iter().map(|a| a.request_id.as_str()).collect();
+    assert_eq!(ids.len(), 4);
     c.delete_server(&id).await.unwrap();
+    assert!(matches!(
+        c.instance_actions(&id).await,
+        Err(Error::NotFound(_))
+    ));
     assert!(matches!(c.server(&id).await, Err(Error::NotFound(_))));
     assert!(matches!(
         c.delete_server(&id).await,

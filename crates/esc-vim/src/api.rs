@@ -284,6 +284,10 @@ fn router(vim: Vim) -> Router {
             get(show_server).delete(delete_server),
         )
         .route("/compute/v2.1/servers/{id}/action", post(server_action))
+        .route(
+            "/compute/v2.1/servers/{id}/os-instance-actions",
+            get(list_instance_actions),
+        )
         .route("/compute/v2.1/limits", get(show_limits))
         .route("/compute/v2.1/flavors", get(list_flavors))
         .route("/compute/v2.1/flavors/detail", get(list_flavors))
@@ -825,6 +829,30 @@ async fn server_action(
                 }
             }
             nova_headers(StatusCode::ACCEPTED.into_response())
+        }
+        Err(e) => vim_error(e),
+    }
+}
+
+/// Compute "List Actions For Server" (`os-instance-actions`): every change
+/// the server went through, newest first, as Nova lists them (the
+/// manager's mark that an action it asked for was carried out).
+async fn list_instance_actions(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
+    let g = vim.lock();
+    match g.cloud.actions(&id) {
+        Ok(list) => {
+            let actions: Vec<Value> = list
+                .iter()
+                .map(|c| {
+                    json!({
+                        "action": c.nova_action(), "instance_uuid": c.server_id,
+                        "request_id": c.request_id, "user_id": USER_ID,
+                        "project_id": PROJECT_ID, "start_time": at(&vim, c.at_ms),
+                        "message": null,
+                    })
+                })
+                .collect();
+            nova_headers(Json(json!({ "instanceActions": actions })).into_response())
         }
         Err(e) => vim_error(e),
     }

@@ -184,6 +184,20 @@ pub struct Change {
     pub name: String,
     /// `create`, `delete`, `reboot`, `hard-reboot`, `start`, `stop`.
     pub what: String,
+    /// Nova's request id of the change (`req-` and a UUID), as
+    /// "List Actions For Server" shows it: unique, in order.
+    pub request_id: String,
+}
+
+impl Change {
+    /// The action's name in Nova's instance actions (a hard reboot is a
+    /// `reboot` there).
+    pub fn nova_action(&self) -> &str {
+        match self.what.as_str() {
+            "hard-reboot" => "reboot",
+            w => w,
+        }
+    }
 }
 
 /// The creation request (Compute API reference, "Create Server").
@@ -464,12 +478,7 @@ impl Cloud {
                 });
             }
         }
-        self.history.push(Change {
-            at_ms: now_ms,
-            server_id: id.clone(),
-            name: req.name.clone(),
-            what: "create".into(),
-        });
+        self.note(now_ms, &id, &req.name, "create");
         let server = Server {
             id: id.clone(),
             name: req.name,
@@ -515,12 +524,8 @@ impl Cloud {
                 pool.used.remove(&h);
             }
         }
-        self.history.push(Change {
-            at_ms: now_ms,
-            server_id: id.to_string(),
-            name: s.name.clone(),
-            what: "delete".into(),
-        });
+        let name = s.name.clone();
+        self.note(now_ms, id, &name, "delete");
         Ok(())
     }
 
@@ -567,13 +572,34 @@ impl Cloud {
         }
         s.updated_ms = now_ms;
         let name = s.name.clone();
+        self.note(now_ms, id, &name, action.word());
+        Ok(())
+    }
+
+    /// Keeps a change in the history, with the next request id.
+    fn note(&mut self, now_ms: u64, server_id: &str, name: &str, what: &str) {
+        let request_id = format!(
+            "req-00000000-0000-4000-8000-{:012x}",
+            self.history.len() + 1
+        );
         self.history.push(Change {
             at_ms: now_ms,
-            server_id: id.to_string(),
-            name,
-            what: action.word().into(),
+            server_id: server_id.to_string(),
+            name: name.to_string(),
+            what: what.to_string(),
+            request_id,
         });
-        Ok(())
+    }
+
+    /// "List Actions For Server": the server's changes, newest first.
+    pub fn actions(&self, id: &str) -> Result<Vec<&Change>, VimError> {
+        self.server(id)?;
+        Ok(self
+            .history
+            .iter()
+            .rev()
+            .filter(|c| c.server_id == id)
+            .collect())
     }
 }
 
