@@ -609,3 +609,161 @@ fn a_failed_temp_deploy_is_retried_to_completion() {
     let (status, _) = call(Method::POST, &format!("{op_url}/rollback"), None);
     assert_eq!(status, 409);
 }
+
+/// An update (PUT) grows a group with the new day-0 data on the new VMs
+/// only, then shrinks it (the highest indexes removed, after nothing is
+/// left to create); what an update may not change is refused with the
+/// field named. Manual VM actions (STOP, START, REBOOT) each reach the
+/// VIM exactly once and leave the VM in the action's end state.
+#[test]
+fn a_service_is_updated_and_its_vms_stopped_started_and_rebooted() {
+    let (vim, handle) = start_vim_handle(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let (node, _secrets) = node_with_vim(&vim);
+    let rt = rt();
+    let c = client();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        api(&rt, &c, &node, method, path, body)
+    };
+    use reqwest::Method;
+    wait_until(Duration::from_secs(10), "the VIM answers", || {
+        node.admin(esc_proto::AdminRequest::Health).value.unwrap()["stage"] == "READY"
+    });
+    let tenant = Some(serde_json::json!({"name": "t1"}));
+    assert_eq!(call(Method::POST, "/v0/tenants", tenant).0, 201);
+    let settled = |op: &str| -> serde_json::Value {
+        let url = format!("/v0/operations/{op}");
+        let mut last = serde_json::Value::Null;
+        wait_until(Duration::from_secs(60), "the operation settles", || {
+            last = call(Method::GET, &url, None).1;
+            ["COMPLETED", "FAILED_TEMP", "FAILED"].contains(&last["state"].as_str().unwrap_or(""))
+        });
+        last
+    };
+    let accepted = |(status, body): (u16, serde_json::Value)| -> String {
+        assert_eq!(status, 202, "{body}");
+        body["operation"].as_str().unwrap().to_string()
+    };
+    let mut s = spec(1);
+    s["vm_groups"][0]["scaling"]["max_active"] = 3.into();
+    s["vm_groups"][0]["interfaces"][0]["ip_addresses"] = serde_json::json!([]);
+    let op = accepted(call(Method::POST, "/v0/deployments", Some(s.clone())));
+    assert_eq!(settled(&op)["state"], "COMPLETED");
+    let vim_c = vim_client(&vim);
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = rt
+            .block_on(vim_c.servers(None))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), ["esc-web-g1-0-g0"]);
+
+    // What an update may not change, and a body for another deployment.
+    let mut bad = s.clone();
+    bad["vm_groups"][0]["flavor"] = "m1.large".into();
+    let (status, body) = call(Method::PUT, "/v0/deployments/web", Some(bad));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("vm_groups[0].flavor: cannot change"),
+        "{body}"
+    );
+    let (status, body) = call(Method::PUT, "/v0/deployments/other", Some(s.clone()));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("name:"),
+        "{body}"
+    );
+
+    // Grow to 3 with new day-0 data: two VMs added, the first untouched.
+    let mut grow = s.clone();
+    grow["vm_groups"][0]["scaling"]["min_active"] = 3.into();
+    grow["vm_groups"][0]["config_data"][0]["data"] = "mode=slow\n".into();
+    let op = accepted(call(Method::PUT, "/v0/deployments/web", Some(grow)));
+    let o = settled(&op);
+    assert_eq!(o["state"], "COMPLETED", "{o}");
+    assert_eq!(
+        names(),
+        ["esc-web-g1-0-g0", "esc-web-g1-1-g0", "esc-web-g1-2-g0"]
+    );
+    let d = call(Method::GET, "/v0/deployments/web", None).1;
+    assert_eq!(d["state"], "SERVICE_ACTIVE_STATE");
+    assert_eq!(d["spec"]["vm_groups"][0]["scaling"]["min_active"], 3);
+    let day0 = |name: &str| -> String {
+        let id = rt
+            .block_on(vim_c.servers(Some(name)))
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .id;
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(handle.user_data(&id).unwrap())
+            .unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    assert!(day0("esc-web-g1-0-g0").contains("mode=fast"));
+    assert!(day0("esc-web-g1-2-g0").contains("mode=slow"));
+
+    // Shrink to 1: the two highest indexes go.
+    let mut shrink = s.clone();
+    shrink["vm_groups"][0]["scaling"] = serde_json::json!({"min_active": 1, "max_active": 1});
+    let op = accepted(call(Method::PUT, "/v0/deployments/web", Some(shrink)));
+    assert_eq!(settled(&op)["state"], "COMPLETED");
+    assert_eq!(names(), ["esc-web-g1-0-g0"]);
+    let d = call(Method::GET, "/v0/deployments/web", None).1;
+    assert_eq!(d["vms"].as_array().unwrap().len(), 1, "{d}");
+
+    // VM actions: bad ones refused, each good one carried out once.
+    let vm_url = "/v0/deployments/web/vms/esc-web-g1-0-g0";
+    let (status, body) = call(
+        Method::POST,
+        vm_url,
+        Some(serde_json::json!({"action": "MELT"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("REBOOT"), "{body}");
+    let (status, body) = call(
+        Method::POST,
+        "/v0/deployments/web/vms/esc-web-g1-7-g0",
+        Some(serde_json::json!({"action": "STOP"})),
+    );
+    assert_eq!(status, 404, "{body}");
+    let vm_state = || call(Method::GET, "/v0/deployments/web", None).1["vms"][0]["state"].clone();
+    for (action, state) in [
+        ("STOP", "VM_SHUTOFF_STATE"),
+        ("START", "VM_ALIVE_STATE"),
+        ("REBOOT", "VM_ALIVE_STATE"),
+    ] {
+        let body = serde_json::json!({ "action": action });
+        let op = accepted(call(Method::POST, vm_url, Some(body)));
+        let o = settled(&op);
+        assert_eq!(o["state"], "COMPLETED", "{action}: {o}");
+        assert_eq!(vm_state(), state, "{action}");
+    }
+    let history: Vec<String> = handle
+        .history()
+        .into_iter()
+        .filter(|h| h.name == "esc-web-g1-0-g0")
+        .map(|h| h.what)
+        .collect();
+    assert_eq!(history, ["create", "stop", "start", "reboot"]);
+    // A stop of a stopped VM asks the VIM nothing (Nova would refuse it).
+    for _ in 0..2 {
+        let body = serde_json::json!({ "action": "STOP" });
+        let op = accepted(call(Method::POST, vm_url, Some(body)));
+        assert_eq!(settled(&op)["state"], "COMPLETED");
+    }
+    let stops = handle
+        .history()
+        .into_iter()
+        .filter(|h| h.name == "esc-web-g1-0-g0" && h.what == "stop")
+        .count();
+    assert_eq!(stops, 2, "one more stop, not two");
+}

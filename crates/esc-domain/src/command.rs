@@ -117,11 +117,27 @@ impl Op {
                         .map_err(|e| invalid("callback", e.message))?;
                 }
                 match kind {
-                    crate::model::OperationKind::Deploy { spec } => {
+                    crate::model::OperationKind::Deploy { spec }
+                    | crate::model::OperationKind::Update { spec } => {
                         if spec.name != *deployment {
                             return Err(invalid("spec.name", "must be the deployment's name"));
                         }
                         spec.validate().map_err(|e| invalid("spec", e.to_string()))
+                    }
+                    crate::model::OperationKind::VmAction { vm, .. } => {
+                        if vm.is_empty()
+                            || vm.len() > crate::model::SERVER_NAME_LEN_MAX
+                            || !vm.bytes().all(|b| b.is_ascii_graphic())
+                        {
+                            return Err(invalid(
+                                "vm",
+                                format!(
+                                    "a VM's server name: 1 to {} visible ASCII characters",
+                                    crate::model::SERVER_NAME_LEN_MAX
+                                ),
+                            ));
+                        }
+                        Ok(())
                     }
                     crate::model::OperationKind::Undeploy => Ok(()),
                 }
@@ -137,8 +153,10 @@ impl Op {
             Op::StartOperation {
                 deployment, kind, ..
             } => match kind {
-                crate::model::OperationKind::Deploy { .. } => format!("deploy {deployment}"),
-                crate::model::OperationKind::Undeploy => format!("undeploy {deployment}"),
+                crate::model::OperationKind::VmAction { vm, action } => {
+                    format!("{} VM {vm} of {deployment}", action.word())
+                }
+                k => format!("{} {deployment}", k.word()),
             },
             Op::RecordStep { .. } => "record a lifecycle step".into(),
             Op::CallbacksDelivered { op_ids } => format!("{} callback(s) delivered", op_ids.len()),

@@ -8,7 +8,7 @@ use crate::command::Command;
 use crate::keys;
 use crate::model::{
     Callback, LcmControl, OperationKind, OperationRecord, OperationState, ServiceRecord,
-    ServiceState, Step, Tenant, VmState,
+    ServiceState, Step, Tenant, VmAction, VmRecord, VmState,
 };
 use crate::outcome::{EventKind, Outcome, Refused};
 use esc_state::{State, StateError};
@@ -35,10 +35,45 @@ fn esc_event(
     }
 }
 
+/// The word of a service's state, as the API shows it.
+fn state_word(state: ServiceState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The notification of an operation accepted (or retried).
+fn accepted_event(kind: &OperationKind) -> &'static str {
+    match kind {
+        OperationKind::Deploy { .. } => "SERVICE_DEPLOYING",
+        OperationKind::Undeploy => "SERVICE_UNDEPLOYING",
+        OperationKind::Update { .. } => "SERVICE_UPDATING",
+        OperationKind::VmAction { action, .. } => match action {
+            VmAction::Reboot => "VM_REBOOTING",
+            VmAction::Stop => "VM_STOPPING",
+            VmAction::Start => "VM_STARTING",
+        },
+    }
+}
+
+/// The VM an operation is about, for its notifications (a manual action's).
+fn target_vm(record: &OperationRecord) -> Option<(&str, String)> {
+    match record.kind {
+        OperationKind::VmAction { .. } => record
+            .vms
+            .first()
+            .map(|v| (v.key.group.as_str(), v.key.server_name())),
+        _ => None,
+    }
+}
+
 /// `StartOperation`: a deploy creates the service (its tenant must exist,
 /// the name be free); an undeploy needs the service and no operation in
-/// progress on it. An operation with no VM to touch (a deployment of no VM
-/// group) settles here, in the same entry: nothing is left for the runner.
+/// progress on it; an update and a VM action need an active service (a VM
+/// action also one in error: a reboot may be what mends it). An operation
+/// with no VM to touch (a deployment of no VM group) settles here, in the
+/// same entry: nothing is left for the runner.
 pub fn start(
     index: u64,
     cmd: &Command,
@@ -94,25 +129,90 @@ pub fn start(
             s.current_op = Some(op_id.into());
             (s, "SERVICE_UNDEPLOYING")
         }
+        OperationKind::Update { spec } => {
+            let Some(mut s) = existing else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: deployment.into(),
+                }));
+            };
+            if s.state != ServiceState::Active {
+                return Ok(refused(Refused::WrongState {
+                    deployment: deployment.into(),
+                    state: state_word(s.state),
+                    what: "only an active deployment can be updated (retry or fail its last operation, or undeploy it)".into(),
+                }));
+            }
+            if let Err(e) = spec.check_update_of(&s.spec) {
+                return Ok(refused(Refused::Invalid(e.to_string())));
+            }
+            s.state = ServiceState::Updating;
+            s.current_op = Some(op_id.into());
+            (s, "SERVICE_UPDATING")
+        }
+        OperationKind::VmAction { vm, .. } => {
+            let Some(mut s) = existing else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: deployment.into(),
+                }));
+            };
+            if !matches!(s.state, ServiceState::Active | ServiceState::Error) {
+                return Ok(refused(Refused::WrongState {
+                    deployment: deployment.into(),
+                    state: state_word(s.state),
+                    what: "a VM action needs an active deployment (or one in error)".into(),
+                }));
+            }
+            if !s
+                .vms
+                .iter()
+                .any(|v| v.key.server_name() == *vm && v.server_id.is_some())
+            {
+                return Ok(refused(Refused::NoSuchVm {
+                    deployment: deployment.into(),
+                    vm: vm.clone(),
+                }));
+            }
+            s.current_op = Some(op_id.into());
+            (s, accepted_event(kind))
+        }
     };
     let mut record = OperationRecord::new(op_id.into(), deployment.into(), kind.clone());
     record.tid.clone_from(&cmd.tid);
     record.callback = callback.map(str::to_string);
     record.started_at_ms = cmd.at_ms;
-    if let OperationKind::Undeploy = kind {
+    match kind {
         // What the last deploy left is what the undeploy removes (and the
         // VIM is listed for leftovers).
-        record.vms = service.vms.clone();
+        OperationKind::Undeploy => record.vms = service.vms.clone(),
+        OperationKind::Update { spec } => record.vms = spec.update_vms(deployment, &service.vms),
+        OperationKind::VmAction { vm, action } => {
+            record.vms = service
+                .vms
+                .iter()
+                .filter(|v| v.key.server_name() == *vm)
+                .map(|v| VmRecord {
+                    state: action.running_state(),
+                    error: None,
+                    action_mark: None,
+                    ..v.clone()
+                })
+                .collect();
+        }
+        OperationKind::Deploy { .. } => {}
     }
+    let vm = target_vm(&record);
     let mut events = vec![esc_event(
         event,
         &service,
-        None,
+        vm.as_ref().map(|(g, t)| (*g, t.as_str())),
         "SUCCESS",
         format!("operation {op_id} accepted"),
     )];
     // No VM group ever: no server can exist, nothing to ask the VIM.
-    if service.spec.vm_groups.is_empty() && record.vms.is_empty() {
+    if service.spec.vm_groups.is_empty()
+        && record.vms.is_empty()
+        && kind.spec().is_none_or(|s| s.vm_groups.is_empty())
+    {
         record.state = OperationState::Completed;
         settle(cmd, &record, service, state, &mut events)?;
     } else {
@@ -187,6 +287,78 @@ fn settle(
                 add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
             }
         }
+        // The new spec and VMs only once completed; a rollback leaves the
+        // old spec and the VMs still there; a failure the old VMs (the
+        // operation's record shows what exists), in error.
+        OperationKind::Update { spec } => {
+            match record.state {
+                OperationState::Completed => {
+                    for v in &record.vms {
+                        let was = service
+                            .spec
+                            .vm_groups
+                            .iter()
+                            .find(|g| g.name == v.key.group);
+                        let now = spec.vm_groups.iter().find(|g| g.name == v.key.group);
+                        let kept = service.vms.iter().any(|o| o.key == v.key);
+                        if kept && was != now {
+                            events.push(esc_event(
+                                "VM_UPDATED",
+                                &service,
+                                Some((&v.key.group, &v.key.server_name())),
+                                "SUCCESS",
+                                "its group changed: day-0 changes apply to VMs created from now on"
+                                    .into(),
+                            ));
+                        }
+                    }
+                    service.spec = spec.clone();
+                    service.vms = record.vms.clone();
+                    service.state = ServiceState::Active;
+                }
+                OperationState::RolledBack => {
+                    service.vms = record.vms.clone();
+                    service.state = ServiceState::Active;
+                }
+                _ => service.state = ServiceState::Error,
+            }
+            let message = if record.state == OperationState::RolledBack {
+                format!("operation {} rolled back", record.id)
+            } else {
+                message
+            };
+            events.push(esc_event(
+                "SERVICE_UPDATED",
+                &service,
+                None,
+                status,
+                message,
+            ));
+            write(state, &sk, &service)?;
+        }
+        // The VM as the action left it; the service's state is unchanged.
+        OperationKind::VmAction { action, .. } => {
+            if let Some(v) = record.vms.first() {
+                if let Some(sv) = service.vms.iter_mut().find(|x| x.key == v.key) {
+                    sv.state = if failed { VmState::Error } else { v.state };
+                    sv.error.clone_from(&v.error);
+                    sv.action_mark = None;
+                }
+                let event = match action {
+                    VmAction::Reboot => "VM_REBOOTED",
+                    VmAction::Stop => "VM_STOPPED",
+                    VmAction::Start => "VM_STARTED",
+                };
+                events.push(esc_event(
+                    event,
+                    &service,
+                    Some((&v.key.group, &v.key.server_name())),
+                    status,
+                    message,
+                ));
+            }
+            write(state, &sk, &service)?;
+        }
     }
     owe_callback(cmd, record, state)
 }
@@ -225,6 +397,8 @@ pub fn record(
     let op_id = match step {
         Step::ServerBound { op, .. }
         | Step::VmActive { op, .. }
+        | Step::VmStopped { op, .. }
+        | Step::ActionMarked { op, .. }
         | Step::VmFailed { op, .. }
         | Step::ServerGone { op, .. }
         | Step::Settled { op, .. } => op.clone(),
@@ -259,13 +433,19 @@ pub fn record(
                     if *adopted { "adopted" } else { "created" }
                 ),
             )),
-            Step::VmActive { key, .. } => events.push(esc_event(
-                "VM_ALIVE",
-                &service,
-                Some((&key.group, &key.server_name())),
-                "SUCCESS",
-                "VM is alive".into(),
-            )),
+            // A manual action's end is told when it settles.
+            Step::VmActive { key, .. }
+                if !matches!(record.kind, OperationKind::VmAction { .. }) =>
+            {
+                events.push(esc_event(
+                    "VM_ALIVE",
+                    &service,
+                    Some((&key.group, &key.server_name())),
+                    "SUCCESS",
+                    "VM is alive".into(),
+                ))
+            }
+            Step::VmActive { .. } | Step::VmStopped { .. } | Step::ActionMarked { .. } => {}
             Step::VmFailed { key, error, .. } => events.push(esc_event(
                 "VM_DEPLOYED",
                 &service,
@@ -273,20 +453,31 @@ pub fn record(
                 "FAILURE",
                 error.clone(),
             )),
-            Step::ServerGone { server_id, .. } => events.push(esc_event(
-                "VM_UNDEPLOYED",
-                &service,
-                None,
-                "SUCCESS",
-                format!("server {server_id} deleted"),
-            )),
+            Step::ServerGone { server_id, .. } => {
+                let vm = was
+                    .vms
+                    .iter()
+                    .find(|v| v.server_id.as_deref() == Some(server_id.as_str()))
+                    .map(|v| (v.key.group.clone(), v.key.server_name()));
+                events.push(esc_event(
+                    "VM_UNDEPLOYED",
+                    &service,
+                    vm.as_ref().map(|(g, t)| (g.as_str(), t.as_str())),
+                    "SUCCESS",
+                    format!("server {server_id} deleted"),
+                ))
+            }
             Step::Settled { .. } => {}
         }
     }
     if record.state.settled() && !was.state.settled() {
         record.settled_at_ms = Some(cmd.at_ms);
         settle(cmd, &record, service, state, &mut events)?;
-    } else if record.vms.iter().all(|v| v.state == VmState::Alive) {
+    } else if matches!(record.kind, OperationKind::Deploy { .. })
+        && record.vms.iter().all(|v| v.state == VmState::Alive)
+    {
+        // A deploy's VMs show on the service as soon as all are alive (an
+        // update's only once it completed: until then they are the old).
         service.vms = record.vms.clone();
         write(state, &sk, &service)?;
     }
@@ -351,11 +542,15 @@ pub fn control(
             s.state = match record.kind {
                 OperationKind::Deploy { .. } => ServiceState::Deploying,
                 OperationKind::Undeploy => ServiceState::Undeploying,
+                OperationKind::Update { .. } => ServiceState::Updating,
+                // Before the action: its failure left the state as it was.
+                OperationKind::VmAction { .. } => s.state,
             };
+            let vm = target_vm(&record);
             events.push(esc_event(
-                "SERVICE_DEPLOYING",
+                accepted_event(&record.kind),
                 s,
-                None,
+                vm.as_ref().map(|(g, t)| (*g, t.as_str())),
                 "SUCCESS",
                 format!("operation {op_id} retried"),
             ));
@@ -363,9 +558,12 @@ pub fn control(
             write(state, &keys::active_operation(op_id), &index)?;
         }
         LcmControl::Rollback => {
-            if !matches!(record.kind, OperationKind::Deploy { .. }) {
+            if !matches!(
+                record.kind,
+                OperationKind::Deploy { .. } | OperationKind::Update { .. }
+            ) {
                 return Ok(refused(Refused::Invalid(format!(
-                    "operation {op_id} is not a deploy: only a deploy can be rolled back (retry or fail it)"
+                    "operation {op_id} is not a deploy or an update: only those can be rolled back (retry or fail it)"
                 ))));
             }
             let Some(s) = service.as_mut() else {
@@ -382,9 +580,32 @@ pub fn control(
             record.state = OperationState::RollingBack;
             record.settled_at_ms = None;
             s.current_op = Some(op_id.into());
-            s.state = ServiceState::Undeploying;
+            let event = if let OperationKind::Update { .. } = record.kind {
+                // Back to the VMs the service had (those still there: a
+                // removed one already deleted stays so); every VM the
+                // update added is deleted.
+                let (kept, added): (Vec<VmRecord>, Vec<VmRecord>) = std::mem::take(&mut record.vms)
+                    .into_iter()
+                    .partition(|v| s.vms.iter().any(|o| o.key == v.key));
+                record.vms = kept
+                    .into_iter()
+                    .map(|v| VmRecord {
+                        state: VmState::Alive,
+                        error: None,
+                        ..v
+                    })
+                    .collect();
+                record
+                    .cleanup
+                    .extend(added.into_iter().filter_map(|v| v.server_id));
+                s.state = ServiceState::Updating;
+                "SERVICE_UPDATING"
+            } else {
+                s.state = ServiceState::Undeploying;
+                "SERVICE_UNDEPLOYING"
+            };
             events.push(esc_event(
-                "SERVICE_UNDEPLOYING",
+                event,
                 s,
                 None,
                 "SUCCESS",

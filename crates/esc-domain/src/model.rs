@@ -21,6 +21,8 @@ pub const RECOVERY_WAIT_S_MAX: u64 = 3_600;
 pub const PROPERTIES_MAX: usize = 64;
 /// Names and values of a deployment's properties, in all.
 pub const PROPERTIES_BYTES_MAX: usize = 512 * 1024;
+/// Longest server name (Nova's `server.name`).
+pub const SERVER_NAME_LEN_MAX: usize = 255;
 /// Longest callback URL.
 pub const CALLBACK_URL_LEN_MAX: usize = 2_048;
 
@@ -167,6 +169,12 @@ pub enum VmState {
     Rebooting,
     #[serde(rename = "VM_UNDEPLOYING_STATE")]
     Undeploying,
+    /// A manual `STOP` in progress.
+    #[serde(rename = "VM_STOPPING_STATE")]
+    Stopping,
+    /// A manual `START` in progress.
+    #[serde(rename = "VM_STARTING_STATE")]
+    Starting,
 }
 
 /// A lifecycle operation occurrence's state (ETSI NFV-SOL 003, "LcmOperationStateType").
@@ -444,6 +452,86 @@ impl DeploymentSpec {
             })
             .collect()
     }
+
+    /// What an update may not change (issue 11, item 2): the tenant, and a
+    /// kept group's image, flavor and networks (those need a new server:
+    /// undeploy and deploy). Counts, day-0 data, fixed addresses, recovery
+    /// policies and groups added or removed are what an update is for.
+    pub fn check_update_of(&self, old: &DeploymentSpec) -> Result<(), InvalidField> {
+        if self.tenant != old.tenant {
+            return Err(at(
+                "tenant",
+                format!(
+                    "{:?} cannot change on an update (it was {:?})",
+                    self.tenant, old.tenant
+                ),
+            ));
+        }
+        for (g, group) in self.vm_groups.iter().enumerate() {
+            let Some(was) = old.vm_groups.iter().find(|o| o.name == group.name) else {
+                continue;
+            };
+            let p = |f: &str| format!("vm_groups[{g}].{f}");
+            let keep = "cannot change on an update of a kept group: undeploy and deploy again, or give the group a new name";
+            if group.image != was.image {
+                return Err(at(&p("image"), keep));
+            }
+            if group.flavor != was.flavor {
+                return Err(at(&p("flavor"), keep));
+            }
+            let nets = |x: &VmGroup| -> Vec<(u8, String)> {
+                x.interfaces
+                    .iter()
+                    .map(|i| (i.nicid, i.network.clone()))
+                    .collect()
+            };
+            if nets(group) != nets(was) {
+                return Err(at(&p("interfaces"), keep));
+            }
+        }
+        Ok(())
+    }
+
+    /// The VMs of an update from the VMs the service has now (`current`):
+    /// each kept group keeps its VMs up to the new count (the current one
+    /// clamped to the new bounds), lowest indexes first; VMs past it, and
+    /// every VM of a removed group, are to be undeployed; the new ones take
+    /// the lowest free indexes. In order: the new spec's groups, then the
+    /// removed groups' VMs.
+    pub fn update_vms(&self, deployment_id: &str, current: &[VmRecord]) -> Vec<VmRecord> {
+        let mut vms = Vec::new();
+        for g in &self.vm_groups {
+            let mut have: Vec<&VmRecord> =
+                current.iter().filter(|v| v.key.group == g.name).collect();
+            have.sort_by_key(|v| v.key.index);
+            let target = (have.len() as u32).clamp(g.scaling.min_active, g.scaling.max_active);
+            for (n, v) in have.iter().enumerate() {
+                let mut v = (*v).clone();
+                if n as u32 >= target {
+                    v.state = VmState::Undeploying;
+                }
+                vms.push(v);
+            }
+            let used: BTreeSet<u32> = have.iter().map(|v| v.key.index).collect();
+            let free = (0..).filter(|i| !used.contains(i));
+            for index in free.take(target.saturating_sub(have.len() as u32) as usize) {
+                vms.push(VmRecord::new(VmKey {
+                    deployment_id: deployment_id.to_string(),
+                    group: g.name.clone(),
+                    index,
+                    generation: 0,
+                }));
+            }
+        }
+        for v in current {
+            if !self.vm_groups.iter().any(|g| g.name == v.key.group) {
+                let mut v = v.clone();
+                v.state = VmState::Undeploying;
+                vms.push(v);
+            }
+        }
+        vms
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +626,92 @@ mod tests {
     }
 
     #[test]
+    fn an_update_clamps_each_group_adds_removes_and_keeps_what_it_must() {
+        let mut old = DeploymentSpec::from_json(&serde_json::to_vec(&valid()).unwrap()).unwrap();
+        old.vm_groups[0].interfaces[0].ip_addresses.clear();
+        let mut current: Vec<VmRecord> = old
+            .initial_vms("d")
+            .into_iter()
+            .map(|k| VmRecord {
+                state: VmState::Alive,
+                server_id: Some(format!("s{}", k.index)),
+                ..VmRecord::new(k)
+            })
+            .collect();
+        // A hole at index 0 (a VM replaced on a retry keeps its index; one
+        // removed leaves its index free).
+        current.remove(0);
+        let mut new = old.clone();
+        new.vm_groups[0].scaling = Scaling {
+            min_active: 3,
+            max_active: 4,
+        };
+        new.vm_groups[0].config_data[0].data = "mode=slow\n".into();
+        assert_eq!(new.check_update_of(&old), Ok(()));
+        let vms = new.update_vms("d", &current);
+        let got: Vec<(u32, VmState)> = vms.iter().map(|v| (v.key.index, v.state)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, VmState::Alive),
+                (0, VmState::Deploying),
+                (2, VmState::Deploying)
+            ]
+        );
+        // Down to one, and a new group; then the group removed.
+        let mut down = old.clone();
+        down.vm_groups[0].scaling = Scaling {
+            min_active: 1,
+            max_active: 1,
+        };
+        let mut g2 = down.vm_groups[0].clone();
+        g2.name = "g2".into();
+        down.vm_groups.push(g2);
+        let all = old.initial_vms("d");
+        let current: Vec<VmRecord> = all
+            .into_iter()
+            .map(|k| VmRecord {
+                state: VmState::Alive,
+                ..VmRecord::new(k)
+            })
+            .collect();
+        let vms = down.update_vms("d", &current);
+        let got: Vec<(&str, u32, VmState)> = vms
+            .iter()
+            .map(|v| (v.key.group.as_str(), v.key.index, v.state))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("g1", 0, VmState::Alive),
+                ("g1", 1, VmState::Undeploying),
+                ("g2", 0, VmState::Deploying)
+            ]
+        );
+        let mut gone = old.clone();
+        gone.vm_groups.clear();
+        assert!(gone
+            .update_vms("d", &current)
+            .iter()
+            .all(|v| v.state == VmState::Undeploying));
+        // What an update cannot change names its field.
+        let mut bad = old.clone();
+        bad.vm_groups[0].flavor = "m1.large".into();
+        assert!(bad
+            .check_update_of(&old)
+            .unwrap_err()
+            .to_string()
+            .starts_with("vm_groups[0].flavor: cannot change"));
+        let mut bad = old.clone();
+        bad.tenant = "other".into();
+        assert!(bad
+            .check_update_of(&old)
+            .unwrap_err()
+            .to_string()
+            .starts_with("tenant:"));
+    }
+
+    #[test]
     fn states_carry_escs_and_sol003s_names() {
         assert_eq!(
             serde_json::to_string(&ServiceState::Active).unwrap(),
@@ -594,6 +768,75 @@ pub enum OperationKind {
     Deploy { spec: DeploymentSpec },
     /// Remove every server of the deployment, leftovers included.
     Undeploy,
+    /// Change the deployment to `spec` (same name and tenant; each kept
+    /// group's image, flavor and networks unchanged): a group's count
+    /// becomes its current count clamped to the new `min_active ..=
+    /// max_active` (VMs added or removed, the highest indexes first);
+    /// groups may be added or removed; day-0 data and fixed addresses apply
+    /// to VMs created afterwards. New VMs are created before any is removed.
+    Update { spec: DeploymentSpec },
+    /// A manual action on one VM (ESC's `REBOOT`, `STOP`, `START`), by its
+    /// server name. Carried out exactly once across a takeover: the VM's
+    /// newest instance action on the VIM is committed first (the mark), and
+    /// the action is asked for only while that has not moved.
+    VmAction { vm: String, action: VmAction },
+}
+
+impl OperationKind {
+    /// The deployment as the operation builds it (a deploy or an update).
+    pub fn spec(&self) -> Option<&DeploymentSpec> {
+        match self {
+            OperationKind::Deploy { spec } | OperationKind::Update { spec } => Some(spec),
+            OperationKind::Undeploy | OperationKind::VmAction { .. } => None,
+        }
+    }
+
+    /// As the logs and `escadm ip_trans` say it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            OperationKind::Deploy { .. } => "deploy",
+            OperationKind::Undeploy => "undeploy",
+            OperationKind::Update { .. } => "update",
+            OperationKind::VmAction { action, .. } => action.word(),
+        }
+    }
+}
+
+/// A manual VM action (esc-facts: the service actions `REBOOT`, `STOP`,
+/// `START`), each one Nova server action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VmAction {
+    Reboot,
+    Stop,
+    Start,
+}
+
+impl VmAction {
+    pub fn word(self) -> &'static str {
+        match self {
+            VmAction::Reboot => "reboot",
+            VmAction::Stop => "stop",
+            VmAction::Start => "start",
+        }
+    }
+
+    /// The VM's state while the action runs.
+    pub fn running_state(self) -> VmState {
+        match self {
+            VmAction::Reboot => VmState::Rebooting,
+            VmAction::Stop => VmState::Stopping,
+            VmAction::Start => VmState::Starting,
+        }
+    }
+
+    /// The VM's state once the action is done.
+    pub fn done_state(self) -> VmState {
+        match self {
+            VmAction::Reboot | VmAction::Start => VmState::Alive,
+            VmAction::Stop => VmState::Shutoff,
+        }
+    }
 }
 
 /// One VM's progress inside an operation (replicated: each change is a
@@ -605,6 +848,23 @@ pub struct VmRecord {
     pub server_id: Option<String>,
     pub state: VmState,
     pub error: Option<String>,
+    /// A manual action's mark: the request id of the server's newest
+    /// instance action before the action was asked for (empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_mark: Option<String>,
+}
+
+impl VmRecord {
+    /// A VM to create.
+    pub fn new(key: VmKey) -> VmRecord {
+        VmRecord {
+            key,
+            server_id: None,
+            state: VmState::Deploying,
+            error: None,
+            action_mark: None,
+        }
+    }
 }
 
 /// An operation occurrence (ETSI NFV-SOL 003's `VnfLcmOpOcc`), as
@@ -669,6 +929,18 @@ pub enum Step {
         op: String,
         key: VmKey,
     },
+    /// The VM's server is stopped (SHUTOFF), as a `STOP` asked.
+    VmStopped {
+        op: String,
+        key: VmKey,
+    },
+    /// A manual action's mark (the newest instance action's request id on
+    /// the VIM, empty if none) before the action is asked for.
+    ActionMarked {
+        op: String,
+        key: VmKey,
+        request_id: String,
+    },
     VmFailed {
         op: String,
         key: VmKey,
@@ -690,8 +962,20 @@ pub enum Step {
 impl OperationRecord {
     /// `retry` of a FAILED_TEMP operation: back to PROCESSING; each VM in
     /// error gets the next generation (a new server name, so the lookup
-    /// cannot adopt the failed one), its old server to clean up.
+    /// cannot adopt the failed one), its old server to clean up. A manual
+    /// action is asked for again: its mark is read anew.
     pub fn retry(&mut self) {
+        if let OperationKind::VmAction { action, .. } = self.kind {
+            for v in self.vms.iter_mut().filter(|v| v.state == VmState::Error) {
+                v.state = action.running_state();
+                v.error = None;
+                v.action_mark = None;
+            }
+            self.state = OperationState::Processing;
+            self.error = None;
+            self.settled_at_ms = None;
+            return;
+        }
         for v in self.vms.iter_mut().filter(|v| v.state == VmState::Error) {
             if let Some(id) = v.server_id.take() {
                 self.cleanup.push(id);
@@ -711,14 +995,12 @@ impl OperationRecord {
             OperationKind::Deploy { spec } => spec
                 .initial_vms(&deployment_id)
                 .into_iter()
-                .map(|key| VmRecord {
-                    key,
-                    server_id: None,
-                    state: VmState::Deploying,
-                    error: None,
-                })
+                .map(VmRecord::new)
                 .collect(),
-            OperationKind::Undeploy => Vec::new(),
+            // Listed by the domain from the service (`lifecycle::start`).
+            OperationKind::Undeploy
+            | OperationKind::Update { .. }
+            | OperationKind::VmAction { .. } => Vec::new(),
         };
         OperationRecord {
             id,
@@ -755,6 +1037,25 @@ impl OperationRecord {
             Step::VmActive { op, key } if *op == self.id => {
                 if let Some(i) = vm(&mut self.vms, key) {
                     self.vms[i].state = VmState::Alive;
+                }
+            }
+            Step::VmStopped { op, key } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    self.vms[i].state = VmState::Shutoff;
+                }
+            }
+            Step::ActionMarked {
+                op,
+                key,
+                request_id,
+            } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    self.vms[i]
+                        .action_mark
+                        .get_or_insert_with(|| request_id.clone());
+                }
+                if self.state == OperationState::Starting {
+                    self.state = OperationState::Processing;
                 }
             }
             Step::VmFailed { op, key, error } if *op == self.id => {

@@ -52,6 +52,14 @@ pub enum Refused {
     NoSuchTenant { name: String },
     #[error("deployment {deployment:?} has operation {op_id} in progress: wait for it, or retry, roll back or fail it")]
     OperationInProgress { deployment: String, op_id: String },
+    #[error("deployment {deployment:?} has no VM {vm:?} (a VM is named by its server name, as `GET /v0/deployments/{deployment}` lists it)")]
+    NoSuchVm { deployment: String, vm: String },
+    #[error("deployment {deployment:?} is {state}: {what}")]
+    WrongState {
+        deployment: String,
+        state: String,
+        what: String,
+    },
     #[error("no operation {op_id}")]
     NoSuchOperation { op_id: String },
     #[error("operation {op_id} is {state}: only a FAILED_TEMP operation can be retried, rolled back or failed")]

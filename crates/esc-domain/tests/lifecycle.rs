@@ -3,7 +3,8 @@
 //! refusal (issue 11, items 1, 2 and 6).
 
 use esc_domain::model::{
-    DeploymentSpec, OperationKind, OperationState, ServiceState, Step, Tenant, VmKey,
+    DeploymentSpec, LcmControl, OperationKind, OperationState, ServiceState, Step, Tenant,
+    VmAction, VmKey, VmState,
 };
 use esc_domain::{query, Command, Domain, EventKind, Op, Outcome, Refused};
 use esc_state::{MemState, StateMachine};
@@ -411,4 +412,192 @@ fn a_failed_temp_deploy_rolls_back_to_nothing() {
     );
     let names: Vec<String> = log.esc_events().into_iter().map(|(e, _)| e).collect();
     assert_eq!(names.last().unwrap(), "SERVICE_UNDEPLOYED");
+}
+
+/// A deployment of `vms` alive VMs (servers `s0`, `s1`, ...).
+fn active(log: &mut Log, vms: u32) {
+    tenant(log);
+    log.apply(deploy("op1", vms));
+    for i in 0..vms {
+        log.apply(step(Step::ServerBound {
+            op: "op1".into(),
+            key: key(i),
+            server_id: format!("s{i}"),
+            adopted: false,
+        }));
+        log.apply(step(Step::VmActive {
+            op: "op1".into(),
+            key: key(i),
+        }));
+    }
+    log.apply(step(Step::Settled {
+        op: "op1".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+}
+
+fn start(op_id: &str, kind: OperationKind) -> Op {
+    Op::StartOperation {
+        op_id: op_id.into(),
+        deployment: "web".into(),
+        kind,
+        callback: None,
+    }
+}
+
+#[test]
+fn an_update_shows_the_old_service_until_it_completes() {
+    let mut log = Log::new();
+    active(&mut log, 2);
+    // Down to one: index 1 goes.
+    let up = OperationKind::Update { spec: spec(1) };
+    assert!(matches!(
+        log.apply(start("up", up)),
+        Outcome::OperationStarted { .. }
+    ));
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.spec.clone(), s.vms.len()),
+        (ServiceState::Updating, spec(2), 2)
+    );
+    let op = query::operation(&log.state, "up").unwrap().unwrap();
+    let states: Vec<VmState> = op.vms.iter().map(|v| v.state).collect();
+    assert_eq!(states, [VmState::Alive, VmState::Undeploying]);
+    // A second operation waits for this one.
+    assert!(matches!(
+        log.apply(start("up2", OperationKind::Update { spec: spec(2) })),
+        Outcome::Refused {
+            refused: Refused::OperationInProgress { .. }
+        }
+    ));
+    log.apply(step(Step::ServerGone {
+        op: "up".into(),
+        server_id: "s1".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "up".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.spec.clone(), s.vms.len()),
+        (ServiceState::Active, spec(1), 1)
+    );
+    let events = log.esc_events();
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        &names[names.len() - 4..],
+        [
+            "SERVICE_UPDATING",
+            "VM_UNDEPLOYED",
+            "VM_UPDATED",
+            "SERVICE_UPDATED"
+        ]
+    );
+    let vm_event = query::events(&log.state, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::Esc {
+                event, vm_target, ..
+            } if event == "VM_UNDEPLOYED" => vm_target,
+            _ => None,
+        });
+    assert_eq!(vm_event.as_deref(), Some("esc-web-g1-1-g0"));
+}
+
+#[test]
+fn updates_and_vm_actions_that_must_not_start_are_refused() {
+    let mut log = Log::new();
+    let vm = key(0).server_name();
+    let stop = |vm: &str| OperationKind::VmAction {
+        vm: vm.into(),
+        action: VmAction::Stop,
+    };
+    assert!(matches!(
+        log.apply(start("u0", OperationKind::Update { spec: spec(1) })),
+        Outcome::Refused {
+            refused: Refused::NoSuchDeployment { .. }
+        }
+    ));
+    active(&mut log, 1);
+    let mut other = spec(1);
+    other.vm_groups[0].image = "another".into();
+    match log.apply(start("u1", OperationKind::Update { spec: other })) {
+        Outcome::Refused {
+            refused: Refused::Invalid(m),
+        } => assert!(m.starts_with("vm_groups[0].image: cannot change"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        log.apply(start("a0", stop("esc-web-g1-9-g0"))),
+        Outcome::Refused {
+            refused: Refused::NoSuchVm { .. }
+        }
+    ));
+    // A failed VM action: FAILED_TEMP, no rollback for it, retried.
+    log.apply(start("a1", stop(&vm)));
+    let op = query::operation(&log.state, "a1").unwrap().unwrap();
+    assert_eq!(op.vms[0].state, VmState::Stopping);
+    log.apply(step(Step::ActionMarked {
+        op: "a1".into(),
+        key: key(0),
+        request_id: "req-1".into(),
+    }));
+    log.apply(step(Step::Settled {
+        op: "a1".into(),
+        state: OperationState::FailedTemp,
+        error: Some("409".into()),
+    }));
+    assert!(matches!(
+        log.apply(Op::ControlOperation {
+            op_id: "a1".into(),
+            action: LcmControl::Rollback
+        }),
+        Outcome::Refused {
+            refused: Refused::Invalid(_)
+        }
+    ));
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(s.state, ServiceState::Active, "a VM action leaves it");
+    log.apply(Op::ControlOperation {
+        op_id: "a1".into(),
+        action: LcmControl::Retry,
+    });
+    // Carried on from its mark (a stop the VIM took is not asked again).
+    let op = query::operation(&log.state, "a1").unwrap().unwrap();
+    assert_eq!(
+        (op.state, op.vms[0].state, op.vms[0].action_mark.as_deref()),
+        (OperationState::Processing, VmState::Stopping, Some("req-1"))
+    );
+    log.apply(step(Step::VmStopped {
+        op: "a1".into(),
+        key: key(0),
+    }));
+    log.apply(step(Step::Settled {
+        op: "a1".into(),
+        state: OperationState::Completed,
+        error: None,
+    }));
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!(s.vms[0].state, VmState::Shutoff);
+    // A failed update leaves the service in error: no update then, with
+    // the state said.
+    log.apply(start("u2", OperationKind::Update { spec: spec(1) }));
+    log.apply(step(Step::Settled {
+        op: "u2".into(),
+        state: OperationState::FailedTemp,
+        error: Some("the VIM kept failing".into()),
+    }));
+    match log.apply(start("u3", OperationKind::Update { spec: spec(1) })) {
+        Outcome::Refused {
+            refused: Refused::WrongState { state, .. },
+        } => assert_eq!(state, "SERVICE_ERROR_STATE"),
+        o => panic!("{o:?}"),
+    }
+    assert!(log
+        .esc_events()
+        .contains(&("VM_STOPPED".into(), "SUCCESS".into())));
 }

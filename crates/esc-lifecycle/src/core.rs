@@ -2,7 +2,7 @@
 //! and the soft state; one handler per input.
 
 use esc_domain::model::{
-    OperationKind, OperationRecord, OperationState, Step, VmGroup, VmKey, VmState,
+    OperationKind, OperationRecord, OperationState, Step, VmAction, VmGroup, VmKey, VmState,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,11 +29,19 @@ pub struct Config {
     /// connection) may still land: its VM is looked up again only after
     /// this, which must exceed the longest the VIM may hold a request.
     pub create_doubt_ms: u64,
+    /// A manual VM action not finished (the server not in the action's end
+    /// state) this long after the VIM showed it taken: the VM is in error.
+    #[serde(default = "Config::default_action_timeout_ms")]
+    pub action_timeout_ms: u64,
 }
 
 impl Config {
     fn default_repropose_ms() -> u64 {
         2_000
+    }
+
+    fn default_action_timeout_ms() -> u64 {
+        300_000
     }
 }
 
@@ -47,6 +55,7 @@ impl Default for Config {
             call_retries_max: 5,
             repropose_ms: Config::default_repropose_ms(),
             create_doubt_ms: 10_000,
+            action_timeout_ms: Config::default_action_timeout_ms(),
         }
     }
 }
@@ -83,6 +92,15 @@ pub enum VimCall {
     ListDeployment {
         deployment_id: String,
     },
+    /// The server's instance actions (Compute "List Actions For Server").
+    Actions {
+        server_id: String,
+    },
+    /// Reboot (SOFT), stop or start the server.
+    Act {
+        server_id: String,
+        action: VmAction,
+    },
 }
 
 /// What the VIM answered.
@@ -94,6 +112,10 @@ pub enum Answer {
     },
     Shown(ServerInfo),
     Deleted,
+    /// The request ids of the server's instance actions, newest first.
+    Actions(Vec<String>),
+    /// The server action was accepted (202).
+    Acted,
     /// 404 (a Show or Delete of a server that is gone).
     NotFound,
     Failed {
@@ -167,6 +189,14 @@ pub struct Lifecycle {
     now_ms: u64,
     not_before: BTreeMap<Slot, u64>,
     failures: BTreeMap<Slot, u32>,
+    /// Manual actions the VIM shows carried out (the newest instance
+    /// action moved past the committed mark): only the result is awaited.
+    /// By when it was first seen so (`action_timeout_ms` runs from there).
+    issued: BTreeMap<Slot, u64>,
+    /// Manual actions the VIM shows not carried out yet (the mark has not
+    /// moved): the server is looked at, then the action asked for. Both
+    /// sets are soft: a new primary reads the actions again.
+    acting: std::collections::BTreeSet<Slot>,
 }
 
 impl Lifecycle {
@@ -209,6 +239,8 @@ impl Lifecycle {
         self.proposed.clear();
         self.not_before.clear();
         self.failures.clear();
+        self.issued.clear();
+        self.acting.clear();
     }
 
     fn on_records(&mut self, records: Vec<OperationRecord>) {
@@ -261,6 +293,12 @@ impl Lifecycle {
                 (Target::Vm(k), Step::VmFailed { .. }) => {
                     vm(r, k).is_some_and(|v| v.state == VmState::Error)
                 }
+                (Target::Vm(k), Step::VmStopped { .. }) => {
+                    vm(r, k).is_some_and(|v| v.state == VmState::Shutoff)
+                }
+                (Target::Vm(k), Step::ActionMarked { .. }) => {
+                    vm(r, k).is_some_and(|v| v.action_mark.is_some())
+                }
                 (Target::Server(id), Step::ServerGone { .. }) => {
                     !r.vms.iter().any(|v| v.server_id.as_deref() == Some(id))
                         && !r.cleanup.contains(id)
@@ -272,6 +310,10 @@ impl Lifecycle {
             .retain(|(op, _), _| untouched(op) || records.contains_key(op));
         self.failures
             .retain(|(op, _), _| untouched(op) || records.contains_key(op));
+        self.issued
+            .retain(|(op, _), _| untouched(op) || records.contains_key(op));
+        self.acting
+            .retain(|(op, _)| untouched(op) || records.contains_key(op));
     }
 
     fn busy(&self, slot: &Slot) -> bool {
@@ -314,10 +356,14 @@ impl Lifecycle {
         let ops: Vec<OperationRecord> = self.records.values().cloned().collect();
         for r in ops {
             let settle = (r.id.clone(), Target::Settle);
-            // A rollback removes what the deploy made, as an undeploy does.
-            let rolling_back = r.state == OperationState::RollingBack;
             match &r.kind {
-                OperationKind::Deploy { .. } if !rolling_back => {
+                // A manual action: its own plan.
+                OperationKind::VmAction { action, .. } => {
+                    if !self.plan_action(now_ms, &r, *action, out) {
+                        return;
+                    }
+                }
+                _ if builds(&r) => {
                     if let Some(failed) = r.vms.iter().find(|v| v.state == VmState::Error) {
                         let error = format!(
                             "VM {} failed: {}",
@@ -342,6 +388,24 @@ impl Lifecycle {
                                 server_id: id.clone(),
                             };
                             self.call(slot, vim, out);
+                        }
+                    }
+                    // An update's VMs to remove, once no VM is left to
+                    // create (new VMs first: the service never shrinks
+                    // below what it had while it grows).
+                    if !r.vms.iter().any(|v| v.state == VmState::Deploying) {
+                        for v in r.vms.iter().filter(|v| v.state == VmState::Undeploying) {
+                            let Some(id) = &v.server_id else { continue };
+                            if self.inflight.len() >= self.cfg.calls_in_flight_max {
+                                return;
+                            }
+                            let slot = (r.id.clone(), Target::Server(id.clone()));
+                            if !self.busy(&slot) && !self.waiting(&slot, now_ms) {
+                                let vim = VimCall::Delete {
+                                    server_id: id.clone(),
+                                };
+                                self.call(slot, vim, out);
+                            }
                         }
                     }
                     if r.cleanup.is_empty() && r.vms.iter().all(|v| v.state == VmState::Alive) {
@@ -383,7 +447,9 @@ impl Lifecycle {
                         self.call(slot, vim, out);
                     }
                 }
-                OperationKind::Undeploy | OperationKind::Deploy { .. } => {
+                // An undeploy, or a deploy rolled back (what it made is
+                // removed as an undeploy does).
+                _ => {
                     let slot = (r.id.clone(), Target::Deployment);
                     if self.inflight.len() < self.cfg.calls_in_flight_max
                         && !self.busy(&slot)
@@ -420,6 +486,11 @@ impl Lifecycle {
                 _,
                 vim,
             ) => {
+                // An action whose answer is lost may have been carried
+                // out: the actions are read again before another is asked.
+                if matches!(vim, VimCall::Act { .. }) {
+                    self.acting.remove(&slot);
+                }
                 let n = self.failures.entry(slot.clone()).or_insert(0);
                 *n += 1;
                 if retryable && *n < self.cfg.call_retries_max {
@@ -470,12 +541,13 @@ impl Lifecycle {
                         }
                     }
                     None => {
-                        let group = match &r.kind {
-                            OperationKind::Deploy { spec } => {
-                                spec.vm_groups.iter().find(|g| g.name == key.group).cloned()
-                            }
-                            OperationKind::Undeploy => None,
-                        };
+                        // A deploy's, an update's or a retry's VM: from the
+                        // operation's spec (an update's day-0 data).
+                        let group = r
+                            .kind
+                            .spec()
+                            .and_then(|spec| spec.vm_groups.iter().find(|g| g.name == key.group))
+                            .cloned();
                         if let Some(group) = group {
                             let vim = VimCall::Create {
                                 key: key.clone(),
@@ -496,6 +568,9 @@ impl Lifecycle {
                     adopted: false,
                 };
                 self.propose(slot, step, out);
+            }
+            (answer, Target::Vm(key), _) if matches!(r.kind, OperationKind::VmAction { .. }) => {
+                self.on_action_answer(now_ms, &r, slot.clone(), key, answer, out);
             }
             (Answer::Shown(s), Target::Vm(key), _) => {
                 self.failures.remove(&slot);
@@ -544,13 +619,13 @@ impl Lifecycle {
                 // A deploy keeps the servers its VMs hold; an undeploy or a
                 // rollback none.
                 let rolling_back = r.state == OperationState::RollingBack;
-                let keep: Vec<&str> = match &r.kind {
-                    OperationKind::Deploy { .. } if !rolling_back => r
-                        .vms
+                let keep: Vec<&str> = if builds(&r) {
+                    r.vms
                         .iter()
                         .filter_map(|v| v.server_id.as_deref())
-                        .collect(),
-                    _ => Vec::new(),
+                        .collect()
+                } else {
+                    Vec::new()
                 };
                 let done = if rolling_back {
                     OperationState::RolledBack
@@ -575,14 +650,16 @@ impl Lifecycle {
                     self.call(slot, VimCall::Delete { server_id: s.id }, out);
                 }
             }
-            (Answer::Deleted | Answer::NotFound, Target::Server(id), _)
-                if matches!(r.kind, OperationKind::Deploy { .. })
-                    && r.state != OperationState::RollingBack =>
-            {
+            (Answer::Deleted | Answer::NotFound, Target::Server(id), _) if builds(&r) => {
                 self.failures.remove(&slot);
-                // A replaced VM's server is gone: committed, so the retry
-                // can complete. A duplicate (no VM held it) needs no step.
-                if r.cleanup.contains(id) {
+                // A replaced VM's server, or one an update removes, is
+                // gone: committed, so the operation can complete. A
+                // duplicate (no VM held it) needs no step.
+                let removed = r
+                    .vms
+                    .iter()
+                    .any(|v| v.state == VmState::Undeploying && v.server_id.as_deref() == Some(id));
+                if r.cleanup.contains(id) || removed {
                     let step = Step::ServerGone {
                         op,
                         server_id: id.clone(),
@@ -604,6 +681,197 @@ impl Lifecycle {
             // slot is free again and the plan calls anew.
             _ => {}
         }
+    }
+}
+
+impl Lifecycle {
+    /// A manual VM action (`OperationKind::VmAction`), exactly once across
+    /// takeovers: the mark (the server's newest instance action) is
+    /// committed first; the action is asked for only while the VIM shows
+    /// the mark unmoved; then the server is watched to the action's end
+    /// state. False: no call may start now (the in-flight bound).
+    fn plan_action(
+        &mut self,
+        now_ms: u64,
+        r: &OperationRecord,
+        action: VmAction,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let settle = (r.id.clone(), Target::Settle);
+        for v in &r.vms {
+            if v.state == VmState::Error {
+                let error = format!(
+                    "{} of VM {} failed: {}",
+                    action.word(),
+                    v.key.server_name(),
+                    v.error.as_deref().unwrap_or("unknown")
+                );
+                self.propose(
+                    settle.clone(),
+                    settled(&r.id, OperationState::FailedTemp, Some(error)),
+                    out,
+                );
+                continue;
+            }
+            if v.state == action.done_state() {
+                self.propose(
+                    settle.clone(),
+                    settled(&r.id, OperationState::Completed, None),
+                    out,
+                );
+                continue;
+            }
+            let slot = (r.id.clone(), Target::Vm(v.key.clone()));
+            if self.busy(&slot) || self.waiting(&slot, now_ms) {
+                continue;
+            }
+            if self.inflight.len() >= self.cfg.calls_in_flight_max {
+                return false;
+            }
+            let Some(id) = v.server_id.clone() else {
+                let step = Step::VmFailed {
+                    op: r.id.clone(),
+                    key: v.key.clone(),
+                    error: "the VM has no server".into(),
+                };
+                self.propose(slot, step, out);
+                continue;
+            };
+            let vim = if v.action_mark.is_some()
+                && (self.issued.contains_key(&slot) || self.acting.contains(&slot))
+            {
+                VimCall::Show { server_id: id }
+            } else {
+                VimCall::Actions { server_id: id }
+            };
+            self.call(slot, vim, out);
+        }
+        true
+    }
+
+    fn on_action_answer(
+        &mut self,
+        now_ms: u64,
+        r: &OperationRecord,
+        slot: Slot,
+        key: &VmKey,
+        answer: Answer,
+        out: &mut Vec<Output>,
+    ) {
+        let OperationKind::VmAction { action, .. } = r.kind else {
+            return;
+        };
+        let Some(v) = vm(r, key) else { return };
+        let op = r.id.clone();
+        let failed = |error: String| Step::VmFailed {
+            op: op.clone(),
+            key: key.clone(),
+            error,
+        };
+        match answer {
+            Answer::Actions(ids) => {
+                self.failures.remove(&slot);
+                let newest = ids.first().cloned().unwrap_or_default();
+                match &v.action_mark {
+                    None => {
+                        let step = Step::ActionMarked {
+                            op: op.clone(),
+                            key: key.clone(),
+                            request_id: newest,
+                        };
+                        self.propose(slot, step, out);
+                    }
+                    // Moved: this operation's action was taken (by this
+                    // node or an earlier primary); only its end is awaited.
+                    Some(mark) if *mark != newest => {
+                        self.acting.remove(&slot);
+                        self.issued.entry(slot).or_insert(now_ms);
+                    }
+                    Some(_) => {
+                        self.acting.insert(slot);
+                    }
+                }
+            }
+            Answer::Acted => {
+                self.failures.remove(&slot);
+                self.acting.remove(&slot);
+                self.issued.entry(slot).or_insert(now_ms);
+            }
+            Answer::Shown(s) => {
+                self.failures.remove(&slot);
+                let done = action.done_state();
+                let reached = match s.status.as_str() {
+                    "ACTIVE" => done == VmState::Alive,
+                    "SHUTOFF" => done == VmState::Shutoff,
+                    _ => false,
+                };
+                let since = self.issued.get(&slot).copied();
+                let issued = since.is_some();
+                if reached && (issued || action != VmAction::Reboot) {
+                    // A stop of a stopped server, a start of a running one:
+                    // nothing to ask (Nova would refuse it with 409).
+                    let step = if done == VmState::Shutoff {
+                        Step::VmStopped {
+                            op: op.clone(),
+                            key: key.clone(),
+                        }
+                    } else {
+                        Step::VmActive {
+                            op: op.clone(),
+                            key: key.clone(),
+                        }
+                    };
+                    self.propose(slot, step, out);
+                } else if s.status == "ERROR" {
+                    let why = s
+                        .fault
+                        .unwrap_or_else(|| "the VIM reports the server in ERROR".into());
+                    self.propose(slot, failed(why), out);
+                } else if since.is_some_and(|t| now_ms >= t + self.cfg.action_timeout_ms) {
+                    let why = format!(
+                        "the server did not reach {done:?} within {} ms of the {} (it is {})",
+                        self.cfg.action_timeout_ms,
+                        action.word(),
+                        s.status
+                    );
+                    self.propose(slot, failed(why), out);
+                } else if issued || TRANSITIONS.contains(&s.status.as_str()) {
+                    // Under way (REBOOT, a build): look again.
+                    self.not_before.insert(slot, now_ms + self.cfg.poll_ms);
+                } else if let Some(server_id) = v.server_id.clone() {
+                    self.call(slot, VimCall::Act { server_id, action }, out);
+                }
+            }
+            Answer::NotFound => {
+                let why = "the server disappeared from the VIM".to_string();
+                self.propose(slot, failed(why), out);
+            }
+            // Failures are handled with every call's; others do not fit.
+            _ => {}
+        }
+    }
+}
+
+/// Nova's statuses of a server in a transition (Compute API reference,
+/// "Server Status"): an action is asked for only once it has ended.
+const TRANSITIONS: &[&str] = &[
+    "BUILD",
+    "REBOOT",
+    "HARD_REBOOT",
+    "REBUILD",
+    "MIGRATING",
+    "RESIZE",
+    "REVERT_RESIZE",
+    "PASSWORD",
+];
+
+/// An operation that builds the deployment's VMs (a deploy, an update, or
+/// an update rolled back to its kept VMs): the servers its VMs hold stay.
+fn builds(r: &OperationRecord) -> bool {
+    match r.kind {
+        OperationKind::Deploy { .. } => r.state != OperationState::RollingBack,
+        OperationKind::Update { .. } => true,
+        OperationKind::Undeploy | OperationKind::VmAction { .. } => false,
     }
 }
 

@@ -48,6 +48,7 @@ fn cfg() -> Config {
         call_retries_max: 3,
         repropose_ms: 5_000,
         create_doubt_ms: 1_000,
+        action_timeout_ms: 10_000,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::logging::HA;
 use crate::services::PrimaryService;
 use crate::shared::Shared;
 use base64::Engine;
-use esc_domain::model::VmGroup;
+use esc_domain::model::{VmAction, VmGroup};
 use esc_domain::{query, Op};
 use esc_lifecycle::{Answer, Input, Lifecycle, Output, ServerInfo, VimCall};
 use esc_openstack::{Client, CreateServer, Error};
@@ -200,6 +200,25 @@ async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shar
                 .await
                 .map(|s| Answer::Shown(info(s))),
         ),
+        VimCall::Actions { server_id } => answer_of(
+            client
+                .instance_actions(&server_id)
+                .await
+                .map(|l| Answer::Actions(l.into_iter().map(|a| a.request_id).collect())),
+        ),
+        // Checked again right before the request: the mark may have been
+        // read long ago by this node.
+        VimCall::Act { server_id, action } => {
+            if !shared.may_act() {
+                return not_leading();
+            }
+            let done = match action {
+                VmAction::Reboot => client.reboot(&server_id, false).await,
+                VmAction::Stop => client.stop(&server_id).await,
+                VmAction::Start => client.start(&server_id).await,
+            };
+            answer_of(done.map(|()| Answer::Acted))
+        }
         VimCall::Delete { server_id } => answer_of(
             client
                 .delete_server(&server_id)

@@ -191,6 +191,11 @@ impl Vim {
     }
 
     /// Every change to a server so far.
+    /// A server's user data as created (base64), for tests.
+    pub fn user_data(&self, id: &str) -> Option<String> {
+        self.lock().cloud.server(id).ok()?.user_data.clone()
+    }
+
     pub fn history(&self) -> Vec<crate::cloud::Change> {
         self.lock().cloud.history.clone()
     }

@@ -3,10 +3,12 @@
 //! turns a write into a [`Command`] for the owner task, and renders the
 //! outcome; reads go straight to the store.
 //!
-//! - `POST /v0/deployments` (a `DeploymentSpec`), `DELETE
-//!   /v0/deployments/{name}`: asynchronous as ESC's (esc-facts, "The service
-//!   itself"): `202` once durable on both nodes, with the operation's URL
-//!   (`Location`); a `callback` header names a URL for the result.
+//! - `POST /v0/deployments` (a `DeploymentSpec`), `PUT` (an update) and
+//!   `DELETE /v0/deployments/{name}`, `POST
+//!   /v0/deployments/{name}/vms/{vm}` (`{"action": "REBOOT"|"STOP"|"START"}`):
+//!   asynchronous as ESC's (esc-facts, "The service itself"): `202` once
+//!   durable on both nodes, with the operation's URL (`Location`); a
+//!   `callback` header names a URL for the result.
 //!   `GET /v0/deployments[/{name}]`, `GET /v0/operations/{id}`: synchronous.
 //!   `POST /v0/tenants`.
 //! - Every write answers with `ESC-Transaction-Id`; the id is logged as
@@ -128,7 +130,11 @@ pub async fn serve(
         .route("/v0/deployments", get(list).post(deploy))
         .route(
             "/v0/deployments/{name}",
-            get(show_deployment).delete(undeploy),
+            get(show_deployment).delete(undeploy).put(update),
+        )
+        .route(
+            "/v0/deployments/{name}/vms/{vm}",
+            axum::routing::post(vm_action),
         )
         .route("/v0/tenants", axum::routing::post(create_tenant))
         .route("/v0/operations/{id}", get(show_operation))
@@ -328,8 +334,10 @@ fn render(answer: Answer, replayed: bool) -> Response {
                 Refused::DeploymentExists { .. }
                 | Refused::TenantExists { .. }
                 | Refused::OperationInProgress { .. }
-                | Refused::NotFailedTemp { .. } => StatusCode::CONFLICT,
+                | Refused::NotFailedTemp { .. }
+                | Refused::WrongState { .. } => StatusCode::CONFLICT,
                 Refused::NoSuchDeployment { .. }
+                | Refused::NoSuchVm { .. }
                 | Refused::NoSuchTenant { .. }
                 | Refused::NoSuchOperation { .. } => StatusCode::NOT_FOUND,
                 Refused::IdempotencyKeyReused | Refused::Invalid(_) => {
@@ -671,12 +679,14 @@ fn vim_usable(vim: Option<&esc_openstack::Client>) -> Result<&esc_openstack::Cli
 
 /// What the VIM must have for `spec`, asked before anything is accepted:
 /// each group's image, flavor and networks by name (`400` naming the
-/// field), and room for every VM at its flavor (`400` with what is needed
-/// and what is free). Best effort (another deploy may take the room
-/// meanwhile: the VIM then refuses the server, and the operation says so).
+/// field), and room for every VM to add at its flavor (`400` with what is
+/// needed and what is free; `current`: the VMs a group has already, for an
+/// update). Best effort (another deploy may take the room meanwhile: the
+/// VIM then refuses the server, and the operation says so).
 async fn fits_the_vim(
     vim: &esc_openstack::Client,
     spec: &esc_domain::model::DeploymentSpec,
+    current: &std::collections::BTreeMap<String, u32>,
 ) -> Result<(), Response> {
     use esc_openstack::Error;
     let unavailable = |e: Error| {
@@ -720,7 +730,9 @@ async fn fits_the_vim(
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        let n = i64::from(group.scaling.min_active);
+        let have = current.get(&group.name).copied().unwrap_or(0);
+        let target = have.clamp(group.scaling.min_active, group.scaling.max_active);
+        let n = i64::from(target.saturating_sub(have));
         cores += n * i64::from(flavor.vcpus);
         ram += n * flavor.ram as i64;
     }
@@ -752,7 +764,7 @@ async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
         if !spec.vm_groups.is_empty() {
             let vim = vim_usable(vim.as_deref())?;
-            fits_the_vim(vim, &spec).await?;
+            fits_the_vim(vim, &spec, &Default::default()).await?;
         }
         info!(name = %spec.name, "deploy");
         let fp = fingerprint(&[
@@ -766,6 +778,119 @@ async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request)
                 op_id: uuid::Uuid::new_v4().to_string(),
                 deployment: spec.name.clone(),
                 kind: esc_domain::model::OperationKind::Deploy { spec },
+                callback,
+            },
+        ))
+    })
+    .await
+}
+
+/// `PUT /v0/deployments/{name}`: update the deployment to the spec in the
+/// body (`OperationKind::Update` says what may change), `202` as a deploy.
+async fn update(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    req: Request,
+) -> Response {
+    let cb = callback(&headers);
+    let vim = state.shared.vim.clone();
+    let st = state.clone();
+    write_request(state, headers, "PUT", Some(req), |body| async move {
+        let callback = cb?;
+        check_name(&name).map_err(invalid)?;
+        let spec = esc_domain::model::DeploymentSpec::from_json(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if spec.name != name {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "name: {:?} must be the deployment's name in the URL ({name:?})",
+                    spec.name
+                ),
+            ));
+        }
+        // What the deployment has now: its VMs per group (the VIM needs
+        // room only for those added), and whether the VIM is involved.
+        let n = name.clone();
+        let now = read_state(&st, move |r| query::service(r, &n)).await?;
+        // What an update may not change, said before the VIM is asked (the
+        // domain checks again against the state the update applies to).
+        if let Some(was) = &now {
+            spec.check_update_of(&was.spec)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        }
+        let mut current = std::collections::BTreeMap::new();
+        for v in now.iter().flat_map(|s| &s.vms) {
+            *current.entry(v.key.group.clone()).or_insert(0u32) += 1;
+        }
+        if !spec.vm_groups.is_empty() || !current.is_empty() {
+            let vim = vim_usable(vim.as_deref())?;
+            fits_the_vim(vim, &spec, &current).await?;
+        }
+        info!(%name, "update");
+        let fp = fingerprint(&[
+            b"PUT /v0/deployments/",
+            name.as_bytes(),
+            &body,
+            callback.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        Ok((
+            fp,
+            Op::StartOperation {
+                op_id: uuid::Uuid::new_v4().to_string(),
+                deployment: name,
+                kind: esc_domain::model::OperationKind::Update { spec },
+                callback,
+            },
+        ))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmActionRequest {
+    action: esc_domain::model::VmAction,
+}
+
+/// `POST /v0/deployments/{name}/vms/{vm}` `{"action": "REBOOT" | "STOP" |
+/// "START"}`: a manual action on one VM (by its server name), `202`.
+async fn vm_action(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath((name, vm)): UrlPath<(String, String)>,
+    req: Request,
+) -> Response {
+    let cb = callback(&headers);
+    let vim = state.shared.vim.clone();
+    write_request(state, headers, "POST", Some(req), |body| async move {
+        let callback = cb?;
+        check_name(&name).map_err(invalid)?;
+        let request: VmActionRequest = esc_domain::model::parse(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{e} (the body is {{\"action\": \"REBOOT\" | \"STOP\" | \"START\"}})"),
+            )
+        })?;
+        vim_usable(vim.as_deref())?;
+        info!(%name, %vm, action = request.action.word(), "VM action");
+        let fp = fingerprint(&[
+            b"POST /v0/deployments/",
+            name.as_bytes(),
+            vm.as_bytes(),
+            &body,
+            callback.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        Ok((
+            fp,
+            Op::StartOperation {
+                op_id: uuid::Uuid::new_v4().to_string(),
+                deployment: name,
+                kind: esc_domain::model::OperationKind::VmAction {
+                    vm,
+                    action: request.action,
+                },
                 callback,
             },
         ))
