@@ -74,6 +74,33 @@ fn deploys_survive_power_failure_with_vim_api_faults() {
     );
 }
 
+/// Updates (one VM more each) and reboots of VMs, with the primary's power
+/// cut while they run: each completes once, the VIM holds exactly the grown
+/// deployments' servers, and each VM asked to reboot was rebooted once.
+#[test]
+fn updates_and_reboots_survive_power_failure() {
+    if !esc_lab::allowed() {
+        return;
+    }
+    let opts = Options {
+        verbose: true,
+        deployments: 24,
+        vms_per_deployment: 1,
+        undeploy: 4,
+        updates: 10,
+        reboots: 10,
+        fault_after: 4,
+        fault_in_changes: true,
+        ..Options::default()
+    };
+    let r = run("su", &bins(), Fault::PowerFailure, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "updates and reboots: takeover {} ms, {} operations completed, {} servers ({} creates)",
+        r.takeover_ms, r.completed, r.servers_on_vim, r.creates
+    );
+    assert!(r.pass, "{r:#?}");
+}
+
 /// The lab VIM's namespace servers: a deployed VM's VNF answers on its
 /// address with its day-0 file; the control plane kills, hangs and cuts
 /// it (the VIM still says ACTIVE) and heals it; a reboot restarts it.

@@ -2,13 +2,15 @@
 //! configured with a VIM connector to `esc-vim` on a host of its own; a
 //! client deploys deployments of VMs through the VIP (each with an
 //! `Idempotency-Key` and a `callback`), the fault hits the primary while
-//! they are being deployed, then part of them is undeployed; and a checker
-//! verifies what the issue asks:
+//! they are being deployed (or, in a run with `fault_in_changes`, while
+//! deployments are being updated, one VM more each, and VMs rebooted), then
+//! part of them is undeployed; and a checker verifies what the issue asks:
 //!
 //! - every operation answered `202` reached `COMPLETED`, once (every
 //!   resend of a request got the same operation);
 //! - the VIM holds exactly the servers of the deployments that remain (no
-//!   duplicate, no leak, none missing);
+//!   duplicate, no leak, none missing), and its history shows one reboot
+//!   of each VM a client asked to reboot;
 //! - every callback arrived with its operation's transaction id;
 //! - the event stream read through the VIP across the takeover has no gap
 //!   and no event twice, and is the new primary's outbox.
@@ -49,6 +51,14 @@ pub struct Options {
     pub api_faults: Option<serde_json::Value>,
     /// Servers as network namespaces with `esc-vnf` (else light).
     pub namespace_servers: bool,
+    /// Deployments updated to one VM more each (those after the
+    /// undeployed ones), once every deploy completed...
+    pub updates: usize,
+    /// ...and deployments whose first VM is rebooted (the next ones).
+    pub reboots: usize,
+    /// The fault hits after `fault_after` of those changes were accepted
+    /// (else after that many deploys).
+    pub fault_in_changes: bool,
     pub verbose: bool,
 }
 
@@ -61,6 +71,9 @@ impl Default for Options {
             fault_after: 15,
             api_faults: None,
             namespace_servers: true,
+            updates: 0,
+            reboots: 0,
+            fault_in_changes: false,
             verbose: false,
         }
     }
@@ -80,6 +93,21 @@ pub struct Op {
     pub error: String,
 }
 
+impl Op {
+    /// An operation just accepted (202): its id from the answer.
+    fn accepted(deployment: String, kind: &'static str, v: &serde_json::Value, tid: String) -> Op {
+        Op {
+            deployment,
+            kind,
+            op_id: v["operation"].as_str().unwrap_or("").to_string(),
+            tid,
+            resends_agree: true,
+            state: String::new(),
+            error: String::new(),
+        }
+    }
+}
+
 /// What the checker found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -97,6 +125,9 @@ pub struct Report {
     pub leaked: Vec<String>,
     /// Creates the VIM saw (more than the VMs: duplicates made, then removed).
     pub creates: usize,
+    /// VMs a client asked to reboot that the VIM did not reboot exactly
+    /// once (name: reboots seen).
+    pub reboots_not_once: Vec<String>,
     pub callbacks_missing: Vec<String>,
     /// Namespace servers whose VNF did not answer its health check with
     /// its day-0 file (empty with light servers).
@@ -253,6 +284,7 @@ pub fn up_with(
 #[derive(Default)]
 struct Progress {
     deploys_accepted: AtomicUsize,
+    changes_accepted: AtomicUsize,
 }
 
 struct ClientReport {
@@ -502,15 +534,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                             }
                             progress.deploys_accepted.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut o) = ops.lock() {
-                                o.push(Op {
-                                    deployment: dep_name(i),
-                                    kind: "deploy",
-                                    op_id: v["operation"].as_str().unwrap_or("").to_string(),
-                                    tid,
-                                    resends_agree: true,
-                                    state: String::new(),
-                                    error: String::new(),
-                                });
+                                o.push(Op::accepted(dep_name(i), "deploy", &v, tid));
                             }
                         }
                         Err(e) => errs.push(e),
@@ -544,6 +568,39 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                     .is_some_and(|x| x.1["operation"] == op.op_id.as_str());
             }
         }
+        // Updates (one VM more) and reboots (of the first VM), after the
+        // deployments to be undeployed.
+        let mut changes = Vec::new();
+        for (n, i) in (opts.undeploy..opts.deployments)
+            .take(opts.updates + opts.reboots)
+            .enumerate()
+        {
+            let (kind, method, url, body) = if n < opts.updates {
+                let url = format!("http://{VIP}:8080/v0/deployments/{}", dep_name(i));
+                let body = spec(i, opts.vms_per_deployment + 1);
+                ("update", reqwest::Method::PUT, url, body)
+            } else {
+                let vm = &server_names(i, 1)[0];
+                let url = format!("http://{VIP}:8080/v0/deployments/{}/vms/{vm}", dep_name(i));
+                let body = serde_json::json!({"action": "REBOOT"});
+                ("reboot", reqwest::Method::POST, url, body)
+            };
+            let cb = sink.url(&format!("/cb/{kind}/{i}"));
+            match send(&c, method, &url, &format!("{kind}-{i}"), &cb, Some(&body)).await {
+                Ok(a) => {
+                    let (status, v, tid) = a.last().cloned().unwrap_or_default();
+                    if status != 202 {
+                        errors.push(format!("{kind} {i}: HTTP {status} {v}"));
+                        continue;
+                    }
+                    progress.changes_accepted.fetch_add(1, Ordering::Relaxed);
+                    changes.push(Op::accepted(dep_name(i), kind, &v, tid));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        settle(&c, &mut changes).await;
+        ops.extend(changes);
         // Undeploys of the first ones.
         let mut undeploys = Vec::new();
         for i in 0..opts.undeploy.min(opts.deployments) {
@@ -564,15 +621,7 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                         errors.push(format!("undeploy {i}: HTTP {status} {v}"));
                         continue;
                     }
-                    undeploys.push(Op {
-                        deployment: dep_name(i),
-                        kind: "undeploy",
-                        op_id: v["operation"].as_str().unwrap_or("").to_string(),
-                        tid,
-                        resends_agree: true,
-                        state: String::new(),
-                        error: String::new(),
-                    });
+                    undeploys.push(Op::accepted(dep_name(i), "undeploy", &v, tid));
                 }
                 Err(e) => errors.push(e),
             }
@@ -685,10 +734,15 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Repor
     let progress = Arc::new(Progress::default());
     let (o, pr) = (opts.clone(), progress.clone());
     let client = c.lab.in_ns("client", move || client_script(o, pr));
+    let accepted = if opts.fault_in_changes {
+        &progress.changes_accepted
+    } else {
+        &progress.deploys_accepted
+    };
     anyhow::ensure!(
-        wait_for(PHASE, || progress.deploys_accepted.load(Ordering::Relaxed)
+        wait_for(PHASE, || accepted.load(Ordering::Relaxed)
             >= opts.fault_after),
-        "the deploys do not progress"
+        "the client's operations do not progress"
     );
     say(
         opts,
@@ -719,10 +773,28 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Repor
 }
 
 fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Report {
-    let remaining: Vec<usize> = (opts.undeploy.min(opts.deployments)..opts.deployments).collect();
+    let first = opts.undeploy.min(opts.deployments);
+    let remaining: Vec<usize> = (first..opts.deployments).collect();
+    let updated = first..first + opts.updates;
+    let rebooted = first + opts.updates..first + opts.updates + opts.reboots;
     let expected: BTreeSet<String> = remaining
         .iter()
-        .flat_map(|&i| server_names(i, opts.vms_per_deployment))
+        .flat_map(|&i| {
+            let grown = u32::from(updated.contains(&i));
+            server_names(i, opts.vms_per_deployment + grown)
+        })
+        .collect();
+    let reboots_not_once: Vec<String> = rebooted
+        .filter(|&i| i < opts.deployments)
+        .map(|i| server_names(i, 1).remove(0))
+        .filter_map(|name| {
+            let n = r
+                .history
+                .iter()
+                .filter(|h| h["name"] == name.as_str() && h["what"] == "reboot")
+                .count();
+            (n != 1).then(|| format!("{name}: {n}"))
+        })
         .collect();
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &r.servers {
@@ -760,7 +832,8 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
     let stream_is_outbox = !read_ids.is_empty() && read_ids == r.outbox_ids;
     let completed = r.ops.iter().filter(|o| o.state == "COMPLETED").count();
     let disagreeing = r.ops.iter().filter(|o| !o.resends_agree).count();
-    let want_ops = opts.deployments + opts.undeploy.min(opts.deployments);
+    let changes = (opts.updates + opts.reboots).min(opts.deployments - first);
+    let want_ops = opts.deployments + first + changes;
     let creates = r.history.iter().filter(|h| h["what"] == "create").count();
     let pass = r.errors.is_empty()
         && r.ops.len() == want_ops
@@ -769,6 +842,7 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
         && duplicates.is_empty()
         && missing.is_empty()
         && leaked.is_empty()
+        && reboots_not_once.is_empty()
         && callbacks_missing.is_empty()
         && r.vnfs_not_answering.is_empty()
         && event_faults.is_empty()
@@ -790,6 +864,7 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
         missing,
         leaked,
         creates,
+        reboots_not_once,
         callbacks_missing,
         vnfs_not_answering: r.vnfs_not_answering,
         events_read: r.events.len(),
