@@ -767,3 +767,185 @@ fn a_service_is_updated_and_its_vms_stopped_started_and_rebooted() {
         .count();
     assert_eq!(stops, 2, "one more stop, not two");
 }
+
+/// A VM's stand-in on its loopback address (scale-net servers are light:
+/// the test answers for them): `GET /health` answered 200 until stopped.
+struct FakeVnf {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: std::net::SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeVnf {
+    fn start(addr: &str) -> FakeVnf {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind(format!("{addr}:18080")).unwrap();
+        let at = l.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for c in l.incoming() {
+                // `drop` connects once to wake this accept.
+                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut c) = c else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        FakeVnf {
+            stop,
+            addr: at,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeVnf {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue 12 end to end on one node: a group with ESC's bootup check (an
+/// HTTP KPI here, the VM's stand-in answering on its loopback address) is
+/// alive only once it answers; a VM that stops answering is recovered by
+/// its policy: a hard reboot first (one, in the VIM's history), and when
+/// the rebooted VM does not answer within `bootup_time`, a redeploy (its
+/// server deleted, one of the next generation created); the notifications
+/// in order.
+#[test]
+fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
+    let (vim, handle) = start_vim_handle(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let (node, _secrets) = node_with_vim(&vim);
+    let rt = rt();
+    let c = client();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        api(&rt, &c, &node, method, path, body)
+    };
+    use reqwest::Method;
+    wait_until(Duration::from_secs(10), "the VIM answers", || {
+        node.admin(esc_proto::AdminRequest::Health).value.unwrap()["stage"] == "READY"
+    });
+    let reader = EventReader::start(node.spec.api, "admin", PASSWORD, 0, Duration::from_secs(3));
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v0/tenants",
+            Some(serde_json::json!({"name": "t1"}))
+        )
+        .0,
+        201
+    );
+    let spec = serde_json::json!({
+        "name": "mon", "tenant": "t1",
+        "vm_groups": [{
+            "name": "g", "image": "vnf-image", "flavor": "m1.small",
+            "scaling": { "min_active": 1, "max_active": 1 },
+            "interfaces": [{ "nicid": 0, "network": "scale-net" }],
+            "bootup_time": 4,
+            "recovery_policy": { "action": "REBOOT_THEN_REDEPLOY", "max_retries": 2 },
+            "kpis": [{ "event_name": "VM_ALIVE", "metric_value": 1, "metric_cond": "GE",
+                       "metric_occurrences_true": 1, "metric_occurrences_false": 2,
+                       "metric_collector": { "type": "HTTPGet", "nicid": 0, "poll_frequency": 1,
+                                             "port": 18080, "path": "/health" } }],
+            "rules": [{ "event_name": "VM_ALIVE",
+                        "actions": ["FALSE recover autohealing", "TRUE esc_vm_alive_notification"] }]
+        }]
+    });
+    let (status, body) = call(Method::POST, "/v0/deployments", Some(spec));
+    assert_eq!(status, 202, "{body}");
+    let op = format!("/v0/operations/{}", body["operation"].as_str().unwrap());
+    // Up on the VIM, not alive until it answers: its address is in the
+    // operation's record.
+    let mut addr = String::new();
+    wait_until(Duration::from_secs(30), "the server up", || {
+        let o = call(Method::GET, &op, None).1;
+        addr = o["vms"][0]["addresses"]["0"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !addr.is_empty()
+    });
+    assert!(addr.starts_with("127.64."), "{addr}");
+    assert_eq!(call(Method::GET, &op, None).1["state"], "PROCESSING");
+    let vnf = FakeVnf::start(&addr);
+    wait_until(Duration::from_secs(30), "alive", || {
+        call(Method::GET, &op, None).1["state"] == "COMPLETED"
+    });
+    let d = call(Method::GET, "/v0/deployments/mon", None).1;
+    assert_eq!(d["vms"][0]["state"], "VM_ALIVE_STATE", "{d}");
+    let first = d["vms"][0]["key"].clone();
+
+    // It stops answering: recovered by a hard reboot...
+    drop(vnf);
+    let history = |what: &str| {
+        handle
+            .history()
+            .into_iter()
+            .filter(|h| h.what == what)
+            .count()
+    };
+    wait_until(Duration::from_secs(30), "a hard reboot", || {
+        history("hard-reboot") == 1
+    });
+    // ...that does not bring it back (nothing answers): redeployed, a
+    // server of the next generation, at its own address.
+    wait_until(Duration::from_secs(60), "a redeploy", || {
+        history("create") == 2
+    });
+    assert_eq!(history("delete"), 1, "the old server deleted first");
+    let mut addr2 = String::new();
+    wait_until(Duration::from_secs(30), "the new server up", || {
+        let d = call(Method::GET, "/v0/deployments/mon", None).1;
+        let cur = d["current_op"].as_str().unwrap_or("").to_string();
+        if cur.is_empty() {
+            return false;
+        }
+        let o = call(Method::GET, &format!("/v0/operations/{cur}"), None).1;
+        addr2 = o["vms"][0]["addresses"]["0"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !addr2.is_empty()
+    });
+    let _vnf2 = FakeVnf::start(&addr2);
+    wait_until(Duration::from_secs(30), "recovered", || {
+        let d = call(Method::GET, "/v0/deployments/mon", None).1;
+        d["current_op"].is_null() && d["vms"][0]["state"] == "VM_ALIVE_STATE"
+    });
+    let d = call(Method::GET, "/v0/deployments/mon", None).1;
+    assert_eq!(
+        d["vms"][0]["key"]["generation"],
+        first["generation"].as_u64().unwrap() + 1
+    );
+    assert_eq!(d["vms"][0]["recoveries"], 1, "{d}");
+    assert_eq!(history("hard-reboot"), 1, "one reboot, one redeploy");
+    let names: Vec<String> = reader
+        .events()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e.starts_with("VM_RECOVERY"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "VM_RECOVERY_INIT",
+            "VM_RECOVERY_REBOOT",
+            "VM_RECOVERY_INIT",
+            "VM_RECOVERY_UNDEPLOYED",
+            "VM_RECOVERY_DEPLOYED",
+            "VM_RECOVERY_COMPLETE"
+        ]
+    );
+    reader.finish();
+}

@@ -124,7 +124,8 @@ impl Op {
                         }
                         spec.validate().map_err(|e| invalid("spec", e.to_string()))
                     }
-                    crate::model::OperationKind::VmAction { vm, .. } => {
+                    crate::model::OperationKind::VmAction { vm, .. }
+                    | crate::model::OperationKind::Recover { vm, .. } => {
                         if vm.is_empty()
                             || vm.len() > crate::model::SERVER_NAME_LEN_MAX
                             || !vm.bytes().all(|b| b.is_ascii_graphic())

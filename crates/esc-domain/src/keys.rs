@@ -15,6 +15,15 @@ pub const OPERATION: &str = "op/";
 /// Index of the unsettled operations (what the lifecycle runner reads):
 /// each holds the log index that last changed its record (its version).
 pub const ACTIVE_OPERATION: &str = "opactive/";
+/// The services' change feed: the names of the services entry `index`
+/// wrote or removed, under `svcchg/<index>` (zero-padded: log order).
+pub const SERVICE_CHANGE: &str = "svcchg/";
+pub const SERVICE_CHANGE_COUNT: &str = "count/svcchg";
+pub const SERVICE_CHANGE_SEQ: &str = "count/svcchg_seq";
+
+pub fn service_change(index: u64) -> String {
+    format!("{SERVICE_CHANGE}{index:020}")
+}
 
 pub fn tenant(name: &str) -> String {
     format!("{TENANT}{name}")

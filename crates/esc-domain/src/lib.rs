@@ -23,11 +23,13 @@
 //! - [`keys`]: the layout of the state map.
 //! - [`model`]: the service's model (tenants, deployments with VM groups),
 //!   its validation naming each field, ESC's and SOL 003's states.
+//! - [`kpi`]: a VM group's monitoring: KPIs, rules and their actions.
 
 pub mod apply;
 mod codec;
 pub mod command;
 pub mod keys;
+pub mod kpi;
 pub mod lifecycle;
 pub mod model;
 pub mod outcome;

@@ -7,8 +7,8 @@ use crate::codec::{add_count, read, write};
 use crate::command::Command;
 use crate::keys;
 use crate::model::{
-    Callback, LcmControl, OperationKind, OperationRecord, OperationState, ServiceRecord,
-    ServiceState, Step, Tenant, VmAction, VmRecord, VmState,
+    Callback, LcmControl, OperationKind, OperationRecord, OperationState, Recovery, RecoveryMode,
+    ServiceRecord, ServiceState, Step, Tenant, VmAction, VmRecord, VmState,
 };
 use crate::outcome::{EventKind, Outcome, Refused};
 use esc_state::{State, StateError};
@@ -54,13 +54,14 @@ fn accepted_event(kind: &OperationKind) -> &'static str {
             VmAction::Stop => "VM_STOPPING",
             VmAction::Start => "VM_STARTING",
         },
+        OperationKind::Recover { .. } => "VM_RECOVERY_INIT",
     }
 }
 
 /// The VM an operation is about, for its notifications (a manual action's).
 fn target_vm(record: &OperationRecord) -> Option<(&str, String)> {
     match record.kind {
-        OperationKind::VmAction { .. } => record
+        OperationKind::VmAction { .. } | OperationKind::Recover { .. } => record
             .vms
             .first()
             .map(|v| (v.key.group.as_str(), v.key.server_name())),
@@ -149,7 +150,7 @@ pub fn start(
             s.current_op = Some(op_id.into());
             (s, "SERVICE_UPDATING")
         }
-        OperationKind::VmAction { vm, .. } => {
+        OperationKind::VmAction { vm, .. } | OperationKind::Recover { vm, .. } => {
             let Some(mut s) = existing else {
                 return Ok(refused(Refused::NoSuchDeployment {
                     name: deployment.into(),
@@ -194,30 +195,63 @@ pub fn start(
                     state: action.running_state(),
                     error: None,
                     action_mark: None,
+                    up_at_ms: None,
                     ..v.clone()
                 })
                 .collect();
         }
+        OperationKind::Recover { vm, .. } => {
+            let Some(v) = service.vms.iter().find(|v| v.key.server_name() == *vm) else {
+                unreachable!("checked above");
+            };
+            let Some(group) = service
+                .spec
+                .vm_groups
+                .iter()
+                .find(|g| g.name == v.key.group)
+            else {
+                return Ok(refused(Refused::Invalid(format!(
+                    "VM {vm} is of no group of the deployment"
+                ))));
+            };
+            let recovery = Recovery {
+                attempt: 1,
+                attempts: group.recovery_policy.max_retries.max(1),
+                action: group.recovery_policy.action,
+                group: group.clone(),
+            };
+            let mut v = v.clone();
+            v.begin(recovery.mode(), &mut record.cleanup);
+            record.vms = vec![v];
+            record.recovery = Some(recovery);
+        }
         OperationKind::Deploy { .. } => {}
     }
     let vm = target_vm(&record);
+    let message = match kind {
+        OperationKind::Recover { reason, .. } => format!("operation {op_id}: {reason}"),
+        _ => format!("operation {op_id} accepted"),
+    };
     let mut events = vec![esc_event(
         event,
         &service,
         vm.as_ref().map(|(g, t)| (*g, t.as_str())),
         "SUCCESS",
-        format!("operation {op_id} accepted"),
+        message,
     )];
+    if let Some(e) = attempt_event(&record, &service) {
+        events.push(e);
+    }
     // No VM group ever: no server can exist, nothing to ask the VIM.
     if service.spec.vm_groups.is_empty()
         && record.vms.is_empty()
         && kind.spec().is_none_or(|s| s.vm_groups.is_empty())
     {
         record.state = OperationState::Completed;
-        settle(cmd, &record, service, state, &mut events)?;
+        settle(index, cmd, &record, service, state, &mut events)?;
     } else {
         write(state, &keys::active_operation(op_id), &index)?;
-        write(state, &sk, &service)?;
+        put_service(index, state, &service)?;
     }
     write(state, &keys::operation(op_id), &record)?;
     Ok((
@@ -235,13 +269,13 @@ pub fn start(
 /// the service's state, its removal after an undeploy, the runner's index,
 /// the notification and the callback owed to the client.
 fn settle(
+    index: u64,
     cmd: &Command,
     record: &OperationRecord,
     mut service: ServiceRecord,
     state: &mut dyn State,
     events: &mut Vec<EventKind>,
 ) -> Result<(), StateError> {
-    let sk = keys::service(&record.deployment_id);
     state.delete(&keys::active_operation(&record.id))?;
     let failed = record.state != OperationState::Completed;
     let message = record.error.clone().unwrap_or_else(|| "completed".into());
@@ -258,7 +292,7 @@ fn settle(
                 "SUCCESS",
                 format!("operation {} rolled back", record.id),
             ));
-            state.delete(&sk)?;
+            drop_service(index, &service, state)?;
             add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
         }
         OperationKind::Deploy { .. } => {
@@ -269,7 +303,7 @@ fn settle(
             };
             service.vms = record.vms.clone();
             events.push(esc_event("SERVICE_ALIVE", &service, None, status, message));
-            write(state, &sk, &service)?;
+            put_service(index, state, &service)?;
         }
         OperationKind::Undeploy => {
             events.push(esc_event(
@@ -281,9 +315,9 @@ fn settle(
             ));
             if failed {
                 service.state = ServiceState::Error;
-                write(state, &sk, &service)?;
+                put_service(index, state, &service)?;
             } else {
-                state.delete(&sk)?;
+                drop_service(index, &service, state)?;
                 add_count(state, keys::DEPLOYMENT_COUNT, -1)?;
             }
         }
@@ -312,6 +346,11 @@ fn settle(
                             ));
                         }
                     }
+                    if watched(&service) {
+                        // It may watch nothing from now on (no VM group
+                        // left): the monitor still learns its VMs went.
+                        note_change(index, &service.spec.name, state)?;
+                    }
                     service.spec = spec.clone();
                     service.vms = record.vms.clone();
                     service.state = ServiceState::Active;
@@ -334,7 +373,42 @@ fn settle(
                 status,
                 message,
             ));
-            write(state, &sk, &service)?;
+            put_service(index, state, &service)?;
+        }
+        // The VM as the recovery left it (a redeploy's has a new server and
+        // generation), one recovery more; a failed one puts the service in
+        // error.
+        OperationKind::Recover { .. } => {
+            if let Some(v) = record.vms.first() {
+                if let Some(sv) = service
+                    .vms
+                    .iter_mut()
+                    .find(|x| x.key.group == v.key.group && x.key.index == v.key.index)
+                {
+                    let recoveries = sv.recoveries + 1;
+                    *sv = VmRecord {
+                        state: if failed {
+                            VmState::Error
+                        } else {
+                            VmState::Alive
+                        },
+                        action_mark: None,
+                        recoveries,
+                        ..v.clone()
+                    };
+                }
+                if failed {
+                    service.state = ServiceState::Error;
+                }
+                events.push(esc_event(
+                    "VM_RECOVERY_COMPLETE",
+                    &service,
+                    Some((&v.key.group, &v.key.server_name())),
+                    status,
+                    message,
+                ));
+            }
+            put_service(index, state, &service)?;
         }
         // The VM as the action left it; the service's state is unchanged.
         OperationKind::VmAction { action, .. } => {
@@ -357,11 +431,89 @@ fn settle(
                     message,
                 ));
             }
-            write(state, &sk, &service)?;
+            put_service(index, state, &service)?;
         }
     }
     owe_callback(cmd, record, state)
 }
+
+/// Writes a service record and notes the change in the services' change
+/// feed (what the monitor follows).
+fn put_service(
+    index: u64,
+    state: &mut dyn State,
+    service: &ServiceRecord,
+) -> Result<(), StateError> {
+    write(state, &keys::service(&service.spec.name), service)?;
+    if watched(service) {
+        note_change(index, &service.spec.name, state)?;
+    }
+    Ok(())
+}
+
+/// A service that never has a VM (no VM group: the lab's workload, the
+/// write benchmark) is of no interest to the monitor: its writes are not
+/// in the feed and cost nothing more.
+fn watched(service: &ServiceRecord) -> bool {
+    !service.spec.vm_groups.is_empty() || !service.vms.is_empty()
+}
+
+/// Removes a service record, noting the change as [`put_service`] does.
+fn drop_service(
+    index: u64,
+    service: &ServiceRecord,
+    state: &mut dyn State,
+) -> Result<(), StateError> {
+    state.delete(&keys::service(&service.spec.name))?;
+    if watched(service) {
+        note_change(index, &service.spec.name, state)?;
+    }
+    Ok(())
+}
+
+/// Services changed by entry `index`, under `svcchg/<index>` (bounded:
+/// the oldest go past [`SERVICE_CHANGES_MAX`]; a reader that fell behind
+/// them reads every service again).
+fn note_change(index: u64, name: &str, state: &mut dyn State) -> Result<(), StateError> {
+    let k = keys::service_change(index);
+    let mut change: ServiceChange = match read(state, &k)? {
+        Some(c) => c,
+        None => ServiceChange {
+            seq: add_count(state, keys::SERVICE_CHANGE_SEQ, 1)?,
+            names: Vec::new(),
+        },
+    };
+    if change.names.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let fresh = change.names.is_empty();
+    change.names.push(name.to_string());
+    write(state, &k, &change)?;
+    if fresh && add_count(state, keys::SERVICE_CHANGE_COUNT, 1)? > SERVICE_CHANGES_MAX {
+        let mut oldest = None;
+        state.scan(keys::SERVICE_CHANGE, None, 1, &mut |k, _| {
+            oldest = Some(k.to_string());
+            false
+        })?;
+        if let Some(k) = oldest {
+            state.delete(&k)?;
+            add_count(state, keys::SERVICE_CHANGE_COUNT, -1)?;
+        }
+    }
+    Ok(())
+}
+
+/// One entry of the services' change feed: its number (1, 2, 3, ...: a
+/// reader that sees one skipped knows it fell behind the bound) and the
+/// services the entry changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceChange {
+    pub seq: u64,
+    pub names: Vec<String>,
+}
+
+/// Entries of the services' change feed kept.
+pub const SERVICE_CHANGES_MAX: u64 = 10_000;
 
 /// The result owed to the operation's callback URL, if it has one, as it
 /// stands now (a later settlement overwrites one not yet delivered).
@@ -397,6 +549,7 @@ pub fn record(
     let op_id = match step {
         Step::ServerBound { op, .. }
         | Step::VmActive { op, .. }
+        | Step::ServerUp { op, .. }
         | Step::VmStopped { op, .. }
         | Step::ActionMarked { op, .. }
         | Step::VmFailed { op, .. }
@@ -414,8 +567,45 @@ pub fn record(
         }));
     };
     let was = record.clone();
-    record.apply(step);
+    let service_before = service.clone();
+    record.apply(cmd.at_ms, step);
+    // A server up whose group has no bootup check is alive at once.
+    if let Step::ServerUp { key, .. } = step {
+        let spec = record.kind.spec().unwrap_or(&service.spec);
+        let checked = spec
+            .vm_groups
+            .iter()
+            .find(|g| g.name == key.group)
+            .is_some_and(|g| crate::kpi::bootup_kpi(&g.kpis, &g.rules).is_some());
+        if let Some(v) = record.vms.iter_mut().find(|v| &v.key == key) {
+            if !checked && matches!(v.state, VmState::Deploying | VmState::Rebooting) {
+                v.state = VmState::Alive;
+            }
+        }
+    }
     let mut events = Vec::new();
+    let recovering = matches!(record.kind, OperationKind::Recover { .. });
+    // A recovery attempt that failed (its reboot or redeploy did not bring
+    // the VM back): the next one, while there are attempts left.
+    if let (Step::VmFailed { key, error, .. }, Some(r)) = (step, record.recovery.as_mut()) {
+        if r.attempt < r.attempts && !record.state.settled() {
+            r.attempt += 1;
+            let mode = r.mode();
+            if let Some(v) = record.vms.iter_mut().find(|v| &v.key == key) {
+                v.begin(mode, &mut record.cleanup);
+            }
+            events.push(esc_event(
+                "VM_RECOVERY_INIT",
+                &service,
+                Some((&key.group, &key.server_name())),
+                "FAILURE",
+                format!("attempt {} failed: {error}", r.attempt - 1),
+            ));
+            if let Some(e) = attempt_event(&record, &service) {
+                events.push(e);
+            }
+        }
+    }
     if record != was {
         match step {
             Step::ServerBound {
@@ -424,7 +614,11 @@ pub fn record(
                 adopted,
                 ..
             } => events.push(esc_event(
-                "VM_DEPLOYED",
+                if recovering {
+                    "VM_RECOVERY_DEPLOYED"
+                } else {
+                    "VM_DEPLOYED"
+                },
                 &service,
                 Some((&key.group, &key.server_name())),
                 "SUCCESS",
@@ -435,7 +629,10 @@ pub fn record(
             )),
             // A manual action's end is told when it settles.
             Step::VmActive { key, .. }
-                if !matches!(record.kind, OperationKind::VmAction { .. }) =>
+                if !matches!(
+                    record.kind,
+                    OperationKind::VmAction { .. } | OperationKind::Recover { .. }
+                ) =>
             {
                 events.push(esc_event(
                     "VM_ALIVE",
@@ -445,7 +642,22 @@ pub fn record(
                     "VM is alive".into(),
                 ))
             }
-            Step::VmActive { .. } | Step::VmStopped { .. } | Step::ActionMarked { .. } => {}
+            Step::ServerUp { key, .. }
+                if !recovering
+                    && vm_of(&record, key).is_some_and(|v| v.state == VmState::Alive) =>
+            {
+                events.push(esc_event(
+                    "VM_ALIVE",
+                    &service,
+                    Some((&key.group, &key.server_name())),
+                    "SUCCESS",
+                    "VM is alive (its server runs; no bootup check)".into(),
+                ))
+            }
+            Step::VmActive { .. }
+            | Step::ServerUp { .. }
+            | Step::VmStopped { .. }
+            | Step::ActionMarked { .. } => {}
             Step::VmFailed { key, error, .. } => events.push(esc_event(
                 "VM_DEPLOYED",
                 &service,
@@ -460,7 +672,11 @@ pub fn record(
                     .find(|v| v.server_id.as_deref() == Some(server_id.as_str()))
                     .map(|v| (v.key.group.clone(), v.key.server_name()));
                 events.push(esc_event(
-                    "VM_UNDEPLOYED",
+                    if recovering {
+                        "VM_RECOVERY_UNDEPLOYED"
+                    } else {
+                        "VM_UNDEPLOYED"
+                    },
                     &service,
                     vm.as_ref().map(|(g, t)| (g.as_str(), t.as_str())),
                     "SUCCESS",
@@ -472,18 +688,22 @@ pub fn record(
     }
     if record.state.settled() && !was.state.settled() {
         record.settled_at_ms = Some(cmd.at_ms);
-        settle(cmd, &record, service, state, &mut events)?;
+        settle(index, cmd, &record, service, state, &mut events)?;
     } else if matches!(record.kind, OperationKind::Deploy { .. })
         && record.vms.iter().all(|v| v.state == VmState::Alive)
     {
         // A deploy's VMs show on the service as soon as all are alive (an
         // update's only once it completed: until then they are the old).
         service.vms = record.vms.clone();
-        write(state, &sk, &service)?;
+        put_service(index, state, &service)?;
     }
     if record != was && !record.state.settled() {
         // The runner reads again only the records whose version moved.
         write(state, &keys::active_operation(&op_id), &index)?;
+        // The monitor too (a VM up and booting, say).
+        if watched(&service_before) {
+            note_change(index, &record.deployment_id, state)?;
+        }
     }
     write(state, &ok, &record)?;
     Ok((
@@ -493,6 +713,26 @@ pub fn record(
         },
         events,
     ))
+}
+
+/// The notification of a recovery attempt starting (a reboot's; a
+/// redeploy's are its server's removal and creation).
+fn attempt_event(record: &OperationRecord, service: &ServiceRecord) -> Option<EventKind> {
+    let r = record.recovery.as_ref()?;
+    let v = record.vms.first()?;
+    (r.mode() == RecoveryMode::Reboot).then(|| {
+        esc_event(
+            "VM_RECOVERY_REBOOT",
+            service,
+            Some((&v.key.group, &v.key.server_name())),
+            "SUCCESS",
+            format!("attempt {}: hard reboot", r.attempt),
+        )
+    })
+}
+
+fn vm_of<'a>(record: &'a OperationRecord, key: &crate::model::VmKey) -> Option<&'a VmRecord> {
+    record.vms.iter().find(|v| &v.key == key)
 }
 
 /// `ControlOperation`: `retry` puts a FAILED_TEMP operation back in the
@@ -545,6 +785,7 @@ pub fn control(
                 OperationKind::Update { .. } => ServiceState::Updating,
                 // Before the action: its failure left the state as it was.
                 OperationKind::VmAction { .. } => s.state,
+                OperationKind::Recover { .. } => ServiceState::Active,
             };
             let vm = target_vm(&record);
             events.push(esc_event(
@@ -554,7 +795,7 @@ pub fn control(
                 "SUCCESS",
                 format!("operation {op_id} retried"),
             ));
-            write(state, &sk, s)?;
+            put_service(index, state, s)?;
             write(state, &keys::active_operation(op_id), &index)?;
         }
         LcmControl::Rollback => {
@@ -611,7 +852,7 @@ pub fn control(
                 "SUCCESS",
                 format!("operation {op_id} rolling back"),
             ));
-            write(state, &sk, s)?;
+            put_service(index, state, s)?;
             write(state, &keys::active_operation(op_id), &index)?;
         }
         LcmControl::Fail => {

@@ -65,6 +65,22 @@ pub struct VmGroup {
     pub config_data: Vec<ConfigFile>,
     #[serde(default)]
     pub recovery_policy: RecoveryPolicy,
+    /// What the monitor polls on each VM (`crate::kpi`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kpis: Vec<crate::kpi::Kpi>,
+    /// What it does on a KPI's events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::kpi::Rule>,
+    /// Seconds a new or recovered VM has to answer its bootup check (the
+    /// VM_ALIVE KPI) before it is recovered.
+    #[serde(default = "VmGroup::default_bootup_time")]
+    pub bootup_time: u64,
+}
+
+impl VmGroup {
+    fn default_bootup_time() -> u64 {
+        300
+    }
 }
 
 /// How many VMs: the group starts with `min_active`, scaling keeps it
@@ -414,6 +430,14 @@ impl DeploymentSpec {
                     ));
                 }
             }
+            crate::kpi::validate(
+                &group.kpis,
+                &group.rules,
+                group.bootup_time,
+                &nics,
+                &|f: &str| p(f),
+            )
+            .map_err(|(path, m)| at(&path, m))?;
             let r = group.recovery_policy;
             if r.max_retries > RETRIES_MAX {
                 return Err(at(
@@ -780,6 +804,12 @@ pub enum OperationKind {
     /// newest instance action on the VIM is committed first (the mark), and
     /// the action is asked for only while that has not moved.
     VmAction { vm: String, action: VmAction },
+    /// The recovery of one VM by its group's policy (issue 12: what the
+    /// monitor starts when a VM stops answering, or an operator asks):
+    /// attempts of a hard reboot (exactly once, as a VM action) or a
+    /// redeploy (the old server deleted, one of the next generation
+    /// created), each followed by the bootup check, up to `max_retries`.
+    Recover { vm: String, reason: String },
 }
 
 impl OperationKind {
@@ -787,7 +817,9 @@ impl OperationKind {
     pub fn spec(&self) -> Option<&DeploymentSpec> {
         match self {
             OperationKind::Deploy { spec } | OperationKind::Update { spec } => Some(spec),
-            OperationKind::Undeploy | OperationKind::VmAction { .. } => None,
+            OperationKind::Undeploy
+            | OperationKind::VmAction { .. }
+            | OperationKind::Recover { .. } => None,
         }
     }
 
@@ -798,6 +830,7 @@ impl OperationKind {
             OperationKind::Undeploy => "undeploy",
             OperationKind::Update { .. } => "update",
             OperationKind::VmAction { action, .. } => action.word(),
+            OperationKind::Recover { .. } => "recover",
         }
     }
 }
@@ -852,6 +885,22 @@ pub struct VmRecord {
     /// instance action before the action was asked for (empty: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_mark: Option<String>,
+    /// Its addresses by `nicid`, as the VIM gave them (what the monitor
+    /// probes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<u8, String>,
+    /// When the VIM first reported its server running (the proposer's
+    /// clock): its bootup check has `bootup_time` from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_at_ms: Option<u64>,
+    /// Recoveries it went through (the monitor derives the next one's
+    /// operation id from it: one recovery, one operation).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recoveries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl VmRecord {
@@ -863,6 +912,61 @@ impl VmRecord {
             state: VmState::Deploying,
             error: None,
             action_mark: None,
+            addresses: BTreeMap::new(),
+            up_at_ms: None,
+            recoveries: 0,
+        }
+    }
+
+    /// Starts a recovery attempt: a hard reboot (the action's mark read
+    /// anew), or a redeploy (its server to delete first, a server of the
+    /// next generation to create).
+    pub fn begin(&mut self, mode: RecoveryMode, cleanup: &mut Vec<String>) {
+        self.error = None;
+        self.action_mark = None;
+        self.up_at_ms = None;
+        match mode {
+            RecoveryMode::Reboot => self.state = VmState::Rebooting,
+            RecoveryMode::Redeploy => {
+                if let Some(id) = self.server_id.take() {
+                    cleanup.push(id);
+                }
+                self.addresses.clear();
+                self.key.generation += 1;
+                self.state = VmState::Deploying;
+            }
+        }
+    }
+}
+
+/// A recovery's progress (`OperationKind::Recover`), replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// From 1.
+    pub attempt: u32,
+    pub attempts: u32,
+    pub action: RecoveryAction,
+    /// The VM's group as it was when the recovery started (a redeploy
+    /// creates its server from it).
+    pub group: VmGroup,
+}
+
+/// What one recovery attempt does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryMode {
+    Reboot,
+    Redeploy,
+}
+
+impl Recovery {
+    /// ESC's policies: REBOOT_ONLY and REDEPLOY_ONLY every attempt;
+    /// REBOOT_THEN_REDEPLOY a reboot first, then redeploys.
+    pub fn mode(&self) -> RecoveryMode {
+        match self.action {
+            RecoveryAction::RebootOnly => RecoveryMode::Reboot,
+            RecoveryAction::RedeployOnly => RecoveryMode::Redeploy,
+            RecoveryAction::RebootThenRedeploy if self.attempt <= 1 => RecoveryMode::Reboot,
+            RecoveryAction::RebootThenRedeploy => RecoveryMode::Redeploy,
         }
     }
 }
@@ -894,6 +998,9 @@ pub struct OperationRecord {
     /// server, replaced on a retry by one of the next generation).
     #[serde(default)]
     pub cleanup: Vec<String>,
+    /// A recovery's attempts (`OperationKind::Recover` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 }
 
 /// What an operator may do with a FAILED_TEMP operation (ETSI NFV-SOL 003,
@@ -925,15 +1032,20 @@ pub enum Step {
         server_id: String,
         adopted: bool,
     },
-    VmActive {
+    /// The VIM reports the VM's server running, with its addresses by
+    /// `nicid`: the VM is alive now if its group has no bootup check, else
+    /// once the monitor sees it answer (`VmActive`). Pairs, not a map: a
+    /// map with number keys does not survive serde's internally tagged
+    /// enums (its keys are strings in JSON).
+    ServerUp {
         op: String,
         key: VmKey,
+        addresses: Vec<(u8, String)>,
     },
+    /// The VM is alive (ESC's VM_ALIVE).
+    VmActive { op: String, key: VmKey },
     /// The VM's server is stopped (SHUTOFF), as a `STOP` asked.
-    VmStopped {
-        op: String,
-        key: VmKey,
-    },
+    VmStopped { op: String, key: VmKey },
     /// A manual action's mark (the newest instance action's request id on
     /// the VIM, empty if none) before the action is asked for.
     ActionMarked {
@@ -947,10 +1059,7 @@ pub enum Step {
         error: String,
     },
     /// The server is gone (deleted, or already absent).
-    ServerGone {
-        op: String,
-        server_id: String,
-    },
+    ServerGone { op: String, server_id: String },
     /// The operation ends in `state` (COMPLETED, FAILED_TEMP, ...).
     Settled {
         op: String,
@@ -976,13 +1085,9 @@ impl OperationRecord {
             self.settled_at_ms = None;
             return;
         }
+        let cleanup = &mut self.cleanup;
         for v in self.vms.iter_mut().filter(|v| v.state == VmState::Error) {
-            if let Some(id) = v.server_id.take() {
-                self.cleanup.push(id);
-            }
-            v.key.generation += 1;
-            v.state = VmState::Deploying;
-            v.error = None;
+            v.begin(RecoveryMode::Redeploy, cleanup);
         }
         self.state = OperationState::Processing;
         self.error = None;
@@ -1000,7 +1105,8 @@ impl OperationRecord {
             // Listed by the domain from the service (`lifecycle::start`).
             OperationKind::Undeploy
             | OperationKind::Update { .. }
-            | OperationKind::VmAction { .. } => Vec::new(),
+            | OperationKind::VmAction { .. }
+            | OperationKind::Recover { .. } => Vec::new(),
         };
         OperationRecord {
             id,
@@ -1014,12 +1120,14 @@ impl OperationRecord {
             started_at_ms: 0,
             settled_at_ms: None,
             cleanup: Vec::new(),
+            recovery: None,
         }
     }
 
     /// Applies a committed step (deterministic; a step for another
-    /// operation, or a repeated one, changes nothing).
-    pub fn apply(&mut self, step: &Step) {
+    /// operation, or a repeated one, changes nothing); `at_ms`: the step's
+    /// proposal time.
+    pub fn apply(&mut self, at_ms: u64, step: &Step) {
         let vm = |vms: &mut Vec<VmRecord>, key: &VmKey| vms.iter_mut().position(|v| &v.key == key);
         match step {
             Step::ServerBound {
@@ -1037,6 +1145,15 @@ impl OperationRecord {
             Step::VmActive { op, key } if *op == self.id => {
                 if let Some(i) = vm(&mut self.vms, key) {
                     self.vms[i].state = VmState::Alive;
+                }
+            }
+            Step::ServerUp { op, key, addresses } if *op == self.id => {
+                if let Some(i) = vm(&mut self.vms, key) {
+                    let v = &mut self.vms[i];
+                    if v.up_at_ms.is_none() {
+                        v.up_at_ms = Some(at_ms);
+                        v.addresses = addresses.iter().cloned().collect();
+                    }
                 }
             }
             Step::VmStopped { op, key } if *op == self.id => {

@@ -128,3 +128,27 @@ pub fn operation(
 pub fn service(state: &dyn StateRead, name: &str) -> Result<Option<ServiceRecord>, StateError> {
     read(state, &keys::service(name))
 }
+
+/// The services' change feed after log index `after` (oldest first, at
+/// most `limit`): each entry's index and what it changed.
+pub fn service_changes(
+    state: &dyn StateRead,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, crate::lifecycle::ServiceChange)>, StateError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    let from = keys::service_change(after);
+    state.scan(keys::SERVICE_CHANGE, Some(&from), limit, &mut |k, v| {
+        let index = k[keys::SERVICE_CHANGE.len()..].parse().unwrap_or(0);
+        match decode(k, v) {
+            Ok(c) => out.push((index, c)),
+            Err(e) => bad = Some(e),
+        }
+        bad.is_none()
+    })?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}

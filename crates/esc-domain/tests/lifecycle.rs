@@ -414,7 +414,8 @@ fn a_failed_temp_deploy_rolls_back_to_nothing() {
     assert_eq!(names.last().unwrap(), "SERVICE_UNDEPLOYED");
 }
 
-/// A deployment of `vms` alive VMs (servers `s0`, `s1`, ...).
+/// A deployment of `vms` alive VMs (servers `s0`, `s1`, ...), each up
+/// with an address (no bootup check: alive at once).
 fn active(log: &mut Log, vms: u32) {
     tenant(log);
     log.apply(deploy("op1", vms));
@@ -425,10 +426,12 @@ fn active(log: &mut Log, vms: u32) {
             server_id: format!("s{i}"),
             adopted: false,
         }));
-        log.apply(step(Step::VmActive {
+        let up = log.apply(step(Step::ServerUp {
             op: "op1".into(),
             key: key(i),
+            addresses: vec![(0, format!("203.0.113.{}", i + 10))],
         }));
+        assert!(matches!(up, Outcome::StepRecorded { .. }), "{up:?}");
     }
     log.apply(step(Step::Settled {
         op: "op1".into(),

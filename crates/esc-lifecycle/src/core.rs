@@ -68,6 +68,9 @@ pub struct ServerInfo {
     /// Nova's status word.
     pub status: String,
     pub fault: Option<String>,
+    /// Its addresses by network name, in the VIM's order.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, Vec<String>>,
 }
 
 /// A VIM call to make (the runtime maps it to `esc-openstack`).
@@ -96,10 +99,12 @@ pub enum VimCall {
     Actions {
         server_id: String,
     },
-    /// Reboot (SOFT), stop or start the server.
+    /// Reboot (SOFT, or HARD for a recovery), stop or start the server.
     Act {
         server_id: String,
         action: VmAction,
+        #[serde(default)]
+        hard: bool,
     },
 }
 
@@ -293,6 +298,9 @@ impl Lifecycle {
                 (Target::Vm(k), Step::VmFailed { .. }) => {
                     vm(r, k).is_some_and(|v| v.state == VmState::Error)
                 }
+                (Target::Vm(k), Step::ServerUp { .. }) => {
+                    vm(r, k).is_some_and(|v| v.up_at_ms.is_some())
+                }
                 (Target::Vm(k), Step::VmStopped { .. }) => {
                     vm(r, k).is_some_and(|v| v.state == VmState::Shutoff)
                 }
@@ -364,6 +372,7 @@ impl Lifecycle {
                     }
                 }
                 _ if builds(&r) => {
+                    let recovering = matches!(r.kind, OperationKind::Recover { .. });
                     if let Some(failed) = r.vms.iter().find(|v| v.state == VmState::Error) {
                         let error = format!(
                             "VM {} failed: {}",
@@ -389,6 +398,23 @@ impl Lifecycle {
                             };
                             self.call(slot, vim, out);
                         }
+                    }
+                    // A redeploy's new server only once the old one is
+                    // gone (ESC's order: it may take the old one's fixed
+                    // address).
+                    if recovering && !r.cleanup.is_empty() {
+                        continue;
+                    }
+                    if recovering && r.vms.iter().all(|v| v.state == VmState::Alive) {
+                        self.propose(settle, settled(&r.id, OperationState::Completed, None), out);
+                        continue;
+                    }
+                    // A recovery's hard reboot: exactly once, as an action.
+                    if recovering && r.vms.iter().any(|v| v.state == VmState::Rebooting) {
+                        if !self.plan_action(now_ms, &r, VmAction::Reboot, out) {
+                            return;
+                        }
+                        continue;
                     }
                     // An update's VMs to remove, once no VM is left to
                     // create (new VMs first: the service never shrinks
@@ -430,7 +456,10 @@ impl Lifecycle {
                             return;
                         }
                         let slot = (r.id.clone(), Target::Vm(v.key.clone()));
+                        // Up, and booting: the monitor's bootup check
+                        // decides (VmActive, or VmFailed past bootup_time).
                         if v.state != VmState::Deploying
+                            || v.up_at_ms.is_some()
                             || self.busy(&slot)
                             || self.waiting(&slot, now_ms)
                         {
@@ -543,11 +572,7 @@ impl Lifecycle {
                     None => {
                         // A deploy's, an update's or a retry's VM: from the
                         // operation's spec (an update's day-0 data).
-                        let group = r
-                            .kind
-                            .spec()
-                            .and_then(|spec| spec.vm_groups.iter().find(|g| g.name == key.group))
-                            .cloned();
+                        let group = group_of(&r, key).cloned();
                         if let Some(group) = group {
                             let vim = VimCall::Create {
                                 key: key.clone(),
@@ -569,20 +594,29 @@ impl Lifecycle {
                 };
                 self.propose(slot, step, out);
             }
-            (answer, Target::Vm(key), _) if matches!(r.kind, OperationKind::VmAction { .. }) => {
+            (answer, Target::Vm(key), _)
+                if matches!(r.kind, OperationKind::VmAction { .. })
+                    || vm(&r, key).is_some_and(|v| v.state == VmState::Rebooting) =>
+            {
                 self.on_action_answer(now_ms, &r, slot.clone(), key, answer, out);
             }
             (Answer::Shown(s), Target::Vm(key), _) => {
                 self.failures.remove(&slot);
                 match s.status.as_str() {
-                    "ACTIVE" => self.propose(
-                        slot.clone(),
-                        Step::VmActive {
-                            op,
-                            key: key.clone(),
-                        },
-                        out,
-                    ),
+                    "ACTIVE" => {
+                        let addresses = group_of(&r, key)
+                            .map(|g| by_nicid(g, &s.addresses).into_iter().collect())
+                            .unwrap_or_default();
+                        self.propose(
+                            slot.clone(),
+                            Step::ServerUp {
+                                op,
+                                key: key.clone(),
+                                addresses,
+                            },
+                            out,
+                        )
+                    }
                     "ERROR" => {
                         let error = s
                             .fault
@@ -722,7 +756,9 @@ impl Lifecycle {
                 continue;
             }
             let slot = (r.id.clone(), Target::Vm(v.key.clone()));
-            if self.busy(&slot) || self.waiting(&slot, now_ms) {
+            // Up after a recovery's reboot: the bootup check's turn.
+            let booting = matches!(r.kind, OperationKind::Recover { .. }) && v.up_at_ms.is_some();
+            if booting || self.busy(&slot) || self.waiting(&slot, now_ms) {
                 continue;
             }
             if self.inflight.len() >= self.cfg.calls_in_flight_max {
@@ -758,8 +794,12 @@ impl Lifecycle {
         answer: Answer,
         out: &mut Vec<Output>,
     ) {
-        let OperationKind::VmAction { action, .. } = r.kind else {
-            return;
+        // A recovery's reboot is a hard one, and ends when the server is
+        // up (the bootup check follows).
+        let (action, recovering) = match r.kind {
+            OperationKind::VmAction { action, .. } => (action, false),
+            OperationKind::Recover { .. } => (VmAction::Reboot, true),
+            _ => return,
         };
         let Some(v) = vm(r, key) else { return };
         let op = r.id.clone();
@@ -807,7 +847,17 @@ impl Lifecycle {
                 };
                 let since = self.issued.get(&slot).copied();
                 let issued = since.is_some();
-                if reached && (issued || action != VmAction::Reboot) {
+                if reached && recovering && issued {
+                    let addresses = group_of(r, key)
+                        .map(|g| by_nicid(g, &s.addresses).into_iter().collect())
+                        .unwrap_or_default();
+                    let step = Step::ServerUp {
+                        op: op.clone(),
+                        key: key.clone(),
+                        addresses,
+                    };
+                    self.propose(slot, step, out);
+                } else if reached && (issued || action != VmAction::Reboot) {
                     // A stop of a stopped server, a start of a running one:
                     // nothing to ask (Nova would refuse it with 409).
                     let step = if done == VmState::Shutoff {
@@ -839,7 +889,12 @@ impl Lifecycle {
                     // Under way (REBOOT, a build): look again.
                     self.not_before.insert(slot, now_ms + self.cfg.poll_ms);
                 } else if let Some(server_id) = v.server_id.clone() {
-                    self.call(slot, VimCall::Act { server_id, action }, out);
+                    let vim = VimCall::Act {
+                        server_id,
+                        action,
+                        hard: recovering,
+                    };
+                    self.call(slot, vim, out);
                 }
             }
             Answer::NotFound => {
@@ -870,9 +925,38 @@ const TRANSITIONS: &[&str] = &[
 fn builds(r: &OperationRecord) -> bool {
     match r.kind {
         OperationKind::Deploy { .. } => r.state != OperationState::RollingBack,
-        OperationKind::Update { .. } => true,
+        OperationKind::Update { .. } | OperationKind::Recover { .. } => true,
         OperationKind::Undeploy | OperationKind::VmAction { .. } => false,
     }
+}
+
+/// The group a VM of `r` is created from: the operation's spec (a deploy's,
+/// an update's), or a recovery's copy.
+fn group_of<'a>(r: &'a OperationRecord, key: &VmKey) -> Option<&'a VmGroup> {
+    match &r.recovery {
+        Some(rec) => Some(&rec.group),
+        None => r
+            .kind
+            .spec()?
+            .vm_groups
+            .iter()
+            .find(|g| g.name == key.group),
+    }
+}
+
+/// A server's addresses by the group's `nicid`s: the `n`th interface on a
+/// network takes that network's `n`th address.
+fn by_nicid(group: &VmGroup, addresses: &BTreeMap<String, Vec<String>>) -> BTreeMap<u8, String> {
+    let mut used: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for nic in &group.interfaces {
+        let n = used.entry(nic.network.as_str()).or_insert(0);
+        if let Some(a) = addresses.get(&nic.network).and_then(|l| l.get(*n)) {
+            out.insert(nic.nicid, a.clone());
+        }
+        *n += 1;
+    }
+    out
 }
 
 fn vm<'a>(r: &'a OperationRecord, key: &VmKey) -> Option<&'a esc_domain::model::VmRecord> {

@@ -88,13 +88,24 @@ fn server(id: &str, name: &str, status: &str) -> ServerInfo {
         name: name.into(),
         status: status.into(),
         fault: None,
+        addresses: [(
+            "vnf-net".to_string(),
+            vec![format!("203.0.113.{}", id.len())],
+        )]
+        .into(),
     }
 }
 
 /// Applies proposed steps to the record, as the log would, and feeds it back.
 fn commit(l: &mut Lifecycle, r: &mut OperationRecord, out: &[Output], now: u64) -> Vec<Output> {
     for s in steps(out) {
-        r.apply(&s);
+        r.apply(now, &s);
+        // The domain's rule: up with no bootup check (none here) is alive.
+        if let Step::ServerUp { key, .. } = &s {
+            if let Some(v) = r.vms.iter_mut().find(|v| &v.key == key) {
+                v.state = VmState::Alive;
+            }
+        }
     }
     l.handle(now, Input::Records(vec![r.clone()]))
 }
@@ -196,9 +207,10 @@ fn a_deploy_looks_up_creates_watches_and_completes() {
     );
     assert_eq!(
         steps(&out),
-        vec![Step::VmActive {
+        vec![Step::ServerUp {
             op: "op1".into(),
-            key: key(0)
+            key: key(0),
+            addresses: vec![(0, "203.0.113.2".to_string())],
         }]
     );
     commit(&mut l, &mut r, &out, 107);

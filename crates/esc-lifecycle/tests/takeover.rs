@@ -43,6 +43,7 @@ impl Vim {
                     name: name.clone(),
                     status: "BUILD".into(),
                     fault: None,
+                    addresses: Default::default(),
                 };
                 self.servers.insert(id.clone(), (info, 0));
                 self.actions.insert(id.clone(), vec!["req-create".into()]);
@@ -71,7 +72,9 @@ impl Vim {
                 }
                 _ => Answer::NotFound,
             },
-            VimCall::Act { server_id, action } => {
+            VimCall::Act {
+                server_id, action, ..
+            } => {
                 let Some((s, shown)) = self.servers.get_mut(server_id) else {
                     return Answer::NotFound;
                 };

@@ -76,6 +76,11 @@ fn info(s: esc_openstack::Server) -> ServerInfo {
         name: s.name,
         status: s.status,
         fault: s.fault.map(|f| f.message),
+        addresses: s
+            .addresses
+            .into_iter()
+            .map(|(net, l)| (net, l.into_iter().map(|a| a.addr).collect()))
+            .collect(),
     }
 }
 
@@ -208,12 +213,16 @@ async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shar
         ),
         // Checked again right before the request: the mark may have been
         // read long ago by this node.
-        VimCall::Act { server_id, action } => {
+        VimCall::Act {
+            server_id,
+            action,
+            hard,
+        } => {
             if !shared.may_act() {
                 return not_leading();
             }
             let done = match action {
-                VmAction::Reboot => client.reboot(&server_id, false).await,
+                VmAction::Reboot => client.reboot(&server_id, hard).await,
                 VmAction::Stop => client.stop(&server_id).await,
                 VmAction::Start => client.start(&server_id).await,
             };

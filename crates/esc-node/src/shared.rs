@@ -212,4 +212,6 @@ pub struct Shared {
     pub has_witness: bool,
     /// The VIM connector of `[vim]` (`vim`), if configured.
     pub vim: Option<Arc<esc_openstack::Client>>,
+    /// The monitor's figures while it runs (`monitor`; `escadm status --v`).
+    pub monitor: Arc<std::sync::Mutex<Option<esc_monitor::Stats>>>,
 }

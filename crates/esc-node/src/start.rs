@@ -101,6 +101,11 @@ pub fn primary_services(
             client.clone(),
             core,
         )));
+        // What the lifecycle deploys, the monitor watches.
+        out.push(Arc::new(crate::monitor::Service::new(
+            shared.clone(),
+            esc_monitor::Config::default(),
+        )));
     }
     Ok(out)
 }
@@ -228,6 +233,7 @@ pub async fn run(
         lease_until: Default::default(),
         has_witness: pair && cfg.witness.address.is_some(),
         vim: crate::vim::client(&cfg, &home)?,
+        monitor: Default::default(),
     };
     if let Some(client) = &shared.vim {
         tasks.spawn(crate::vim::watch(client.clone()));

@@ -135,8 +135,10 @@ impl Vim {
             if let Err(e) = &r {
                 tracing::warn!(server = %id, "namespace server not set up: {e}");
             }
+            // The clock read under the lock, after its tick.
+            let mut g = v.lock();
             let now = v.now_ms();
-            v.lock().cloud.server_ready(now, &id, r);
+            g.cloud.server_ready(now, &id, r);
         })?;
         self.runtime = Some(Arc::new(rt));
         Ok(self)

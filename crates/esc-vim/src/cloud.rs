@@ -368,9 +368,18 @@ impl Cloud {
         match r {
             Ok(()) => {
                 s.ready = true;
-                if s.status == Status::Build && now_ms >= s.busy_until_ms {
-                    s.status = Status::Active;
-                    s.updated_ms = now_ms;
+                if s.status == Status::Build {
+                    if now_ms >= s.busy_until_ms {
+                        s.status = Status::Active;
+                        s.updated_ms = now_ms;
+                    } else {
+                        // Its build time is not over by this clock, but a
+                        // tick may have passed it already (the caller read
+                        // its clock before the lock): due again, so it
+                        // cannot stay in BUILD forever.
+                        let until = s.busy_until_ms;
+                        self.transitions.insert((until, id.to_string()));
+                    }
                 }
             }
             Err(e) => {
@@ -634,6 +643,28 @@ mod tests {
             networks: vec![("8f0c2f62-2f52-4a53-8f5e-5a3f0c9d1e01".into(), None)],
             ..NewServer::default()
         }
+    }
+
+    #[test]
+    fn a_server_ready_late_by_a_stale_clock_still_becomes_active() {
+        let mut c = Cloud::lab(Capacity {
+            build_ms: 100,
+            ..Capacity::default()
+        });
+        c.await_ready = true;
+        let req = NewServer {
+            name: "s".into(),
+            image: c.images().next().unwrap().id.clone(),
+            flavor: c.flavors().next().unwrap().id.clone(),
+            ..NewServer::default()
+        };
+        c.create_server(0, "a".into(), req).unwrap();
+        // The build time passes before the runtime is set up...
+        c.tick(150);
+        // ...which says so with a clock read before that tick.
+        c.server_ready(90, "a", Ok(()));
+        c.tick(160);
+        assert_eq!(c.server("a").unwrap().status, Status::Active);
     }
 
     #[test]

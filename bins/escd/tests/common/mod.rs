@@ -207,6 +207,16 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the daemon said last (its home goes).
+        if std::thread::panicking() {
+            let err = std::fs::read_to_string(self.home.join("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = err.lines().rev().take(30).collect();
+            eprintln!(
+                "--- {} stderr (last lines) ---\n{}",
+                self.spec.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 

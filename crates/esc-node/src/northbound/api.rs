@@ -644,6 +644,29 @@ fn callback(headers: &HeaderMap) -> Result<Option<String>, Response> {
     Ok(Some(url.to_string()))
 }
 
+/// Every `script` action of the spec's rules must be an executable file on
+/// this node (the primary runs it; the operator installs it on both):
+/// `400` naming the action otherwise. A file-system fact, so checked here,
+/// not in the replicated validation.
+fn scripts_runnable(spec: &esc_domain::model::DeploymentSpec) -> Result<(), Response> {
+    use std::os::unix::fs::PermissionsExt;
+    for (g, group) in spec.vm_groups.iter().enumerate() {
+        for (r, a, path) in esc_domain::kpi::scripts(&group.rules) {
+            let why = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => continue,
+                Ok(m) if !m.is_file() => "is not a file".to_string(),
+                Ok(_) => "is not executable".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("vm_groups[{g}].rules[{r}].actions[{a}]: script {path}: {why} (install it, executable, on both nodes)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A deploy of VMs needs a VIM that answers now (esc-facts: in `INIT`,
 /// only configuration requests): otherwise a 503 that says why, and
 /// nothing is started.
@@ -762,6 +785,7 @@ async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request)
         let callback = cb?;
         let spec = esc_domain::model::DeploymentSpec::from_json(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        scripts_runnable(&spec)?;
         if !spec.vm_groups.is_empty() {
             let vim = vim_usable(vim.as_deref())?;
             fits_the_vim(vim, &spec, &Default::default()).await?;
@@ -801,6 +825,7 @@ async fn update(
         check_name(&name).map_err(invalid)?;
         let spec = esc_domain::model::DeploymentSpec::from_json(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        scripts_runnable(&spec)?;
         if spec.name != name {
             return Err(error(
                 StatusCode::BAD_REQUEST,

@@ -1,0 +1,83 @@
+//! Which VMs the monitor watches, and in which phase, from the replicated
+//! records of one service and its operation in progress (pure: the runtime
+//! calls it for each service the change feed names).
+//!
+//! - A group without KPIs is not watched.
+//! - A VM of the service with an address and no operation on the service:
+//!   `Running` if alive, `Paused` otherwise (in error, stopped: an
+//!   operator's or a recovery's business).
+//! - While an operation runs, the service's VMs are `Paused`, and the
+//!   operation's VMs whose server is up but not yet alive are `Booting`
+//!   (their bootup check decides).
+
+use crate::core::{Phase, Watched};
+use esc_domain::kpi::bootup_kpi;
+use esc_domain::model::{OperationRecord, ServiceRecord, VmGroup, VmRecord, VmState};
+use std::collections::BTreeMap;
+
+/// Every VM of `service` to watch; `op`: its operation in progress, if any.
+pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<Watched> {
+    let mut out: BTreeMap<String, Watched> = BTreeMap::new();
+    let group =
+        |name: &str| -> Option<&VmGroup> { service.spec.vm_groups.iter().find(|g| g.name == name) };
+    let busy = service.current_op.is_some();
+    for v in &service.vms {
+        let Some(g) = group(&v.key.group) else {
+            continue;
+        };
+        if g.kpis.is_empty() || v.addresses.is_empty() || v.server_id.is_none() {
+            continue;
+        }
+        let phase = if !busy && v.state == VmState::Alive {
+            Phase::Running
+        } else {
+            Phase::Paused
+        };
+        out.insert(v.key.server_name(), watched(service, g, v, phase));
+    }
+    if let Some(op) = op.filter(|o| !o.state.settled()) {
+        for v in &op.vms {
+            // A recovery's group is its own copy; others are the spec's
+            // (an update's new one, or the service's).
+            let g = op
+                .recovery
+                .as_ref()
+                .map(|r| &r.group)
+                .or_else(|| {
+                    op.kind
+                        .spec()
+                        .and_then(|s| s.vm_groups.iter().find(|g| g.name == v.key.group))
+                })
+                .or_else(|| group(&v.key.group));
+            let Some(g) = g else { continue };
+            let booting = v.up_at_ms.is_some()
+                && !matches!(v.state, VmState::Alive | VmState::Error)
+                && bootup_kpi(&g.kpis, &g.rules).is_some();
+            if !booting {
+                continue;
+            }
+            let deadline_ms = v
+                .up_at_ms
+                .unwrap_or(0)
+                .saturating_add(g.bootup_time.saturating_mul(1_000));
+            let phase = Phase::Booting {
+                op: op.id.clone(),
+                deadline_ms,
+            };
+            out.insert(v.key.server_name(), watched(service, g, v, phase));
+        }
+    }
+    out.into_values().collect()
+}
+
+fn watched(service: &ServiceRecord, g: &VmGroup, v: &VmRecord, phase: Phase) -> Watched {
+    Watched {
+        key: v.key.clone(),
+        deployment: service.spec.name.clone(),
+        addresses: v.addresses.clone(),
+        kpis: g.kpis.clone(),
+        rules: g.rules.clone(),
+        phase,
+        recoveries: v.recoveries,
+    }
+}
