@@ -231,3 +231,40 @@ fn namespace_servers_can_be_killed_hung_and_cut() {
         r.1
     );
 }
+
+fn healing(power_failure: bool) {
+    if !esc_lab::allowed() {
+        return;
+    }
+    let opts = esc_lab::healing::Options {
+        power_failure,
+        verbose: true,
+        ..Default::default()
+    };
+    let tag = if power_failure { "hp" } else { "hl" };
+    let r = esc_lab::healing::run(tag, &bins(), &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    for v in &r.vms {
+        eprintln!(
+            "{}: detected after {:?} ms (bound {} ms), {:?}, {} reboot(s), {} redeploy(s)",
+            v.fault, v.detected_ms, v.bound_ms, v.events, v.reboots, v.redeploys
+        );
+    }
+    assert!(r.pass, "{r:#?}");
+}
+
+/// Issue 12: a VM whose VNF is killed, one hung, one cut off: each
+/// detected within its KPI's `poll_frequency x metric_occurrences_false`
+/// plus one poll, recovered by its group's policy once (a hard reboot, a
+/// redeploy), its notifications in order; a healthy VM never touched.
+#[test]
+fn failed_vms_are_detected_and_healed_once() {
+    healing(false);
+}
+
+/// The same with the primary's power cut right after the VMs fail: the new
+/// primary detects and heals each, once (the VIM's history), and every
+/// change to a server after the faults comes from it.
+#[test]
+fn failed_vms_are_healed_once_by_the_new_primary_after_power_failure() {
+    healing(true);
+}

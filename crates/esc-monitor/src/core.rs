@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Config {
     /// Probes in flight at once, over every VM (the rest wait, late).
     pub probes_in_flight_max: usize,
-    /// A probe's deadline: this, or its KPI's period if shorter.
+    /// A probe's deadline: this, or half its KPI's period if shorter.
     pub probe_timeout_ms: u64,
     /// A decision not seen in the records after this is proposed again.
     pub repropose_ms: u64,
@@ -393,7 +393,11 @@ impl Monitor {
             self.stats.lateness_ms_max = self.stats.lateness_ms_max.max(late);
             self.stats.probes_sent += 1;
             self.next_probe += 1;
-            let deadline_ms = now_ms + self.cfg.probe_timeout_ms.min(period);
+            // Half a period at most: a probe that cannot answer (a hung
+            // VNF, a cut link) is known failed half a period before the
+            // next one, so detection takes `occurrences_false` polls plus
+            // at most half of one.
+            let deadline_ms = now_ms + self.cfg.probe_timeout_ms.min(period / 2).max(1);
             self.inflight
                 .insert(self.next_probe, (name.clone(), i, deadline_ms));
             out.push(Output::Probe {
