@@ -268,3 +268,20 @@ fn failed_vms_are_detected_and_healed_once() {
 fn failed_vms_are_healed_once_by_the_new_primary_after_power_failure() {
     healing(true);
 }
+
+/// Issue 12: a scale out and a scale in driven by the load the test sets
+/// on the VNF's metrics endpoint, each with a switchover in the middle:
+/// their notifications once and in order, one server created and that one
+/// deleted.
+#[test]
+fn a_scale_out_and_in_survive_switchovers() {
+    if !esc_lab::allowed() {
+        return;
+    }
+    let r = esc_lab::scaling::run("sc", &bins(), true).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "scaling: {:?}, switchovers at {:?}, {} create(s), {} delete(s)",
+        r.events, r.switchovers_ms, r.creates, r.deletes
+    );
+    assert!(r.pass, "{r:#?}");
+}

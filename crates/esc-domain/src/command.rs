@@ -60,6 +60,8 @@ pub enum Op {
 
 /// Most callbacks one `CallbacksDelivered` clears.
 pub const CALLBACKS_PER_COMMAND_MAX: usize = 256;
+/// Longest reason a monitor gives for a recovery or a scale.
+pub const REASON_LEN_MAX: usize = 1_024;
 
 /// Operation mode: in maintenance, northbound writes are refused
 /// ("unavailable temporarily") and transactions in progress finish.
@@ -136,6 +138,16 @@ impl Op {
                                     "a VM's server name: 1 to {} visible ASCII characters",
                                     crate::model::SERVER_NAME_LEN_MAX
                                 ),
+                            ));
+                        }
+                        Ok(())
+                    }
+                    crate::model::OperationKind::Scale { group, reason, .. } => {
+                        check_name(group).map_err(|e| invalid("group", e.message))?;
+                        if reason.len() > REASON_LEN_MAX {
+                            return Err(invalid(
+                                "reason",
+                                format!("at most {REASON_LEN_MAX} bytes"),
                             ));
                         }
                         Ok(())

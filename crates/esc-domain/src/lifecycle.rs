@@ -55,6 +55,8 @@ fn accepted_event(kind: &OperationKind) -> &'static str {
             VmAction::Start => "VM_STARTING",
         },
         OperationKind::Recover { .. } => "VM_RECOVERY_INIT",
+        OperationKind::Scale { out: true, .. } => "VM_SCALE_OUT_INIT",
+        OperationKind::Scale { out: false, .. } => "VM_SCALE_IN_INIT",
     }
 }
 
@@ -65,6 +67,19 @@ fn target_vm(record: &OperationRecord) -> Option<(&str, String)> {
             .vms
             .first()
             .map(|v| (v.key.group.as_str(), v.key.server_name())),
+        // The VM a scale adds or removes.
+        OperationKind::Scale { out, .. } => {
+            let moving = if out {
+                VmState::Deploying
+            } else {
+                VmState::Undeploying
+            };
+            record
+                .vms
+                .iter()
+                .find(|v| v.state == moving)
+                .map(|v| (v.key.group.as_str(), v.key.server_name()))
+        }
         _ => None,
     }
 }
@@ -117,6 +132,7 @@ pub fn start(
                 vms: Vec::new(),
                 created_at_ms: cmd.at_ms,
                 last_op: None,
+                scaling: Default::default(),
             };
             (s, "SERVICE_DEPLOYING")
         }
@@ -176,6 +192,41 @@ pub fn start(
             s.current_op = Some(op_id.into());
             (s, accepted_event(kind))
         }
+        OperationKind::Scale { group, out, .. } => {
+            let Some(mut s) = existing else {
+                return Ok(refused(Refused::NoSuchDeployment {
+                    name: deployment.into(),
+                }));
+            };
+            if s.state != ServiceState::Active {
+                return Ok(refused(Refused::WrongState {
+                    deployment: deployment.into(),
+                    state: state_word(s.state),
+                    what: "only an active deployment is scaled".into(),
+                }));
+            }
+            let Some(g) = s.spec.vm_groups.iter().find(|g| g.name == *group) else {
+                return Ok(refused(Refused::Invalid(format!(
+                    "deployment {deployment} has no VM group {group:?}"
+                ))));
+            };
+            let have = s.vms.iter().filter(|v| v.key.group == *group).count() as u32;
+            let bound = if *out {
+                (have >= g.scaling.max_active).then_some("max_active")
+            } else {
+                (have <= g.scaling.min_active).then_some("min_active")
+            };
+            if let Some(b) = bound {
+                return Ok(refused(Refused::WrongState {
+                    deployment: deployment.into(),
+                    state: state_word(s.state),
+                    what: format!("group {group} has {have} VM(s), its {b}"),
+                }));
+            }
+            s.scaling.entry(group.clone()).or_default().started += 1;
+            s.current_op = Some(op_id.into());
+            (s, accepted_event(kind))
+        }
     };
     let mut record = OperationRecord::new(op_id.into(), deployment.into(), kind.clone());
     record.tid.clone_from(&cmd.tid);
@@ -224,6 +275,17 @@ pub fn start(
             v.begin(recovery.mode(), &mut record.cleanup);
             record.vms = vec![v];
             record.recovery = Some(recovery);
+        }
+        OperationKind::Scale { group, out, .. } => {
+            record.vms = service
+                .spec
+                .scale_vms(deployment, &service.vms, group, *out);
+            record.group = service
+                .spec
+                .vm_groups
+                .iter()
+                .find(|g| g.name == *group)
+                .cloned();
         }
         OperationKind::Deploy { .. } => {}
     }
@@ -408,6 +470,45 @@ fn settle(
                     message,
                 ));
             }
+            put_service(index, state, &service)?;
+        }
+        // The group's new VMs once completed (a rollback's: those still
+        // there); a failure leaves the service in error; either way the
+        // cooldown starts.
+        OperationKind::Scale { group, out, .. } => {
+            // The VM added, or removed.
+            let (from, to) = if *out {
+                (&record.vms, &service.vms)
+            } else {
+                (&service.vms, &record.vms)
+            };
+            let moved = from
+                .iter()
+                .find(|v| v.key.group == *group && !to.iter().any(|o| o.key == v.key))
+                .map(|v| v.key.server_name());
+            match record.state {
+                OperationState::Completed | OperationState::RolledBack => {
+                    service.vms = record.vms.clone();
+                    service.state = ServiceState::Active;
+                }
+                _ => service.state = ServiceState::Error,
+            }
+            service
+                .scaling
+                .entry(group.clone())
+                .or_default()
+                .settled_at_ms = Some(cmd.at_ms);
+            events.push(esc_event(
+                if *out {
+                    "VM_SCALE_OUT_COMPLETE"
+                } else {
+                    "VM_SCALE_IN_COMPLETE"
+                },
+                &service,
+                moved.as_deref().map(|m| (group.as_str(), m)),
+                status,
+                message,
+            ));
             put_service(index, state, &service)?;
         }
         // The VM as the action left it; the service's state is unchanged.
@@ -616,6 +717,8 @@ pub fn record(
             } => events.push(esc_event(
                 if recovering {
                     "VM_RECOVERY_DEPLOYED"
+                } else if matches!(record.kind, OperationKind::Scale { .. }) {
+                    "VM_SCALE_OUT_DEPLOYED"
                 } else {
                     "VM_DEPLOYED"
                 },
@@ -785,7 +888,7 @@ pub fn control(
                 OperationKind::Update { .. } => ServiceState::Updating,
                 // Before the action: its failure left the state as it was.
                 OperationKind::VmAction { .. } => s.state,
-                OperationKind::Recover { .. } => ServiceState::Active,
+                OperationKind::Recover { .. } | OperationKind::Scale { .. } => ServiceState::Active,
             };
             let vm = target_vm(&record);
             events.push(esc_event(
@@ -801,10 +904,12 @@ pub fn control(
         LcmControl::Rollback => {
             if !matches!(
                 record.kind,
-                OperationKind::Deploy { .. } | OperationKind::Update { .. }
+                OperationKind::Deploy { .. }
+                    | OperationKind::Update { .. }
+                    | OperationKind::Scale { .. }
             ) {
                 return Ok(refused(Refused::Invalid(format!(
-                    "operation {op_id} is not a deploy or an update: only those can be rolled back (retry or fail it)"
+                    "operation {op_id} is not a deploy, an update or a scale: only those can be rolled back (retry or fail it)"
                 ))));
             }
             let Some(s) = service.as_mut() else {
@@ -821,7 +926,9 @@ pub fn control(
             record.state = OperationState::RollingBack;
             record.settled_at_ms = None;
             s.current_op = Some(op_id.into());
-            let event = if let OperationKind::Update { .. } = record.kind {
+            let event = if let OperationKind::Update { .. } | OperationKind::Scale { .. } =
+                record.kind
+            {
                 // Back to the VMs the service had (those still there: a
                 // removed one already deleted stays so); every VM the
                 // update added is deleted.

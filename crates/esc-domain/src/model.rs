@@ -90,7 +90,21 @@ impl VmGroup {
 pub struct Scaling {
     pub min_active: u32,
     pub max_active: u32,
+    /// Seconds after a scale operation of the group settles before the
+    /// monitor scales it again (its new VM's effect on the load needs
+    /// time to show).
+    #[serde(default = "Scaling::default_cooldown")]
+    pub cooldown: u64,
 }
+
+impl Scaling {
+    fn default_cooldown() -> u64 {
+        60
+    }
+}
+
+/// Longest `scaling.cooldown`, seconds.
+pub const SCALE_COOLDOWN_S_MAX: u64 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +396,12 @@ impl DeploymentSpec {
                     format!("at most {VMS_PER_GROUP_MAX}"),
                 ));
             }
+            if s.cooldown > SCALE_COOLDOWN_S_MAX {
+                return Err(at(
+                    &p("scaling.cooldown"),
+                    format!("at most {SCALE_COOLDOWN_S_MAX} seconds"),
+                ));
+            }
             if group.interfaces.is_empty() || group.interfaces.len() > INTERFACES_MAX {
                 return Err(at(
                     &p("interfaces"),
@@ -523,12 +543,48 @@ impl DeploymentSpec {
     /// the lowest free indexes. In order: the new spec's groups, then the
     /// removed groups' VMs.
     pub fn update_vms(&self, deployment_id: &str, current: &[VmRecord]) -> Vec<VmRecord> {
+        self.vms_to(deployment_id, current, |g, have| {
+            have.clamp(g.scaling.min_active, g.scaling.max_active)
+        })
+    }
+
+    /// The VMs of a scale of `group` by one (`out`: one more) from the
+    /// VMs the service has now, clamped to the group's bounds; the other
+    /// groups keep theirs.
+    pub fn scale_vms(
+        &self,
+        deployment_id: &str,
+        current: &[VmRecord],
+        group: &str,
+        out: bool,
+    ) -> Vec<VmRecord> {
+        self.vms_to(deployment_id, current, |g, have| {
+            if g.name != group {
+                have
+            } else if out {
+                (have + 1).min(g.scaling.max_active)
+            } else {
+                have.saturating_sub(1).max(g.scaling.min_active)
+            }
+        })
+    }
+
+    /// The VMs with each group at `target(group, its count now)`: VMs
+    /// kept lowest index first, those past the target to be undeployed,
+    /// new ones at the lowest free indexes; a removed group's VMs last,
+    /// to be undeployed.
+    fn vms_to(
+        &self,
+        deployment_id: &str,
+        current: &[VmRecord],
+        target: impl Fn(&VmGroup, u32) -> u32,
+    ) -> Vec<VmRecord> {
         let mut vms = Vec::new();
         for g in &self.vm_groups {
             let mut have: Vec<&VmRecord> =
                 current.iter().filter(|v| v.key.group == g.name).collect();
             have.sort_by_key(|v| v.key.index);
-            let target = (have.len() as u32).clamp(g.scaling.min_active, g.scaling.max_active);
+            let target = target(g, have.len() as u32);
             for (n, v) in have.iter().enumerate() {
                 let mut v = (*v).clone();
                 if n as u32 >= target {
@@ -669,6 +725,7 @@ mod tests {
         new.vm_groups[0].scaling = Scaling {
             min_active: 3,
             max_active: 4,
+            cooldown: 60,
         };
         new.vm_groups[0].config_data[0].data = "mode=slow\n".into();
         assert_eq!(new.check_update_of(&old), Ok(()));
@@ -687,6 +744,7 @@ mod tests {
         down.vm_groups[0].scaling = Scaling {
             min_active: 1,
             max_active: 1,
+            cooldown: 60,
         };
         let mut g2 = down.vm_groups[0].clone();
         g2.name = "g2".into();
@@ -768,6 +826,20 @@ pub struct ServiceRecord {
     /// The last operation that settled on it.
     #[serde(default)]
     pub last_op: Option<String>,
+    /// Per group, its scale operations (what the next one's id and the
+    /// cooldown derive from).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scaling: BTreeMap<String, ScaleState>,
+}
+
+/// A group's scale operations, replicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleState {
+    /// Scale operations started (the next one is number `started`).
+    pub started: u32,
+    /// When the last one settled (its step's proposal time).
+    #[serde(default)]
+    pub settled_at_ms: Option<u64>,
 }
 
 /// A result owed to a client's callback URL (the replicated outbox of
@@ -810,6 +882,17 @@ pub enum OperationKind {
     /// redeploy (the old server deleted, one of the next generation
     /// created), each followed by the bootup check, up to `max_retries`.
     Recover { vm: String, reason: String },
+    /// One VM more (`out`) or one less in `group` (issue 12: what the
+    /// monitor starts on `scale_out` / `scale_in`), within its
+    /// `min_active ..= max_active`: a new VM at the lowest free index, or
+    /// the highest index removed. Its id derives from the group's scale
+    /// count, so two primaries that decide the same step propose one
+    /// operation.
+    Scale {
+        group: String,
+        out: bool,
+        reason: String,
+    },
 }
 
 impl OperationKind {
@@ -819,7 +902,8 @@ impl OperationKind {
             OperationKind::Deploy { spec } | OperationKind::Update { spec } => Some(spec),
             OperationKind::Undeploy
             | OperationKind::VmAction { .. }
-            | OperationKind::Recover { .. } => None,
+            | OperationKind::Recover { .. }
+            | OperationKind::Scale { .. } => None,
         }
     }
 
@@ -831,6 +915,8 @@ impl OperationKind {
             OperationKind::Update { .. } => "update",
             OperationKind::VmAction { action, .. } => action.word(),
             OperationKind::Recover { .. } => "recover",
+            OperationKind::Scale { out: true, .. } => "scale-out",
+            OperationKind::Scale { out: false, .. } => "scale-in",
         }
     }
 }
@@ -1001,6 +1087,10 @@ pub struct OperationRecord {
     /// A recovery's attempts (`OperationKind::Recover` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// The group a scale operation creates its VM from (a copy: the
+    /// runner reads operation records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<VmGroup>,
 }
 
 /// What an operator may do with a FAILED_TEMP operation (ETSI NFV-SOL 003,
@@ -1106,7 +1196,8 @@ impl OperationRecord {
             OperationKind::Undeploy
             | OperationKind::Update { .. }
             | OperationKind::VmAction { .. }
-            | OperationKind::Recover { .. } => Vec::new(),
+            | OperationKind::Recover { .. }
+            | OperationKind::Scale { .. } => Vec::new(),
         };
         OperationRecord {
             id,
@@ -1121,6 +1212,7 @@ impl OperationRecord {
             settled_at_ms: None,
             cleanup: Vec::new(),
             recovery: None,
+            group: None,
         }
     }
 
@@ -1143,8 +1235,13 @@ impl OperationRecord {
                 }
             }
             Step::VmActive { op, key } if *op == self.id => {
+                // A VM being removed stays so: an answer to its last probe
+                // (a bootup check decided before the removal) must not
+                // bring it back.
                 if let Some(i) = vm(&mut self.vms, key) {
-                    self.vms[i].state = VmState::Alive;
+                    if self.vms[i].state != VmState::Undeploying {
+                        self.vms[i].state = VmState::Alive;
+                    }
                 }
             }
             Step::ServerUp { op, key, addresses } if *op == self.id => {

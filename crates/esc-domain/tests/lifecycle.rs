@@ -604,3 +604,124 @@ fn updates_and_vm_actions_that_must_not_start_are_refused() {
         .esc_events()
         .contains(&("VM_STOPPED".into(), "SUCCESS".into())));
 }
+
+fn ranged(min: u32, max: u32) -> DeploymentSpec {
+    let mut s = spec(min);
+    s.vm_groups[0].scaling.max_active = max;
+    s.validate().unwrap();
+    s
+}
+
+fn scale(out: bool) -> OperationKind {
+    OperationKind::Scale {
+        group: "g1".into(),
+        out,
+        reason: "VM_OVERLOADED TRUE".into(),
+    }
+}
+
+fn wrong_state(o: &Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::Refused {
+            refused: Refused::WrongState { .. }
+        }
+    )
+}
+
+/// A scale: one VM more at the next index, or the highest one removed,
+/// never past the group's bounds; its id used once; the group's scale
+/// count and settle time recorded (what the next id and the cooldown
+/// derive from); the notifications name the VM.
+#[test]
+fn a_scale_adds_or_removes_one_vm_within_the_bounds() {
+    let mut log = Log::new();
+    tenant(&mut log);
+    log.apply(start("op1", OperationKind::Deploy { spec: ranged(1, 2) }));
+    let bind_up = |log: &mut Log, op: &str, i: u32| {
+        log.apply(step(Step::ServerBound {
+            op: op.into(),
+            key: key(i),
+            server_id: format!("s{i}"),
+            adopted: false,
+        }));
+        log.apply(step(Step::ServerUp {
+            op: op.into(),
+            key: key(i),
+            addresses: vec![(0, format!("203.0.113.{}", i + 10))],
+        }));
+    };
+    let settle = |log: &mut Log, op: &str| {
+        log.apply(step(Step::Settled {
+            op: op.into(),
+            state: OperationState::Completed,
+            error: None,
+        }))
+    };
+    bind_up(&mut log, "op1", 0);
+    settle(&mut log, "op1");
+    assert!(wrong_state(&log.apply(start("in0", scale(false)))));
+    let o = log.apply(start("out1", scale(true)));
+    assert!(matches!(o, Outcome::OperationStarted { .. }), "{o:?}");
+    let op = query::operation(&log.state, "out1").unwrap().unwrap();
+    let vms: Vec<(u32, VmState)> = op.vms.iter().map(|v| (v.key.index, v.state)).collect();
+    assert_eq!(vms, [(0, VmState::Alive), (1, VmState::Deploying)]);
+    assert_eq!(op.group.as_ref().map(|g| g.name.as_str()), Some("g1"));
+    // The same decision again (another node's): one operation.
+    assert!(matches!(
+        log.apply(start("out1", scale(true))),
+        Outcome::Refused {
+            refused: Refused::Invalid(_)
+        }
+    ));
+    bind_up(&mut log, "out1", 1);
+    settle(&mut log, "out1");
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!((s.state, s.vms.len()), (ServiceState::Active, 2));
+    let g = &s.scaling["g1"];
+    assert_eq!((g.started, g.settled_at_ms), (1, Some(log.index)));
+    assert!(wrong_state(&log.apply(start("out2", scale(true)))));
+    // In: the highest index goes.
+    log.apply(start("in2", scale(false)));
+    let op = query::operation(&log.state, "in2").unwrap().unwrap();
+    let vms: Vec<(u32, VmState)> = op.vms.iter().map(|v| (v.key.index, v.state)).collect();
+    assert_eq!(vms, [(0, VmState::Alive), (1, VmState::Undeploying)]);
+    // A late answer to the removed VM's bootup check changes nothing.
+    log.apply(step(Step::VmActive {
+        op: "in2".into(),
+        key: key(1),
+    }));
+    let op = query::operation(&log.state, "in2").unwrap().unwrap();
+    assert_eq!(op.vms[1].state, VmState::Undeploying);
+    log.apply(step(Step::ServerGone {
+        op: "in2".into(),
+        server_id: "s1".into(),
+    }));
+    settle(&mut log, "in2");
+    let s = query::service(&log.state, "web").unwrap().unwrap();
+    assert_eq!((s.vms.len(), s.scaling["g1"].started), (1, 2));
+    let events: Vec<(String, Option<String>)> = query::events(&log.state, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Esc {
+                event, vm_target, ..
+            } if event.starts_with("VM_SCALE") || event == "VM_UNDEPLOYED" => {
+                Some((event, vm_target))
+            }
+            _ => None,
+        })
+        .collect();
+    let vm1 = Some(key(1).server_name());
+    assert_eq!(
+        events,
+        [
+            ("VM_SCALE_OUT_INIT".to_string(), vm1.clone()),
+            ("VM_SCALE_OUT_DEPLOYED".to_string(), vm1.clone()),
+            ("VM_SCALE_OUT_COMPLETE".to_string(), vm1.clone()),
+            ("VM_SCALE_IN_INIT".to_string(), vm1.clone()),
+            ("VM_UNDEPLOYED".to_string(), vm1.clone()),
+            ("VM_SCALE_IN_COMPLETE".to_string(), vm1.clone()),
+        ]
+    );
+}

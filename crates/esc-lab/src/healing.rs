@@ -164,7 +164,7 @@ pub struct Report {
     pub pass: bool,
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -191,7 +191,7 @@ struct ClientReport {
     errors: Vec<String>,
 }
 
-async fn get_json(c: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+pub(crate) async fn get_json(c: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
     let r = c
         .get(url)
         .basic_auth("admin", Some(PASSWORD))
@@ -206,7 +206,7 @@ async fn get_json(c: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
 
 /// Waits (through the VIP, across a takeover) until `cond` holds for the
 /// deployment's JSON, at most [`PHASE`].
-async fn wait_deployment(
+pub(crate) async fn wait_deployment(
     c: &reqwest::Client,
     dep: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
@@ -225,11 +225,11 @@ async fn wait_deployment(
     None
 }
 
-fn vm0(d: &serde_json::Value) -> &serde_json::Value {
+pub(crate) fn vm0(d: &serde_json::Value) -> &serde_json::Value {
     &d["vms"][0]
 }
 
-fn alive_and_idle(d: &serde_json::Value) -> bool {
+pub(crate) fn alive_and_idle(d: &serde_json::Value) -> bool {
     d["current_op"].is_null() && vm0(d)["state"] == "VM_ALIVE_STATE"
 }
 
@@ -396,8 +396,9 @@ pub fn run(tag: &str, bins: &Bins, opts: &Options) -> anyhow::Result<Report> {
     r
 }
 
-fn run_on(c: &mut Cluster, opts: &Options) -> anyhow::Result<Report> {
-    // The nodes on the VIM network: the monitor probes the VNFs there.
+/// Puts the nodes on the VIM network (203.0.113.251 and .252): the
+/// monitor probes the VNFs there.
+pub(crate) fn join_vim_network(c: &Cluster) {
     for (i, n) in c.nodes.iter().enumerate() {
         crate::ip(&[
             "-n",
@@ -409,6 +410,10 @@ fn run_on(c: &mut Cluster, opts: &Options) -> anyhow::Result<Report> {
             "eth0",
         ]);
     }
+}
+
+fn run_on(c: &mut Cluster, opts: &Options) -> anyhow::Result<Report> {
+    join_vim_network(c);
     let p = c.wait_ready()?;
     let say = |m: &str| {
         if opts.verbose {

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod healing;
 pub mod notify;
+pub mod scaling;
 pub mod scenario;
 pub mod service;
 pub mod service_bench;

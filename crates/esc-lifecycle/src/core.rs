@@ -925,14 +925,19 @@ const TRANSITIONS: &[&str] = &[
 fn builds(r: &OperationRecord) -> bool {
     match r.kind {
         OperationKind::Deploy { .. } => r.state != OperationState::RollingBack,
-        OperationKind::Update { .. } | OperationKind::Recover { .. } => true,
+        OperationKind::Update { .. }
+        | OperationKind::Recover { .. }
+        | OperationKind::Scale { .. } => true,
         OperationKind::Undeploy | OperationKind::VmAction { .. } => false,
     }
 }
 
 /// The group a VM of `r` is created from: the operation's spec (a deploy's,
-/// an update's), or a recovery's copy.
+/// an update's), or a recovery's or a scale's copy.
 fn group_of<'a>(r: &'a OperationRecord, key: &VmKey) -> Option<&'a VmGroup> {
+    if let Some(g) = r.group.as_ref().filter(|g| g.name == key.group) {
+        return Some(g);
+    }
     match &r.recovery {
         Some(rec) => Some(&rec.group),
         None => r

@@ -453,3 +453,51 @@ fn a_failed_update_rolled_back_deletes_what_it_added_and_keeps_the_rest() {
         );
     }
 }
+
+/// A scale out then in (issue 12) with the primary lost after each VIM
+/// call in turn: one server more, created once, then that one deleted.
+#[test]
+fn a_scale_out_and_in_survive_a_takeover_at_every_call() {
+    // Out: a lookup, a create, two shows; in: a delete, a listing.
+    for crash_at in (1..=5).map(Some).chain([None]) {
+        let mut p = pair();
+        let mut grows = spec();
+        grows.vm_groups[0].scaling.max_active = 3;
+        p.commit(Op::StartOperation {
+            op_id: "op1".into(),
+            deployment: "web".into(),
+            kind: OperationKind::Deploy { spec: grows },
+            callback: None,
+        });
+        let out = p.take_over();
+        p.run(out, None);
+        for (n, out) in [true, false].into_iter().enumerate() {
+            let id = format!("scl{n}");
+            p.commit(Op::StartOperation {
+                op_id: id.clone(),
+                deployment: "web".into(),
+                kind: OperationKind::Scale {
+                    group: "a".into(),
+                    out,
+                    reason: "load".into(),
+                },
+                callback: None,
+            });
+            let o = p.take_over();
+            p.run(o, crash_at);
+            let op = query::operation(&p.state, &id).unwrap().unwrap();
+            assert_eq!(op.state, OperationState::Completed, "crash at {crash_at:?}");
+            let service = query::service(&p.state, "web").unwrap().unwrap();
+            assert_eq!(service.vms.len(), if out { 4 } else { 3 });
+            if out {
+                assert!(names(&p).contains(&"esc-web-a-2-g0".to_string()));
+            }
+        }
+        assert_eq!(p.vim.created, 4, "crash at {crash_at:?}: none twice");
+        assert_eq!(p.vim.deleted, 1, "crash at {crash_at:?}");
+        assert_eq!(
+            names(&p),
+            ["esc-web-a-0-g0", "esc-web-a-1-g0", "esc-web-b-0-g0"]
+        );
+    }
+}

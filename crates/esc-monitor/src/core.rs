@@ -50,6 +50,22 @@ pub struct Watched {
     pub phase: Phase,
     /// Recoveries it went through (the next one's id derives from it).
     pub recoveries: u32,
+    /// Its group's size, bounds and scale operations (a scale's id and
+    /// cooldown derive from them).
+    pub scale: GroupScale,
+}
+
+/// A watched VM's group, as far as scaling goes (replicated state).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupScale {
+    pub vms: u32,
+    pub min_active: u32,
+    pub max_active: u32,
+    pub cooldown_ms: u64,
+    /// Scale operations of the group started so far.
+    pub started: u32,
+    /// When the last one settled.
+    pub settled_at_ms: Option<u64>,
 }
 
 impl Watched {
@@ -119,6 +135,14 @@ pub enum Output {
         key: VmKey,
         error: String,
     },
+    /// Scale the VM's group by one (an operation of this id).
+    Scale {
+        op_id: String,
+        deployment: String,
+        group: String,
+        out: bool,
+        reason: String,
+    },
     /// Start the VM's recovery (an operation of this id).
     Recover {
         op_id: String,
@@ -161,6 +185,16 @@ pub struct Stats {
 /// at most 64 characters).
 pub fn recovery_op_id(vm: &str, n: u32) -> String {
     format!("rec-{:016x}-{n}", fnv(vm.as_bytes()))
+}
+
+/// The operation id of scale number `n` of `group` in `deployment`:
+/// derived like a recovery's, so the same step decided by two primaries
+/// is one operation.
+pub fn scale_op_id(deployment: &str, group: &str, n: u32) -> String {
+    format!(
+        "scl-{:016x}-{n}",
+        fnv(format!("{deployment}/{group}").as_bytes())
+    )
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -465,11 +499,24 @@ impl Monitor {
                         .map(move |(w, a)| (w, a, r.script_timeout * 1_000))
                 })
                 .collect();
+        // A scale acts while the KPI stays in its state (level), not only
+        // when it turns: a step held back by the cooldown or a running
+        // operation is taken once they allow it.
+        let level = if holds {
+            count.trues >= kpi.metric_occurrences_true
+        } else {
+            count.falses >= kpi.metric_occurrences_false
+        };
         for (when, action, timeout_ms) in actions {
+            let edge = if matches!(action, Action::ScaleOut | Action::ScaleIn) {
+                level
+            } else {
+                turned
+            };
             let fire = match when {
                 When::ALWAYS => true,
-                When::TRUE => turned && holds,
-                When::FALSE => turned && !holds,
+                When::TRUE => edge && holds,
+                When::FALSE => edge && !holds,
             };
             if fire {
                 act(now_ms, vm, &kpi, action, holds, value, timeout_ms, out);
@@ -515,6 +562,32 @@ fn act(
             op: op.clone(),
             key: vm.w.key.clone(),
         },
+        (Action::ScaleOut | Action::ScaleIn, Phase::Running) => {
+            let out = action == Action::ScaleOut;
+            let g = &vm.w.scale;
+            let at_bound = if out {
+                g.vms >= g.max_active
+            } else {
+                g.vms <= g.min_active
+            };
+            let cooling = g
+                .settled_at_ms
+                .is_some_and(|at| now_ms < at.saturating_add(g.cooldown_ms));
+            if at_bound || cooling {
+                return;
+            }
+            Output::Scale {
+                op_id: scale_op_id(&vm.w.deployment, &vm.w.key.group, g.started),
+                deployment: vm.w.deployment.clone(),
+                group: vm.w.key.group.clone(),
+                out,
+                reason: format!(
+                    "{} {} on {name} ({value})",
+                    kpi.event_name,
+                    if holds { "TRUE" } else { "FALSE" }
+                ),
+            }
+        }
         // A booting VM that does not answer yet is not failing: its
         // bootup deadline decides.
         (Action::Recover, Phase::Running) => Output::Recover {

@@ -10,7 +10,7 @@
 //!   operation's VMs whose server is up but not yet alive are `Booting`
 //!   (their bootup check decides).
 
-use crate::core::{Phase, Watched};
+use crate::core::{GroupScale, Phase, Watched};
 use esc_domain::kpi::bootup_kpi;
 use esc_domain::model::{OperationRecord, ServiceRecord, VmGroup, VmRecord, VmState};
 use std::collections::BTreeMap;
@@ -21,6 +21,7 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
     let group =
         |name: &str| -> Option<&VmGroup> { service.spec.vm_groups.iter().find(|g| g.name == name) };
     let busy = service.current_op.is_some();
+    let scales = scales(service);
     for v in &service.vms {
         let Some(g) = group(&v.key.group) else {
             continue;
@@ -33,7 +34,7 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
         } else {
             Phase::Paused
         };
-        out.insert(v.key.server_name(), watched(service, g, v, phase));
+        out.insert(v.key.server_name(), watched(service, g, v, phase, &scales));
     }
     if let Some(op) = op.filter(|o| !o.state.settled()) {
         for v in &op.vms {
@@ -50,8 +51,11 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
                 })
                 .or_else(|| group(&v.key.group));
             let Some(g) = g else { continue };
+            // Only a VM its operation brings up (a new one, a rebooted
+            // one) waits for its bootup check; one an update or a scale in
+            // removes keeps its `up_at_ms` and must not be.
             let booting = v.up_at_ms.is_some()
-                && !matches!(v.state, VmState::Alive | VmState::Error)
+                && matches!(v.state, VmState::Deploying | VmState::Rebooting)
                 && bootup_kpi(&g.kpis, &g.rules).is_some();
             if !booting {
                 continue;
@@ -64,14 +68,48 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
                 op: op.id.clone(),
                 deadline_ms,
             };
-            out.insert(v.key.server_name(), watched(service, g, v, phase));
+            out.insert(v.key.server_name(), watched(service, g, v, phase, &scales));
         }
     }
     out.into_values().collect()
 }
 
-fn watched(service: &ServiceRecord, g: &VmGroup, v: &VmRecord, phase: Phase) -> Watched {
+/// Each group's scaling view (its VMs counted once per service).
+fn scales(service: &ServiceRecord) -> BTreeMap<&str, GroupScale> {
+    let mut out: BTreeMap<&str, GroupScale> = service
+        .spec
+        .vm_groups
+        .iter()
+        .map(|g| {
+            let scaled = service.scaling.get(&g.name).cloned().unwrap_or_default();
+            let s = GroupScale {
+                vms: 0,
+                min_active: g.scaling.min_active,
+                max_active: g.scaling.max_active,
+                cooldown_ms: g.scaling.cooldown.saturating_mul(1_000),
+                started: scaled.started,
+                settled_at_ms: scaled.settled_at_ms,
+            };
+            (g.name.as_str(), s)
+        })
+        .collect();
+    for v in &service.vms {
+        if let Some(s) = out.get_mut(v.key.group.as_str()) {
+            s.vms += 1;
+        }
+    }
+    out
+}
+
+fn watched(
+    service: &ServiceRecord,
+    g: &VmGroup,
+    v: &VmRecord,
+    phase: Phase,
+    scales: &BTreeMap<&str, GroupScale>,
+) -> Watched {
     Watched {
+        scale: scales.get(g.name.as_str()).cloned().unwrap_or_default(),
         key: v.key.clone(),
         deployment: service.spec.name.clone(),
         addresses: v.addresses.clone(),

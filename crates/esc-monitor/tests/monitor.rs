@@ -5,7 +5,9 @@
 
 use esc_domain::kpi::{Kpi, Rule};
 use esc_domain::model::VmKey;
-use esc_monitor::{recovery_op_id, Config, Input, Monitor, Output, Phase, Target, Watched};
+use esc_monitor::{
+    recovery_op_id, scale_op_id, Config, GroupScale, Input, Monitor, Output, Phase, Target, Watched,
+};
 use std::collections::BTreeMap;
 
 fn kpi(event: &str, period_s: u64, falses: u32) -> Kpi {
@@ -42,6 +44,7 @@ fn vm(i: u32, phase: Phase) -> Watched {
         )],
         phase,
         recoveries: 0,
+        scale: Default::default(),
     }
 }
 
@@ -291,4 +294,85 @@ fn a_metric_read_from_a_body_counts_only_when_there_is_one() {
         .filter(|o| matches!(o, Output::Log { .. }))
         .count();
     assert_eq!(logs, 1);
+}
+
+/// A VM of a group scaled by its load (an HTTP metric): out above 80,
+/// in below 20, each after two samples.
+fn loaded_vm(i: u32, scale: GroupScale) -> Watched {
+    let k = |event: &str, cond: &str, value: u32| -> Kpi {
+        serde_json::from_value(serde_json::json!({
+            "event_name": event, "metric_value": value, "metric_cond": cond,
+            "metric_occurrences_true": 2, "metric_occurrences_false": 1,
+            "metric_collector": { "type": "HTTPGet", "nicid": 0, "poll_frequency": 1,
+                                  "port": 8080, "path": "/metrics", "metric": "load" }
+        }))
+        .unwrap()
+    };
+    Watched {
+        kpis: vec![k("VM_OVERLOADED", "GT", 80), k("VM_UNDERLOADED", "LT", 20)],
+        rules: vec![
+            rule("VM_OVERLOADED", &["TRUE scale_out"]),
+            rule("VM_UNDERLOADED", &["TRUE scale_in"]),
+        ],
+        scale,
+        ..vm(i, Phase::Running)
+    }
+}
+
+fn scales(out: &[Output]) -> Vec<(String, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Scale { op_id, out, .. } => Some((op_id.clone(), *out)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_load_scales_its_group_within_bounds_after_the_cooldown() {
+    let group = |vms: u32, settled_at_ms: Option<u64>| GroupScale {
+        vms,
+        min_active: 1,
+        max_active: 3,
+        cooldown_ms: 60_000,
+        started: 4,
+        settled_at_ms,
+    };
+    let id = scale_op_id("d", "g", 4);
+    // Overloaded: one step out, the same operation whichever VM decides
+    // it (and whichever node: the id is the group's scale count).
+    let mut m = leading(vec![
+        loaded_vm(0, group(2, None)),
+        loaded_vm(1, group(2, None)),
+    ]);
+    let got = scales(&run(&mut m, 1_000_000, 1_003_000, &|_| Some(90.0)));
+    assert!(!got.is_empty());
+    assert!(got.iter().all(|s| *s == (id.clone(), true)), "{got:?}");
+    // Underloaded: one step in.
+    let mut m = leading(vec![loaded_vm(0, group(2, None))]);
+    let got = scales(&run(&mut m, 1_000_000, 1_003_000, &|_| Some(10.0)));
+    assert_eq!(got, [(id.clone(), false)]);
+    // Neither past the bounds...
+    let mut m = leading(vec![loaded_vm(0, group(3, None))]);
+    assert_eq!(
+        scales(&run(&mut m, 1_000_000, 1_005_000, &|_| Some(90.0))),
+        []
+    );
+    let mut m = leading(vec![loaded_vm(0, group(1, None))]);
+    assert_eq!(
+        scales(&run(&mut m, 1_000_000, 1_005_000, &|_| Some(10.0))),
+        []
+    );
+    // ...nor within the cooldown of the last scale (settled 50 s before):
+    // held back, then taken once it passed, the load still high.
+    let mut m = leading(vec![loaded_vm(0, group(2, Some(950_000)))]);
+    assert_eq!(
+        scales(&run(&mut m, 1_000_000, 1_009_000, &|_| Some(90.0))),
+        []
+    );
+    let got = scales(&run(&mut m, 1_009_000, 1_012_000, &|_| Some(90.0)));
+    assert_eq!(got, [(id.clone(), true)]);
+    // No sample (a body without the metric): no count, no step.
+    let mut m = leading(vec![loaded_vm(0, group(2, None))]);
+    assert_eq!(scales(&run(&mut m, 1_000_000, 1_005_000, &|_| None)), []);
 }

@@ -320,6 +320,25 @@ fn act(
                 "a recovery",
             );
         }
+        Output::Scale {
+            op_id,
+            deployment,
+            group,
+            out,
+            reason,
+        } => {
+            info!(target: HA, %deployment, %group, op = %op_id, out, "scaling: {reason}");
+            crate::services::propose(
+                shared,
+                Op::StartOperation {
+                    op_id,
+                    deployment,
+                    kind: OperationKind::Scale { group, out, reason },
+                    callback: None,
+                },
+                "a scale",
+            );
+        }
         Output::Log {
             vm,
             event,
