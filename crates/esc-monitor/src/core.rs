@@ -14,6 +14,11 @@ pub struct Config {
     pub probe_timeout_ms: u64,
     /// A decision not seen in the records after this is proposed again.
     pub repropose_ms: u64,
+    /// On a new term, a probe whose slot fell this recently is sent at
+    /// once rather than a period later: the slots the takeover's blackout
+    /// swallowed (at most about a second at the product's defaults), so
+    /// no VM waits two periods across a takeover.
+    pub catch_up_ms: u64,
 }
 
 impl Default for Config {
@@ -22,6 +27,7 @@ impl Default for Config {
             probes_in_flight_max: 4_096,
             probe_timeout_ms: 2_000,
             repropose_ms: 5_000,
+            catch_up_ms: 2_000,
         }
     }
 }
@@ -197,6 +203,22 @@ pub fn scale_op_id(deployment: &str, group: &str, n: u32) -> String {
     )
 }
 
+/// Where in its period KPI `i` of VM `name` is probed: derived from the
+/// name, so the same on every node (a new primary keeps the rhythm).
+fn slot_offset(name: &str, i: usize, period: u64) -> u64 {
+    fnv(format!("{name}/{i}").as_bytes()) % period
+}
+
+/// The first slot (`offset` in each `period`) after `t`.
+fn next_slot(t: u64, period: u64, offset: u64) -> u64 {
+    let base = t - t % period + offset;
+    if base > t {
+        base
+    } else {
+        base + period
+    }
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -297,12 +319,13 @@ impl Monitor {
         self.bootup.clear();
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
-            self.schedule(now_ms, &name);
+            self.schedule(now_ms, &name, self.cfg.catch_up_ms);
         }
     }
 
-    /// Puts `name`'s probes (and its bootup deadline) on the schedule.
-    fn schedule(&mut self, now_ms: u64, name: &str) {
+    /// Puts `name`'s probes (and its bootup deadline) on the schedule: at
+    /// their slots, a slot that passed less than `catch_up_ms` ago at once.
+    fn schedule(&mut self, now_ms: u64, name: &str, catch_up_ms: u64) {
         let Some(vm) = self.vms.get(name) else { return };
         if let Phase::Booting { deadline_ms, .. } = vm.w.phase {
             self.bootup.insert((deadline_ms, name.to_string()));
@@ -310,10 +333,17 @@ impl Monitor {
         let gen = vm.gen;
         for (i, k) in vm.w.kpis.iter().enumerate() {
             let period = k.metric_collector.period_ms().max(1);
-            // The phase in the period: the same on every node.
-            let offset = fnv(format!("{name}/{i}").as_bytes()) % period;
-            let base = now_ms - now_ms % period + offset;
-            let due = if base < now_ms { base + period } else { base };
+            let offset = slot_offset(name, i, period);
+            // The slot at or before now, and the next one.
+            let mut last = now_ms - now_ms % period + offset;
+            if last > now_ms {
+                last = last.saturating_sub(period);
+            }
+            let due = if last == now_ms || now_ms - last < catch_up_ms.min(period) {
+                now_ms
+            } else {
+                last + period
+            };
             self.due.insert((due, name.to_string(), i, gen));
         }
     }
@@ -347,7 +377,7 @@ impl Monitor {
             },
         );
         if self.leading {
-            self.schedule(now_ms, &name);
+            self.schedule(now_ms, &name, 0);
         }
     }
 
@@ -403,11 +433,9 @@ impl Monitor {
                 continue;
             };
             let period = kpi.metric_collector.period_ms().max(1);
-            // The next one, in rhythm even if this one is late.
-            let mut next = due + period;
-            if next <= now_ms {
-                next += (now_ms - next) / period * period + period;
-            }
+            // The next one at its slot, in rhythm even if this one was
+            // late or a term's catch-up.
+            let next = next_slot(due.max(now_ms), period, slot_offset(&name, i, period));
             self.due.insert((next, name.clone(), i, gen));
             let polled = match &vm.w.phase {
                 Phase::Running => true,

@@ -376,3 +376,77 @@ fn a_load_scales_its_group_within_bounds_after_the_cooldown() {
     let mut m = leading(vec![loaded_vm(0, group(2, None))]);
     assert_eq!(scales(&run(&mut m, 1_000_000, 1_005_000, &|_| None)), []);
 }
+
+/// Every probe time per VM while `m` runs from `from` to `to`.
+fn probe_times(m: &mut Monitor, from: u64, to: u64, times: &mut BTreeMap<String, Vec<u64>>) {
+    let mut t = from;
+    while t < to {
+        let out = m.handle(t, Input::Tick);
+        for (probe, name) in probes(&out) {
+            times.entry(name).or_default().push(t);
+            m.handle(
+                t,
+                Input::Result {
+                    probe,
+                    value: Some(3.0),
+                },
+            );
+        }
+        t += 10;
+    }
+}
+
+/// A takeover 800 ms long: the new primary probes at once each VM whose
+/// slot the blackout swallowed, so no VM goes more than its period plus
+/// the blackout without a probe (and without that catch-up, some wait two
+/// periods).
+#[test]
+fn across_a_takeover_no_vm_waits_much_more_than_its_period() {
+    let vms = || -> Vec<Watched> {
+        (0..500)
+            .map(|i| Watched {
+                kpis: vec![kpi("VM_ALIVE", 10, 3)],
+                ..vm(i, Phase::Running)
+            })
+            .collect()
+    };
+    let longest = |catch_up_ms: u64| {
+        let mut times = BTreeMap::new();
+        let mut old = leading(vms());
+        let fault = 1_050_000;
+        probe_times(&mut old, 1_000_000, fault, &mut times);
+        let mut new = Monitor::new(Config {
+            catch_up_ms,
+            ..Config::default()
+        });
+        new.handle(
+            0,
+            Input::Vms {
+                upsert: vms(),
+                gone: vec![],
+            },
+        );
+        let lead = fault + 800;
+        let first = new.handle(lead, Input::Lead { epoch: 2 });
+        for (probe, name) in probes(&first) {
+            times.entry(name).or_default().push(lead);
+            new.handle(
+                lead,
+                Input::Result {
+                    probe,
+                    value: Some(3.0),
+                },
+            );
+        }
+        probe_times(&mut new, lead + 10, fault + 40_000, &mut times);
+        times
+            .values()
+            .flat_map(|t| t.windows(2).map(|w| w[1] - w[0]))
+            .max()
+            .unwrap()
+    };
+    let with = longest(Config::default().catch_up_ms);
+    assert!(with <= 10_000 + 800 + 10, "{with} ms");
+    let without = longest(0);
+    assert!(without > 15_000, "{without} ms");
+}

@@ -1,10 +1,14 @@
-//! The monitor's runtime (issue 12; architecture section 8): a
-//! primary-only service that feeds `esc_monitor::Monitor` the watched VMs
-//! (from the services' replicated change feed), runs its probes
-//! (`crate::probe`) and proposes its decisions through the log: a VM alive
-//! or failing its bootup check as a lifecycle step, a recovery as an
-//! operation whose id the core derives from the VM (one recovery, one
-//! operation, whichever primary decides it).
+//! The monitor's runtime (issue 12; architecture section 8): a task of
+//! every node that keeps `esc_monitor::Monitor`'s table of watched VMs
+//! current from the services' replicated change feed (on the standby too,
+//! so a takeover starts probing at once, with no scan of the state), and
+//! while the node leads runs its probes (`crate::probe`) and proposes its
+//! decisions through the log: a VM alive or failing its bootup check as a
+//! lifecycle step, a recovery or a scale as an operation whose id the core
+//! derives from the replicated records (one decision, one operation,
+//! whichever primary takes it). Leading is `Shared::leading`: the core is
+//! told `Lead` and `Unlead` within a turn of its change (a step-down stops
+//! every probe decision at once; results of a past term are dropped).
 //!
 //! ```text
 //!   svcchg/<index> (the feed) ──read on each applied index──> esc_monitor::watch::of_service ─┐
@@ -14,16 +18,14 @@
 //! ```
 
 use crate::logging::HA;
-use crate::services::PrimaryService;
 use crate::shared::{unix_ms, Shared};
 use esc_domain::model::{OperationKind, Step};
 use esc_domain::{query, Op};
 use esc_monitor::{Input, Monitor, Output, Watched};
-use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// How often the core is ticked (a probe is at most this late by it).
@@ -32,27 +34,6 @@ const TICK: Duration = Duration::from_millis(10);
 const FEED_PAGE: usize = 512;
 /// Services read at once by a full scan.
 const SCAN_PAGE: usize = 256;
-
-pub struct Service {
-    shared: Shared,
-    cfg: esc_monitor::Config,
-}
-
-impl Service {
-    pub fn new(shared: Shared, cfg: esc_monitor::Config) -> Service {
-        Service { shared, cfg }
-    }
-}
-
-impl PrimaryService for Service {
-    fn name(&self) -> &'static str {
-        "monitor"
-    }
-
-    fn run(&self, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
-        Box::pin(run(self.shared.clone(), self.cfg.clone(), stop))
-    }
-}
 
 /// The core's `Input::Vms`: VMs new or changed, VMs gone.
 type VmsInput = (Vec<Watched>, Vec<String>);
@@ -167,10 +148,42 @@ fn follow(store: &crate::shared::NodeStore, table: &mut Table) -> Result<Option<
     }
 }
 
-async fn run(shared: Shared, cfg: esc_monitor::Config, mut stop: watch::Receiver<bool>) {
+/// Reads the feed past the table's cursor (a full scan if the reader fell
+/// behind its bound) off the runtime's threads; the core's input.
+async fn catch_up(shared: &Shared, table: &mut Table) -> Option<VmsInput> {
+    let store = shared.store.clone();
+    let mut t = std::mem::take(table);
+    let read = tokio::task::spawn_blocking(move || {
+        let r = match follow(&store, &mut t) {
+            Ok(Some(i)) => Ok(i),
+            Ok(None) => full_scan(&store, &mut t),
+            Err(e) => Err(e),
+        };
+        (t, r)
+    })
+    .await;
+    match read {
+        Ok((t, Ok(input))) => {
+            *table = t;
+            Some(input)
+        }
+        Ok((t, Err(e))) => {
+            *table = t;
+            warn!(target: HA, "monitor cannot read the services: {e}");
+            None
+        }
+        Err(e) => {
+            warn!(target: HA, "monitor read task: {e}");
+            None
+        }
+    }
+}
+
+/// The monitor of this node, for as long as it runs (on both roles).
+pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
     let mut core = Monitor::new(cfg);
     let mut table = Table::default();
-    let epoch = shared.role.borrow().epoch;
+    let mut leading = shared.leading.subscribe();
     let pinger = match crate::probe::Pinger::open() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -183,6 +196,7 @@ async fn run(shared: Shared, cfg: esc_monitor::Config, mut stop: watch::Receiver
         .build()
         .unwrap_or_default();
     let (results_tx, mut results) = mpsc::unbounded_channel::<(u64, Option<f64>)>();
+    // The table from a full scan once, then from the feed.
     let store = shared.store.clone();
     let scanned = tokio::task::spawn_blocking(move || {
         let mut t = Table::default();
@@ -191,30 +205,48 @@ async fn run(shared: Shared, cfg: esc_monitor::Config, mut stop: watch::Receiver
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r);
-    let mut out = match scanned {
+    match scanned {
         Ok((t, (upsert, gone))) => {
             table = t;
-            info!(target: HA, epoch, vms = upsert.len(), "monitor starting");
+            info!(target: HA, vms = upsert.len(), "monitor table built");
             core.handle(unix_ms(), Input::Vms { upsert, gone });
-            core.handle(unix_ms(), Input::Lead { epoch })
         }
-        Err(e) => {
-            warn!(target: HA, "monitor cannot read the services: {e}");
-            Vec::new()
-        }
-    };
+        Err(e) => warn!(target: HA, "monitor cannot read the services: {e}"),
+    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut applied = shared.store.meta().applied_index;
+    // The epoch this node leads in (none: it does not).
+    let mut led: Option<u64> = None;
+    let mut out: Vec<Output> = Vec::new();
     loop {
+        let now_leading = *leading.borrow_and_update();
+        let epoch = shared.role.borrow().epoch;
+        if led.is_some() && (!now_leading || led != Some(epoch)) {
+            core.handle(unix_ms(), Input::Unlead);
+            out.clear();
+            info!(target: HA, "monitor standing by");
+            led = None;
+        }
+        if led.is_none() && now_leading {
+            // The table as of now first: what the last term committed.
+            let a = shared.store.meta().applied_index;
+            if a != applied {
+                applied = a;
+                if let Some((upsert, gone)) = catch_up(&shared, &mut table).await {
+                    core.handle(unix_ms(), Input::Vms { upsert, gone });
+                }
+            }
+            out = core.handle(unix_ms(), Input::Lead { epoch });
+            info!(target: HA, epoch, vms = core.stats().vms_watched, "monitor leading");
+            led = Some(epoch);
+        }
         for o in out.drain(..) {
             act(&shared, o, pinger.clone(), &http, &results_tx);
         }
         tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    core.handle(unix_ms(), Input::Unlead);
-                    info!(target: HA, "monitor stopping");
+            changed = leading.changed() => {
+                if changed.is_err() {
                     return;
                 }
             }
@@ -225,36 +257,21 @@ async fn run(shared: Shared, cfg: esc_monitor::Config, mut stop: watch::Receiver
                 let a = shared.store.meta().applied_index;
                 if a != applied {
                     applied = a;
-                    let store = shared.store.clone();
-                    let mut t = std::mem::take(&mut table);
-                    let read = tokio::task::spawn_blocking(move || {
-                        let r = match follow(&store, &mut t) {
-                            Ok(Some(i)) => Ok(i),
-                            Ok(None) => full_scan(&store, &mut t),
-                            Err(e) => Err(e),
-                        };
-                        (t, r)
-                    })
-                    .await;
-                    match read {
-                        Ok((t, Ok((upsert, gone)))) => {
-                            table = t;
-                            if !upsert.is_empty() || !gone.is_empty() {
-                                core.handle(unix_ms(), Input::Vms { upsert, gone });
-                            }
+                    if let Some((upsert, gone)) = catch_up(&shared, &mut table).await {
+                        if !upsert.is_empty() || !gone.is_empty() {
+                            out = core.handle(unix_ms(), Input::Vms { upsert, gone });
                         }
-                        Ok((t, Err(e))) => {
-                            table = t;
-                            warn!(target: HA, "monitor cannot read the services: {e}");
-                        }
-                        Err(e) => warn!(target: HA, "monitor read task: {e}"),
                     }
                 }
-                out = core.handle(unix_ms(), Input::Tick);
+                out.extend(core.handle(unix_ms(), Input::Tick));
                 if let Ok(mut s) = shared.monitor.lock() {
                     *s = Some(core.stats());
                 }
             }
+        }
+        if led.is_none() {
+            // A standby decides nothing (the core says nothing either).
+            out.clear();
         }
     }
 }

@@ -81,8 +81,8 @@ async fn bind(
 }
 
 /// The services this node runs while primary: the notifier, and the
-/// lifecycle runner when a VIM connector is configured (the monitoring
-/// engine of issue 12 registers here too).
+/// lifecycle runner when a VIM connector is configured (the monitor runs
+/// on both roles: `crate::monitor::run`).
 pub fn primary_services(
     shared: &Shared,
     cfg: &esc_config::Config,
@@ -100,11 +100,6 @@ pub fn primary_services(
             shared.clone(),
             client.clone(),
             core,
-        )));
-        // What the lifecycle deploys, the monitor watches.
-        out.push(Arc::new(crate::monitor::Service::new(
-            shared.clone(),
-            esc_monitor::Config::default(),
         )));
     }
     Ok(out)
@@ -287,6 +282,14 @@ pub async fn run(
         shared.leading.subscribe(),
         primary_services(&shared, &cfg)?,
     ));
+    if shared.vim.is_some() {
+        // What the lifecycle deploys, the monitor watches: its table kept
+        // on both roles, its probes on the primary only.
+        tasks.spawn(crate::monitor::run(
+            shared.clone(),
+            esc_monitor::Config::default(),
+        ));
+    }
 
     let mut owner = Owner::new(OwnerParts {
         core,
