@@ -96,6 +96,19 @@ enum Cmd {
         #[arg(long, default_value = "docs/bench/lab-service.json")]
         out: PathBuf,
     },
+    /// The monitor at scale (issue 12): light servers probed over HTTP
+    /// every --poll-s seconds; probes per second, lateness and CPU, then the
+    /// primary's power cut with one VM killed: takeover to the first probe,
+    /// the longest gap across it, the killed VM's detection and healing.
+    BenchMonitor {
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        vms: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        poll_s: u64,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "docs/bench/lab-monitor.json")]
+        out: PathBuf,
+    },
     /// Brings a cluster up and keeps it until Ctrl-C.
     Up {
         #[arg(long)]
@@ -140,6 +153,7 @@ fn main() -> ExitCode {
                 vim_delay_ms,
                 out,
             } => bench_service(&bins, servers, *vim_delay_ms, out),
+            Cmd::BenchMonitor { vms, poll_s, out } => bench_monitor(&bins, vms, *poll_s, out),
             Cmd::Up { two_node } => up(&bins, !two_node),
             Cmd::Down => unreachable!(),
         }),
@@ -471,6 +485,37 @@ fn bench_service(
         "command": format!("esc-lab bench-service --servers {} --vim-delay-ms {vim_delay_ms}", sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")),
         "rows": rows,
     });
+    std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
+    Ok(rows.iter().all(|r| r.pass))
+}
+
+fn bench_monitor(
+    bins: &Bins,
+    sizes: &[usize],
+    poll_s: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
+    anyhow::ensure!((1..=3_600).contains(&poll_s), "--poll-s: 1 to 3600 seconds");
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("== {n} VMs");
+        let r = esc_lab::monitor_bench::run(bins, n, poll_s, true)?;
+        eprintln!("   {}", serde_json::to_string(&r)?);
+        rows.push(r);
+    }
+    print!("{}", esc_lab::monitor_bench::table(&rows));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let command = format!(
+        "esc-lab bench-monitor --vms {} --poll-s {poll_s}",
+        sizes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let doc = esc_lab::monitor_bench::json(&rows, &command);
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)?;
     Ok(rows.iter().all(|r| r.pass))
 }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod healing;
+pub mod monitor_bench;
 pub mod notify;
 pub mod scaling;
 pub mod scenario;

@@ -72,6 +72,8 @@ pub struct GroupScale {
     pub started: u32,
     /// When the last one settled.
     pub settled_at_ms: Option<u64>,
+    /// The deployment has an operation in progress: no scale now.
+    pub busy: bool,
 }
 
 impl Watched {
@@ -205,7 +207,7 @@ pub fn scale_op_id(deployment: &str, group: &str, n: u32) -> String {
 
 /// Where in its period KPI `i` of VM `name` is probed: derived from the
 /// name, so the same on every node (a new primary keeps the rhythm).
-fn slot_offset(name: &str, i: usize, period: u64) -> u64 {
+pub fn slot_offset(name: &str, i: usize, period: u64) -> u64 {
     fnv(format!("{name}/{i}").as_bytes()) % period
 }
 
@@ -357,8 +359,14 @@ impl Monitor {
                 && vm.w.rules == w.rules
         });
         if same {
-            // Nothing the monitor acts on moved (the recovery count may).
+            // Nothing the probes depend on moved (the recovery count, the
+            // group's size or scale count may): counters kept; a scale
+            // decided before the group moved is decided anew (its id and
+            // cooldown derive from what moved).
             if let Some(vm) = self.vms.get_mut(&name) {
+                if vm.w.scale != w.scale && matches!(vm.decided, Some((Output::Scale { .. }, _))) {
+                    vm.decided = None;
+                }
                 vm.w = w;
             }
             return;
@@ -601,7 +609,7 @@ fn act(
             let cooling = g
                 .settled_at_ms
                 .is_some_and(|at| now_ms < at.saturating_add(g.cooldown_ms));
-            if at_bound || cooling {
+            if at_bound || cooling || g.busy {
                 return;
             }
             Output::Scale {

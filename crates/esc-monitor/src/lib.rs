@@ -28,6 +28,6 @@ pub mod core;
 pub mod watch;
 
 pub use crate::core::{
-    recovery_op_id, scale_op_id, Config, GroupScale, Input, Monitor, Output, Phase, Stats, Target,
-    Watched,
+    recovery_op_id, scale_op_id, slot_offset, Config, GroupScale, Input, Monitor, Output, Phase,
+    Stats, Target, Watched,
 };

@@ -6,13 +6,19 @@
 //! - A VM of the service with an address and no operation on the service:
 //!   `Running` if alive, `Paused` otherwise (in error, stopped: an
 //!   operator's or a recovery's business).
-//! - While an operation runs, the service's VMs are `Paused`, and the
-//!   operation's VMs whose server is up but not yet alive are `Booting`
-//!   (their bootup check decides).
+//! - While a deploy, an update or an undeploy runs, the service's VMs are
+//!   `Paused`. While an operation on some of its VMs runs (a recovery, a
+//!   manual action, a scale), the VMs it does not touch stay `Running`:
+//!   one VM's recovery does not blind the monitor to the others (their
+//!   decisions wait for the operation: one at a time per deployment).
+//! - The operation's VMs whose server is up but not yet alive are
+//!   `Booting` (their bootup check decides).
 
 use crate::core::{GroupScale, Phase, Watched};
 use esc_domain::kpi::bootup_kpi;
-use esc_domain::model::{OperationRecord, ServiceRecord, VmGroup, VmRecord, VmState};
+use esc_domain::model::{
+    OperationKind, OperationRecord, ServiceRecord, VmGroup, VmRecord, VmState,
+};
 use std::collections::BTreeMap;
 
 /// Every VM of `service` to watch; `op`: its operation in progress, if any.
@@ -22,6 +28,25 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
         |name: &str| -> Option<&VmGroup> { service.spec.vm_groups.iter().find(|g| g.name == name) };
     let busy = service.current_op.is_some();
     let scales = scales(service);
+    // An operation on some VMs only, and whether it touches `v` (the VM
+    // is in its record other than alive).
+    let narrow = op.is_some_and(|o| {
+        matches!(
+            o.kind,
+            OperationKind::Recover { .. }
+                | OperationKind::VmAction { .. }
+                | OperationKind::Scale { .. }
+        )
+    });
+    let touched = |v: &VmRecord| {
+        op.is_some_and(|o| {
+            o.vms.iter().any(|x| {
+                x.key.group == v.key.group
+                    && x.key.index == v.key.index
+                    && x.state != VmState::Alive
+            })
+        })
+    };
     for v in &service.vms {
         let Some(g) = group(&v.key.group) else {
             continue;
@@ -29,7 +54,7 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
         if g.kpis.is_empty() || v.addresses.is_empty() || v.server_id.is_none() {
             continue;
         }
-        let phase = if !busy && v.state == VmState::Alive {
+        let phase = if v.state == VmState::Alive && (!busy || (narrow && !touched(v))) {
             Phase::Running
         } else {
             Phase::Paused
@@ -87,6 +112,7 @@ fn scales(service: &ServiceRecord) -> BTreeMap<&str, GroupScale> {
                 min_active: g.scaling.min_active,
                 max_active: g.scaling.max_active,
                 cooldown_ms: g.scaling.cooldown.saturating_mul(1_000),
+                busy: service.current_op.is_some(),
                 started: scaled.started,
                 settled_at_ms: scaled.settled_at_ms,
             };

@@ -337,6 +337,7 @@ fn a_load_scales_its_group_within_bounds_after_the_cooldown() {
         cooldown_ms: 60_000,
         started: 4,
         settled_at_ms,
+        busy: false,
     };
     let id = scale_op_id("d", "g", 4);
     // Overloaded: one step out, the same operation whichever VM decides
@@ -372,6 +373,14 @@ fn a_load_scales_its_group_within_bounds_after_the_cooldown() {
     );
     let got = scales(&run(&mut m, 1_009_000, 1_012_000, &|_| Some(90.0)));
     assert_eq!(got, [(id.clone(), true)]);
+    // Nor while the deployment has an operation in progress.
+    let mut busy = group(2, None);
+    busy.busy = true;
+    let mut m = leading(vec![loaded_vm(0, busy)]);
+    assert_eq!(
+        scales(&run(&mut m, 1_000_000, 1_005_000, &|_| Some(90.0))),
+        []
+    );
     // No sample (a body without the metric): no count, no step.
     let mut m = leading(vec![loaded_vm(0, group(2, None))]);
     assert_eq!(scales(&run(&mut m, 1_000_000, 1_005_000, &|_| None)), []);

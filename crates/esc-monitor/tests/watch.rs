@@ -69,8 +69,8 @@ fn idle_alive_vms_run_with_their_group_s_scale_view() {
     );
 }
 
-/// A scale in (or an update) removing a VM that was up: paused like the
-/// rest, never booting (its answer must not make it alive again).
+/// A scale in removing a VM that was up: paused, never booting (its
+/// answer must not make it alive again); the VM it keeps stays watched.
 #[test]
 fn a_vm_being_removed_is_paused_not_booting() {
     let s = service(vec![alive(0), alive(1)], Some("in"));
@@ -85,8 +85,11 @@ fn a_vm_being_removed_is_paused_not_booting() {
     );
     op.vms = s.spec.scale_vms("web", &s.vms, "g", false);
     assert_eq!(op.vms[1].state, VmState::Undeploying);
-    let w = of_service(&s, Some(&op));
-    assert!(w.iter().all(|w| w.phase == Phase::Paused), "{w:?}");
+    let phases: Vec<(u32, Phase)> = of_service(&s, Some(&op))
+        .into_iter()
+        .map(|w| (w.key.index, w.phase))
+        .collect();
+    assert_eq!(phases, [(0, Phase::Running), (1, Phase::Paused)]);
     // A scale out's new VM, up: booting on its operation.
     let mut op = OperationRecord::new(
         "out".into(),
@@ -108,4 +111,37 @@ fn a_vm_being_removed_is_paused_not_booting() {
         .map(|w| w.key.index)
         .collect();
     assert_eq!(booting, [2]);
+}
+
+/// One VM's recovery does not blind the monitor to the others; a deploy,
+/// an update or an undeploy pauses them all.
+#[test]
+fn a_recovery_pauses_its_vm_only() {
+    let s = service(vec![alive(0), alive(1)], Some("rec"));
+    let mut op = OperationRecord::new(
+        "rec".into(),
+        "web".into(),
+        OperationKind::Recover {
+            vm: alive(0).key.server_name(),
+            reason: "VM_ALIVE turned FALSE".into(),
+        },
+    );
+    let mut v0 = alive(0);
+    v0.state = VmState::Rebooting;
+    v0.up_at_ms = None;
+    op.vms = vec![v0];
+    let phases: Vec<(u32, Phase)> = of_service(&s, Some(&op))
+        .into_iter()
+        .map(|w| (w.key.index, w.phase))
+        .collect();
+    assert_eq!(phases, [(0, Phase::Paused), (1, Phase::Running)]);
+    assert!(of_service(&s, Some(&op)).iter().all(|w| w.scale.busy));
+    let up = OperationRecord::new(
+        "rec".into(),
+        "web".into(),
+        OperationKind::Update { spec: spec() },
+    );
+    assert!(of_service(&s, Some(&up))
+        .iter()
+        .all(|w| w.phase == Phase::Paused));
 }
