@@ -104,7 +104,15 @@ impl Responder {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let l = match tokio::net::TcpListener::bind(("0.0.0.0", PORT)).await {
+                // A deep accept queue: a new primary's first probes come
+                // in a burst, and a SYN dropped on a full queue is resent
+                // a second later (the figure would be the responder's).
+                let bound = tokio::net::TcpSocket::new_v4().and_then(|s| {
+                    s.set_reuseaddr(true)?;
+                    s.bind(SocketAddr::from(([0, 0, 0, 0], PORT)))?;
+                    s.listen(16_384)
+                });
+                let l = match bound {
                     Ok(l) => l,
                     Err(e) => {
                         eprintln!("responder: cannot listen on :{PORT}: {e}");
@@ -478,6 +486,16 @@ pub fn run(bins: &Bins, vms: usize, poll_s: u64, verbose: bool) -> anyhow::Resul
     let before = responders[p].arrivals();
     let after = responders[s].arrivals();
     let first = after.values().flatten().copied().min();
+    if verbose {
+        // The new primary's first two seconds, per 100 ms.
+        let mut hist = [0usize; 20];
+        for &t in after.values().flatten() {
+            if t >= promoted_ms && t < promoted_ms + 2_000 {
+                hist[((t - promoted_ms) / 100) as usize] += 1;
+            }
+        }
+        say(format!("probes per 100 ms after the promotion: {hist:?}"));
+    }
     let takeover_to_first_probe_ms = first.map(|f| f.saturating_sub(promoted_ms));
     let window = fault_ms.saturating_sub(2 * period)..until;
     let mut longest: Option<u64> = None;

@@ -64,8 +64,13 @@ fn decisions(out: &[Output]) -> Vec<Output> {
         .collect()
 }
 
+/// A monitor leading from 1,000,000 ms (no catch-up of slots before it:
+/// a first term; `across_a_takeover_*` tests the catch-up).
 fn leading(vms: Vec<Watched>) -> Monitor {
-    let mut m = Monitor::new(Config::default());
+    let mut m = Monitor::new(Config {
+        catch_up_ms: 0,
+        ..Config::default()
+    });
     m.handle(
         0,
         Input::Vms {
@@ -239,7 +244,11 @@ fn a_booting_vm_is_alive_on_its_first_answer_or_fails_at_its_deadline() {
 #[test]
 fn a_new_term_keeps_the_rhythm_and_a_standby_probes_nothing() {
     let vms: Vec<Watched> = (0..50).map(|i| vm(i, Phase::Running)).collect();
-    let mut standby = Monitor::new(Config::default());
+    // The slots alone (the catch-up of a takeover's blackout aside).
+    let mut standby = Monitor::new(Config {
+        catch_up_ms: 0,
+        ..Config::default()
+    });
     standby.handle(
         0,
         Input::Vms {
@@ -405,10 +414,10 @@ fn probe_times(m: &mut Monitor, from: u64, to: u64, times: &mut BTreeMap<String,
     }
 }
 
-/// A takeover 800 ms long: the new primary probes at once each VM whose
-/// slot the blackout swallowed, so no VM goes more than its period plus
-/// the blackout without a probe (and without that catch-up, some wait two
-/// periods).
+/// A takeover 800 ms long: the new primary probes at once (within 250 ms)
+/// each VM whose slot the blackout swallowed, so no VM goes more than its
+/// period plus the blackout and that spread without a probe (and without
+/// the catch-up, some wait two periods).
 #[test]
 fn across_a_takeover_no_vm_waits_much_more_than_its_period() {
     let vms = || -> Vec<Watched> {
@@ -455,7 +464,38 @@ fn across_a_takeover_no_vm_waits_much_more_than_its_period() {
             .unwrap()
     };
     let with = longest(Config::default().catch_up_ms);
-    assert!(with <= 10_000 + 800 + 10, "{with} ms");
+    // The period, the blackout, the spread of the caught-up probes (250
+    // ms) and a tick.
+    assert!(with <= 10_000 + 800 + 250 + 10, "{with} ms");
     let without = longest(0);
     assert!(without > 15_000, "{without} ms");
+}
+
+/// A VM that comes up while the node leads is asked at once whether it is
+/// alive (its slot may be most of a period away), then at its slots.
+#[test]
+fn a_vm_just_up_is_probed_at_once() {
+    let mut m = leading(vec![]);
+    let w = Watched {
+        kpis: vec![kpi("VM_ALIVE", 10, 3)],
+        ..vm(
+            0,
+            Phase::Booting {
+                op: "op".into(),
+                deadline_ms: 2_000_000,
+            },
+        )
+    };
+    m.handle(
+        1_000_000,
+        Input::Vms {
+            upsert: vec![w],
+            gone: vec![],
+        },
+    );
+    let out = run(&mut m, 1_000_000, 1_000_260, &|_| None);
+    assert_eq!(probes(&out).len(), 1, "within 250 ms of coming up");
+    // Then at its slots: one per period.
+    let out = run(&mut m, 1_000_260, 1_030_260, &|_| None);
+    assert_eq!(probes(&out).len(), 3);
 }
