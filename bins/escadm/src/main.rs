@@ -194,6 +194,21 @@ fn verbose(s: &NodeStatus) -> String {
             v.last_error.as_deref().unwrap_or("none")
         ));
     }
+    if let Some(m) = &s.monitor {
+        lines.push(format!(
+            "monitor:         {} vms_watched={} probes_per_s={} probes_sent={} in_flight={} late={} lateness_max={}ms",
+            match &m.paused {
+                None => "probing".to_string(),
+                Some(why) => format!("paused ({why})"),
+            },
+            m.vms_watched,
+            m.probes_per_s,
+            m.probes_sent,
+            m.probes_in_flight,
+            m.probes_late,
+            m.lateness_ms_max
+        ));
+    }
     if let Some(st) = &s.state {
         lines.push(format!(
             "state:           applied={} deployments={} events={} digest={}",

@@ -885,6 +885,41 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
     let d = call(Method::GET, "/v0/deployments/mon", None).1;
     assert_eq!(d["vms"][0]["state"], "VM_ALIVE_STATE", "{d}");
     let first = d["vms"][0]["key"].clone();
+    // The monitor in the status: probing its one VM.
+    let monitor = || {
+        node.admin(esc_proto::AdminRequest::Status {
+            verbose: true,
+            health: false,
+        })
+        .value
+        .unwrap()["monitor"]
+            .clone()
+    };
+    wait_until(Duration::from_secs(10), "the monitor probing", || {
+        let m = monitor();
+        m["probing"] == true && m["vms_watched"] == 1 && m["probes_sent"].as_u64() > Some(0)
+    });
+    // Maintenance pauses it (no probe), operation resumes it.
+    let mode = |mode: esc_domain::OpMode| {
+        let r = node.admin(esc_proto::AdminRequest::OpModeSet {
+            mode,
+            ipt_check: false,
+        });
+        assert!(r.ok, "{}", r.message);
+    };
+    mode(esc_domain::OpMode::Maintenance);
+    wait_until(Duration::from_secs(10), "the monitor paused", || {
+        monitor()["paused"] == "maintenance mode"
+    });
+    let sent = monitor()["probes_sent"].as_u64().unwrap();
+    // Three of its 1 s periods, observed: nothing sent.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(monitor()["probes_sent"].as_u64().unwrap(), sent);
+    mode(esc_domain::OpMode::Operation);
+    wait_until(Duration::from_secs(10), "the monitor probing again", || {
+        let m = monitor();
+        m["probing"] == true && m["probes_sent"].as_u64().unwrap() > sent
+    });
 
     // It stops answering: recovered by a hard reboot...
     drop(vnf);

@@ -132,6 +132,7 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
                     status.state = summary(shared).await;
                 }
                 status.vim = shared.vim.as_deref().map(crate::vim::status);
+                status.monitor = shared.monitor.lock().ok().and_then(|m| m.clone());
             }
             resp
         }

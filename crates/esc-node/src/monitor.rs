@@ -148,9 +148,18 @@ fn follow(store: &crate::shared::NodeStore, table: &mut Table) -> Result<Option<
     }
 }
 
+/// Whether the operation mode is maintenance (the monitor pauses then).
+fn maintenance(store: &crate::shared::NodeStore) -> Result<bool, String> {
+    let r = store.reader().map_err(|e| e.to_string())?;
+    query::op_mode(&r)
+        .map(|m| m == esc_domain::OpMode::Maintenance)
+        .map_err(|e| e.to_string())
+}
+
 /// Reads the feed past the table's cursor (a full scan if the reader fell
-/// behind its bound) off the runtime's threads; the core's input.
-async fn catch_up(shared: &Shared, table: &mut Table) -> Option<VmsInput> {
+/// behind its bound) and the operation mode, off the runtime's threads:
+/// the core's input, and whether the node is in maintenance.
+async fn catch_up(shared: &Shared, table: &mut Table) -> Option<(VmsInput, bool)> {
     let store = shared.store.clone();
     let mut t = std::mem::take(table);
     let read = tokio::task::spawn_blocking(move || {
@@ -158,7 +167,8 @@ async fn catch_up(shared: &Shared, table: &mut Table) -> Option<VmsInput> {
             Ok(Some(i)) => Ok(i),
             Ok(None) => full_scan(&store, &mut t),
             Err(e) => Err(e),
-        };
+        }
+        .and_then(|i| maintenance(&store).map(|m| (i, m)));
         (t, r)
     })
     .await;
@@ -200,19 +210,23 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
     let store = shared.store.clone();
     let scanned = tokio::task::spawn_blocking(move || {
         let mut t = Table::default();
-        full_scan(&store, &mut t).map(|i| (t, i))
+        let i = full_scan(&store, &mut t)?;
+        Ok::<_, String>((t, i, maintenance(&store)?))
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r);
+    let mut in_maintenance = false;
     match scanned {
-        Ok((t, (upsert, gone))) => {
+        Ok((t, (upsert, gone), m)) => {
             table = t;
+            in_maintenance = m;
             info!(target: HA, vms = upsert.len(), "monitor table built");
             core.handle(unix_ms(), Input::Vms { upsert, gone });
         }
         Err(e) => warn!(target: HA, "monitor cannot read the services: {e}"),
     }
+    let mut rate = (std::time::Instant::now(), 0u64, 0u64);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut applied = shared.store.meta().applied_index;
@@ -221,25 +235,35 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
     let mut out: Vec<Output> = Vec::new();
     loop {
         let now_leading = *leading.borrow_and_update();
+        // Maintenance pauses monitoring (ESC's): no probe, no decision,
+        // until the mode goes back to operation.
+        let probing = now_leading && !in_maintenance;
         let epoch = shared.role.borrow().epoch;
-        if led.is_some() && (!now_leading || led != Some(epoch)) {
+        if led.is_some() && (!probing || led != Some(epoch)) {
             core.handle(unix_ms(), Input::Unlead);
             out.clear();
-            info!(target: HA, "monitor standing by");
+            if now_leading {
+                info!(target: HA, "monitor paused: maintenance mode");
+            } else {
+                info!(target: HA, "monitor standing by");
+            }
             led = None;
         }
-        if led.is_none() && now_leading {
+        if led.is_none() && probing {
             // The table as of now first: what the last term committed.
             let a = shared.store.meta().applied_index;
             if a != applied {
                 applied = a;
-                if let Some((upsert, gone)) = catch_up(&shared, &mut table).await {
+                if let Some(((upsert, gone), m)) = catch_up(&shared, &mut table).await {
+                    in_maintenance = m;
                     core.handle(unix_ms(), Input::Vms { upsert, gone });
                 }
             }
-            out = core.handle(unix_ms(), Input::Lead { epoch });
-            info!(target: HA, epoch, vms = core.stats().vms_watched, "monitor leading");
-            led = Some(epoch);
+            if !in_maintenance {
+                out = core.handle(unix_ms(), Input::Lead { epoch });
+                info!(target: HA, epoch, vms = core.stats().vms_watched, "monitor probing");
+                led = Some(epoch);
+            }
         }
         for o in out.drain(..) {
             act(&shared, o, pinger.clone(), &http, &results_tx);
@@ -257,15 +281,37 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
                 let a = shared.store.meta().applied_index;
                 if a != applied {
                     applied = a;
-                    if let Some((upsert, gone)) = catch_up(&shared, &mut table).await {
+                    if let Some(((upsert, gone), m)) = catch_up(&shared, &mut table).await {
+                        in_maintenance = m;
                         if !upsert.is_empty() || !gone.is_empty() {
                             out = core.handle(unix_ms(), Input::Vms { upsert, gone });
                         }
                     }
                 }
                 out.extend(core.handle(unix_ms(), Input::Tick));
+                let st = core.stats();
+                // Probes per second over the last whole second.
+                if rate.0.elapsed() >= Duration::from_secs(1) {
+                    rate = (std::time::Instant::now(), st.probes_sent, st.probes_sent - rate.1);
+                }
+                let paused = if led.is_some() {
+                    None
+                } else if !now_leading {
+                    Some("standby: the primary probes".to_string())
+                } else {
+                    Some("maintenance mode".to_string())
+                };
                 if let Ok(mut s) = shared.monitor.lock() {
-                    *s = Some(core.stats());
+                    *s = Some(esc_proto::status::MonitorStatus {
+                        probing: led.is_some(),
+                        paused,
+                        vms_watched: st.vms_watched as u64,
+                        probes_per_s: rate.2,
+                        probes_sent: st.probes_sent,
+                        probes_in_flight: st.probes_in_flight as u64,
+                        probes_late: st.probes_late,
+                        lateness_ms_max: st.lateness_ms_max,
+                    });
                 }
             }
         }

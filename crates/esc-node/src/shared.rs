@@ -213,5 +213,5 @@ pub struct Shared {
     /// The VIM connector of `[vim]` (`vim`), if configured.
     pub vim: Option<Arc<esc_openstack::Client>>,
     /// The monitor's figures while it runs (`monitor`; `escadm status --v`).
-    pub monitor: Arc<std::sync::Mutex<Option<esc_monitor::Stats>>>,
+    pub monitor: Arc<std::sync::Mutex<Option<esc_proto::status::MonitorStatus>>>,
 }

@@ -28,6 +28,27 @@ pub struct NodeStatus {
     /// The VIM connector, if one is configured (never its password).
     #[serde(default)]
     pub vim: Option<VimStatus>,
+    /// The monitor, if a VIM connector is configured.
+    #[serde(default)]
+    pub monitor: Option<MonitorStatus>,
+}
+
+/// The monitor of this node (it keeps its table on both roles and probes
+/// while leading).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    /// Probing now (the node leads and is not in maintenance).
+    pub probing: bool,
+    /// Why not, when it does not.
+    pub paused: Option<String>,
+    pub vms_watched: u64,
+    /// Probes sent over the last second.
+    pub probes_per_s: u64,
+    pub probes_sent: u64,
+    pub probes_in_flight: u64,
+    /// Probes sent more than a second after their slot, and the most late.
+    pub probes_late: u64,
+    pub lateness_ms_max: u64,
 }
 
 /// The VIM manager: where it points and what it has seen.

@@ -751,6 +751,7 @@ impl Owner {
             ha: self.out.agent_status.borrow().clone(),
             health: None,
             vim: None,
+            monitor: None,
         }
     }
 }
