@@ -982,5 +982,33 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
             "VM_RECOVERY_COMPLETE"
         ]
     );
+    // A manual recovery (ESC's): the group's policy, its first attempt a
+    // hard reboot; the VM answers again, so it completes.
+    let vm = d["vms"][0]["key"].clone();
+    let vm = format!("esc-mon-g-0-g{}", vm["generation"]);
+    let path = format!("/v0/deployments/mon/vms/{vm}");
+    let (status, body) = call(
+        Method::POST,
+        &path,
+        Some(serde_json::json!({"action": "MELT"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("RECOVER"),
+        "{body}"
+    );
+    let (status, body) = call(
+        Method::POST,
+        &path,
+        Some(serde_json::json!({"action": "RECOVER"})),
+    );
+    assert_eq!(status, 202, "{body}");
+    let op = format!("/v0/operations/{}", body["operation"].as_str().unwrap());
+    wait_until(Duration::from_secs(30), "the manual recovery", || {
+        call(Method::GET, &op, None).1["state"] == "COMPLETED"
+    });
+    assert_eq!(history("hard-reboot"), 2);
+    let d = call(Method::GET, "/v0/deployments/mon", None).1;
+    assert_eq!(d["vms"][0]["recoveries"], 2, "{d}");
     reader.finish();
 }

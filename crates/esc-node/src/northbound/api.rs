@@ -876,11 +876,15 @@ async fn update(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmActionRequest {
-    action: esc_domain::model::VmAction,
+    action: String,
 }
 
+const VM_ACTIONS: &str = "{\"action\": \"REBOOT\" | \"STOP\" | \"START\" | \"RECOVER\"}";
+
 /// `POST /v0/deployments/{name}/vms/{vm}` `{"action": "REBOOT" | "STOP" |
-/// "START"}`: a manual action on one VM (by its server name), `202`.
+/// "START" | "RECOVER"}`: a manual action on one VM (by its server name),
+/// or its manual recovery by its group's policy (ESC's manual recovery:
+/// the operation the monitor starts, with the notifications), `202`.
 async fn vm_action(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -895,11 +899,34 @@ async fn vm_action(
         let request: VmActionRequest = esc_domain::model::parse(&body).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
-                format!("{e} (the body is {{\"action\": \"REBOOT\" | \"STOP\" | \"START\"}})"),
+                format!("{e} (the body is {VM_ACTIONS})"),
             )
         })?;
+        let kind = if request.action == "RECOVER" {
+            esc_domain::model::OperationKind::Recover {
+                vm: vm.clone(),
+                reason: "manual recovery".into(),
+            }
+        } else {
+            let action: esc_domain::model::VmAction = serde_json::from_value(
+                serde_json::Value::String(request.action.clone()),
+            )
+            .map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "action: {:?} is not an action (the body is {VM_ACTIONS})",
+                        request.action
+                    ),
+                )
+            })?;
+            esc_domain::model::OperationKind::VmAction {
+                vm: vm.clone(),
+                action,
+            }
+        };
         vim_usable(vim.as_deref())?;
-        info!(%name, %vm, action = request.action.word(), "VM action");
+        info!(%name, %vm, action = %request.action, "VM action");
         let fp = fingerprint(&[
             b"POST /v0/deployments/",
             name.as_bytes(),
@@ -912,10 +939,7 @@ async fn vm_action(
             Op::StartOperation {
                 op_id: uuid::Uuid::new_v4().to_string(),
                 deployment: name,
-                kind: esc_domain::model::OperationKind::VmAction {
-                    vm,
-                    action: request.action,
-                },
+                kind,
                 callback,
             },
         ))
