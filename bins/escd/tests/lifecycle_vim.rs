@@ -1010,5 +1010,52 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
     assert_eq!(history("hard-reboot"), 2);
     let d = call(Method::GET, "/v0/deployments/mon", None).1;
     assert_eq!(d["vms"][0]["recoveries"], 2, "{d}");
+    // DISABLE_MONITOR: a VM that stops answering is left alone...
+    let actions = "/v0/deployments/mon/actions";
+    let act = |a: &str| {
+        call(
+            Method::POST,
+            actions,
+            Some(serde_json::json!({ "action": a })),
+        )
+    };
+    assert_eq!(act("STOP").0, 501);
+    assert_eq!(act("MELT").0, 400);
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v0/deployments/nope/actions",
+            Some(serde_json::json!({"action": "DISABLE_MONITOR"}))
+        )
+        .0,
+        404
+    );
+    let (status, body) = act("DISABLE_MONITOR");
+    assert_eq!(
+        (status, &body["monitoring"]),
+        (200, &serde_json::json!(false)),
+        "{body}"
+    );
+    drop(_vnf2);
+    // Three of its periods and more, observed: no recovery.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(history("hard-reboot"), 2);
+    // ...and recovered once monitoring is enabled again.
+    let (status, body) = act("ENABLE_MONITOR");
+    assert_eq!(
+        (status, &body["monitoring"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "a recovery after ENABLE_MONITOR",
+        || history("hard-reboot") == 3,
+    );
+    let names: Vec<String> = reader.events().into_iter().map(|e| e.event).collect();
+    assert!(
+        names.contains(&"VM_MONITOR_UNSET".to_string())
+            && names.contains(&"VM_MONITOR_SET".to_string())
+    );
     reader.finish();
 }

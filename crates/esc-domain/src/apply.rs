@@ -120,6 +120,10 @@ fn change(
         Op::CallbacksDelivered { op_ids } => {
             (crate::lifecycle::delivered(op_ids, state)?, Vec::new())
         }
+        Op::SetMonitoring {
+            deployment,
+            enabled,
+        } => crate::lifecycle::set_monitoring(index, deployment, *enabled, state)?,
         Op::SetOpMode { mode } => {
             state.put(keys::OP_MODE, &encode(mode))?;
             (

@@ -56,6 +56,9 @@ pub enum Op {
     },
     /// Callbacks the primary's notifier delivered (or gave up on).
     CallbacksDelivered { op_ids: Vec<String> },
+    /// ESC's `DISABLE_MONITOR` / `ENABLE_MONITOR` of a deployment: its VMs
+    /// are not probed (nor healed, nor scaled) while disabled.
+    SetMonitoring { deployment: String, enabled: bool },
 }
 
 /// Most callbacks one `CallbacksDelivered` clears.
@@ -86,6 +89,7 @@ impl Op {
     pub fn validate(&self) -> Result<(), InvalidCommand> {
         match self {
             Op::SetOpMode { .. } | Op::RecordStep { .. } => Ok(()),
+            Op::SetMonitoring { deployment, .. } => check_name(deployment),
             Op::CreateTenant { tenant } => tenant
                 .validate()
                 .map_err(|e| invalid("tenant", e.to_string())),
@@ -163,6 +167,13 @@ impl Op {
         match self {
             Op::SetOpMode { mode } => format!("set operation mode {}", mode.word()),
             Op::CreateTenant { tenant } => format!("create tenant {}", tenant.name),
+            Op::SetMonitoring {
+                deployment,
+                enabled,
+            } => format!(
+                "{} monitoring of {deployment}",
+                if *enabled { "enable" } else { "disable" }
+            ),
             Op::StartOperation {
                 deployment, kind, ..
             } => match kind {

@@ -133,6 +133,7 @@ pub fn start(
                 created_at_ms: cmd.at_ms,
                 last_op: None,
                 scaling: Default::default(),
+                monitor_disabled: false,
             };
             (s, "SERVICE_DEPLOYING")
         }
@@ -536,6 +537,45 @@ fn settle(
         }
     }
     owe_callback(cmd, record, state)
+}
+
+/// `SetMonitoring`: ESC's `DISABLE_MONITOR` / `ENABLE_MONITOR` of a
+/// deployment (any state: an operator may silence a deployment in error),
+/// with `VM_MONITOR_UNSET` / `VM_MONITOR_SET`.
+pub fn set_monitoring(
+    index: u64,
+    deployment: &str,
+    enabled: bool,
+    state: &mut dyn State,
+) -> Result<(Outcome, Vec<EventKind>), StateError> {
+    let Some(mut service) = read::<ServiceRecord>(state, &keys::service(deployment))? else {
+        return Ok(refused(Refused::NoSuchDeployment {
+            name: deployment.into(),
+        }));
+    };
+    service.monitor_disabled = !enabled;
+    put_service(index, state, &service)?;
+    let event = esc_event(
+        if enabled {
+            "VM_MONITOR_SET"
+        } else {
+            "VM_MONITOR_UNSET"
+        },
+        &service,
+        None,
+        "SUCCESS",
+        format!(
+            "monitoring {}",
+            if enabled { "enabled" } else { "disabled" }
+        ),
+    );
+    Ok((
+        Outcome::MonitoringSet {
+            deployment: deployment.into(),
+            enabled,
+        },
+        vec![event],
+    ))
 }
 
 /// Writes a service record and notes the change in the services' change

@@ -830,6 +830,10 @@ pub struct ServiceRecord {
     /// cooldown derive from).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scaling: BTreeMap<String, ScaleState>,
+    /// ESC's `DISABLE_MONITOR`: its VMs are not probed until
+    /// `ENABLE_MONITOR`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monitor_disabled: bool,
 }
 
 /// A group's scale operations, replicated.

@@ -13,6 +13,11 @@ pub enum Outcome {
     TenantCreated {
         name: String,
     },
+    /// A deployment's monitoring turned on or off.
+    MonitoringSet {
+        deployment: String,
+        enabled: bool,
+    },
     /// Accepted: the operation runs on the primary, step by step.
     OperationStarted {
         op_id: String,

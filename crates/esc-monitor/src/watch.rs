@@ -11,6 +11,8 @@
 //!   manual action, a scale), the VMs it does not touch stay `Running`:
 //!   one VM's recovery does not blind the monitor to the others (their
 //!   decisions wait for the operation: one at a time per deployment).
+//! - A deployment whose monitoring is disabled (`DISABLE_MONITOR`) has
+//!   its VMs `Paused`; a bootup check still decides its operations.
 //! - The operation's VMs whose server is up but not yet alive are
 //!   `Booting` (their bootup check decides).
 
@@ -54,7 +56,10 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
         if g.kpis.is_empty() || v.addresses.is_empty() || v.server_id.is_none() {
             continue;
         }
-        let phase = if v.state == VmState::Alive && (!busy || (narrow && !touched(v))) {
+        let phase = if !service.monitor_disabled
+            && v.state == VmState::Alive
+            && (!busy || (narrow && !touched(v)))
+        {
             Phase::Running
         } else {
             Phase::Paused

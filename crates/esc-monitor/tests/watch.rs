@@ -52,6 +52,7 @@ fn service(vms: Vec<VmRecord>, current_op: Option<&str>) -> ServiceRecord {
         created_at_ms: 0,
         last_op: None,
         scaling: Default::default(),
+        monitor_disabled: false,
     }
 }
 

@@ -136,6 +136,10 @@ pub async fn serve(
             "/v0/deployments/{name}/vms/{vm}",
             axum::routing::post(vm_action),
         )
+        .route(
+            "/v0/deployments/{name}/actions",
+            axum::routing::post(deployment_action),
+        )
         .route("/v0/tenants", axum::routing::post(create_tenant))
         .route("/v0/operations/{id}", get(show_operation))
         .route(
@@ -287,6 +291,13 @@ fn render(answer: Answer, replayed: bool) -> Response {
         Outcome::TenantCreated { name } => {
             (StatusCode::CREATED, serde_json::json!({ "tenant": name }))
         }
+        Outcome::MonitoringSet {
+            deployment,
+            enabled,
+        } => (
+            StatusCode::OK,
+            serde_json::json!({ "deployment": deployment, "monitoring": enabled }),
+        ),
         // Accepted: durable on both nodes, carried out step by step (or
         // completed already, with no VM to touch).
         Outcome::OperationStarted {
@@ -941,6 +952,56 @@ async fn vm_action(
                 deployment: name,
                 kind,
                 callback,
+            },
+        ))
+    })
+    .await
+}
+
+/// `POST /v0/deployments/{name}/actions` `{"action": "DISABLE_MONITOR" |
+/// "ENABLE_MONITOR"}`: ESC's service actions on monitoring, `200`
+/// `{"deployment", "monitoring"}`. `STOP`, `START` and `REBOOT` of a whole
+/// deployment are not there yet (`501`, naming the per-VM route).
+async fn deployment_action(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    req: Request,
+) -> Response {
+    write_request(state, headers, "POST", Some(req), |body| async move {
+        check_name(&name).map_err(invalid)?;
+        let request: VmActionRequest = esc_domain::model::parse(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{e} (the body is {{\"action\": \"DISABLE_MONITOR\" | \"ENABLE_MONITOR\"}})"),
+            )
+        })?;
+        let enabled = match request.action.as_str() {
+            "DISABLE_MONITOR" => false,
+            "ENABLE_MONITOR" => true,
+            "STOP" | "START" | "REBOOT" => {
+                return Err(error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "{} of a whole deployment is not available yet: act on each VM with POST /v0/deployments/{name}/vms/{{vm}}",
+                        request.action
+                    ),
+                ))
+            }
+            other => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("action: {other:?} is not a deployment action (DISABLE_MONITOR, ENABLE_MONITOR)"),
+                ))
+            }
+        };
+        info!(%name, enabled, "set monitoring");
+        let fp = fingerprint(&[b"POST /v0/deployments/actions/", name.as_bytes(), &body]);
+        Ok((
+            fp,
+            Op::SetMonitoring {
+                deployment: name,
+                enabled,
             },
         ))
     })
