@@ -899,6 +899,12 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
         let m = monitor();
         m["probing"] == true && m["vms_watched"] == 1 && m["probes_sent"].as_u64() > Some(0)
     });
+    // Each VM's last probe in the deployment: its KPI, what it read, when.
+    wait_until(Duration::from_secs(10), "a last probe shown", || {
+        let d = call(Method::GET, "/v0/deployments/mon", None).1;
+        let p = &d["vms"][0]["last_probe"];
+        p["kpi"] == "VM_ALIVE" && p["value"] == 1.0 && p["at_ms"].as_u64() > Some(0)
+    });
     // Maintenance pauses it (no probe), operation resumes it.
     let mode = |mode: esc_domain::OpMode| {
         let r = node.admin(esc_proto::AdminRequest::OpModeSet {

@@ -132,6 +132,8 @@ pub enum Output {
     Probe {
         probe: u64,
         vm: String,
+        /// The KPI's `event_name`.
+        kpi: String,
         target: Target,
         deadline_ms: u64,
     },
@@ -486,6 +488,7 @@ impl Monitor {
             out.push(Output::Probe {
                 probe: self.next_probe,
                 vm: name,
+                kpi: kpi.event_name.clone(),
                 target,
                 deadline_ms,
             });

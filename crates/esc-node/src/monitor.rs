@@ -206,6 +206,8 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
         .build()
         .unwrap_or_default();
     let (results_tx, mut results) = mpsc::unbounded_channel::<(u64, Option<f64>)>();
+    // Probes in flight: their VM and KPI (for `Shared::last_probes`).
+    let mut sent: BTreeMap<u64, (String, String)> = BTreeMap::new();
     // The table from a full scan once, then from the feed.
     let store = shared.store.clone();
     let scanned = tokio::task::spawn_blocking(move || {
@@ -242,6 +244,7 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
         if led.is_some() && (!probing || led != Some(epoch)) {
             core.handle(unix_ms(), Input::Unlead);
             out.clear();
+            sent.clear();
             if now_leading {
                 info!(target: HA, "monitor paused: maintenance mode");
             } else {
@@ -266,6 +269,9 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
             }
         }
         for o in out.drain(..) {
+            if let Output::Probe { probe, vm, kpi, .. } = &o {
+                sent.insert(*probe, (vm.clone(), kpi.clone()));
+            }
             act(&shared, o, pinger.clone(), &http, &results_tx);
         }
         tokio::select! {
@@ -275,6 +281,11 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
                 }
             }
             Some((probe, value)) = results.recv() => {
+                if let Some((vm, kpi)) = sent.remove(&probe) {
+                    if let Ok(mut l) = shared.last_probes.lock() {
+                        l.insert(vm, crate::shared::LastProbe { at_ms: unix_ms(), kpi, value });
+                    }
+                }
                 out = core.handle(unix_ms(), Input::Result { probe, value });
             }
             _ = tick.tick() => {
@@ -283,6 +294,13 @@ pub async fn run(shared: Shared, cfg: esc_monitor::Config) {
                     applied = a;
                     if let Some(((upsert, gone), m)) = catch_up(&shared, &mut table).await {
                         in_maintenance = m;
+                        if !gone.is_empty() {
+                            if let Ok(mut l) = shared.last_probes.lock() {
+                                for g in &gone {
+                                    l.remove(g);
+                                }
+                            }
+                        }
                         if !upsert.is_empty() || !gone.is_empty() {
                             out = core.handle(unix_ms(), Input::Vms { upsert, gone });
                         }

@@ -214,4 +214,19 @@ pub struct Shared {
     pub vim: Option<Arc<esc_openstack::Client>>,
     /// The monitor's figures while it runs (`monitor`; `escadm status --v`).
     pub monitor: Arc<std::sync::Mutex<Option<esc_proto::status::MonitorStatus>>>,
+    /// Each watched VM's last probe on this node (soft: the primary's are
+    /// the ones that move), by server name; what `GET` of a deployment
+    /// shows.
+    pub last_probes: Arc<std::sync::Mutex<std::collections::HashMap<String, LastProbe>>>,
+}
+
+/// A VM's last probe (`Shared::last_probes`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastProbe {
+    /// When its answer (or its deadline) came, wall clock, ms.
+    pub at_ms: u64,
+    /// The KPI it was for.
+    pub kpi: String,
+    /// What it read (none: no answer by its deadline, or no metric).
+    pub value: Option<f64>,
 }

@@ -229,6 +229,7 @@ pub async fn run(
         has_witness: pair && cfg.witness.address.is_some(),
         vim: crate::vim::client(&cfg, &home)?,
         monitor: Default::default(),
+        last_probes: Default::default(),
     };
     if let Some(client) = &shared.vim {
         tasks.spawn(crate::vim::watch(client.clone()));

@@ -1114,8 +1114,25 @@ async fn show_deployment(
         return invalid(e);
     }
     let n = name.clone();
-    let missing = Refused::NoSuchDeployment { name }.to_string();
-    show_record(&state, move |r| query::service(r, &n), missing).await
+    let missing = Refused::NoSuchDeployment { name: name.clone() }.to_string();
+    match read_state(&state, move |r| query::service(r, &n)).await {
+        Ok(Some(d)) => {
+            let mut v = serde_json::to_value(&d).unwrap_or_default();
+            // Each VM's last probe on this node (the primary's move; soft).
+            if let (Some(vms), Ok(last)) =
+                (v["vms"].as_array_mut(), state.shared.last_probes.lock())
+            {
+                for (vm, rec) in vms.iter_mut().zip(&d.vms) {
+                    if let Some(p) = last.get(&rec.key.server_name()) {
+                        vm["last_probe"] = serde_json::to_value(p).unwrap_or_default();
+                    }
+                }
+            }
+            json(StatusCode::OK, v)
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, missing),
+        Err(r) => r,
+    }
 }
 
 /// `POST /v0/operations/{id}/retry`, `.../rollback` and `.../fail` (ETSI NFV-SOL 003's
