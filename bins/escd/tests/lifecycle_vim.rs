@@ -766,6 +766,47 @@ fn a_service_is_updated_and_its_vms_stopped_started_and_rebooted() {
         .filter(|h| h.name == "esc-web-g1-0-g0" && h.what == "stop")
         .count();
     assert_eq!(stops, 2, "one more stop, not two");
+
+    // The service actions (ESC's STOP, START, REBOOT of a deployment): on
+    // every VM, each once, one operation.
+    let acts = "/v0/deployments/web/actions";
+    let act = |a: &str| call(Method::POST, acts, Some(serde_json::json!({ "action": a })));
+    let (status, body) = act("MELT");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("REBOOT"), "{body}");
+    assert_eq!(settled(&accepted(act("START")))["state"], "COMPLETED");
+    let mut two = s.clone();
+    two["vm_groups"][0]["scaling"] = serde_json::json!({"min_active": 2, "max_active": 2});
+    let op = accepted(call(Method::PUT, "/v0/deployments/web", Some(two)));
+    assert_eq!(settled(&op)["state"], "COMPLETED");
+    let states = || -> Vec<String> {
+        call(Method::GET, "/v0/deployments/web", None).1["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = handle.history().len();
+    for (action, state) in [
+        ("STOP", "VM_SHUTOFF_STATE"),
+        ("START", "VM_ALIVE_STATE"),
+        ("REBOOT", "VM_ALIVE_STATE"),
+    ] {
+        let o = settled(&accepted(act(action)));
+        assert_eq!(o["state"], "COMPLETED", "{action}: {o}");
+        assert_eq!(states(), [state, state], "{action}");
+    }
+    let mut done: Vec<(String, String)> = handle.history()[before..]
+        .iter()
+        .map(|h| (h.name.clone(), h.what.clone()))
+        .collect();
+    done.sort();
+    let want: Vec<(String, String)> = ["esc-web-g1-0-g0", "esc-web-g1-1-g0"]
+        .iter()
+        .flat_map(|n| ["reboot", "start", "stop"].map(|w| (n.to_string(), w.to_string())))
+        .collect();
+    assert_eq!(done, want, "each action once on each VM");
 }
 
 /// A VM's stand-in on its loopback address (scale-net servers are light:
@@ -1025,7 +1066,6 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
             Some(serde_json::json!({ "action": a })),
         )
     };
-    assert_eq!(act("STOP").0, 501);
     assert_eq!(act("MELT").0, 400);
     assert_eq!(
         call(

@@ -156,7 +156,8 @@ impl Op {
                         }
                         Ok(())
                     }
-                    crate::model::OperationKind::Undeploy => Ok(()),
+                    crate::model::OperationKind::Undeploy
+                    | crate::model::OperationKind::ServiceAction { .. } => Ok(()),
                 }
             }
         }

@@ -54,6 +54,11 @@ fn accepted_event(kind: &OperationKind) -> &'static str {
             VmAction::Stop => "VM_STOPPING",
             VmAction::Start => "VM_STARTING",
         },
+        OperationKind::ServiceAction { action } => match action {
+            VmAction::Reboot => "SERVICE_REBOOTING",
+            VmAction::Stop => "SERVICE_STOPPING",
+            VmAction::Start => "SERVICE_STARTING",
+        },
         OperationKind::Recover { .. } => "VM_RECOVERY_INIT",
         OperationKind::Scale { out: true, .. } => "VM_SCALE_OUT_INIT",
         OperationKind::Scale { out: false, .. } => "VM_SCALE_IN_INIT",
@@ -82,6 +87,28 @@ fn target_vm(record: &OperationRecord) -> Option<(&str, String)> {
         }
         _ => None,
     }
+}
+
+/// The service an update or a scale changes: it must exist and be active
+/// (else the refusal, `what` saying why).
+fn active(
+    existing: Option<ServiceRecord>,
+    deployment: &str,
+    what: &str,
+) -> Result<ServiceRecord, (Outcome, Vec<EventKind>)> {
+    let Some(s) = existing else {
+        return Err(refused(Refused::NoSuchDeployment {
+            name: deployment.into(),
+        }));
+    };
+    if s.state != ServiceState::Active {
+        return Err(refused(Refused::WrongState {
+            deployment: deployment.into(),
+            state: state_word(s.state),
+            what: what.into(),
+        }));
+    }
+    Ok(s)
 }
 
 /// `StartOperation`: a deploy creates the service (its tenant must exist,
@@ -148,18 +175,14 @@ pub fn start(
             (s, "SERVICE_UNDEPLOYING")
         }
         OperationKind::Update { spec } => {
-            let Some(mut s) = existing else {
-                return Ok(refused(Refused::NoSuchDeployment {
-                    name: deployment.into(),
-                }));
+            let mut s = match active(
+                existing,
+                deployment,
+                "only an active deployment can be updated (retry or fail its last operation, or undeploy it)",
+            ) {
+                Ok(s) => s,
+                Err(r) => return Ok(r),
             };
-            if s.state != ServiceState::Active {
-                return Ok(refused(Refused::WrongState {
-                    deployment: deployment.into(),
-                    state: state_word(s.state),
-                    what: "only an active deployment can be updated (retry or fail its last operation, or undeploy it)".into(),
-                }));
-            }
             if let Err(e) = spec.check_update_of(&s.spec) {
                 return Ok(refused(Refused::Invalid(e.to_string())));
             }
@@ -193,19 +216,32 @@ pub fn start(
             s.current_op = Some(op_id.into());
             (s, accepted_event(kind))
         }
-        OperationKind::Scale { group, out, .. } => {
+        OperationKind::ServiceAction { .. } => {
             let Some(mut s) = existing else {
                 return Ok(refused(Refused::NoSuchDeployment {
                     name: deployment.into(),
                 }));
             };
-            if s.state != ServiceState::Active {
+            if !matches!(s.state, ServiceState::Active | ServiceState::Error) {
                 return Ok(refused(Refused::WrongState {
                     deployment: deployment.into(),
                     state: state_word(s.state),
-                    what: "only an active deployment is scaled".into(),
+                    what: "a service action needs an active deployment (or one in error)".into(),
                 }));
             }
+            if s.vms.is_empty() || s.vms.iter().any(|v| v.server_id.is_none()) {
+                return Ok(refused(Refused::Invalid(format!(
+                    "deployment {deployment} has no server for every VM: act on each VM"
+                ))));
+            }
+            s.current_op = Some(op_id.into());
+            (s, accepted_event(kind))
+        }
+        OperationKind::Scale { group, out, .. } => {
+            let mut s = match active(existing, deployment, "only an active deployment is scaled") {
+                Ok(s) => s,
+                Err(r) => return Ok(r),
+            };
             let Some(g) = s.spec.vm_groups.iter().find(|g| g.name == *group) else {
                 return Ok(refused(Refused::Invalid(format!(
                     "deployment {deployment} has no VM group {group:?}"
@@ -276,6 +312,19 @@ pub fn start(
             v.begin(recovery.mode(), &mut record.cleanup);
             record.vms = vec![v];
             record.recovery = Some(recovery);
+        }
+        OperationKind::ServiceAction { action } => {
+            record.vms = service
+                .vms
+                .iter()
+                .map(|v| VmRecord {
+                    state: action.running_state(),
+                    error: None,
+                    action_mark: None,
+                    up_at_ms: None,
+                    ..v.clone()
+                })
+                .collect();
         }
         OperationKind::Scale { group, out, .. } => {
             record.vms = service
@@ -512,27 +561,39 @@ fn settle(
             ));
             put_service(index, state, &service)?;
         }
-        // The VM as the action left it; the service's state is unchanged.
-        OperationKind::VmAction { action, .. } => {
-            if let Some(v) = record.vms.first() {
+        // The VMs as the action left them; the service's state is
+        // unchanged. A VM action's notification names its VM; a service
+        // action's one names the deployment (an entry's events are
+        // bounded, its VMs are not).
+        OperationKind::VmAction { action, .. } | OperationKind::ServiceAction { action } => {
+            for v in &record.vms {
                 if let Some(sv) = service.vms.iter_mut().find(|x| x.key == v.key) {
                     sv.state = if failed { VmState::Error } else { v.state };
                     sv.error.clone_from(&v.error);
                     sv.action_mark = None;
                 }
-                let event = match action {
-                    VmAction::Reboot => "VM_REBOOTED",
-                    VmAction::Stop => "VM_STOPPED",
-                    VmAction::Start => "VM_STARTED",
-                };
-                events.push(esc_event(
-                    event,
-                    &service,
-                    Some((&v.key.group, &v.key.server_name())),
-                    status,
-                    message,
-                ));
             }
+            let whole = matches!(record.kind, OperationKind::ServiceAction { .. });
+            let event = match (action, whole) {
+                (VmAction::Reboot, false) => "VM_REBOOTED",
+                (VmAction::Stop, false) => "VM_STOPPED",
+                (VmAction::Start, false) => "VM_STARTED",
+                (VmAction::Reboot, true) => "SERVICE_REBOOTED",
+                (VmAction::Stop, true) => "SERVICE_STOPPED",
+                (VmAction::Start, true) => "SERVICE_STARTED",
+            };
+            let vm = record
+                .vms
+                .first()
+                .filter(|_| !whole)
+                .map(|v| (v.key.group.clone(), v.key.server_name()));
+            events.push(esc_event(
+                event,
+                &service,
+                vm.as_ref().map(|(g, t)| (g.as_str(), t.as_str())),
+                status,
+                message,
+            ));
             put_service(index, state, &service)?;
         }
     }
@@ -774,7 +835,9 @@ pub fn record(
             Step::VmActive { key, .. }
                 if !matches!(
                     record.kind,
-                    OperationKind::VmAction { .. } | OperationKind::Recover { .. }
+                    OperationKind::VmAction { .. }
+                        | OperationKind::Recover { .. }
+                        | OperationKind::ServiceAction { .. }
                 ) =>
             {
                 events.push(esc_event(
@@ -927,7 +990,7 @@ pub fn control(
                 OperationKind::Undeploy => ServiceState::Undeploying,
                 OperationKind::Update { .. } => ServiceState::Updating,
                 // Before the action: its failure left the state as it was.
-                OperationKind::VmAction { .. } => s.state,
+                OperationKind::VmAction { .. } | OperationKind::ServiceAction { .. } => s.state,
                 OperationKind::Recover { .. } | OperationKind::Scale { .. } => ServiceState::Active,
             };
             let vm = target_vm(&record);

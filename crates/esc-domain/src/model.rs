@@ -897,6 +897,10 @@ pub enum OperationKind {
         out: bool,
         reason: String,
     },
+    /// ESC's service actions `STOP`, `START`, `REBOOT` of a deployment: the
+    /// action on every VM, each exactly once across a takeover (each VM's
+    /// own mark, as a manual VM action); COMPLETED when every VM is done.
+    ServiceAction { action: VmAction },
 }
 
 impl OperationKind {
@@ -907,7 +911,8 @@ impl OperationKind {
             OperationKind::Undeploy
             | OperationKind::VmAction { .. }
             | OperationKind::Recover { .. }
-            | OperationKind::Scale { .. } => None,
+            | OperationKind::Scale { .. }
+            | OperationKind::ServiceAction { .. } => None,
         }
     }
 
@@ -921,6 +926,7 @@ impl OperationKind {
             OperationKind::Recover { .. } => "recover",
             OperationKind::Scale { out: true, .. } => "scale-out",
             OperationKind::Scale { out: false, .. } => "scale-in",
+            OperationKind::ServiceAction { action } => action.word(),
         }
     }
 }
@@ -1201,7 +1207,8 @@ impl OperationRecord {
             | OperationKind::Update { .. }
             | OperationKind::VmAction { .. }
             | OperationKind::Recover { .. }
-            | OperationKind::Scale { .. } => Vec::new(),
+            | OperationKind::Scale { .. }
+            | OperationKind::ServiceAction { .. } => Vec::new(),
         };
         OperationRecord {
             id,

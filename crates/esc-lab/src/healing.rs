@@ -191,6 +191,26 @@ struct ClientReport {
     errors: Vec<String>,
 }
 
+/// What a lab client of issue 12's runs uses: the event stream read
+/// through the VIP, a runtime of its own, an HTTP client with 2 s attempts
+/// and no idle connections (each attempt finds the VIP's holder anew).
+pub(crate) fn vip_client() -> (EventReader, tokio::runtime::Runtime, reqwest::Client) {
+    let vip_api: std::net::SocketAddr = format!("{VIP}:8080").parse().expect("address");
+    let reader = EventReader::start(vip_api, "admin", PASSWORD, 0, Duration::from_secs(3));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    (reader, rt, c)
+}
+
+/// `GET url` through the VIP with the lab's credentials: its JSON on 200.
 pub(crate) async fn get_json(c: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
     let r = c
         .get(url)
@@ -235,21 +255,10 @@ pub(crate) fn alive_and_idle(d: &serde_json::Value) -> bool {
 
 fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
     let mut errors = Vec::new();
-    let vip_api: std::net::SocketAddr = format!("{VIP}:8080").parse().expect("address");
-    let reader = EventReader::start(vip_api, "admin", PASSWORD, 0, Duration::from_secs(3));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (reader, rt, c) = vip_client();
     let mut played_ms = BTreeMap::new();
     let mut finals = BTreeMap::new();
     let (history, calls) = rt.block_on(async {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("client");
         let base = format!("http://{VIP}:8080");
         if let Err(e) = send(
             &c,

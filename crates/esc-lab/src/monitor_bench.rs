@@ -19,7 +19,7 @@
 //!
 //! `esc-lab bench-monitor` runs it and writes the table and the JSON.
 
-use crate::cluster::{wait_for, Bins, Fault, PASSWORD, VIP};
+use crate::cluster::{wait_for, Bins, Fault, VIP};
 use crate::service::{control, send};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -197,17 +197,9 @@ fn spec(i: usize, vms: usize, poll_s: u64) -> serde_json::Value {
     })
 }
 
+/// `GET path` through the VIP.
 async fn get(c: &reqwest::Client, path: &str) -> Option<serde_json::Value> {
-    let r = c
-        .get(format!("http://{VIP}:8080{path}"))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 200 {
-        return None;
-    }
-    r.json().await.ok()
+    crate::healing::get_json(c, &format!("http://{VIP}:8080{path}")).await
 }
 
 /// Deploys every deployment through the VIP and waits until each is

@@ -17,9 +17,8 @@
 //!   VM alive;
 //! - the scale count the cooldown and the next id derive from is 2.
 
-use crate::cluster::{wait_for, Bins, Cluster, Fault, PASSWORD, READY, VIP};
+use crate::cluster::{wait_for, Bins, Cluster, Fault, READY, VIP};
 use crate::healing::{alive_and_idle, get_json, unix_ms, vm0, wait_deployment};
-use crate::notify::EventReader;
 use crate::service::{control, send};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -126,20 +125,9 @@ async fn set_load(c: &reqwest::Client, addr: &str, load: f64) -> Result<(), Stri
 
 fn client_script(progress: Arc<Progress>) -> ClientReport {
     let mut errors = Vec::new();
-    let vip_api: std::net::SocketAddr = format!("{VIP}:8080").parse().expect("address");
-    let reader = EventReader::start(vip_api, "admin", PASSWORD, 0, Duration::from_secs(3));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (reader, rt, c) = crate::healing::vip_client();
     let mut switchovers_ms = Vec::new();
     let (history, end) = rt.block_on(async {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("client");
         let base = format!("http://{VIP}:8080");
         for (path, key, body) in [
             (

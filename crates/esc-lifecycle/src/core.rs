@@ -366,7 +366,8 @@ impl Lifecycle {
             let settle = (r.id.clone(), Target::Settle);
             match &r.kind {
                 // A manual action: its own plan.
-                OperationKind::VmAction { action, .. } => {
+                OperationKind::VmAction { action, .. }
+                | OperationKind::ServiceAction { action } => {
                     if !self.plan_action(now_ms, &r, *action, out) {
                         return;
                     }
@@ -595,8 +596,10 @@ impl Lifecycle {
                 self.propose(slot, step, out);
             }
             (answer, Target::Vm(key), _)
-                if matches!(r.kind, OperationKind::VmAction { .. })
-                    || vm(&r, key).is_some_and(|v| v.state == VmState::Rebooting) =>
+                if matches!(
+                    r.kind,
+                    OperationKind::VmAction { .. } | OperationKind::ServiceAction { .. }
+                ) || vm(&r, key).is_some_and(|v| v.state == VmState::Rebooting) =>
             {
                 self.on_action_answer(now_ms, &r, slot.clone(), key, answer, out);
             }
@@ -732,27 +735,28 @@ impl Lifecycle {
         out: &mut Vec<Output>,
     ) -> bool {
         let settle = (r.id.clone(), Target::Settle);
+        // Settled once every VM is done (a service action's many, a VM
+        // action's one), FAILED_TEMP once one failed.
+        if let Some(v) = r.vms.iter().find(|v| v.state == VmState::Error) {
+            let error = format!(
+                "{} of VM {} failed: {}",
+                action.word(),
+                v.key.server_name(),
+                v.error.as_deref().unwrap_or("unknown")
+            );
+            self.propose(
+                settle,
+                settled(&r.id, OperationState::FailedTemp, Some(error)),
+                out,
+            );
+            return true;
+        }
+        if r.vms.iter().all(|v| v.state == action.done_state()) {
+            self.propose(settle, settled(&r.id, OperationState::Completed, None), out);
+            return true;
+        }
         for v in &r.vms {
-            if v.state == VmState::Error {
-                let error = format!(
-                    "{} of VM {} failed: {}",
-                    action.word(),
-                    v.key.server_name(),
-                    v.error.as_deref().unwrap_or("unknown")
-                );
-                self.propose(
-                    settle.clone(),
-                    settled(&r.id, OperationState::FailedTemp, Some(error)),
-                    out,
-                );
-                continue;
-            }
             if v.state == action.done_state() {
-                self.propose(
-                    settle.clone(),
-                    settled(&r.id, OperationState::Completed, None),
-                    out,
-                );
                 continue;
             }
             let slot = (r.id.clone(), Target::Vm(v.key.clone()));
@@ -797,7 +801,9 @@ impl Lifecycle {
         // A recovery's reboot is a hard one, and ends when the server is
         // up (the bootup check follows).
         let (action, recovering) = match r.kind {
-            OperationKind::VmAction { action, .. } => (action, false),
+            OperationKind::VmAction { action, .. } | OperationKind::ServiceAction { action } => {
+                (action, false)
+            }
             OperationKind::Recover { .. } => (VmAction::Reboot, true),
             _ => return,
         };
@@ -928,7 +934,9 @@ fn builds(r: &OperationRecord) -> bool {
         OperationKind::Update { .. }
         | OperationKind::Recover { .. }
         | OperationKind::Scale { .. } => true,
-        OperationKind::Undeploy | OperationKind::VmAction { .. } => false,
+        OperationKind::Undeploy
+        | OperationKind::VmAction { .. }
+        | OperationKind::ServiceAction { .. } => false,
     }
 }
 

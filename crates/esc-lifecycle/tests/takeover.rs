@@ -501,3 +501,61 @@ fn a_scale_out_and_in_survive_a_takeover_at_every_call() {
         );
     }
 }
+
+/// ESC's service actions (issue 12): STOP, START, REBOOT of a whole
+/// deployment, with the primary lost after each VIM call in turn: every
+/// VM's action carried out once.
+#[test]
+fn service_actions_survive_a_takeover_at_every_call() {
+    // Per VM: its actions listed, the action, a look; three VMs.
+    for crash_at in (1..=9).map(Some).chain([None]) {
+        let mut p = pair();
+        p.commit(Op::StartOperation {
+            op_id: "op1".into(),
+            deployment: "web".into(),
+            kind: OperationKind::Deploy { spec: spec() },
+            callback: None,
+        });
+        let out = p.take_over();
+        p.run(out, None);
+        for (n, action) in [VmAction::Stop, VmAction::Start, VmAction::Reboot]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("svc{n}");
+            p.commit(Op::StartOperation {
+                op_id: id.clone(),
+                deployment: "web".into(),
+                kind: OperationKind::ServiceAction { action },
+                callback: None,
+            });
+            let out = p.take_over();
+            p.run(out, crash_at);
+            let op = query::operation(&p.state, &id).unwrap().unwrap();
+            assert_eq!(
+                op.state,
+                OperationState::Completed,
+                "{action:?} crash {crash_at:?}"
+            );
+            let service = query::service(&p.state, "web").unwrap().unwrap();
+            assert!(
+                service.vms.iter().all(|v| v.state == action.done_state()),
+                "{action:?} crash {crash_at:?}"
+            );
+        }
+        for (server, _) in p.vim.servers.iter() {
+            let acted: Vec<VmAction> = p
+                .vim
+                .acted
+                .iter()
+                .filter(|(s, _)| s == server)
+                .map(|(_, a)| *a)
+                .collect();
+            assert_eq!(
+                acted,
+                [VmAction::Stop, VmAction::Start, VmAction::Reboot],
+                "crash at {crash_at:?}: each action once on {server}"
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@ pub fn of_service(service: &ServiceRecord, op: Option<&OperationRecord>) -> Vec<
             o.kind,
             OperationKind::Recover { .. }
                 | OperationKind::VmAction { .. }
+                | OperationKind::ServiceAction { .. }
                 | OperationKind::Scale { .. }
         )
     });

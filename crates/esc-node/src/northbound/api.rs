@@ -890,6 +890,16 @@ struct VmActionRequest {
     action: String,
 }
 
+/// An action request's body, or `400` saying what it must be.
+fn action_of(body: &[u8], shape: &str) -> Result<VmActionRequest, Response> {
+    esc_domain::model::parse(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{e} (the body is {shape})"),
+        )
+    })
+}
+
 const VM_ACTIONS: &str = "{\"action\": \"REBOOT\" | \"STOP\" | \"START\" | \"RECOVER\"}";
 
 /// `POST /v0/deployments/{name}/vms/{vm}` `{"action": "REBOOT" | "STOP" |
@@ -907,12 +917,7 @@ async fn vm_action(
     write_request(state, headers, "POST", Some(req), |body| async move {
         let callback = cb?;
         check_name(&name).map_err(invalid)?;
-        let request: VmActionRequest = esc_domain::model::parse(&body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{e} (the body is {VM_ACTIONS})"),
-            )
-        })?;
+        let request = action_of(&body, VM_ACTIONS)?;
         let kind = if request.action == "RECOVER" {
             esc_domain::model::OperationKind::Recover {
                 vm: vm.clone(),
@@ -958,55 +963,61 @@ async fn vm_action(
     .await
 }
 
-/// `POST /v0/deployments/{name}/actions` `{"action": "DISABLE_MONITOR" |
-/// "ENABLE_MONITOR"}`: ESC's service actions on monitoring, `200`
-/// `{"deployment", "monitoring"}`. `STOP`, `START` and `REBOOT` of a whole
-/// deployment are not there yet (`501`, naming the per-VM route).
+/// `POST /v0/deployments/{name}/actions` `{"action": "STOP" | "START" |
+/// "REBOOT" | "DISABLE_MONITOR" | "ENABLE_MONITOR"}`: ESC's service
+/// actions. `STOP`, `START`, `REBOOT` act on every VM (each exactly once
+/// across a takeover), `202` as an operation; the monitoring ones are a
+/// replicated switch, `200` `{"deployment", "monitoring"}`.
 async fn deployment_action(
     State(state): State<ApiState>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
     req: Request,
 ) -> Response {
+    let cb = callback(&headers);
+    let vim = state.shared.vim.clone();
     write_request(state, headers, "POST", Some(req), |body| async move {
+        let callback = cb?;
         check_name(&name).map_err(invalid)?;
-        let request: VmActionRequest = esc_domain::model::parse(&body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{e} (the body is {{\"action\": \"DISABLE_MONITOR\" | \"ENABLE_MONITOR\"}})"),
-            )
-        })?;
-        let enabled = match request.action.as_str() {
-            "DISABLE_MONITOR" => false,
-            "ENABLE_MONITOR" => true,
-            "STOP" | "START" | "REBOOT" => {
-                return Err(error(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "{} of a whole deployment is not available yet: act on each VM with POST /v0/deployments/{name}/vms/{{vm}}",
-                        request.action
-                    ),
-                ))
-            }
+        let request = action_of(&body, SERVICE_ACTIONS)?;
+        let fp = fingerprint(&[
+            b"POST /v0/deployments/actions/",
+            name.as_bytes(),
+            &body,
+            callback.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        let op = match request.action.as_str() {
+            "DISABLE_MONITOR" | "ENABLE_MONITOR" => Op::SetMonitoring {
+                deployment: name.clone(),
+                enabled: request.action == "ENABLE_MONITOR",
+            },
             other => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("action: {other:?} is not a deployment action (DISABLE_MONITOR, ENABLE_MONITOR)"),
-                ))
+                let action: esc_domain::model::VmAction =
+                    serde_json::from_value(serde_json::Value::String(other.to_string())).map_err(
+                        |_| {
+                            error(
+                                StatusCode::BAD_REQUEST,
+                                format!("action: {other:?} is not a service action (the body is {SERVICE_ACTIONS})"),
+                            )
+                        },
+                    )?;
+                vim_usable(vim.as_deref())?;
+                Op::StartOperation {
+                    op_id: uuid::Uuid::new_v4().to_string(),
+                    deployment: name.clone(),
+                    kind: esc_domain::model::OperationKind::ServiceAction { action },
+                    callback,
+                }
             }
         };
-        info!(%name, enabled, "set monitoring");
-        let fp = fingerprint(&[b"POST /v0/deployments/actions/", name.as_bytes(), &body]);
-        Ok((
-            fp,
-            Op::SetMonitoring {
-                deployment: name,
-                enabled,
-            },
-        ))
+        info!(%name, action = %request.action, "service action");
+        Ok((fp, op))
     })
     .await
 }
+
+const SERVICE_ACTIONS: &str =
+    "{\"action\": \"STOP\" | \"START\" | \"REBOOT\" | \"DISABLE_MONITOR\" | \"ENABLE_MONITOR\"}";
 
 /// `DELETE /v0/deployments/{name}`: undeploy, `202`.
 async fn undeploy(
