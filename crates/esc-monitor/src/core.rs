@@ -59,6 +59,10 @@ pub struct Watched {
     /// Its group's size, bounds and scale operations (a scale's id and
     /// cooldown derive from them).
     pub scale: GroupScale,
+    /// Its group's `recovery_wait_time`, ms: how long a VM whose recovery
+    /// rule fired may come back by itself before the recovery starts.
+    #[serde(default)]
+    pub recovery_wait_ms: u64,
 }
 
 /// A watched VM's group, as far as scaling goes (replicated state).
@@ -248,6 +252,9 @@ struct Vm {
     /// A decision proposed (alive, bootup failed, recover) and when: none
     /// other until the records move or `repropose_ms` passes.
     decided: Option<(Output, u64)>,
+    /// A recovery waiting out `recovery_wait_ms`: its KPI, and the
+    /// decision (dropped if that KPI turns TRUE meanwhile).
+    waiting: Option<(usize, Output)>,
     /// Bumped when the VM changes: schedule entries of an older one are
     /// dropped when due (no scan of the schedule per change).
     gen: u64,
@@ -263,6 +270,8 @@ pub struct Monitor {
     gens: u64,
     /// Booting VMs by deadline.
     bootup: BTreeSet<(u64, String)>,
+    /// Recoveries waiting: (when they start, VM, its generation).
+    recoveries_due: BTreeSet<(u64, String, u64)>,
     next_probe: u64,
     /// Probes in flight: vm, kpi index, deadline.
     inflight: BTreeMap<u64, (String, usize, u64)>,
@@ -296,9 +305,11 @@ impl Monitor {
                 self.leading = false;
                 self.due.clear();
                 self.inflight.clear();
+                self.recoveries_due.clear();
                 for vm in self.vms.values_mut() {
                     vm.counts.iter_mut().for_each(|c| *c = Count::default());
                     vm.decided = None;
+                    vm.waiting = None;
                 }
                 return out;
             }
@@ -389,6 +400,7 @@ impl Monitor {
                 w,
                 counts: vec![Count::default(); kpis],
                 decided: None,
+                waiting: None,
                 gen: self.gens,
             },
         );
@@ -435,6 +447,22 @@ impl Monitor {
             };
             out.push(d.clone());
             vm.decided = Some((d, now_ms));
+        }
+        // Recoveries whose wait is over, their VM still failing.
+        while let Some((due, name, gen)) = self.recoveries_due.first().cloned() {
+            if due > now_ms {
+                break;
+            }
+            self.recoveries_due.pop_first();
+            let Some(vm) = self.vms.get_mut(&name).filter(|v| v.gen == gen) else {
+                continue;
+            };
+            if let Some((_, d)) = vm.waiting.take() {
+                if vm.decided.is_none() {
+                    out.push(d.clone());
+                    vm.decided = Some((d, now_ms));
+                }
+            }
         }
         // Lost answers (the runtime always answers; belt and braces).
         let grace = 1_000;
@@ -540,6 +568,10 @@ impl Monitor {
         };
         if turned {
             count.state = Some(holds);
+            // Back by itself within its recovery wait: no recovery.
+            if holds && vm.waiting.as_ref().is_some_and(|(k, _)| *k == i) {
+                vm.waiting = None;
+            }
         }
         let actions: Vec<(When, Action, u64)> =
             vm.w.rules
@@ -571,6 +603,27 @@ impl Monitor {
                 When::FALSE => edge && !holds,
             };
             if fire {
+                let wait = vm.w.recovery_wait_ms;
+                if action == Action::Recover
+                    && wait > 0
+                    && vm.decided.is_none()
+                    && vm.waiting.is_none()
+                    && vm.w.phase == Phase::Running
+                {
+                    // ESC's recovery_wait_time: the recovery starts only if
+                    // the VM has not come back by then.
+                    let mut held = Vec::new();
+                    act(
+                        now_ms, vm, &kpi, action, holds, value, timeout_ms, &mut held,
+                    );
+                    if let Some(d) = held.pop() {
+                        vm.decided = None;
+                        vm.waiting = Some((i, d));
+                        self.recoveries_due
+                            .insert((now_ms + wait, name.clone(), vm.gen));
+                    }
+                    continue;
+                }
                 act(now_ms, vm, &kpi, action, holds, value, timeout_ms, out);
             }
         }

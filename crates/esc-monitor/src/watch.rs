@@ -142,6 +142,7 @@ fn watched(
 ) -> Watched {
     Watched {
         scale: scales.get(g.name.as_str()).cloned().unwrap_or_default(),
+        recovery_wait_ms: g.recovery_policy.recovery_wait_time.saturating_mul(1_000),
         key: v.key.clone(),
         deployment: service.spec.name.clone(),
         addresses: v.addresses.clone(),

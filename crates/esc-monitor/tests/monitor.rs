@@ -45,6 +45,7 @@ fn vm(i: u32, phase: Phase) -> Watched {
         phase,
         recoveries: 0,
         scale: Default::default(),
+        recovery_wait_ms: 0,
     }
 }
 
@@ -498,4 +499,33 @@ fn a_vm_just_up_is_probed_at_once() {
     // Then at its slots: one per period.
     let out = run(&mut m, 1_000_260, 1_030_260, &|_| None);
     assert_eq!(probes(&out).len(), 3);
+}
+
+/// ESC's `recovery_wait_time`: a VM whose recovery rule fired gets that
+/// long to come back by itself; the recovery starts only if it has not.
+#[test]
+fn a_recovery_waits_out_the_recovery_wait_time() {
+    let waiting = |i: u32| Watched {
+        recovery_wait_ms: 5_000,
+        ..vm(i, Phase::Running)
+    };
+    // Down for good: three misses (by 1,003,000), then 5 s more.
+    let mut m = leading(vec![waiting(0)]);
+    let early = run(&mut m, 1_000_000, 1_007_000, &|_| None);
+    assert!(decisions(&early).is_empty(), "{:?}", decisions(&early));
+    let late = run(&mut m, 1_007_000, 1_010_000, &|_| None);
+    assert!(
+        matches!(decisions(&late).as_slice(), [Output::Recover { .. }]),
+        "{:?}",
+        decisions(&late)
+    );
+    // Back within the wait: no recovery at all.
+    let mut m = leading(vec![waiting(1)]);
+    run(&mut m, 1_000_000, 1_004_500, &|_| None);
+    let back = run(&mut m, 1_004_500, 1_020_000, &|_| Some(3.0));
+    assert!(
+        !back.iter().any(|o| matches!(o, Output::Recover { .. })),
+        "{:?}",
+        decisions(&back)
+    );
 }
