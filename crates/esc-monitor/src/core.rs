@@ -272,6 +272,9 @@ pub struct Monitor {
     bootup: BTreeSet<(u64, String)>,
     /// Recoveries waiting: (when they start, VM, its generation).
     recoveries_due: BTreeSet<(u64, String, u64)>,
+    /// VMs with a decision out, by when it is proposed again (checked
+    /// against the VM when due: no walk over every VM per tick).
+    redecide: BTreeSet<(u64, String)>,
     next_probe: u64,
     /// Probes in flight: vm, kpi index, deadline.
     inflight: BTreeMap<u64, (String, usize, u64)>,
@@ -306,6 +309,7 @@ impl Monitor {
                 self.due.clear();
                 self.inflight.clear();
                 self.recoveries_due.clear();
+                self.redecide.clear();
                 for vm in self.vms.values_mut() {
                     vm.counts.iter_mut().for_each(|c| *c = Count::default());
                     vm.decided = None;
@@ -447,6 +451,8 @@ impl Monitor {
             };
             out.push(d.clone());
             vm.decided = Some((d, now_ms));
+            self.redecide
+                .insert((now_ms.saturating_add(self.cfg.repropose_ms), name));
         }
         // Recoveries whose wait is over, their VM still failing.
         while let Some((due, name, gen)) = self.recoveries_due.first().cloned() {
@@ -461,6 +467,8 @@ impl Monitor {
                 if vm.decided.is_none() {
                     out.push(d.clone());
                     vm.decided = Some((d, now_ms));
+                    self.redecide
+                        .insert((now_ms.saturating_add(self.cfg.repropose_ms), name));
                 }
             }
         }
@@ -523,13 +531,23 @@ impl Monitor {
         }
         // Decisions the records did not take up: again.
         let repropose = self.cfg.repropose_ms;
-        for vm in self.vms.values_mut() {
-            if let Some((d, at)) = &mut vm.decided {
-                if now_ms >= at.saturating_add(repropose) {
-                    out.push(d.clone());
-                    *at = now_ms;
-                }
+        while let Some((due, name)) = self.redecide.first().cloned() {
+            if due > now_ms {
+                break;
             }
+            self.redecide.pop_first();
+            // Gone, replaced (fresh, no decision) or taken up: dropped.
+            let Some((d, at)) = self.vms.get_mut(&name).and_then(|v| v.decided.as_mut()) else {
+                continue;
+            };
+            let next = if now_ms >= at.saturating_add(repropose) {
+                out.push(d.clone());
+                *at = now_ms;
+                now_ms.saturating_add(repropose)
+            } else {
+                at.saturating_add(repropose)
+            };
+            self.redecide.insert((next, name));
         }
     }
 
@@ -543,6 +561,7 @@ impl Monitor {
         let Some(kpi) = vm.w.kpis.get(i).cloned() else {
             return;
         };
+        let had_decided = vm.decided.is_some();
         let c = &kpi.metric_collector;
         // A metric read from a body: no body, no sample. Anything else: no
         // answer counts as 0.
@@ -626,6 +645,10 @@ impl Monitor {
                 }
                 act(now_ms, vm, &kpi, action, holds, value, timeout_ms, out);
             }
+        }
+        if !had_decided && vm.decided.is_some() {
+            self.redecide
+                .insert((now_ms.saturating_add(self.cfg.repropose_ms), name));
         }
     }
 }
