@@ -28,7 +28,7 @@
 
 use crate::cluster::{wait_for, Bins, Cluster, Fault, NODE_ADDRS, PASSWORD, READY, VIP};
 use crate::notify::EventReader;
-use crate::service::{control, send};
+use crate::service::{control, control_list, send};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -357,26 +357,10 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                 None => errors.push(format!("{}: cannot be read at the end", dep_name(f))),
             }
         }
-        let history = control(&c, reqwest::Method::GET, "/control/v1/history", None)
-            .await
-            .map(|v| v["history"].as_array().cloned().unwrap_or_default())
-            .unwrap_or_else(|e| {
-                errors.push(format!("history: {e}"));
-                Vec::new()
-            });
+        let history = control_list(&c, "/control/v1/history", "history", &mut errors).await;
         let since = played_ms.values().min().copied().unwrap_or(0);
-        let calls = control(
-            &c,
-            reqwest::Method::GET,
-            &format!("/control/v1/calls?since_ms={since}&limit=100000"),
-            None,
-        )
-        .await
-        .map(|v| v["calls"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_else(|e| {
-            errors.push(format!("calls: {e}"));
-            Vec::new()
-        });
+        let path = format!("/control/v1/calls?since_ms={since}&limit=100000");
+        let calls = control_list(&c, &path, "calls", &mut errors).await;
         (history, calls)
     });
     ClientReport {
@@ -394,13 +378,7 @@ pub fn run(tag: &str, bins: &Bins, opts: &Options) -> anyhow::Result<Report> {
     let (mut c, secrets) = crate::service::up_with(tag, bins, Fault::PowerFailure, true)?;
     let r = run_on(&mut c, opts);
     if r.as_ref().map_or(true, |o| !o.pass) {
-        eprintln!("{}", c.dump());
-        if let Ok(log) = std::fs::read_to_string(secrets.path().join("esc-vim.log")) {
-            eprintln!(
-                "esc-vim log (last lines):\n{}",
-                log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-            );
-        }
+        crate::service::dump(&c, secrets.path());
     }
     r
 }

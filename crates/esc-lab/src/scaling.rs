@@ -19,7 +19,7 @@
 
 use crate::cluster::{wait_for, Bins, Cluster, Fault, READY, VIP};
 use crate::healing::{alive_and_idle, get_json, unix_ms, vm0, wait_deployment};
-use crate::service::{control, send};
+use crate::service::{control, control_list, send};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -218,13 +218,7 @@ fn client_script(progress: Arc<Progress>) -> ClientReport {
         // window observed.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let end = get_json(&c, &format!("{base}/v0/deployments/{DEPLOYMENT}")).await;
-        let history = control(&c, reqwest::Method::GET, "/control/v1/history", None)
-            .await
-            .map(|v| v["history"].as_array().cloned().unwrap_or_default())
-            .unwrap_or_else(|e| {
-                errors.push(format!("history: {e}"));
-                Vec::new()
-            });
+        let history = control_list(&c, "/control/v1/history", "history", &mut errors).await;
         (history, end)
     });
     ClientReport {
@@ -241,13 +235,7 @@ pub fn run(tag: &str, bins: &Bins, verbose: bool) -> anyhow::Result<Report> {
     let (mut c, secrets) = crate::service::up_with(tag, bins, Fault::Switchover, true)?;
     let r = run_on(&mut c, verbose);
     if r.as_ref().map_or(true, |o| !o.pass) {
-        eprintln!("{}", c.dump());
-        if let Ok(log) = std::fs::read_to_string(secrets.path().join("esc-vim.log")) {
-            eprintln!(
-                "esc-vim log (last lines):\n{}",
-                log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-            );
-        }
+        crate::service::dump(&c, secrets.path());
     }
     r
 }

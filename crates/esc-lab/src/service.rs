@@ -416,6 +416,35 @@ pub async fn vim_server_list() -> Result<Vec<(String, Option<String>)>, String> 
     Err("cannot list the VIM's servers".into())
 }
 
+/// What a failed run prints: the cluster's state and the VIM's log tail
+/// (`dir`: the run's secrets directory, where esc-vim logs).
+pub(crate) fn dump(c: &Cluster, dir: &std::path::Path) {
+    eprintln!("{}", c.dump());
+    if let Ok(log) = std::fs::read_to_string(dir.join("esc-vim.log")) {
+        eprintln!(
+            "esc-vim log (last lines):\n{}",
+            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+/// The array `key` of a control-plane `GET path` (empty, and the error
+/// noted in `errors`, if it cannot be read).
+pub(crate) async fn control_list(
+    c: &reqwest::Client,
+    path: &str,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Vec<serde_json::Value> {
+    match control(c, reqwest::Method::GET, path, None).await {
+        Ok(v) => v[key].as_array().cloned().unwrap_or_default(),
+        Err(e) => {
+            errors.push(format!("{path}: {e}"));
+            Vec::new()
+        }
+    }
+}
+
 /// A request to the lab VIM's control plane (from a lab namespace).
 pub async fn control(
     c: &reqwest::Client,
@@ -716,13 +745,7 @@ pub fn run(tag: &str, bins: &Bins, fault: Fault, opts: &Options) -> anyhow::Resu
     let (mut c, _secrets) = up_with(tag, bins, fault, opts.namespace_servers)?;
     let r = run_on(&mut c, fault, opts);
     if r.as_ref().map_or(true, |o| !o.pass) {
-        eprintln!("{}", c.dump());
-        if let Ok(log) = std::fs::read_to_string(_secrets.path().join("esc-vim.log")) {
-            eprintln!(
-                "esc-vim log (last lines):\n{}",
-                log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-            );
-        }
+        crate::service::dump(&c, _secrets.path());
     }
     r
 }

@@ -227,6 +227,20 @@ fn spec() -> DeploymentSpec {
     .unwrap()
 }
 
+/// A pair whose deployment `web` of `spec` is deployed (no crash).
+fn deployed(spec: DeploymentSpec) -> Pair {
+    let mut p = pair();
+    p.commit(Op::StartOperation {
+        op_id: "op1".into(),
+        deployment: "web".into(),
+        kind: OperationKind::Deploy { spec },
+        callback: None,
+    });
+    let out = p.take_over();
+    p.run(out, None);
+    p
+}
+
 fn pair() -> Pair {
     let mut p = Pair {
         state: MemState::default(),
@@ -311,15 +325,7 @@ fn an_update_and_vm_actions_survive_a_takeover_at_every_call() {
     // The update: 2 lookups, 2 creates, 4 shows, 1 delete, 1 listing;
     // then stop, start and reboot of one VM (marks, looks, the actions).
     for crash_at in (1..=12).map(Some).chain([None]) {
-        let mut p = pair();
-        p.commit(Op::StartOperation {
-            op_id: "op1".into(),
-            deployment: "web".into(),
-            kind: OperationKind::Deploy { spec: spec() },
-            callback: None,
-        });
-        let out = p.take_over();
-        p.run(out, None);
+        let mut p = deployed(spec());
         p.commit(Op::StartOperation {
             op_id: "up".into(),
             deployment: "web".into(),
@@ -395,15 +401,7 @@ fn a_failed_update_rolled_back_deletes_what_it_added_and_keeps_the_rest() {
     // Before its creates answer, before its shows, and once the removed
     // group's server is deleted (that one is not brought back).
     for calls in [2, 4, 6, 9] {
-        let mut p = pair();
-        p.commit(Op::StartOperation {
-            op_id: "op1".into(),
-            deployment: "web".into(),
-            kind: OperationKind::Deploy { spec: spec() },
-            callback: None,
-        });
-        let out = p.take_over();
-        p.run(out, None);
+        let mut p = deployed(spec());
         let before = names(&p);
         p.commit(Op::StartOperation {
             op_id: "up".into(),
@@ -460,17 +458,9 @@ fn a_failed_update_rolled_back_deletes_what_it_added_and_keeps_the_rest() {
 fn a_scale_out_and_in_survive_a_takeover_at_every_call() {
     // Out: a lookup, a create, two shows; in: a delete, a listing.
     for crash_at in (1..=5).map(Some).chain([None]) {
-        let mut p = pair();
         let mut grows = spec();
         grows.vm_groups[0].scaling.max_active = 3;
-        p.commit(Op::StartOperation {
-            op_id: "op1".into(),
-            deployment: "web".into(),
-            kind: OperationKind::Deploy { spec: grows },
-            callback: None,
-        });
-        let out = p.take_over();
-        p.run(out, None);
+        let mut p = deployed(grows);
         for (n, out) in [true, false].into_iter().enumerate() {
             let id = format!("scl{n}");
             p.commit(Op::StartOperation {
@@ -509,15 +499,7 @@ fn a_scale_out_and_in_survive_a_takeover_at_every_call() {
 fn service_actions_survive_a_takeover_at_every_call() {
     // Per VM: its actions listed, the action, a look; three VMs.
     for crash_at in (1..=9).map(Some).chain([None]) {
-        let mut p = pair();
-        p.commit(Op::StartOperation {
-            op_id: "op1".into(),
-            deployment: "web".into(),
-            kind: OperationKind::Deploy { spec: spec() },
-            callback: None,
-        });
-        let out = p.take_over();
-        p.run(out, None);
+        let mut p = deployed(spec());
         for (n, action) in [VmAction::Stop, VmAction::Start, VmAction::Reboot]
             .into_iter()
             .enumerate()
