@@ -111,6 +111,28 @@ fn active(
     Ok(s)
 }
 
+/// The service a VM or service action (or a recovery) acts on: it must
+/// exist and be active or in error (a reboot may be what mends it).
+fn actionable(
+    existing: Option<ServiceRecord>,
+    deployment: &str,
+    what: &str,
+) -> Result<ServiceRecord, (Outcome, Vec<EventKind>)> {
+    let Some(s) = existing else {
+        return Err(refused(Refused::NoSuchDeployment {
+            name: deployment.into(),
+        }));
+    };
+    if !matches!(s.state, ServiceState::Active | ServiceState::Error) {
+        return Err(refused(Refused::WrongState {
+            deployment: deployment.into(),
+            state: state_word(s.state),
+            what: format!("{what} needs an active deployment (or one in error)"),
+        }));
+    }
+    Ok(s)
+}
+
 /// `StartOperation`: a deploy creates the service (its tenant must exist,
 /// the name be free); an undeploy needs the service and no operation in
 /// progress on it; an update and a VM action need an active service (a VM
@@ -191,18 +213,10 @@ pub fn start(
             (s, "SERVICE_UPDATING")
         }
         OperationKind::VmAction { vm, .. } | OperationKind::Recover { vm, .. } => {
-            let Some(mut s) = existing else {
-                return Ok(refused(Refused::NoSuchDeployment {
-                    name: deployment.into(),
-                }));
+            let mut s = match actionable(existing, deployment, "a VM action") {
+                Ok(s) => s,
+                Err(r) => return Ok(r),
             };
-            if !matches!(s.state, ServiceState::Active | ServiceState::Error) {
-                return Ok(refused(Refused::WrongState {
-                    deployment: deployment.into(),
-                    state: state_word(s.state),
-                    what: "a VM action needs an active deployment (or one in error)".into(),
-                }));
-            }
             if !s
                 .vms
                 .iter()
@@ -217,18 +231,10 @@ pub fn start(
             (s, accepted_event(kind))
         }
         OperationKind::ServiceAction { .. } => {
-            let Some(mut s) = existing else {
-                return Ok(refused(Refused::NoSuchDeployment {
-                    name: deployment.into(),
-                }));
+            let mut s = match actionable(existing, deployment, "a service action") {
+                Ok(s) => s,
+                Err(r) => return Ok(r),
             };
-            if !matches!(s.state, ServiceState::Active | ServiceState::Error) {
-                return Ok(refused(Refused::WrongState {
-                    deployment: deployment.into(),
-                    state: state_word(s.state),
-                    what: "a service action needs an active deployment (or one in error)".into(),
-                }));
-            }
             if s.vms.is_empty() || s.vms.iter().any(|v| v.server_id.is_none()) {
                 return Ok(refused(Refused::Invalid(format!(
                     "deployment {deployment} has no server for every VM: act on each VM"

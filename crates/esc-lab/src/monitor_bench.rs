@@ -197,6 +197,19 @@ fn spec(i: usize, vms: usize, poll_s: u64) -> serde_json::Value {
     })
 }
 
+/// A bench client's runtime and HTTP client (5 s attempts).
+fn client() -> Result<(tokio::runtime::Runtime, reqwest::Client), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((rt, c))
+}
+
 /// `GET path` through the VIP.
 async fn get(c: &reqwest::Client, path: &str) -> Option<serde_json::Value> {
     crate::healing::get_json(c, &format!("http://{VIP}:8080{path}")).await
@@ -209,15 +222,8 @@ fn deploy_all(
     per: usize,
     poll_s: u64,
 ) -> Result<Vec<(String, IpAddr)>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (rt, c) = client()?;
     rt.block_on(async move {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
         let base = format!("http://{VIP}:8080");
         send(
             &c,
@@ -295,15 +301,8 @@ fn heal_killed(
     addr: IpAddr,
     responders: [Arc<Mutex<Seen>>; 2],
 ) -> Result<(u64, u64), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (rt, c) = client()?;
     rt.block_on(async move {
-        let c = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
         let dep = name
             .strip_prefix("esc-")
             .and_then(|n| n.split("-g-").next())
@@ -509,12 +508,6 @@ pub fn run(bins: &Bins, vms: usize, poll_s: u64, verbose: bool) -> anyhow::Resul
             not_again += 1;
         }
         if let Some(g) = t.windows(2).map(|w| w[1] - w[0]).max() {
-            if longest.is_none_or(|l| g > l) {
-                say(format!(
-                    "longest gap so far {g} ms at {addr}: {:?} (fault at {fault_ms}, promoted at {promoted_ms})",
-                    t
-                ));
-            }
             longest = Some(longest.map_or(g, |l: u64| l.max(g)));
         }
     }

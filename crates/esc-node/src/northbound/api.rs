@@ -900,6 +900,16 @@ fn action_of(body: &[u8], shape: &str) -> Result<VmActionRequest, Response> {
     })
 }
 
+/// `REBOOT`, `STOP` or `START`, or `400` naming what the body may hold.
+fn vm_action_of(word: &str, shape: &str) -> Result<esc_domain::model::VmAction, Response> {
+    serde_json::from_value(serde_json::Value::String(word.to_string())).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("action: {word:?} is not an action here (the body is {shape})"),
+        )
+    })
+}
+
 const VM_ACTIONS: &str = "{\"action\": \"REBOOT\" | \"STOP\" | \"START\" | \"RECOVER\"}";
 
 /// `POST /v0/deployments/{name}/vms/{vm}` `{"action": "REBOOT" | "STOP" |
@@ -924,18 +934,7 @@ async fn vm_action(
                 reason: "manual recovery".into(),
             }
         } else {
-            let action: esc_domain::model::VmAction = serde_json::from_value(
-                serde_json::Value::String(request.action.clone()),
-            )
-            .map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "action: {:?} is not an action (the body is {VM_ACTIONS})",
-                        request.action
-                    ),
-                )
-            })?;
+            let action = vm_action_of(&request.action, VM_ACTIONS)?;
             esc_domain::model::OperationKind::VmAction {
                 vm: vm.clone(),
                 action,
@@ -992,15 +991,7 @@ async fn deployment_action(
                 enabled: request.action == "ENABLE_MONITOR",
             },
             other => {
-                let action: esc_domain::model::VmAction =
-                    serde_json::from_value(serde_json::Value::String(other.to_string())).map_err(
-                        |_| {
-                            error(
-                                StatusCode::BAD_REQUEST,
-                                format!("action: {other:?} is not a service action (the body is {SERVICE_ACTIONS})"),
-                            )
-                        },
-                    )?;
+                let action = vm_action_of(other, SERVICE_ACTIONS)?;
                 vim_usable(vim.as_deref())?;
                 Op::StartOperation {
                     op_id: uuid::Uuid::new_v4().to_string(),
