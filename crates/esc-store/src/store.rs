@@ -1,18 +1,28 @@
-//! The redb tables and the one write path, [`Store::write`].
+//! The store: the segment log ([`crate::segment`]) as the durability
+//! point, the materialized state in redb behind it, and the one write
+//! path, [`Store::write`].
 //!
-//! Tables:
-//! - `log`: index -> encoded [`Entry`] (with its crc32c).
-//! - `epochs`: epoch -> first index written in it (finds where logs diverge).
-//! - `meta`: `format`, `epoch`, `applied_index`, `snapshot_index`,
-//!   `snapshot_epoch`, the state digest (`digest0`..`digest3`).
+//! redb tables:
+//! - `meta`: `format`, `epoch`, `applied_index`, `applied_epoch`,
+//!   `snapshot_index`, `snapshot_epoch` (the log's base), `log_generation`,
+//!   the state digest (`digest0`..`digest3`).
 //! - `state0`, `state1`: the materialized state, the [`StateMachine`]'s
 //!   map, in the slot `meta.state_slot` names; the other slot receives a
 //!   snapshot, and installing it flips the slot (no copy, one small
 //!   transaction).
+//!
+//! Applies commit to redb without an fsync; every
+//! [`LogOptions::checkpoint_entries`] applied entries (and with every epoch
+//! change, compaction or snapshot) the commit is durable: a checkpoint.
+//! After a crash the state is the last checkpoint's or later, and the
+//! entries after it are applied again from the log: only entries already
+//! durable in the log are ever applied, so the state never runs ahead of it.
 
 use crate::digest::{item_hash, Digest};
-use esc_state::{ApplyError, State, StateError, StateMachine, StateRead};
-use esc_wire::entry::EntryError;
+pub use crate::error::StoreError;
+use crate::fs::{LogFs, MemFs, OsFs};
+use crate::segment::{LogOptions, SegmentLog};
+use esc_state::{State, StateError, StateMachine, StateRead};
 use esc_wire::{Entry, SnapshotItem};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
@@ -21,17 +31,17 @@ use serde::Serialize;
 use std::ops::Bound;
 use std::path::Path;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STATES: [TableDefinition<&str, &[u8]>; 2] = [
     TableDefinition::new("state0"),
     TableDefinition::new("state1"),
 ];
 
-/// The layout this code reads and writes. 2: one state map behind the
-/// `StateMachine` trait (issue 10); 1 (unnumbered) had a table per kind.
-pub const FORMAT: u64 = 2;
+/// The layout this code reads and writes. 3: the log in segment files
+/// beside the redb file (issue 13); 2: the log in a redb table, one state
+/// map behind the `StateMachine` trait (issue 10); 1 (unnumbered) had a
+/// table per kind.
+pub const FORMAT: u64 = 3;
 
 /// redb's page cache (reads and the write buffer).
 pub const CACHE_BYTES: usize = 64 << 20;
@@ -39,6 +49,8 @@ pub const CACHE_BYTES: usize = 64 << 20;
 const K_FORMAT: &str = "format";
 const K_EPOCH: &str = "epoch";
 const K_APPLIED: &str = "applied_index";
+const K_APPLIED_EPOCH: &str = "applied_epoch";
+const K_GENERATION: &str = "log_generation";
 const K_SNAP_INDEX: &str = "snapshot_index";
 const K_SNAP_EPOCH: &str = "snapshot_epoch";
 const K_DIGEST: [&str; 4] = ["digest0", "digest1", "digest2", "digest3"];
@@ -54,69 +66,6 @@ const K_SLOT: &str = "state_slot";
 fn slot(meta: &impl ReadableTable<&'static str, u64>) -> Result<usize, StoreError> {
     Ok(usize::from(meta_get(meta, K_SLOT)? == 1))
 }
-
-/// Store failures. All of them are fatal for the node's role: the caller
-/// steps down (style principle 5), it does not retry blindly.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] redb::Error),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// redb refused or panicked on a file damaged other than by a crash.
-    #[error(
-        "the database file is corrupt ({0}); restore it from the peer \
-         (move the data directory away and restart as standby)"
-    )]
-    CorruptFile(String),
-    #[error("corrupt log: {0}")]
-    Corrupt(#[from] EntryError),
-    #[error("log contract violated: {0}")]
-    Contract(String),
-    #[error("entry {index} does not apply: {source}")]
-    Apply {
-        index: u64,
-        #[source]
-        source: ApplyError,
-    },
-    #[error(
-        "the store was written by another escd version (format {found}, this one reads \
-         {FORMAT}): move the data directory away and restart; the node rejoins as standby \
-         and copies the state from its peer"
-    )]
-    Format { found: u64 },
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-impl From<StoreError> for StateError {
-    fn from(e: StoreError) -> StateError {
-        match e {
-            StoreError::State(s) => s,
-            other => StateError::Backend(Box::new(other)),
-        }
-    }
-}
-
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(redb::Error::from(e)) }
-        }
-    )*};
-}
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 /// Where the log stands; cached in memory, persisted by every write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -138,7 +87,10 @@ impl LogMeta {
     }
 }
 
-/// One atomic change to the store; steps run in field order.
+/// One atomic change to the store; steps run in field order. A write
+/// that fails may have taken effect as a prefix of its steps (truncation,
+/// then any prefix of the appended entries, then the epoch and the applies
+/// together, then the compaction), each step whole or not at all.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Remove entries after this index (the caller saves them first:
@@ -152,8 +104,11 @@ pub struct Batch {
     pub apply_up_to: Option<u64>,
     /// Fold entries up to this index (at most the applied index) into the snapshot.
     pub compact_up_to: Option<u64>,
-    /// Force an fsync even if nothing above requires one.
+    /// The log is durable when the write returns even if nothing above
+    /// changed it (appends and truncations always are).
     pub sync: bool,
+    /// Commit the state durably (a checkpoint) even if none is due.
+    pub checkpoint: bool,
 }
 
 /// What a write produced: the outcome of each applied entry, by index.
@@ -166,12 +121,23 @@ pub struct BatchResult<O> {
 pub struct Store<M: StateMachine> {
     db: Database,
     machine: M,
-    /// Cached copy of the durable metadata; writers are serialized by redb.
-    /// With the state's digest at its applied index (kept as entries
-    /// apply), under one lock so both are read at one point.
-    meta: std::sync::Mutex<(LogMeta, Digest)>,
+    /// The log; one writer at a time (the storage worker).
+    log: std::sync::Mutex<SegmentLog>,
+    opts: LogOptions,
+    /// Cached copy of the durable metadata, with the state's digest at its
+    /// applied index (kept as entries apply) and the applied index of the
+    /// last checkpoint, under one lock so they are read at one point.
+    meta: std::sync::Mutex<Cached>,
     /// What recovery at open cut from the tail, for the operator.
     pub recovery_note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Cached {
+    meta: LogMeta,
+    digest: Digest,
+    checkpointed: u64,
+    generation: u64,
 }
 
 impl<M: StateMachine> std::fmt::Debug for Store<M> {
@@ -298,16 +264,6 @@ impl StateRead for StateReader {
     }
 }
 
-/// The machine of the throw-away store that lays out a new file.
-struct NoMachine;
-
-impl StateMachine for NoMachine {
-    type Outcome = ();
-    fn apply(&self, _: u64, _: &[u8], _: &mut dyn State) -> Result<(), ApplyError> {
-        Err(ApplyError::Undecodable("no state machine".into()))
-    }
-}
-
 /// Where a snapshot stands, from the read transaction that streams it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotPoint {
@@ -316,8 +272,14 @@ pub struct SnapshotPoint {
 }
 
 impl<M: StateMachine> Store<M> {
-    /// Opens (or creates) `dir/esc.redb` and recovers it.
+    /// Opens (or creates) `dir/esc.redb` and the log in `dir/log/`, and
+    /// recovers them.
     pub fn open(dir: &Path, machine: M) -> Result<Store<M>, StoreError> {
+        Self::open_with(dir, machine, LogOptions::default())
+    }
+
+    /// [`Store::open`] with the log sized by `opts`.
+    pub fn open_with(dir: &Path, machine: M, opts: LogOptions) -> Result<Store<M>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
@@ -328,7 +290,7 @@ impl<M: StateMachine> Store<M> {
             // leave a file it refuses forever: create it aside, sync, rename.
             let tmp = dir.join("esc.redb.tmp");
             let _ = std::fs::remove_file(&tmp);
-            Self::guard(|| Self::from_db(Self::builder().create(&tmp)?, NoMachine))?;
+            Self::guard(|| Self::init_db(&Self::builder().create(&tmp)?))?;
             let io = |source: std::io::Error| StoreError::Io {
                 path: path.clone(),
                 source,
@@ -341,12 +303,47 @@ impl<M: StateMachine> Store<M> {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
-        Self::guard(|| Self::from_db(Self::builder().create(&path)?, machine))
+        let log_dir = dir.join("log");
+        let fs = OsFs::new(&log_dir).map_err(|source| StoreError::Io {
+            path: log_dir.clone(),
+            source,
+        })?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Self::guard(|| Self::from_db(Self::builder().create(&path)?, Box::new(fs), machine, opts))
     }
 
-    /// Opens a store on any redb backend (tests use a crash-simulating one).
+    /// Opens a store on any redb backend with the log in memory (tests
+    /// and tools that never crash).
     pub fn open_backend(backend: impl StorageBackend, machine: M) -> Result<Store<M>, StoreError> {
-        Self::guard(|| Self::from_db(Self::builder().create_with_backend(backend)?, machine))
+        Self::open_parts(
+            backend,
+            Box::new(MemFs::default()),
+            machine,
+            LogOptions::default(),
+        )
+    }
+
+    /// Opens a store on any redb backend and log directory (the crash
+    /// tests give both a disk that loses power).
+    pub fn open_parts(
+        backend: impl StorageBackend,
+        fs: Box<dyn LogFs>,
+        machine: M,
+        opts: LogOptions,
+    ) -> Result<Store<M>, StoreError> {
+        Self::guard(|| {
+            Self::from_db(
+                Self::builder().create_with_backend(backend)?,
+                fs,
+                machine,
+                opts,
+            )
+        })
     }
 
     /// Every page's checksum is verified once at open, so corruption that is
@@ -376,181 +373,144 @@ impl<M: StateMachine> Store<M> {
         })
     }
 
-    fn from_db<N: StateMachine>(db: Database, machine: N) -> Result<Store<N>, StoreError> {
+    /// Lays out (or checks) the tables; drops a snapshot whose reception a
+    /// crash interrupted.
+    fn init_db(db: &Database) -> Result<(), StoreError> {
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
             // A file of another layout is refused, never misread.
-            let log_empty = tx.open_table(LOG)?.first()?.is_none();
             match meta_get(&meta, K_FORMAT)? {
                 FORMAT => {}
-                0 if log_empty && meta_get(&meta, K_APPLIED)? == 0 => {
+                0 if meta_get(&meta, K_APPLIED)? == 0 => {
                     meta.insert(K_FORMAT, FORMAT)?;
                 }
-                found => return Err(StoreError::Format { found }),
+                found => {
+                    return Err(StoreError::Format {
+                        found,
+                        reads: FORMAT,
+                    })
+                }
             }
             // Create every table so readers never meet a missing one.
-            tx.open_table(EPOCHS)?;
             let live = slot(&meta)?;
             tx.open_table(STATES[live])?;
-            // A snapshot whose reception a crash interrupted is dropped.
             tx.delete_table(STATES[1 - live])?;
             tx.open_table(STATES[1 - live])?;
         }
         tx.commit()?;
-        let mut store = Store {
+        Ok(())
+    }
+
+    fn from_db(
+        db: Database,
+        fs: Box<dyn LogFs>,
+        machine: M,
+        opts: LogOptions,
+    ) -> Result<Store<M>, StoreError> {
+        Self::init_db(&db)?;
+        let (m, digest, generation) = {
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            let m = LogMeta {
+                epoch: meta_get(&meta, K_EPOCH)?,
+                applied_index: meta_get(&meta, K_APPLIED)?,
+                snapshot_index: meta_get(&meta, K_SNAP_INDEX)?,
+                snapshot_epoch: meta_get(&meta, K_SNAP_EPOCH)?,
+                ..LogMeta::default()
+            };
+            (
+                m,
+                digest_get(&meta, K_DIGEST)?,
+                meta_get(&meta, K_GENERATION)?,
+            )
+        };
+        if m.applied_index < m.snapshot_index {
+            return Err(StoreError::Contract(format!(
+                "applied index {} before the snapshot point {}",
+                m.applied_index, m.snapshot_index
+            )));
+        }
+        let (log, recovery_note) = SegmentLog::open(
+            fs,
+            opts,
+            generation,
+            (m.snapshot_index, m.snapshot_epoch),
+            m.applied_index,
+        )?;
+        if let Some(note) = &recovery_note {
+            tracing::warn!(target: "esc::store", "recovery: {note}");
+        }
+        let (last_index, last_epoch) = log.last();
+        if last_epoch > m.epoch {
+            // Keep it even if that entry is truncated later.
+            let tx = db.begin_write()?;
+            tx.open_table(META)?.insert(K_EPOCH, last_epoch)?;
+            tx.commit()?;
+        }
+        let meta = LogMeta {
+            // An entry of a newer epoch than the one recorded means that
+            // epoch was seen (its write reached the log, the epoch's commit
+            // did not).
+            epoch: m.epoch.max(last_epoch),
+            last_index,
+            last_epoch,
+            ..m
+        };
+        Ok(Store {
             db,
             machine,
-            meta: std::sync::Mutex::new((LogMeta::default(), Digest::default())),
-            recovery_note: None,
-        };
-        store.set_meta(store.read_meta()?);
-        store.set_digest(store.read_digest()?);
-        store.recover_tail()?;
-        Ok(store)
+            log: std::sync::Mutex::new(log),
+            opts,
+            meta: std::sync::Mutex::new(Cached {
+                meta,
+                digest,
+                checkpointed: m.applied_index,
+                generation,
+            }),
+            recovery_note,
+        })
     }
 
-    fn read_meta(&self) -> Result<LogMeta, StoreError> {
-        let tx = self.db.begin_read()?;
-        let meta = tx.open_table(META)?;
-        let log = tx.open_table(LOG)?;
-        let mut m = LogMeta {
-            epoch: meta_get(&meta, K_EPOCH)?,
-            applied_index: meta_get(&meta, K_APPLIED)?,
-            snapshot_index: meta_get(&meta, K_SNAP_INDEX)?,
-            snapshot_epoch: meta_get(&meta, K_SNAP_EPOCH)?,
-            ..LogMeta::default()
-        };
-        m.last_index = m.snapshot_index;
-        m.last_epoch = m.snapshot_epoch;
-        if let Some((k, v)) = log.last()? {
-            m.last_index = k.value();
-            m.last_epoch = Entry::from_bytes(v.value()).map(|e| e.epoch).unwrap_or(0);
-        }
-        Ok(m)
-    }
-
-    /// Verifies every entry not yet applied; cuts the tail from the first one
-    /// that is corrupt, misplaced or missing (a gap), so it is never applied.
-    fn read_digest(&self) -> Result<Digest, StoreError> {
-        let tx = self.db.begin_read()?;
-        digest_get(&tx.open_table(META)?, K_DIGEST)
-    }
-
-    fn cached(&self) -> std::sync::MutexGuard<'_, (LogMeta, Digest)> {
+    fn cached(&self) -> std::sync::MutexGuard<'_, Cached> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_digest(&self, d: Digest) {
-        self.cached().1 = d;
-    }
-
-    fn set_meta(&self, m: LogMeta) {
-        self.cached().0 = m;
-    }
-
-    fn recover_tail(&mut self) -> Result<(), StoreError> {
-        let m = self.meta();
-        if m.applied_index > m.last_index || m.applied_index < m.snapshot_index {
-            return Err(StoreError::Contract(format!(
-                "applied index {} outside the log ({}..={})",
-                m.applied_index, m.snapshot_index, m.last_index
-            )));
-        }
-        let mut cut: Option<(u64, String)> = None;
-        {
-            let tx = self.db.begin_read()?;
-            let log = tx.open_table(LOG)?;
-            for (expect, item) in (m.applied_index + 1..).zip(log.range(m.applied_index + 1..)?) {
-                let (k, v) = item?;
-                let index = k.value();
-                let problem = match Entry::from_bytes(v.value()) {
-                    _ if index != expect => Some(format!("gap: expected {expect}, found {index}")),
-                    Err(e) => Some(e.to_string()),
-                    Ok(e) if e.index != index => {
-                        Some(format!("entry {} stored at {index}", e.index))
-                    }
-                    Ok(_) => None,
-                };
-                if let Some(p) = problem {
-                    cut = Some((expect.min(index), p));
-                    break;
-                }
-            }
-        }
-        if let Some((from, why)) = cut {
-            let tx = self.db.begin_write()?;
-            let mut n = 0u64;
-            {
-                let mut log = tx.open_table(LOG)?;
-                let doomed: Vec<u64> = log
-                    .range(from..)?
-                    .map(|r| r.map(|(k, _)| k.value()))
-                    .collect::<Result<_, _>>()?;
-                for k in doomed {
-                    log.remove(k)?;
-                    n += 1;
-                }
-                let mut epochs = tx.open_table(EPOCHS)?;
-                let stale: Vec<u64> = epochs
-                    .iter()?
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, first)| first.value() >= from)
-                    .map(|(e, _)| e.value())
-                    .collect();
-                for e in stale {
-                    epochs.remove(e)?;
-                }
-            }
-            tx.commit()?;
-            let note = format!("recovery cut {n} log entries from index {from}: {why}");
-            tracing::warn!(target: "esc::store", "{note}");
-            self.recovery_note = Some(note);
-            self.set_meta(self.read_meta()?);
-        }
-        Ok(())
+    fn log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where the log stands.
     pub fn meta(&self) -> LogMeta {
-        self.cached().0
+        self.cached().meta
+    }
+
+    /// The applied index of the last checkpoint: a crash leaves the state
+    /// at or after it.
+    pub fn checkpointed_index(&self) -> u64 {
+        self.cached().checkpointed
     }
 
     /// `(epoch, first index)` of every epoch in the log, ascending.
     pub fn epoch_table(&self) -> Result<Vec<(u64, u64)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let epochs = tx.open_table(EPOCHS)?;
-        let first = self.meta().first_index();
-        let mut out: Vec<(u64, u64)> = epochs
-            .iter()?
-            .map(|r| r.map(|(e, f)| (e.value(), f.value())))
-            .collect::<Result<_, _>>()?;
-        // An epoch that began before the snapshot point starts at the log's start.
-        if let Some(pos) = out.iter().rposition(|(_, f)| *f <= first) {
-            out.drain(..pos);
-            out[0].1 = out[0].1.max(first);
-        }
-        if self.meta().last_index < first {
-            out.clear();
-        }
-        Ok(out)
+        Ok(self.log().epochs())
     }
 
-    /// Reads up to `count_max` entries from `from`, stopping before `bytes_max`
-    /// (at least one entry). Every entry's checksum is verified.
+    /// Reads up to `count_max` entries from `from` (or the log's first),
+    /// stopping before `bytes_max` (at least one entry). Every entry's
+    /// checksum is verified.
     pub fn read_entries(
         &self,
         from: u64,
         count_max: usize,
         bytes_max: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let log = tx.open_table(LOG)?;
+        let log = self.log();
+        let m = self.meta();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for item in log.range(from..)? {
-            let (_, v) = item?;
-            let e = Entry::from_bytes(v.value())?;
+        for i in from.max(m.first_index())..=m.last_index {
+            let e = log.read(i)?;
             bytes += e.payload.len();
             if !out.is_empty() && (out.len() >= count_max || bytes > bytes_max) {
                 break;
@@ -560,131 +520,133 @@ impl<M: StateMachine> Store<M> {
         Ok(out)
     }
 
-    /// Visits the entries from `from` to the end of the log, in order, from
-    /// one read transaction, without holding them all; `visit` may stop early
-    /// by returning `Ok(false)`.
+    /// Visits the entries from `from` to the end of the log, in order,
+    /// without holding them all; `visit` may stop early by returning
+    /// `Ok(false)`.
     pub fn visit_entries<E: From<StoreError>>(
         &self,
         from: u64,
         mut visit: impl FnMut(Entry) -> Result<bool, E>,
     ) -> Result<(), E> {
-        let tx = self.db.begin_read().map_err(StoreError::from)?;
-        let log = tx.open_table(LOG).map_err(StoreError::from)?;
-        for item in log.range(from..).map_err(StoreError::from)? {
-            let (_, v) = item.map_err(StoreError::from)?;
-            let e = Entry::from_bytes(v.value()).map_err(StoreError::from)?;
-            if !visit(e)? {
+        let log = self.log();
+        let m = self.meta();
+        for i in from.max(m.first_index())..=m.last_index {
+            if !visit(log.read(i)?)? {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Performs one atomic batch; returns once it is durable when it appended,
-    /// truncated, changed the epoch, or `sync` was asked.
+    /// Performs one batch (see [`Batch`] for what a failure leaves);
+    /// returns once its log changes are durable.
     pub fn write(&self, batch: Batch) -> Result<BatchResult<M::Outcome>, StoreError> {
-        let (mut m, mut digest) = *self.cached();
+        let mut log = self.log();
+        let Cached {
+            meta: mut m,
+            mut digest,
+            checkpointed,
+            generation,
+        } = *self.cached();
         let mut result = BatchResult {
             outcomes: Vec::new(),
         };
-        let durable = batch.sync
-            || batch.truncate_after.is_some()
-            || !batch.append.is_empty()
-            || batch.epoch.is_some_and(|e| e != m.epoch)
-            || batch.compact_up_to.is_some();
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        {
-            let mut log = tx.open_table(LOG)?;
-            let mut epochs = tx.open_table(EPOCHS)?;
-            let mut meta = tx.open_table(META)?;
-            if let Some(after) = batch.truncate_after {
-                if after < m.applied_index {
-                    return Err(StoreError::Contract(format!(
-                        "truncate after {after} would remove applied entries (applied {})",
-                        m.applied_index
-                    )));
-                }
-                let doomed: Vec<u64> = log
-                    .range(after + 1..)?
-                    .map(|r| r.map(|(k, _)| k.value()))
-                    .collect::<Result<_, _>>()?;
-                for k in doomed {
-                    log.remove(k)?;
-                }
-                let stale: Vec<u64> = epochs
-                    .iter()?
-                    .map(|r| r.map(|(e, first)| (e.value(), first.value())))
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .filter(|(_, first)| *first > after)
-                    .map(|(e, _)| e)
-                    .collect();
-                for e in stale {
-                    epochs.remove(e)?;
-                }
-                if after < m.last_index {
-                    m.last_index = after;
-                    m.last_epoch = if after == m.snapshot_index {
-                        m.snapshot_epoch
-                    } else {
-                        match log.get(after)? {
-                            Some(v) => Entry::from_bytes(v.value())?.epoch,
-                            None => {
-                                return Err(StoreError::Contract(format!(
-                                    "no entry at {after} to truncate to"
-                                )))
-                            }
-                        }
-                    };
-                }
+        // Every check before the first change: a refused batch changes nothing.
+        if let Some(after) = batch.truncate_after {
+            if after < m.applied_index {
+                return Err(StoreError::Contract(format!(
+                    "truncate after {after} would remove applied entries (applied {})",
+                    m.applied_index
+                )));
             }
-            for e in &batch.append {
-                if e.index != m.last_index + 1 {
-                    return Err(StoreError::Contract(format!(
-                        "append of index {} after last index {}",
-                        e.index, m.last_index
-                    )));
-                }
-                if e.epoch < m.last_epoch {
-                    return Err(StoreError::Contract(format!(
-                        "entry {} of epoch {} after epoch {}",
-                        e.index, e.epoch, m.last_epoch
-                    )));
-                }
-                e.verify()?;
-                if e.epoch > m.last_epoch || epochs.get(e.epoch)?.is_none() {
-                    epochs.insert(e.epoch, e.index)?;
-                }
-                log.insert(e.index, e.to_bytes().as_slice())?;
-                m.last_index = e.index;
-                m.last_epoch = e.epoch;
+        }
+        if let Some(epoch) = batch.epoch {
+            if epoch < m.epoch {
+                return Err(StoreError::Contract(format!(
+                    "epoch may not go back from {} to {epoch}",
+                    m.epoch
+                )));
             }
-            if let Some(epoch) = batch.epoch {
-                if epoch < m.epoch {
-                    return Err(StoreError::Contract(format!(
-                        "epoch may not go back from {} to {epoch}",
-                        m.epoch
-                    )));
-                }
-                m.epoch = epoch;
-                meta.insert(K_EPOCH, epoch)?;
+        }
+        let (mut last, mut last_epoch) = (m.last_index, m.last_epoch);
+        if let Some(after) = batch.truncate_after.filter(|a| *a < m.last_index) {
+            last = after;
+            last_epoch = if after == m.snapshot_index {
+                m.snapshot_epoch
+            } else {
+                log.read(after)?.epoch
+            };
+        }
+        for e in &batch.append {
+            if e.index != last + 1 {
+                return Err(StoreError::Contract(format!(
+                    "append of index {} after last index {last}",
+                    e.index
+                )));
             }
-            if let Some(up_to) = batch.apply_up_to {
-                let up_to = up_to.min(m.last_index);
-                if up_to > m.applied_index {
+            if e.epoch < last_epoch {
+                return Err(StoreError::Contract(format!(
+                    "entry {} of epoch {} after epoch {last_epoch}",
+                    e.index, e.epoch
+                )));
+            }
+            e.verify()?;
+            (last, last_epoch) = (e.index, e.epoch);
+        }
+
+        // 1. Truncation (durable), 2. the appends, one sync for the group.
+        if let Some(after) = batch.truncate_after {
+            log.truncate_after(after)?;
+            (m.last_index, m.last_epoch) = log.last();
+        }
+        if !batch.append.is_empty() {
+            log.append(&batch.append)?;
+            (m.last_index, m.last_epoch) = log.last();
+        }
+        if batch.sync || !batch.append.is_empty() {
+            log.sync()?;
+        }
+        // 3. The epoch and the applies: one redb transaction, durable when
+        // it is a checkpoint. Only entries durable in the log apply.
+        let epoch_moves = batch.epoch.is_some_and(|e| e > m.epoch);
+        m.epoch = m.epoch.max(m.last_epoch);
+        let up_to = batch
+            .apply_up_to
+            .map_or(m.applied_index, |u| u.min(m.last_index))
+            .max(m.applied_index);
+        let compact_to = batch
+            .compact_up_to
+            .map_or(m.snapshot_index, |c| c.min(up_to))
+            .max(m.snapshot_index);
+        let compacts = compact_to > m.snapshot_index;
+        let applies = up_to > m.applied_index;
+        let checkpoint = batch.checkpoint
+            || epoch_moves
+            || compacts
+            || up_to - checkpointed >= self.opts.checkpoint_entries;
+        let mut checkpointed = checkpointed;
+        if epoch_moves || applies || compacts || batch.checkpoint {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(if checkpoint {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            {
+                let mut meta = tx.open_table(META)?;
+                if let Some(epoch) = batch.epoch {
+                    m.epoch = m.epoch.max(epoch);
+                }
+                meta.insert(K_EPOCH, m.epoch)?;
+                if applies {
                     let mut table = tx.open_table(STATES[slot(&meta)?])?;
                     let mut state = TxState {
                         table: &mut table,
                         digest: &mut digest,
                     };
-                    for item in log.range(m.applied_index + 1..=up_to)? {
-                        let (_, v) = item?;
-                        let e = Entry::from_bytes(v.value())?;
+                    let mut applied_epoch = 0;
+                    for i in m.applied_index + 1..=up_to {
+                        let e = log.read(i)?;
                         let outcome = self
                             .machine
                             .apply(e.index, &e.payload, &mut state)
@@ -692,36 +654,41 @@ impl<M: StateMachine> Store<M> {
                                 index: e.index,
                                 source,
                             })?;
+                        applied_epoch = e.epoch;
                         result.outcomes.push((e.index, outcome));
                     }
                     m.applied_index = up_to;
                     meta.insert(K_APPLIED, up_to)?;
+                    meta.insert(K_APPLIED_EPOCH, applied_epoch)?;
                     digest_put(&mut meta, K_DIGEST, &digest)?;
                 }
-            }
-            if let Some(up_to) = batch.compact_up_to {
-                let up_to = up_to.min(m.applied_index);
-                if up_to > m.snapshot_index {
-                    let epoch_at = match log.get(up_to)? {
-                        Some(v) => Entry::from_bytes(v.value())?.epoch,
-                        None => return Err(StoreError::Contract(format!("no entry at {up_to}"))),
+                if compacts {
+                    let epoch_at = if compact_to == m.applied_index {
+                        meta_get(&meta, K_APPLIED_EPOCH)?
+                    } else {
+                        log.read(compact_to)?.epoch
                     };
-                    let doomed: Vec<u64> = log
-                        .range(..=up_to)?
-                        .map(|r| r.map(|(k, _)| k.value()))
-                        .collect::<Result<_, _>>()?;
-                    for k in doomed {
-                        log.remove(k)?;
-                    }
-                    m.snapshot_index = up_to;
+                    m.snapshot_index = compact_to;
                     m.snapshot_epoch = epoch_at;
-                    meta.insert(K_SNAP_INDEX, up_to)?;
+                    meta.insert(K_SNAP_INDEX, compact_to)?;
                     meta.insert(K_SNAP_EPOCH, epoch_at)?;
                 }
             }
+            tx.commit()?;
+            if checkpoint {
+                checkpointed = m.applied_index;
+            }
         }
-        tx.commit()?;
-        *self.cached() = (m, digest);
+        *self.cached() = Cached {
+            meta: m,
+            digest,
+            checkpointed,
+            generation,
+        };
+        // 4. Segments wholly before the snapshot point go.
+        if compacts {
+            log.compact((m.snapshot_index, m.snapshot_epoch))?;
+        }
         Ok(result)
     }
 
@@ -740,14 +707,10 @@ impl<M: StateMachine> Store<M> {
         let tx = self.db.begin_read()?;
         let meta = tx.open_table(META)?;
         let applied = meta_get(&meta, K_APPLIED)?;
-        let log = tx.open_table(LOG)?;
         let epoch = if applied == meta_get(&meta, K_SNAP_INDEX)? {
             meta_get(&meta, K_SNAP_EPOCH)?
         } else {
-            match log.get(applied)? {
-                Some(v) => Entry::from_bytes(v.value())?.epoch,
-                None => return Err(StoreError::Contract(format!("no entry at {applied}"))),
-            }
+            meta_get(&meta, K_APPLIED_EPOCH)?
         };
         if !begin(SnapshotPoint {
             index: applied,
@@ -815,13 +778,16 @@ impl<M: StateMachine> Store<M> {
 
     /// Step 3: the staged snapshot at `(index, index_epoch)` becomes the
     /// state, in one small durable transaction (the slot flips; nothing is
-    /// copied); the log is emptied (the caller saved what it held past
-    /// `index` first) and the old state's table is dropped.
+    /// copied) that also starts a new log generation; then the old log's
+    /// segments go (the caller saved what it held past `index` first) and
+    /// the old state's table is dropped.
     pub fn install_staged(&self, index: u64, index_epoch: u64) -> Result<(), StoreError> {
+        let mut log = self.log();
+        let c = *self.cached();
+        let generation = c.generation + 1;
+        let epoch = c.meta.epoch.max(index_epoch);
         let tx = self.db.begin_write()?;
-        {
-            tx.open_table(LOG)?.retain(|_, _| false)?;
-            tx.open_table(EPOCHS)?.retain(|_, _| false)?;
+        let digest = {
             let mut meta = tx.open_table(META)?;
             let old = slot(&meta)?;
             let digest = digest_get(&meta, K_STAGE_DIGEST)?;
@@ -831,15 +797,28 @@ impl<M: StateMachine> Store<M> {
             tx.delete_table(STATES[old])?;
             tx.open_table(STATES[old])?;
             meta.insert(K_APPLIED, index)?;
+            meta.insert(K_APPLIED_EPOCH, index_epoch)?;
             meta.insert(K_SNAP_INDEX, index)?;
             meta.insert(K_SNAP_EPOCH, index_epoch)?;
-            let epoch = self.meta().epoch.max(index_epoch);
             meta.insert(K_EPOCH, epoch)?;
-        }
+            meta.insert(K_GENERATION, generation)?;
+            digest
+        };
         tx.commit()?;
-        let m = self.read_meta()?;
-        *self.cached() = (m, self.read_digest()?);
-        Ok(())
+        *self.cached() = Cached {
+            meta: LogMeta {
+                epoch,
+                last_index: index,
+                last_epoch: index_epoch,
+                applied_index: index,
+                snapshot_index: index,
+                snapshot_epoch: index_epoch,
+            },
+            digest,
+            checkpointed: index,
+            generation,
+        };
+        log.reset(generation, (index, index_epoch))
     }
 
     /// The three steps at once, for callers that hold a whole snapshot
@@ -880,7 +859,7 @@ impl<M: StateMachine> Store<M> {
     /// same state. O(1).
     pub fn digest(&self) -> (u64, String) {
         let c = self.cached();
-        (c.0.applied_index, c.1.hex())
+        (c.meta.applied_index, c.digest.hex())
     }
 
     /// The digest computed from every item (tests check the kept one).
