@@ -74,10 +74,7 @@ fn health_api_and_a_full_volume() {
         }
     }
     let _unmount = Unmount(data.clone());
-    for entry in std::fs::read_dir(&moved).unwrap() {
-        let e = entry.unwrap();
-        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
-    }
+    copy_tree(&moved, &data);
     n.restart();
     wait_until(Duration::from_secs(10), "healthy on the tmpfs", || {
         health(&n)["status_code"] == 2000
@@ -159,4 +156,19 @@ fn fault_injection_is_off_by_default_and_a_dead_api_is_unhealthy() {
             .is_err()
     });
     assert!(refused, "the dead API still answers");
+}
+
+/// Copies a directory tree (the data directory holds `esc.redb` and the
+/// log's segment directory).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let e = entry.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&dest).unwrap();
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
 }
