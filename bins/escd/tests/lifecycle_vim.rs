@@ -1105,3 +1105,73 @@ fn a_vm_that_stops_answering_is_rebooted_then_redeployed() {
     );
     reader.finish();
 }
+
+/// A resume after an event of an entry this node has not applied yet (a
+/// standby just promoted, its last entries still to commit) waits for it
+/// rather than report a gap; once that entry is applied without such an
+/// event, the stream says `gap`.
+#[test]
+fn a_resume_ahead_of_the_applied_state_waits_then_reports_a_gap() {
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::start(NodeSpec::new("esc-1", "127.0.0.1", "primary"));
+    common::create_tenant(&node);
+    let applied = || node.status()["store"]["applied_index"].as_u64().unwrap();
+    // Far enough ahead that nothing but this test's writes reaches it.
+    let target = applied() + 50;
+    let after = target * esc_domain::apply::EVENTS_PER_ENTRY_MAX + 15;
+    let mut s = std::net::TcpStream::connect(node.spec.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+    };
+    write!(
+        s,
+        "GET /v0/events HTTP/1.0\r\nHost: esc\r\nAuthorization: Basic {auth}\r\nLast-Event-ID: {after}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    // The first thing after the head: a keep-alive comment (the stream
+    // waits), not a gap.
+    let mut first = None;
+    let mut line = String::new();
+    while first.is_none() {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if line.starts_with(':') || line.starts_with("event:") {
+            first = Some(line.trim().to_string());
+        }
+    }
+    assert!(
+        first.as_deref().is_some_and(|l| l.starts_with(':')),
+        "{first:?}"
+    );
+    let (rt, c) = (rt(), client());
+    let mut n = 0;
+    while applied() < target {
+        n += 1;
+        assert!(n <= 500, "the applied index does not reach {target}");
+        let body = common::deployment(&format!("ahead-{n}"), serde_json::json!({}));
+        assert_eq!(
+            api(
+                &rt,
+                &c,
+                &node,
+                reqwest::Method::POST,
+                "/v0/deployments",
+                Some(body)
+            )
+            .0,
+            202
+        );
+    }
+    // Now the entry is applied and the event is not in it.
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if line.starts_with("event:") {
+            assert_eq!(line.trim(), "event: gap");
+            break;
+        }
+    }
+}

@@ -8,7 +8,9 @@
 //! whichever node is primary now, with `Last-Event-ID: <id>` resumes right
 //! after that event: no gap, and no event under two ids. If that event has
 //! left the bounded outbox meanwhile, the stream first says so (`event:
-//! gap`) rather than skip silently.
+//! gap`) rather than skip silently. An event of an entry this node has
+//! not applied yet (a standby just promoted, its last entries still to
+//! commit) is waited for, not reported as a gap.
 //!
 //! The stream reads the store in pages of [`PAGE`] and waits on the applied
 //! index between them: nothing is held per client beyond one page, and at
@@ -17,6 +19,7 @@
 use crate::shared::Shared;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use esc_domain::apply::EVENTS_PER_ENTRY_MAX;
 use esc_domain::{query, Event, EventKind};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -60,17 +63,34 @@ struct Cursor {
 struct Read {
     /// The event `after` is no longer (or never was) in the outbox.
     gap: bool,
+    /// The event `after` comes from an entry not applied here yet.
+    ahead: bool,
     oldest: Option<u64>,
     events: Vec<Event>,
 }
 
 fn read(shared: &Shared, after: u64, check: bool) -> Result<Read, String> {
+    // Read before the reader opens: its state is at least this far.
+    let applied = shared.store.meta().applied_index;
     let r = shared.store.reader().map_err(|e| e.to_string())?;
-    let gap = check
+    let missing = check
         && after > 0
         && query::event(&r, after)
             .map_err(|e| e.to_string())?
             .is_none();
+    // An event id names the entry that emitted it: one of an entry this
+    // node has not applied yet (a standby just promoted, its tail still to
+    // commit) is still to come here, not lost. The check waits for it.
+    let ahead = missing && after / EVENTS_PER_ENTRY_MAX > applied;
+    if ahead {
+        return Ok(Read {
+            gap: false,
+            ahead: true,
+            oldest: None,
+            events: Vec::new(),
+        });
+    }
+    let gap = missing;
     let oldest = if gap {
         query::events(&r, 0, 1)
             .map_err(|e| e.to_string())?
@@ -82,6 +102,7 @@ fn read(shared: &Shared, after: u64, check: bool) -> Result<Read, String> {
     let events = query::events(&r, after, PAGE).map_err(|e| e.to_string())?;
     Ok(Read {
         gap,
+        ahead: false,
         oldest,
         events,
     })
@@ -112,7 +133,7 @@ pub fn stream(shared: Shared, after: u64, permit: OwnedSemaphorePermit) -> Respo
                 // reconnects with its Last-Event-ID.
                 return None;
             };
-            c.resumed = true;
+            c.resumed = !r.ahead;
             c.page.extend(r.events);
             if r.gap {
                 let data = serde_json::json!({
