@@ -155,13 +155,19 @@ fn emit(
     };
     state.put(&keys::event(id), &encode(&event))?;
     if add_count(state, keys::EVENT_COUNT, 1)? > OUTBOX_EVENTS_MAX {
+        // Every event up to the last one dropped is gone: look after it.
+        let dropped: Option<u64> = read(state, keys::EVENT_DROPPED)?;
+        let from = dropped.map(keys::event);
         let mut oldest = None;
-        state.scan(keys::EVENT, None, 1, &mut |k, _| {
+        state.scan(keys::EVENT, from.as_deref(), 1, &mut |k, _| {
             oldest = Some(k.to_string());
             false
         })?;
         if let Some(k) = oldest {
             state.delete(&k)?;
+            if let Ok(id) = k[keys::EVENT.len()..].parse::<u64>() {
+                state.put(keys::EVENT_DROPPED, &encode(&id))?;
+            }
             add_count(state, keys::EVENT_COUNT, -1)?;
         }
     }

@@ -43,6 +43,10 @@ pub fn active_operation(id: &str) -> String {
 pub const EVENT_COUNT: &str = "count/events";
 /// Events ever emitted (the last one's `seq`).
 pub const EVENT_SEQ: &str = "count/event_seq";
+/// The id of the last event dropped from the outbox: the next oldest is
+/// found by a scan from it rather than from the start (the keys before it
+/// are deleted, and an apply's overlay of deletions would be walked over).
+pub const EVENT_DROPPED: &str = "count/event_dropped";
 
 pub fn callback(op_id: &str) -> String {
     format!("{CALLBACK}{op_id}")

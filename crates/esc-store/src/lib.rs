@@ -34,12 +34,14 @@
 //! - `segment`: the segment files, their recovery and truncation.
 //! - [`fs`]: the file operations the log needs ([`OsFs`], [`MemFs`]; the
 //!   crash tests bring a disk that loses power).
+//! - `overlay`: an apply's changes in memory, written once per key.
 //! - `error`: [`StoreError`].
 //! - [`digest`]: the state digest kept as items change.
 
 pub mod digest;
 mod error;
 pub mod fs;
+mod overlay;
 mod segment;
 mod store;
 

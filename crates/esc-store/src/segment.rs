@@ -31,6 +31,7 @@ use crate::error::StoreError;
 use crate::fs::LogFs;
 use esc_wire::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Bytes before each entry: its length.
 const RECORD_HEADER: u64 = 4;
@@ -78,7 +79,7 @@ impl Segment {
 
 /// The segment log of one store.
 pub struct SegmentLog {
-    fs: Box<dyn LogFs>,
+    fs: Arc<dyn LogFs>,
     opts: LogOptions,
     generation: u64,
     segments: Vec<Segment>,
@@ -111,6 +112,24 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Files (and the directory) written since the last sync.
+#[derive(Debug, Default)]
+pub struct Pending {
+    files: Vec<String>,
+    dir: bool,
+}
+
+/// Syncs what [`SegmentLog::take_unsynced`] took out.
+pub fn sync_pending(fs: &dyn LogFs, p: &Pending) -> Result<(), StoreError> {
+    for n in &p.files {
+        fs.sync(n).map_err(io(n))?;
+    }
+    if p.dir {
+        fs.sync_dir().map_err(io("log directory"))?;
+    }
+    Ok(())
+}
+
 /// What the scan of one segment found.
 enum ScanEnd {
     /// Zeros (or the end of the file) after the last record.
@@ -133,7 +152,7 @@ impl SegmentLog {
         applied: u64,
     ) -> Result<(SegmentLog, Option<String>), StoreError> {
         let mut log = SegmentLog {
-            fs,
+            fs: Arc::from(fs),
             opts,
             generation,
             segments: Vec::new(),
@@ -366,17 +385,39 @@ impl SegmentLog {
     /// `fdatasync` per segment written (one, unless the group rolled over),
     /// and the directory when a segment was created.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        for n in std::mem::take(&mut self.unsynced) {
-            if let Err(e) = self.fs.sync(&n) {
-                self.unsynced.push(n.clone());
-                return Err(io(&n)(e));
+        let p = self.take_unsynced();
+        sync_pending(&*self.fs, &p).inspect_err(|_| self.restore_unsynced(p))
+    }
+
+    /// What [`SegmentLog::sync`] would sync, taken out so that the caller
+    /// can sync it without holding the log ([`sync_pending`]); reads and
+    /// compaction go on meanwhile (a segment still to sync holds entries
+    /// not durable yet, so not applied, so never compacted away).
+    pub fn take_unsynced(&mut self) -> Pending {
+        Pending {
+            files: std::mem::take(&mut self.unsynced),
+            dir: std::mem::take(&mut self.dir_unsynced),
+        }
+    }
+
+    /// A sync of `p` failed: it is still to be done.
+    pub fn restore_unsynced(&mut self, p: Pending) {
+        for n in p.files {
+            if !self.unsynced.contains(&n) && self.segments.iter().any(|s| s.name == n) {
+                self.unsynced.push(n);
             }
         }
-        if self.dir_unsynced {
-            self.fs.sync_dir().map_err(io("log directory"))?;
-            self.dir_unsynced = false;
-        }
-        Ok(())
+        self.dir_unsynced |= p.dir;
+    }
+
+    /// The file system, for [`sync_pending`] outside the log's lock.
+    pub fn sync_handle(&self) -> Arc<dyn LogFs> {
+        self.fs.clone()
+    }
+
+    /// The snapshot point `(index, epoch)`: the log holds what follows it.
+    pub fn base(&self) -> (u64, u64) {
+        self.base
     }
 
     /// Where entry `index` is: the segment's position and the record's offset.

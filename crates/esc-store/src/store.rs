@@ -21,8 +21,9 @@
 use crate::digest::{item_hash, Digest};
 pub use crate::error::StoreError;
 use crate::fs::{LogFs, MemFs, OsFs};
+use crate::overlay::{Overlay, OverlayState};
 use crate::segment::{LogOptions, SegmentLog};
-use esc_state::{State, StateError, StateMachine, StateRead};
+use esc_state::{StateError, StateMachine, StateRead};
 use esc_wire::{Entry, SnapshotItem};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
@@ -42,6 +43,10 @@ const STATES: [TableDefinition<&str, &[u8]>; 2] = [
 /// map behind the `StateMachine` trait (issue 10); 1 (unnumbered) had a
 /// table per kind.
 pub const FORMAT: u64 = 3;
+
+/// Entries an apply reads from the log at a time (the log's lock is held
+/// for the reads only, not for the apply).
+const APPLY_READ_ENTRIES: u64 = 256;
 
 /// redb's page cache (reads and the write buffer).
 pub const CACHE_BYTES: usize = 64 << 20;
@@ -89,8 +94,8 @@ impl LogMeta {
 
 /// One atomic change to the store; steps run in field order. A write
 /// that fails may have taken effect as a prefix of its steps (truncation,
-/// then any prefix of the appended entries, then the epoch and the applies
-/// together, then the compaction), each step whole or not at all.
+/// then any prefix of the appended entries, then the epoch, then the
+/// applies, then the compaction), each step whole or not at all.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Remove entries after this index (the caller saves them first:
@@ -138,6 +143,9 @@ struct Cached {
     digest: Digest,
     checkpointed: u64,
     generation: u64,
+    /// The epoch redb holds (`meta.epoch` may be higher: the log's last
+    /// entry's, which the log itself keeps).
+    recorded_epoch: u64,
 }
 
 impl<M: StateMachine> std::fmt::Debug for Store<M> {
@@ -172,13 +180,6 @@ fn digest_put(
     Ok(())
 }
 
-/// The state map inside a write transaction, keeping the digest as items
-/// change (an insert or remove returns the old value: no extra read).
-struct TxState<'a, 't> {
-    table: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
-    digest: &'a mut Digest,
-}
-
 fn scan_table(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     prefix: &str,
@@ -204,42 +205,6 @@ fn table_get(
     key: &str,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(t.get(key)?.map(|v| v.value().to_vec()))
-}
-
-impl StateRead for TxState<'_, '_> {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(table_get(&*self.table, key)?)
-    }
-
-    fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        visit: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<(), StateError> {
-        Ok(scan_table(&*self.table, prefix, after, limit, visit)?)
-    }
-}
-
-impl State for TxState<'_, '_> {
-    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
-        if let Some(old) = self.table.insert(key, value).map_err(StoreError::from)? {
-            self.digest.remove(item_hash(key, old.value()));
-        }
-        self.digest.add(item_hash(key, value));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &str) -> Result<bool, StateError> {
-        match self.table.remove(key).map_err(StoreError::from)? {
-            Some(old) => {
-                self.digest.remove(item_hash(key, old.value()));
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
 }
 
 /// The state map at one point in time (one read transaction): API reads
@@ -467,6 +432,7 @@ impl<M: StateMachine> Store<M> {
                 digest,
                 checkpointed: m.applied_index,
                 generation,
+                recorded_epoch: m.epoch.max(last_epoch),
             }),
             recovery_note,
         })
@@ -538,78 +504,125 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
-    /// Performs one batch (see [`Batch`] for what a failure leaves);
-    /// returns once its log changes are durable.
+    /// Performs one batch (see [`Batch`] for what a failure leaves):
+    /// [`Store::write_log`], then [`Store::write_state`]; returns once its
+    /// log changes are durable.
     pub fn write(&self, batch: Batch) -> Result<BatchResult<M::Outcome>, StoreError> {
-        let mut log = self.log();
+        self.write_log(&batch)?;
+        self.write_state(&batch)
+    }
+
+    /// The log steps of `batch` (truncation, appends, one sync for the
+    /// group, then the epoch); its other fields are not looked at. Returns
+    /// once they are durable. One caller at a time (the storage's log
+    /// thread); [`Store::write_state`] may run meanwhile on another thread:
+    /// the `fdatasync` runs without the log's lock, so the apply of a
+    /// committed group never waits for the next group's sync (issue 13).
+    pub fn write_log(&self, batch: &Batch) -> Result<(), StoreError> {
+        let (synced, recorded_epoch) = {
+            let mut log = self.log();
+            let (m, recorded_epoch) = {
+                let c = self.cached();
+                (c.meta, c.recorded_epoch)
+            };
+            // Every check before the first change: a refused batch changes nothing.
+            if let Some(after) = batch.truncate_after {
+                if after < m.applied_index {
+                    return Err(StoreError::Contract(format!(
+                        "truncate after {after} would remove applied entries (applied {})",
+                        m.applied_index
+                    )));
+                }
+            }
+            if let Some(epoch) = batch.epoch {
+                if epoch < m.epoch {
+                    return Err(StoreError::Contract(format!(
+                        "epoch may not go back from {} to {epoch}",
+                        m.epoch
+                    )));
+                }
+            }
+            let (mut last, mut last_epoch) = log.last();
+            if let Some(after) = batch.truncate_after.filter(|a| *a < last) {
+                last = after;
+                last_epoch = if after == log.base().0 {
+                    log.base().1
+                } else {
+                    log.read(after)?.epoch
+                };
+            }
+            for e in &batch.append {
+                if e.index != last + 1 {
+                    return Err(StoreError::Contract(format!(
+                        "append of index {} after last index {last}",
+                        e.index
+                    )));
+                }
+                if e.epoch < last_epoch {
+                    return Err(StoreError::Contract(format!(
+                        "entry {} of epoch {} after epoch {last_epoch}",
+                        e.index, e.epoch
+                    )));
+                }
+                e.verify()?;
+                (last, last_epoch) = (e.index, e.epoch);
+            }
+            // 1. Truncation (durable when it returns), 2. the appends.
+            if let Some(after) = batch.truncate_after {
+                log.truncate_after(after)?;
+                // What the state may apply ends here now.
+                let mut c = self.cached();
+                (c.meta.last_index, c.meta.last_epoch) = log.last();
+            }
+            if !batch.append.is_empty() {
+                log.append(&batch.append)?;
+            }
+            let pending = if batch.sync || !batch.append.is_empty() {
+                Some(log.take_unsynced())
+            } else {
+                None
+            };
+            ((pending, log.last(), log.sync_handle()), recorded_epoch)
+        };
+        // One sync for the group, outside the lock.
+        let (pending, (last_index, last_epoch), fs) = synced;
+        if let Some(p) = pending {
+            if let Err(e) = crate::segment::sync_pending(&*fs, &p) {
+                self.log().restore_unsynced(p);
+                return Err(e);
+            }
+        }
+        // 3. The epoch, durably, when it moves past the one recorded.
+        let epoch = batch.epoch.filter(|e| *e > recorded_epoch);
+        if let Some(e) = epoch {
+            let tx = self.db.begin_write()?;
+            tx.open_table(META)?.insert(K_EPOCH, e)?;
+            tx.commit()?;
+        }
+        let mut c = self.cached();
+        c.meta.last_index = last_index;
+        c.meta.last_epoch = last_epoch;
+        c.meta.epoch = c.meta.epoch.max(last_epoch).max(batch.epoch.unwrap_or(0));
+        if let Some(e) = epoch {
+            c.recorded_epoch = e;
+        }
+        Ok(())
+    }
+
+    /// The state steps of `batch` (the applies, then the compaction); its
+    /// log fields are not looked at. Only entries durable in the log apply
+    /// (those [`Store::write_log`] returned for). One caller at a time (the
+    /// storage's apply thread).
+    pub fn write_state(&self, batch: &Batch) -> Result<BatchResult<M::Outcome>, StoreError> {
         let Cached {
-            meta: mut m,
+            meta: m,
             mut digest,
             checkpointed,
-            generation,
+            ..
         } = *self.cached();
         let mut result = BatchResult {
             outcomes: Vec::new(),
         };
-        // Every check before the first change: a refused batch changes nothing.
-        if let Some(after) = batch.truncate_after {
-            if after < m.applied_index {
-                return Err(StoreError::Contract(format!(
-                    "truncate after {after} would remove applied entries (applied {})",
-                    m.applied_index
-                )));
-            }
-        }
-        if let Some(epoch) = batch.epoch {
-            if epoch < m.epoch {
-                return Err(StoreError::Contract(format!(
-                    "epoch may not go back from {} to {epoch}",
-                    m.epoch
-                )));
-            }
-        }
-        let (mut last, mut last_epoch) = (m.last_index, m.last_epoch);
-        if let Some(after) = batch.truncate_after.filter(|a| *a < m.last_index) {
-            last = after;
-            last_epoch = if after == m.snapshot_index {
-                m.snapshot_epoch
-            } else {
-                log.read(after)?.epoch
-            };
-        }
-        for e in &batch.append {
-            if e.index != last + 1 {
-                return Err(StoreError::Contract(format!(
-                    "append of index {} after last index {last}",
-                    e.index
-                )));
-            }
-            if e.epoch < last_epoch {
-                return Err(StoreError::Contract(format!(
-                    "entry {} of epoch {} after epoch {last_epoch}",
-                    e.index, e.epoch
-                )));
-            }
-            e.verify()?;
-            (last, last_epoch) = (e.index, e.epoch);
-        }
-
-        // 1. Truncation (durable), 2. the appends, one sync for the group.
-        if let Some(after) = batch.truncate_after {
-            log.truncate_after(after)?;
-            (m.last_index, m.last_epoch) = log.last();
-        }
-        if !batch.append.is_empty() {
-            log.append(&batch.append)?;
-            (m.last_index, m.last_epoch) = log.last();
-        }
-        if batch.sync || !batch.append.is_empty() {
-            log.sync()?;
-        }
-        // 3. The epoch and the applies: one redb transaction, durable when
-        // it is a checkpoint. Only entries durable in the log apply.
-        let epoch_moves = batch.epoch.is_some_and(|e| e > m.epoch);
-        m.epoch = m.epoch.max(m.last_epoch);
         let up_to = batch
             .apply_up_to
             .map_or(m.applied_index, |u| u.min(m.last_index))
@@ -620,33 +633,34 @@ impl<M: StateMachine> Store<M> {
             .max(m.snapshot_index);
         let compacts = compact_to > m.snapshot_index;
         let applies = up_to > m.applied_index;
-        let checkpoint = batch.checkpoint
-            || epoch_moves
-            || compacts
-            || up_to - checkpointed >= self.opts.checkpoint_entries;
-        let mut checkpointed = checkpointed;
-        if epoch_moves || applies || compacts || batch.checkpoint {
-            let mut tx = self.db.begin_write()?;
-            tx.set_durability(if checkpoint {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
-            {
-                let mut meta = tx.open_table(META)?;
-                if let Some(epoch) = batch.epoch {
-                    m.epoch = m.epoch.max(epoch);
-                }
-                meta.insert(K_EPOCH, m.epoch)?;
-                if applies {
-                    let mut table = tx.open_table(STATES[slot(&meta)?])?;
-                    let mut state = TxState {
-                        table: &mut table,
-                        digest: &mut digest,
-                    };
-                    let mut applied_epoch = 0;
-                    for i in m.applied_index + 1..=up_to {
-                        let e = log.read(i)?;
+        if !(applies || compacts || batch.checkpoint) {
+            return Ok(result);
+        }
+        // The applies: one redb transaction, durable when it is a checkpoint.
+        let checkpoint =
+            batch.checkpoint || compacts || up_to - checkpointed >= self.opts.checkpoint_entries;
+        let mut snapshot = (m.snapshot_index, m.snapshot_epoch);
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(if checkpoint {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let mut applied_epoch = meta_get(&meta, K_APPLIED_EPOCH)?;
+            if applies {
+                let mut table = tx.open_table(STATES[slot(&meta)?])?;
+                let mut overlay = Overlay::default();
+                let mut next = m.applied_index + 1;
+                while next <= up_to {
+                    // Read under the log's lock, applied without it.
+                    let chunk = self.read_range(next, up_to)?;
+                    for e in chunk {
+                        let mut state = OverlayState {
+                            table: &table,
+                            overlay: &mut overlay,
+                        };
                         let outcome = self
                             .machine
                             .apply(e.index, &e.payload, &mut state)
@@ -655,41 +669,52 @@ impl<M: StateMachine> Store<M> {
                                 source,
                             })?;
                         applied_epoch = e.epoch;
+                        next = e.index + 1;
                         result.outcomes.push((e.index, outcome));
+                        if overlay.full() {
+                            overlay.flush(&mut table, &mut digest)?;
+                        }
                     }
-                    m.applied_index = up_to;
-                    meta.insert(K_APPLIED, up_to)?;
-                    meta.insert(K_APPLIED_EPOCH, applied_epoch)?;
-                    digest_put(&mut meta, K_DIGEST, &digest)?;
                 }
-                if compacts {
-                    let epoch_at = if compact_to == m.applied_index {
-                        meta_get(&meta, K_APPLIED_EPOCH)?
-                    } else {
-                        log.read(compact_to)?.epoch
-                    };
-                    m.snapshot_index = compact_to;
-                    m.snapshot_epoch = epoch_at;
-                    meta.insert(K_SNAP_INDEX, compact_to)?;
-                    meta.insert(K_SNAP_EPOCH, epoch_at)?;
-                }
+                overlay.flush(&mut table, &mut digest)?;
+                meta.insert(K_APPLIED, up_to)?;
+                meta.insert(K_APPLIED_EPOCH, applied_epoch)?;
+                digest_put(&mut meta, K_DIGEST, &digest)?;
             }
-            tx.commit()?;
-            if checkpoint {
-                checkpointed = m.applied_index;
+            if compacts {
+                let epoch_at = if compact_to == up_to {
+                    applied_epoch
+                } else {
+                    self.log().read(compact_to)?.epoch
+                };
+                snapshot = (compact_to, epoch_at);
+                meta.insert(K_SNAP_INDEX, compact_to)?;
+                meta.insert(K_SNAP_EPOCH, epoch_at)?;
             }
         }
-        *self.cached() = Cached {
-            meta: m,
-            digest,
-            checkpointed,
-            generation,
-        };
-        // 4. Segments wholly before the snapshot point go.
+        tx.commit()?;
+        {
+            let mut c = self.cached();
+            c.meta.applied_index = up_to;
+            (c.meta.snapshot_index, c.meta.snapshot_epoch) = snapshot;
+            c.digest = digest;
+            if checkpoint {
+                c.checkpointed = up_to;
+            }
+        }
+        // Segments wholly before the snapshot point go.
         if compacts {
-            log.compact((m.snapshot_index, m.snapshot_epoch))?;
+            self.log().compact(snapshot)?;
         }
         Ok(result)
+    }
+
+    /// Entries `from..=to`, at most [`APPLY_READ_ENTRIES`] of them, read
+    /// under the log's lock (held only for the reads).
+    fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, StoreError> {
+        let log = self.log();
+        let end = to.min(from + APPLY_READ_ENTRIES - 1);
+        (from..=end).map(|i| log.read(i)).collect()
     }
 
     /// Streams the materialized state and the index it reflects from one
@@ -782,7 +807,8 @@ impl<M: StateMachine> Store<M> {
     /// segments go (the caller saved what it held past `index` first) and
     /// the old state's table is dropped.
     pub fn install_staged(&self, index: u64, index_epoch: u64) -> Result<(), StoreError> {
-        let mut log = self.log();
+        // No lock is held across the redb transaction (the apply path takes
+        // the log's lock inside one).
         let c = *self.cached();
         let generation = c.generation + 1;
         let epoch = c.meta.epoch.max(index_epoch);
@@ -817,8 +843,9 @@ impl<M: StateMachine> Store<M> {
             digest,
             checkpointed: index,
             generation,
+            recorded_epoch: epoch,
         };
-        log.reset(generation, (index, index_epoch))
+        self.log().reset(generation, (index, index_epoch))
     }
 
     /// The three steps at once, for callers that hold a whole snapshot

@@ -700,7 +700,6 @@ impl Model {
     fn commit(&mut self, change: &Change) {
         match change {
             Change::Write(b) => {
-                let epoch_before = self.epoch;
                 let applied_before = self.applied;
                 let snapshot_before = self.snapshot_index;
                 if let Some(after) = b.truncate_after {
@@ -726,11 +725,10 @@ impl Model {
                     }
                 }
                 // A checkpoint (the state committed durably): when asked,
-                // with an epoch change or a compaction, or once enough
-                // entries applied since the last one.
+                // with a compaction, or once enough entries applied since
+                // the last one.
                 let applies = self.applied > applied_before;
                 let checkpoint = b.checkpoint
-                    || self.epoch != epoch_before
                     || self.snapshot_index != snapshot_before
                     || (applies && self.applied - self.applied_floor >= OPTS.checkpoint_entries);
                 if checkpoint {
@@ -970,7 +968,7 @@ fn clone_batch(b: &Batch) -> Batch {
 }
 
 /// What a failed change may have left: a prefix of its steps (truncation,
-/// any prefix of its appended entries, the epoch with the applies, the
+/// any prefix of its appended entries, the epoch, the applies, the
 /// compaction), each step whole or not at all (`Batch`'s contract).
 fn partial_changes(c: &Change) -> Vec<Change> {
     let b = match c {
@@ -992,6 +990,14 @@ fn partial_changes(c: &Change) -> Vec<Change> {
         out.push(Change::Write(Batch {
             truncate_after: b.truncate_after,
             append: b.append[..k].to_vec(),
+            ..Batch::default()
+        }));
+    }
+    if b.epoch.is_some() {
+        out.push(Change::Write(Batch {
+            truncate_after: b.truncate_after,
+            append: b.append.clone(),
+            epoch: b.epoch,
             ..Batch::default()
         }));
     }
