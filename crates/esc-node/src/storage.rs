@@ -1,23 +1,34 @@
-//! The storage worker: one OS thread that executes the replication core's
-//! storage outputs strictly in the order they were emitted, against the
-//! store (architecture section 3: fsync before acknowledging).
+//! The storage workers: two OS threads that execute the replication
+//! core's storage outputs against the store, each strictly in the order
+//! they were emitted (architecture section 3: fsync before acknowledging;
+//! issue 13: apply never waits for the next group's fsync).
 //!
 //! ```text
-//!   owner task ──Job (bounded, in order)──> storage worker ──> Store (redb)
-//!        ^                                       │
-//!        └──StorageEvent (Persisted, SnapshotInstalled, Failed)──┘
-//!   client writes <── answered straight from the worker once applied
-//!   replication links <── catch-up batches, snapshot chunks (bulk lane)
+//!                 ┌─ Persist, SaveRecovery, SendEntries, Install ─> log thread ──> Store::write_log
+//!   owner task ───┤   (bounded, in order)                               │   (segments, one fdatasync per group)
+//!    (Jobs::send) └─ Apply, Compact, StageBegin/Chunk ─> apply thread ──┼─> Store::write_state (redb)
+//!        ^            (bounded, in order)                  │            │
+//!        └──StorageEvent (Persisted, SnapshotInstalled, Failed)─────────┘
+//!   client writes <── answered straight from the apply thread once applied
+//!   replication links <── catch-up batches (log thread), snapshot chunks
 //! ```
 //!
-//! The job queue is bounded ([`JOBS_MAX`]): a flood of writes waits in the
-//! owner rather than in memory here. The worker never waits on the owner:
-//! its events go through an unbounded channel that holds at most one event
-//! per job done, and the owner drains it every turn of its loop.
+//! The two never wait on each other on the write path: the core applies
+//! only entries it was told are durable, so the apply thread reads only
+//! what the log thread already synced, and the log's lock is never held
+//! across a sync or a redb transaction. Installing a snapshot replaces
+//! both the log and the state: it is a fence ([`Fence`]), run by the log
+//! thread once the apply thread has done everything queued before it and
+//! stands still until the install is done.
+//!
+//! Each queue is bounded ([`JOBS_MAX`]): a flood of writes waits in the
+//! owner rather than in memory here. The workers never wait on the owner:
+//! their events go through an unbounded channel that holds at most one
+//! event per job done, and the owner drains it every turn of its loop.
 //!
 //! Nothing here holds a volume proportional to the state: entries saved to
 //! a recovery file, catch-up batches and snapshots are read in bounded
-//! pieces from one read transaction.
+//! pieces.
 
 use crate::logging::HA;
 use crate::metrics::Counters;
@@ -40,14 +51,23 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1 << 20;
 /// Payload bytes of one catch-up frame (the core resumes after what arrived).
 pub const SEND_ENTRIES_BYTES_MAX: usize = 8 << 20;
 
-/// Work for the storage worker, executed strictly in order.
+/// Work for the storage workers; [`Jobs::send`] routes each to its thread.
 pub enum Job {
-    Write {
-        batch: Batch,
-        /// Clients answered straight from the worker once their entry is
-        /// applied (one hop less than going back through the owner).
+    /// Make these log changes durable (the log thread).
+    Persist {
+        truncate_after: Option<u64>,
+        entries: Vec<Entry>,
+        epoch: Option<u64>,
+    },
+    /// Apply the committed entries up to `up_to` (the apply thread).
+    Apply {
+        up_to: u64,
+        /// Clients answered straight from the apply thread once their entry
+        /// is applied (one hop less than going back through the owner).
         replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
     },
+    /// Fold the entries up to `up_to` into the snapshot point.
+    Compact { up_to: u64 },
     /// Save the entries from `from` on to the recovery file (before a
     /// snapshot replaces them).
     SaveRecovery { from: u64 },
@@ -59,7 +79,7 @@ pub enum Job {
         window: OwnedSemaphorePermit,
     },
     /// The snapshot is complete: save what the log held past `index`, then
-    /// make the staged state the state.
+    /// make the staged state the state (a fence for both threads).
     Install { index: u64, index_epoch: u64 },
     /// A catch-up batch for a follower.
     SendEntries {
@@ -70,7 +90,131 @@ pub enum Job {
     },
 }
 
-/// What the worker tells the owner.
+enum LogJob {
+    Persist(Batch),
+    SaveRecovery {
+        from: u64,
+    },
+    Install {
+        index: u64,
+        index_epoch: u64,
+        fence: Fence,
+    },
+    SendEntries {
+        tx: net::ConnTx,
+        msg: Message,
+        from: u64,
+        to: u64,
+    },
+}
+
+enum ApplyJob {
+    Apply {
+        batch: Batch,
+        replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
+    },
+    StageBegin,
+    StageChunk {
+        items: Vec<SnapshotItem>,
+        window: OwnedSemaphorePermit,
+    },
+    Fence(FenceArrival),
+}
+
+/// The log thread's side of a fence: it waits until the apply thread
+/// arrived (everything queued before the fence is applied), does its job,
+/// then releases it. A side that is gone (its thread stopped on a store
+/// failure) releases the other.
+struct Fence {
+    arrived: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::SyncSender<()>,
+}
+
+/// The apply thread's side.
+struct FenceArrival {
+    arrived: std::sync::mpsc::SyncSender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+fn fence() -> (Fence, FenceArrival) {
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::sync_channel(1);
+    let (release_tx, release_rx) = std::sync::mpsc::sync_channel(1);
+    (
+        Fence {
+            arrived: arrived_rx,
+            release: release_tx,
+        },
+        FenceArrival {
+            arrived: arrived_tx,
+            release: release_rx,
+        },
+    )
+}
+
+/// The owner's sender: routes each job to its thread's queue.
+pub struct Jobs {
+    log: std::sync::mpsc::SyncSender<LogJob>,
+    apply: std::sync::mpsc::SyncSender<ApplyJob>,
+}
+
+impl Jobs {
+    /// Queues `job`. Bounded: waits for the thread when it is [`JOBS_MAX`]
+    /// behind (it never waits on the owner).
+    pub fn send(&self, job: Job) {
+        // A send fails only when the thread stopped (its `Failed` event
+        // says why): the job has nothing left to do.
+        let log = |j: LogJob| {
+            let _ = self.log.send(j);
+        };
+        let apply = |j: ApplyJob| {
+            let _ = self.apply.send(j);
+        };
+        match job {
+            Job::Persist {
+                truncate_after,
+                entries,
+                epoch,
+            } => log(LogJob::Persist(Batch {
+                truncate_after,
+                append: entries,
+                epoch,
+                sync: true,
+                ..Batch::default()
+            })),
+            Job::Apply { up_to, replies } => apply(ApplyJob::Apply {
+                batch: Batch {
+                    apply_up_to: Some(up_to),
+                    ..Batch::default()
+                },
+                replies,
+            }),
+            Job::Compact { up_to } => apply(ApplyJob::Apply {
+                batch: Batch {
+                    compact_up_to: Some(up_to),
+                    ..Batch::default()
+                },
+                replies: Vec::new(),
+            }),
+            Job::StageBegin => apply(ApplyJob::StageBegin),
+            Job::StageChunk { items, window } => apply(ApplyJob::StageChunk { items, window }),
+            Job::SaveRecovery { from } => log(LogJob::SaveRecovery { from }),
+            Job::Install { index, index_epoch } => {
+                let (fence, arrival) = fence();
+                apply(ApplyJob::Fence(arrival));
+                log(LogJob::Install {
+                    index,
+                    index_epoch,
+                    fence,
+                });
+            }
+            Job::SendEntries { tx, msg, from, to } => {
+                log(LogJob::SendEntries { tx, msg, from, to })
+            }
+        }
+    }
+}
+
+/// What the workers tell the owner.
 #[derive(Debug)]
 pub enum StorageEvent {
     Persisted {
@@ -80,7 +224,7 @@ pub enum StorageEvent {
         index: u64,
         index_epoch: u64,
     },
-    /// Sticky: the worker stops (a restart recovers the store at open).
+    /// Sticky: the thread stops (a restart recovers the store at open).
     Failed {
         error: String,
     },
@@ -88,37 +232,49 @@ pub enum StorageEvent {
 
 /// The owner's handle.
 pub struct Storage {
-    pub jobs: std::sync::mpsc::SyncSender<Job>,
+    pub jobs: Jobs,
     pub events: mpsc::UnboundedReceiver<StorageEvent>,
 }
 
-/// Starts the worker thread.
+/// Starts the two worker threads.
 pub fn spawn(
     store: Arc<NodeStore>,
     applied: Arc<watch::Sender<u64>>,
     counters: Arc<Counters>,
     data_dir: PathBuf,
 ) -> std::io::Result<Storage> {
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(JOBS_MAX);
+    let (log_tx, log_rx) = std::sync::mpsc::sync_channel(JOBS_MAX);
+    let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(JOBS_MAX);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("esc-storage".into())
-        .spawn(move || {
-            let w = Worker {
-                store,
-                applied,
-                counters,
-                data_dir,
-                events: events_tx,
-            };
-            if let Err(e) = w.run(jobs_rx) {
-                let _ = w.events.send(StorageEvent::Failed {
-                    error: e.to_string(),
-                });
-            }
-        })?;
+    let w = Arc::new(Worker {
+        store,
+        applied,
+        counters,
+        data_dir,
+        events: events_tx,
+    });
+    let run = |name: &str, f: Box<dyn FnOnce() -> Result<(), StorageError> + Send>| {
+        let events = w.events.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Err(e) = f() {
+                    let _ = events.send(StorageEvent::Failed {
+                        error: e.to_string(),
+                    });
+                }
+            })
+            .map(|_| ())
+    };
+    let lw = w.clone();
+    run("esc-log", Box::new(move || lw.run_log(log_rx)))?;
+    let aw = w.clone();
+    run("esc-apply", Box::new(move || aw.run_apply(apply_rx)))?;
     Ok(Storage {
-        jobs: jobs_tx,
+        jobs: Jobs {
+            log: log_tx,
+            apply: apply_tx,
+        },
         events: events_rx,
     })
 }
@@ -179,10 +335,10 @@ struct Worker {
 }
 
 impl Worker {
-    /// Runs jobs until the owner goes away (Ok) or the store fails (the
-    /// error, for `StorageEvent::Failed`).
-    fn run(&self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), StorageError> {
-        let mut next: Option<Job> = None;
+    /// The log thread: runs its jobs until the owner goes away (Ok) or the
+    /// store fails (the error, for `StorageEvent::Failed`).
+    fn run_log(&self, jobs: std::sync::mpsc::Receiver<LogJob>) -> Result<(), StorageError> {
+        let mut next: Option<LogJob> = None;
         loop {
             let job = match next.take() {
                 Some(j) => j,
@@ -192,27 +348,30 @@ impl Worker {
                 },
             };
             match job {
-                Job::Write { batch, replies } => {
-                    next = self.write(batch, replies, &jobs)?;
+                LogJob::Persist(batch) => {
+                    next = self.persist(batch, &jobs)?;
                 }
-                Job::SaveRecovery { from } => {
+                LogJob::SaveRecovery { from } => {
                     let n = self.save_recovery(from, "before a snapshot replaces the log")?;
                     if n > 0 {
                         warn!(target: HA, entries = n,
                               "possibly divergent entries saved to the recovery file before a snapshot");
                     }
                 }
-                Job::StageBegin => self.store.stage_begin()?,
-                Job::StageChunk { items, window } => {
-                    self.store.stage_chunk(&items)?;
-                    drop(window);
-                }
-                Job::Install { index, index_epoch } => {
+                LogJob::Install {
+                    index,
+                    index_epoch,
+                    fence,
+                } => {
+                    // Everything the apply thread had queued before is done,
+                    // and it stands still until `release`.
+                    let _ = fence.arrived.recv();
                     // Entries beyond the snapshot point are kept before the
                     // log is replaced.
                     self.save_recovery(index + 1, "beyond the snapshot point")?;
                     self.store.install_staged(index, index_epoch)?;
                     self.applied.send_replace(self.store.meta().applied_index);
+                    let _ = fence.release.send(());
                     if self
                         .events
                         .send(StorageEvent::SnapshotInstalled { index, index_epoch })
@@ -221,60 +380,107 @@ impl Worker {
                         return Ok(());
                     }
                 }
-                Job::SendEntries { tx, msg, from, to } => self.send_entries(tx, msg, from, to)?,
+                LogJob::SendEntries { tx, msg, from, to } => {
+                    self.send_entries(tx, msg, from, to)?
+                }
             }
         }
     }
 
-    /// One write, merged with the writes queued right behind it (one
-    /// transaction, one fsync); returns the job that ended the merge.
-    fn write(
+    /// One group of log changes, merged with the groups queued right
+    /// behind it (one sync); returns the job that ended the merge.
+    fn persist(
         &self,
         mut batch: Batch,
-        replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
-        jobs: &std::sync::mpsc::Receiver<Job>,
-    ) -> Result<Option<Job>, StorageError> {
-        // An apply that answers clients runs on its own (it needs no fsync)
-        // so its answers never wait for the next group.
+        jobs: &std::sync::mpsc::Receiver<LogJob>,
+    ) -> Result<Option<LogJob>, StorageError> {
         let mut next = None;
-        if replies.is_empty() {
-            while let Ok(j) = jobs.try_recv() {
-                match j {
-                    Job::Write {
-                        batch: b,
-                        replies: r,
-                    } if b.truncate_after.is_none() && r.is_empty() => {
-                        batch.append.extend(b.append);
-                        batch.epoch = batch.epoch.max(b.epoch);
-                        batch.apply_up_to = batch.apply_up_to.max(b.apply_up_to);
-                        batch.compact_up_to = batch.compact_up_to.max(b.compact_up_to);
-                        batch.sync |= b.sync;
-                    }
-                    other => {
-                        next = Some(other);
-                        break;
-                    }
+        while let Ok(j) = jobs.try_recv() {
+            match j {
+                LogJob::Persist(b) if b.truncate_after.is_none() => {
+                    batch.append.extend(b.append);
+                    batch.epoch = batch.epoch.max(b.epoch);
+                }
+                other => {
+                    next = Some(other);
+                    break;
                 }
             }
         }
-        let persisted = batch.sync;
         if let Some(after) = batch.truncate_after {
             let n = self.save_recovery(after + 1, "divergent")?;
             if n > 0 {
                 warn!(target: HA, entries = n, "divergent entries moved to the recovery file");
             }
         }
-        let result = self.store.write(batch)?;
-        if persisted {
-            let last_index = self.store.meta().last_index;
-            if self
-                .events
-                .send(StorageEvent::Persisted { last_index })
-                .is_err()
-            {
-                return Ok(None);
+        self.store.write_log(&batch)?;
+        let last_index = self.store.meta().last_index;
+        if self
+            .events
+            .send(StorageEvent::Persisted { last_index })
+            .is_err()
+        {
+            return Ok(None);
+        }
+        Ok(next)
+    }
+
+    /// The apply thread: runs its jobs until the owner goes away (Ok) or
+    /// the store fails.
+    fn run_apply(&self, jobs: std::sync::mpsc::Receiver<ApplyJob>) -> Result<(), StorageError> {
+        let mut next: Option<ApplyJob> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return Ok(()),
+                },
+            };
+            match job {
+                ApplyJob::Apply { batch, replies } => {
+                    next = self.apply(batch, replies, &jobs)?;
+                }
+                ApplyJob::StageBegin => self.store.stage_begin()?,
+                ApplyJob::StageChunk { items, window } => {
+                    self.store.stage_chunk(&items)?;
+                    drop(window);
+                }
+                ApplyJob::Fence(f) => {
+                    let _ = f.arrived.send(());
+                    let _ = f.release.recv();
+                }
             }
         }
+    }
+
+    /// One apply (and compaction), merged with those queued right behind
+    /// it (one redb transaction); answers the clients whose entries it
+    /// applied; returns the job that ended the merge.
+    fn apply(
+        &self,
+        mut batch: Batch,
+        mut replies: Vec<(u64, oneshot::Sender<WriteResult>)>,
+        jobs: &std::sync::mpsc::Receiver<ApplyJob>,
+    ) -> Result<Option<ApplyJob>, StorageError> {
+        let mut next = None;
+        while let Ok(j) = jobs.try_recv() {
+            match j {
+                ApplyJob::Apply {
+                    batch: b,
+                    replies: r,
+                } => {
+                    batch.apply_up_to = batch.apply_up_to.max(b.apply_up_to);
+                    batch.compact_up_to = batch.compact_up_to.max(b.compact_up_to);
+                    replies.extend(r);
+                }
+                other => {
+                    next = Some(other);
+                    break;
+                }
+            }
+        }
+        let result = self.store.write_state(&batch)?;
         if !result.outcomes.is_empty() {
             self.applied.send_replace(self.store.meta().applied_index);
         }

@@ -23,7 +23,6 @@ use esc_config::Config;
 use esc_proto::status::{HaStatus, NodeStatus, Transition};
 use esc_proto::AdminResponse;
 use esc_repl::{Core, Input, Output, Role, Token};
-use esc_store::Batch;
 use esc_wire::Message;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -71,7 +70,7 @@ pub struct Outlets {
 pub struct Owner {
     core: Core,
     store: Arc<crate::shared::NodeStore>,
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: storage::Jobs,
     conns: HashMap<ConnId, ConnHandle>,
     responders: HashMap<Token, oneshot::Sender<WriteResult>>,
     next_token: Token,
@@ -103,7 +102,7 @@ pub struct Owner {
 pub struct OwnerParts {
     pub core: Core,
     pub store: Arc<crate::shared::NodeStore>,
-    pub jobs: std::sync::mpsc::SyncSender<Job>,
+    pub jobs: storage::Jobs,
     pub out: Outlets,
     pub counters: Arc<Counters>,
     pub cfg: Config,
@@ -289,7 +288,7 @@ impl Owner {
     fn job(&self, job: Job) {
         // Bounded: waits for the worker when it is JOBS_MAX behind (it
         // never waits on this task). It only stops when the node does.
-        let _ = self.jobs.send(job);
+        self.jobs.send(job);
     }
 
     /// The one executor of the replication core's outputs.
@@ -300,36 +299,19 @@ impl Owner {
                     truncate_after,
                     entries,
                     epoch,
-                } => self.job(Job::Write {
-                    batch: Batch {
-                        truncate_after,
-                        append: entries,
-                        epoch,
-                        sync: true,
-                        ..Batch::default()
-                    },
-                    replies: Vec::new(),
+                } => self.job(Job::Persist {
+                    truncate_after,
+                    entries,
+                    epoch,
                 }),
                 Output::Apply { up_to, replies } => {
                     let replies = replies
                         .into_iter()
                         .filter_map(|(i, t)| self.responders.remove(&t).map(|r| (i, r)))
                         .collect();
-                    self.job(Job::Write {
-                        batch: Batch {
-                            apply_up_to: Some(up_to),
-                            ..Batch::default()
-                        },
-                        replies,
-                    })
+                    self.job(Job::Apply { up_to, replies })
                 }
-                Output::Compact { up_to } => self.job(Job::Write {
-                    batch: Batch {
-                        compact_up_to: Some(up_to),
-                        ..Batch::default()
-                    },
-                    replies: Vec::new(),
-                }),
+                Output::Compact { up_to } => self.job(Job::Compact { up_to }),
                 Output::SaveRecovery { from } => self.job(Job::SaveRecovery { from }),
                 Output::InstallSnapshot {
                     conn,
