@@ -366,6 +366,9 @@ async fn writes(
         drop(b);
         drop(a);
     }
+    // The pool's connections hold local ports of the ephemeral range: gone
+    // before PostgreSQL binds its own.
+    drop(c);
     if let Some(dir) = json.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -383,6 +386,10 @@ async fn writes(
                     .join(" "),
             )
             .env("OUT_JSON", &out)
+            // Below Linux's ephemeral range (32768-60999): no client socket
+            // of this machine can hold them.
+            .env("PG_PRIMARY_PORT", "25432")
+            .env("PG_STANDBY_PORT", "25433")
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(status.success(), "bench/pg_sync_rep.sh failed");
