@@ -22,6 +22,10 @@ struct Args {
     /// secret and `store.data_dir` of esc.toml.
     #[arg(long)]
     witness: bool,
+    /// Internal: the VIP guard child (`<interface>=<vip>/<prefix>`) that
+    /// removes the VIP once its parent escd is gone.
+    #[arg(long, hide = true)]
+    vip_guard: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -36,6 +40,12 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(spec) = &args.vip_guard {
+        return ExitCode::from(esc_node::ha::vip_guard::run(spec) as u8);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        esc_node::ha::vip_guard::set_program(exe);
+    }
     let config = match Config::load(&args.home) {
         Ok(c) => c,
         Err(e) => {

@@ -297,3 +297,39 @@ fn power_failure_right_after_switchovers() {
     let v = esc_lab::workload::check(&c, &history, 0).expect("check");
     assert!(v.pass(false), "{v:#?}");
 }
+
+/// A SIGKILL of escd on the primary (the host lives on): the node's VIP
+/// guard removes the VIP from the dead node's interface, so a neighbour
+/// that asks ARP again cannot reach it; the standby takes over. The guard
+/// acts within milliseconds of the death; the test allows 5 s, margin for
+/// a loaded machine (the figure: `esc-lab bench`).
+#[test]
+fn a_killed_primary_drops_the_vip_without_an_init_system() {
+    use esc_lab::cluster::{wait_for, Cluster, READY, VIP};
+    use std::time::Duration;
+    if !esc_lab::allowed() {
+        return;
+    }
+    let mut c = Cluster::up_with("lk", bins(), true, None, |_| {}).expect("lab");
+    let p = c.wait_ready().expect("ready");
+    let ns = c.lab.ns(&c.nodes[p].ns_host);
+    let holds_vip = |ns: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+    };
+    assert!(holds_vip(&ns), "the primary holds the VIP");
+    c.stop(p, nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        wait_for(Duration::from_secs(5), || !holds_vip(&ns)),
+        "the killed primary's interface still holds the VIP 5 s after the kill"
+    );
+    assert!(
+        wait_for(READY, || c.role(1 - p) == "PRIMARY"
+            && c.vip_holders() == vec![1 - p]),
+        "the standby did not take over with the VIP"
+    );
+    assert!(holds_vip(&c.lab.ns(&c.nodes[1 - p].ns_host)));
+}

@@ -7,10 +7,13 @@
 //! - [`vrrp`]: the VRRP speaker's raw socket, the VIP (netlink) and
 //!   gratuitous ARP.
 //! - [`witness`]: `escd --witness`, and the client the agent uses.
+//! - [`vip_guard`]: `escd --vip-guard`, the child that removes the VIP
+//!   once the node process is gone.
 //! - `sys`: the one `unsafe` module (AF_PACKET send for gratuitous ARP).
 
 pub mod agent;
 mod sys;
+pub mod vip_guard;
 pub mod vrrp;
 pub mod witness;
 

@@ -68,6 +68,8 @@ pub(crate) struct Speaker {
     /// Bumped at every announcement and every removal of the VIP: a
     /// delayed gratuitous ARP goes out only if nothing changed since.
     vip_gen: Arc<AtomicU64>,
+    /// Removes the VIP when this process is gone ([`super::vip_guard`]).
+    guard: Option<super::vip_guard::Guard>,
 }
 
 /// Checks at start-up that VRRP can run here (interface, raw socket).
@@ -129,11 +131,14 @@ impl Speaker {
             master_priority: None,
             primary_adverts: 0,
             vip_gen: Arc::new(AtomicU64::new(0)),
+            guard: None,
         };
         // A VIP left behind by a crash is not ours until we are master again.
         if sp.remove_vip().await? {
             warn!(target: HA, vip = %sp.cfg.vip, "removed a stale VIP left by an earlier run");
         }
+        let mut sp = sp;
+        sp.guard = super::vip_guard::Guard::start(&sp.cfg.interface, sp.vip);
         info!(target: HA, interface = %sp.cfg.interface, vrid = sp.cfg.vrid(), priority = sp.cfg.priority,
               version = sp.cfg.version, src = %src, "VRRP speaker starting");
         Ok(sp)
@@ -371,7 +376,10 @@ impl Speaker {
         }
     }
 
-    pub(crate) async fn add_vip(&self) -> crate::Result<()> {
+    pub(crate) async fn add_vip(&mut self) -> crate::Result<()> {
+        if let Some(g) = self.guard.as_mut() {
+            g.ensure();
+        }
         match self
             .netlink
             .address()
