@@ -14,7 +14,8 @@
 //! # Contract
 //! - Entries are contiguous: index `n+1` follows `n`; the log starts right
 //!   after the snapshot point.
-//! - `write` with `append` returns only when those entries are durable.
+//! - `write_log` (and `write`) with `append` returns only when those
+//!   entries are durable.
 //! - Only entries durable in the log are applied, so the state never runs
 //!   ahead of the log.
 //! - Applied state always equals the result of applying the log prefix up to

@@ -1,6 +1,7 @@
 //! The store: the segment log ([`crate::segment`]) as the durability
-//! point, the materialized state in redb behind it, and the one write
-//! path, [`Store::write`].
+//! point, the materialized state in redb behind it, and the two write
+//! steps, [`Store::write_log`] and [`Store::write_state`] (one thread each
+//! may run them at once; [`Store::write`] runs both in order).
 //!
 //! redb tables:
 //! - `meta`: `format`, `epoch`, `applied_index`, `applied_epoch`,
