@@ -139,6 +139,11 @@ fn internal_application_failure_api_dies() {
 /// (architecture, "Two-node mode: fencing by time"). The checker then finds
 /// no epoch acknowledged by two nodes.
 #[test]
+fn internal_application_failure_process_killed() {
+    scenario(Fault::ProcessKill);
+}
+
+#[test]
 fn two_node_one_way_out_the_old_primary_steps_down() {
     scenario_where(
         Fault::OneWayOut,

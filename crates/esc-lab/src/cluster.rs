@@ -522,10 +522,13 @@ pub enum Fault {
     /// Internal application failure: the northbound API dies while the HA
     /// agent and the replication core live.
     ApiDies,
+    /// Internal application failure: escd is killed (SIGKILL) on a host
+    /// that lives on; restarted later.
+    ProcessKill,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::LinkDown,
         Fault::Partition,
         Fault::OneWayIn,
@@ -538,6 +541,7 @@ impl Fault {
         Fault::DiskIoError,
         Fault::ServiceHang,
         Fault::ApiDies,
+        Fault::ProcessKill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -554,6 +558,7 @@ impl Fault {
             Fault::DiskIoError => "disk-io-error",
             Fault::ServiceHang => "service-hang",
             Fault::ApiDies => "api-dies",
+            Fault::ProcessKill => "process-kill",
         }
     }
 
@@ -567,7 +572,9 @@ impl Fault {
             Fault::DeadVm => "dead VM instance",
             Fault::Switchover | Fault::GracefulStop => "scheduled downtime",
             Fault::DiskFull | Fault::DiskIoError => "hardware issue",
-            Fault::ServiceHang | Fault::ApiDies => "internal application failure",
+            Fault::ServiceHang | Fault::ApiDies | Fault::ProcessKill => {
+                "internal application failure"
+            }
         }
     }
 
@@ -599,6 +606,7 @@ impl Cluster {
                 self.escadm(i, &["ha", "switchover"])?;
             }
             Fault::GracefulStop => self.stop(i, nix::sys::signal::Signal::SIGTERM),
+            Fault::ProcessKill => self.stop(i, nix::sys::signal::Signal::SIGKILL),
             Fault::DiskFull => {
                 let data = self.nodes[i].home.join("data");
                 // Never fill a disk the lab does not own.
@@ -731,7 +739,7 @@ impl Cluster {
             }
             Fault::DeadVm => self.signal(i, nix::sys::signal::Signal::SIGCONT)?,
             Fault::Switchover | Fault::ServiceHang => {}
-            Fault::GracefulStop => self.start(i)?,
+            Fault::GracefulStop | Fault::ProcessKill => self.start(i)?,
             // The disk is replaced, or the subsystem is brought back, by
             // restarting escd (the store recovers at open).
             Fault::DiskIoError | Fault::ApiDies => {
