@@ -324,6 +324,12 @@ pub fn send_snapshot(
     }
 }
 
+/// The job a merge stopped at, else the next one queued; None once the
+/// owner is gone.
+fn next_job<T>(next: &mut Option<T>, jobs: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    next.take().or_else(|| jobs.recv().ok())
+}
+
 struct Worker {
     store: Arc<NodeStore>,
     /// The applied index, published after every apply (the primary-only
@@ -339,14 +345,7 @@ impl Worker {
     /// store fails (the error, for `StorageEvent::Failed`).
     fn run_log(&self, jobs: std::sync::mpsc::Receiver<LogJob>) -> Result<(), StorageError> {
         let mut next: Option<LogJob> = None;
-        loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match jobs.recv() {
-                    Ok(j) => j,
-                    Err(_) => return Ok(()),
-                },
-            };
+        while let Some(job) = next_job(&mut next, &jobs) {
             match job {
                 LogJob::Persist(batch) => {
                     next = self.persist(batch, &jobs)?;
@@ -385,6 +384,7 @@ impl Worker {
                 }
             }
         }
+        Ok(())
     }
 
     /// One group of log changes, merged with the groups queued right
@@ -429,14 +429,7 @@ impl Worker {
     /// the store fails.
     fn run_apply(&self, jobs: std::sync::mpsc::Receiver<ApplyJob>) -> Result<(), StorageError> {
         let mut next: Option<ApplyJob> = None;
-        loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match jobs.recv() {
-                    Ok(j) => j,
-                    Err(_) => return Ok(()),
-                },
-            };
+        while let Some(job) = next_job(&mut next, &jobs) {
             match job {
                 ApplyJob::Apply { batch, replies } => {
                     next = self.apply(batch, replies, &jobs)?;
@@ -452,6 +445,7 @@ impl Worker {
                 }
             }
         }
+        Ok(())
     }
 
     /// One apply (and compaction), merged with those queued right behind

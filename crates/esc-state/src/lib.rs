@@ -58,6 +58,15 @@ pub enum ApplyError {
     State(#[from] StateError),
 }
 
+/// Where a [`StateRead::scan`] starts: strictly after `after` when it lies
+/// at or past `prefix`, else at `prefix` (for every implementation).
+pub fn scan_start<'a>(prefix: &'a str, after: Option<&'a str>) -> std::ops::Bound<&'a str> {
+    match after {
+        Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+        _ => std::ops::Bound::Included(prefix),
+    }
+}
+
 /// Reads of the materialized state.
 pub trait StateRead {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError>;
@@ -110,14 +119,9 @@ impl StateRead for MemState {
         limit: usize,
         visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StateError> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
         for (k, v) in self
             .0
-            .range((lower, Bound::Unbounded))
+            .range::<str, _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
         {

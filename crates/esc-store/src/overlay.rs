@@ -95,10 +95,7 @@ impl StateRead for OverlayState<'_, '_> {
         limit: usize,
         visit: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StateError> {
-        let lower = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
-            _ => Bound::Included(prefix),
-        };
+        let lower = esc_state::scan_start(prefix, after);
         let mut base = self
             .table
             .range::<&str>((lower, Bound::Unbounded))

@@ -188,10 +188,7 @@ fn scan_table(
     limit: usize,
     visit: &mut dyn FnMut(&str, &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let lower = match after {
-        Some(a) if a >= prefix => Bound::Excluded(a),
-        _ => Bound::Included(prefix),
-    };
+    let lower = esc_state::scan_start(prefix, after);
     for item in t.range::<&str>((lower, Bound::Unbounded))?.take(limit) {
         let (k, v) = item?;
         if !k.value().starts_with(prefix) || !visit(k.value(), v.value()) {
