@@ -190,6 +190,12 @@ pub struct HaConfig {
     pub service_timeout_ms: u64,
     /// How long `escadm ha switchover` waits for the standby to catch up.
     pub switchover_timeout_ms: u64,
+    /// The HA agent's thread (VRRP, witness lease, health checks) runs
+    /// under `SCHED_RR` at this priority, 1..=99, where the system allows
+    /// it (root or `RLIMIT_RTPRIO`), so a busy or loaded machine cannot
+    /// delay an advertisement or a renewal into a false takeover
+    /// (keepalived's `vrrp_rt_priority`); 0: normal scheduling.
+    pub rt_priority: u8,
 }
 
 impl Default for HaConfig {
@@ -200,6 +206,7 @@ impl Default for HaConfig {
             health_failures_max: 2,
             service_timeout_ms: 500,
             switchover_timeout_ms: 5_000,
+            rt_priority: 10,
         }
     }
 }
@@ -707,6 +714,15 @@ impl Config {
                 ),
             ));
         }
+        if h.rt_priority > 99 {
+            return Err(bad(
+                "ha.rt_priority",
+                format!(
+                    "{} must be within 0..=99 (0: normal scheduling; default 10)",
+                    h.rt_priority
+                ),
+            ));
+        }
         if !(100..=600_000).contains(&h.switchover_timeout_ms) {
             return Err(bad(
                 "ha.switchover_timeout_ms",
@@ -935,6 +951,15 @@ concurrency_max = 64
             let err = parse(&text).unwrap_err();
             assert!(err.to_string().contains("vrrp.vip"), "{vip}: {err}");
         }
+    }
+
+    #[test]
+    fn the_agent_priority_is_bounded() {
+        let c = parse(&format!("{GOOD}[ha]\nrt_priority = 0\n")).unwrap();
+        assert_eq!(c.ha.rt_priority, 0);
+        assert_eq!(parse(GOOD).unwrap().ha.rt_priority, 10);
+        let err = parse(&format!("{GOOD}[ha]\nrt_priority = 100\n")).unwrap_err();
+        assert!(err.to_string().contains("ha.rt_priority"), "{err}");
     }
 
     #[test]

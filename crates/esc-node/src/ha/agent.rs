@@ -116,9 +116,19 @@ pub fn spawn(
         service_timeout: Duration::from_millis(cfg.ha.service_timeout_ms),
         api: cfg.api.listen,
     };
+    let rt_priority = cfg.ha.rt_priority;
     std::thread::Builder::new()
         .name("esc-ha-agent".into())
         .spawn(move || {
+            if rt_priority > 0 {
+                match super::sys::set_realtime(rt_priority) {
+                    Ok(()) => {
+                        info!(target: HA, priority = rt_priority, "HA agent at real-time priority (SCHED_RR)")
+                    }
+                    Err(e) => warn!(target: HA, priority = rt_priority,
+                        "cannot run the HA agent at real-time priority: {e}; it runs at normal priority (run as root or raise RLIMIT_RTPRIO)"),
+                }
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -1,7 +1,9 @@
 //! One of the two places with `unsafe` (the other: esc-vim's death signal
 //! for its VNF children): sending a raw Ethernet frame (gratuitous
 //! ARP) through an `AF_PACKET` socket, which needs a `sockaddr_ll` that no
-//! safe wrapper builds (socket2 and nix only take it from raw memory).
+//! safe wrapper builds (socket2 and nix only take it from raw memory), and
+//! the HA agent thread's real-time scheduling (nix has no
+//! `sched_setscheduler`).
 //! Everything else about the interface is read from `/sys/class/net`.
 
 #![allow(unsafe_code)]
@@ -92,9 +94,42 @@ pub fn send_frame(ifindex: u32, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs the calling thread under `SCHED_RR` at `priority` (1..=99), with
+/// `SCHED_RESET_ON_FORK`: threads and processes it starts (the runtime's
+/// blocking pool, the VIP guard) run at normal priority (sched(7)).
+/// keepalived's `vrrp_rt_priority` does the same for its VRRP process.
+pub fn set_realtime(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    let r =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_runs_at_real_time_priority_where_allowed() {
+        std::thread::spawn(|| match set_realtime(1) {
+            Ok(()) => {
+                // SAFETY: no arguments but the calling thread.
+                let policy = unsafe { libc::sched_getscheduler(0) };
+                assert_eq!(policy & !libc::SCHED_RESET_ON_FORK, libc::SCHED_RR);
+                assert!(policy & libc::SCHED_RESET_ON_FORK != 0);
+            }
+            // Not root and no RLIMIT_RTPRIO: the daemon warns and goes on.
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn garp_frame_layout() {
