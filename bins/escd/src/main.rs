@@ -22,7 +22,7 @@ struct Args {
     /// secret and `store.data_dir` of esc.toml.
     #[arg(long)]
     witness: bool,
-    /// Internal: the VIP guard child (`<interface>=<vip>/<prefix>`) that
+    /// Internal: the VIP guard child (`<interface>=<vip>`) that
     /// removes the VIP once its parent escd is gone.
     #[arg(long, hide = true)]
     vip_guard: Option<String>,

@@ -5,7 +5,7 @@
 //! relying on an init system.
 //!
 //! ```text
-//!   escd ──spawns──> escd --vip-guard eth0=192.0.2.100/24
+//!   escd ──spawns──> escd --vip-guard eth0=192.0.2.100
 //!     │  (the child's stdin is a pipe whose only writer is escd)
 //!     └─ dies (any signal, a panic, exit): the kernel closes the pipe,
 //!        the guard reads EOF, deletes the address (netlink), exits.
@@ -37,28 +37,21 @@ pub fn set_program(path: PathBuf) {
     let _ = PROGRAM.set(path);
 }
 
-/// The flag's value: `<interface>=<vip>/<prefix>`.
-fn spec(interface: &str, vip: (Ipv4Addr, u8)) -> String {
-    format!("{interface}={}/{}", vip.0, vip.1)
+/// The flag's value: `<interface>=<vip>` (the address is removed by
+/// itself, whatever its prefix).
+fn spec(interface: &str, vip: Ipv4Addr) -> String {
+    format!("{interface}={vip}")
 }
 
-fn parse(spec: &str) -> Result<(String, Ipv4Addr, u8), String> {
-    let (iface, net) = spec
+fn parse(spec: &str) -> Result<(String, Ipv4Addr), String> {
+    let (iface, ip) = spec
         .split_once('=')
-        .ok_or_else(|| format!("{spec:?}: expected <interface>=<vip>/<prefix>"))?;
-    let (ip, len) = net
-        .split_once('/')
-        .ok_or_else(|| format!("{net:?}: expected <vip>/<prefix>"))?;
+        .ok_or_else(|| format!("{spec:?}: expected <interface>=<vip>"))?;
     let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("prefix length {len:?} must be 0..=32"))?;
     if iface.is_empty() {
         return Err("the interface name is empty".into());
     }
-    Ok((iface.to_string(), ip, len))
+    Ok((iface.to_string(), ip))
 }
 
 /// The running guard of one VIP.
@@ -71,7 +64,7 @@ pub(crate) struct Guard {
 
 impl Guard {
     /// Starts the guard, if the daemon named its program.
-    pub(crate) fn start(interface: &str, vip: (Ipv4Addr, u8)) -> Option<Guard> {
+    pub(crate) fn start(interface: &str, vip: Ipv4Addr) -> Option<Guard> {
         let program = PROGRAM.get()?;
         let spec = spec(interface, vip);
         match Self::spawn(program, &spec) {
@@ -114,10 +107,10 @@ impl Guard {
     }
 }
 
-/// `escd --vip-guard <interface>=<vip>/<prefix>`: waits for its stdin to
-/// end, then removes the VIP. Returns the process's exit code.
+/// `escd --vip-guard <interface>=<vip>`: waits for its stdin to end, then
+/// removes the VIP. Returns the process's exit code.
 pub fn run(spec: &str) -> i32 {
-    let (iface, ip, _len) = match parse(spec) {
+    let (iface, ip) = match parse(spec) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("escd --vip-guard: {e}");
@@ -174,10 +167,22 @@ pub fn run(spec: &str) -> i32 {
 
 /// Deletes `ip` from `iface` if present; whether it was.
 async fn remove(iface: &str, ip: Ipv4Addr) -> Result<bool, String> {
-    use futures::TryStreamExt;
     let (ifindex, _) = super::sys::interface(iface).map_err(|e| e.to_string())?;
     let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    remove_address(&h, ifindex, ip)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes every instance of `ip` on interface `ifindex`; whether there
+/// was one (the speaker's removal and the guard's).
+pub(crate) async fn remove_address(
+    h: &rtnetlink::Handle,
+    ifindex: u32,
+    ip: Ipv4Addr,
+) -> Result<bool, rtnetlink::Error> {
+    use futures::TryStreamExt;
     let mut found = h
         .address()
         .get()
@@ -185,12 +190,8 @@ async fn remove(iface: &str, ip: Ipv4Addr) -> Result<bool, String> {
         .set_address_filter(IpAddr::V4(ip))
         .execute();
     let mut removed = false;
-    while let Some(msg) = found.try_next().await.map_err(|e| e.to_string())? {
-        h.address()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(|e| e.to_string())?;
+    while let Some(msg) = found.try_next().await? {
+        h.address().del(msg).execute().await?;
         removed = true;
     }
     Ok(removed)
@@ -202,19 +203,13 @@ mod tests {
 
     #[test]
     fn the_flag_round_trips_and_bad_ones_are_refused() {
-        let s = spec("eth0", (Ipv4Addr::new(192, 0, 2, 100), 24));
-        assert_eq!(s, "eth0=192.0.2.100/24");
+        let s = spec("eth0", Ipv4Addr::new(192, 0, 2, 100));
+        assert_eq!(s, "eth0=192.0.2.100");
         assert_eq!(
             parse(&s).unwrap(),
-            ("eth0".to_string(), Ipv4Addr::new(192, 0, 2, 100), 24)
+            ("eth0".to_string(), Ipv4Addr::new(192, 0, 2, 100))
         );
-        for bad in [
-            "eth0",
-            "=192.0.2.1/24",
-            "eth0=192.0.2.1",
-            "eth0=x/24",
-            "eth0=192.0.2.1/33",
-        ] {
+        for bad in ["eth0", "=192.0.2.1", "eth0=x", "eth0=192.0.2.1/24"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -138,7 +138,7 @@ impl Speaker {
             warn!(target: HA, vip = %sp.cfg.vip, "removed a stale VIP left by an earlier run");
         }
         let mut sp = sp;
-        sp.guard = super::vip_guard::Guard::start(&sp.cfg.interface, sp.vip);
+        sp.guard = super::vip_guard::Guard::start(&sp.cfg.interface, sp.vip.0);
         info!(target: HA, interface = %sp.cfg.interface, vrid = sp.cfg.vrid(), priority = sp.cfg.priority,
               version = sp.cfg.version, src = %src, "VRRP speaker starting");
         Ok(sp)
@@ -404,18 +404,8 @@ impl Speaker {
     /// Removes the VIP if present; says whether it was.
     pub(crate) async fn remove_vip(&self) -> crate::Result<bool> {
         self.quiet();
-        let mut found = self
-            .netlink
-            .address()
-            .get()
-            .set_link_index_filter(self.ifindex)
-            .set_address_filter(IpAddr::V4(self.vip.0))
-            .execute();
-        let mut removed = false;
-        while let Some(msg) = found.try_next().await? {
-            self.netlink.address().del(msg).execute().await?;
-            removed = true;
-        }
+        let removed =
+            super::vip_guard::remove_address(&self.netlink, self.ifindex, self.vip.0).await?;
         if removed {
             info!(target: HA, vip = %self.cfg.vip, "VIP removed");
         }
