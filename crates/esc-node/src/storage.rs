@@ -253,23 +253,11 @@ pub fn spawn(
         data_dir,
         events: events_tx,
     });
-    let run = |name: &str, f: Box<dyn FnOnce() -> Result<(), StorageError> + Send>| {
-        let events = w.events.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                if let Err(e) = f() {
-                    let _ = events.send(StorageEvent::Failed {
-                        error: e.to_string(),
-                    });
-                }
-            })
-            .map(|_| ())
-    };
-    let lw = w.clone();
-    run("esc-log", Box::new(move || lw.run_log(log_rx)))?;
-    let aw = w.clone();
-    run("esc-apply", Box::new(move || aw.run_apply(apply_rx)))?;
+    let (lw, aw) = (w.clone(), w);
+    worker_thread("esc-log", lw.events.clone(), move || lw.run_log(log_rx))?;
+    worker_thread("esc-apply", aw.events.clone(), move || {
+        aw.run_apply(apply_rx)
+    })?;
     Ok(Storage {
         jobs: Jobs {
             log: log_tx,
@@ -277,6 +265,25 @@ pub fn spawn(
         },
         events: events_rx,
     })
+}
+
+/// Runs `work` on a thread called `name`; its error, if it stops on one,
+/// goes to the owner as `Failed`.
+fn worker_thread(
+    name: &str,
+    events: mpsc::UnboundedSender<StorageEvent>,
+    work: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = work() {
+                let _ = events.send(StorageEvent::Failed {
+                    error: e.to_string(),
+                });
+            }
+        })
+        .map(|_| ())
 }
 
 /// Streams the store's state to a follower on its bulk lane, from one read
