@@ -41,6 +41,12 @@ pub const GRANT_ANSWER_MS: u64 = 1_000;
 /// the first request (bounded by the release's round trip, and by
 /// `switchover_timeout_ms`; the witness still decides).
 pub const HANDOVER_GRANT_RETRY_MS: u64 = 10;
+/// After the primary's kernel closed the replication link (its process
+/// died), a refused promotion request is sent again this soon, for
+/// `PEER_CLOSED_FAST_MS`: the witness may see the same process's witness
+/// connection close a moment after the standby's request arrives.
+pub const PEER_CLOSED_GRANT_RETRY_MS: u64 = 10;
+pub const PEER_CLOSED_FAST_MS: u64 = 100;
 
 /// Two-node mode's timing (docs/architecture.md, "fencing by time"), one
 /// formula for the runtime and the simulation.
@@ -166,6 +172,12 @@ pub struct ReplView {
     pub last_index: u64,
     /// Primary: a follower is connected. Standby: the link to the primary is up.
     pub linked: bool,
+    /// Standby, link gone: the primary's kernel ended it (end of stream or
+    /// a reset), so its process died or closed it; a partition or a
+    /// powered-off host only times out. Witness mode asks the witness at
+    /// once on it, without waiting for VRRP's Master_Down_Interval.
+    #[serde(default)]
+    pub peer_closed: bool,
     /// Primary: the follower is in sync (holds every committed entry).
     /// Standby: promoting now would lose no acknowledged write (two-node rule).
     pub in_sync: bool,
@@ -335,6 +347,8 @@ pub struct Authority {
     /// When the core last refused a checked promotion: automatic attempts
     /// pause for `witness_retry_ms` x 10 after it.
     refused_at_ms: Option<u64>,
+    /// Since when the view has said `peer_closed` (fast grant retries).
+    peer_closed_since_ms: Option<u64>,
     /// The last `CommitAlone` command: (on, seq).
     alone_cmd: (bool, u64),
     // Witness mode.
@@ -381,6 +395,7 @@ impl Authority {
             term: None,
             grant_in_flight: false,
             refused_at_ms: None,
+            peer_closed_since_ms: None,
             handed_over: None,
             vip_hold: None,
             alone_cmd: (false, 0),
@@ -480,6 +495,10 @@ impl Authority {
                 if r.primary && self.role == Role::Primary && self.awaiting_primary.is_none() {
                     self.term = Some(r.epoch);
                 }
+                self.peer_closed_since_ms = match (r.peer_closed, self.peer_closed_since_ms) {
+                    (false, _) => None,
+                    (true, since) => Some(since.unwrap_or(self.now_ms)),
+                };
                 self.repl = Some(r);
             }
             Input::Health(h) => self.health = h,
@@ -1060,11 +1079,28 @@ impl Authority {
                         && v.state == VrrpState::Backup
                         && v.master_priority.is_some_and(|p| p < PRIMARY_PRIORITY))
             });
-        if !vrrp_says_down {
+        // Witness mode: a link the primary's kernel closed means its
+        // process died (its witness connection closed too, which ends its
+        // lease) or that it closed the link itself. Either way the witness
+        // decides: it grants only a lapsed or released lease, so asking now
+        // is safe, and a SIGKILL of escd costs a round trip, not VRRP's
+        // Master_Down_Interval. Two-node mode has no such arbiter: a close
+        // does not prove the primary stopped writing, so both detectors.
+        let closed = self.cfg.witness && r.peer_closed;
+        if !vrrp_says_down && !closed {
             return;
         }
         if self.cfg.witness {
-            if self.grant_due() {
+            let fast = closed
+                && self
+                    .peer_closed_since_ms
+                    .is_some_and(|t| self.now_ms < t + PEER_CLOSED_FAST_MS);
+            let due = if fast {
+                self.grant_due_every(PEER_CLOSED_GRANT_RETRY_MS)
+            } else {
+                self.grant_due()
+            };
+            if due {
                 self.request_grant(r, false, out);
             }
         } else if r.blocker.is_none() {

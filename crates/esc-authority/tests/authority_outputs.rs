@@ -27,6 +27,7 @@ fn standby_view() -> ReplView {
         last_epoch: 3,
         last_index: 10,
         linked: true,
+        peer_closed: false,
         in_sync: true,
         blocker: Some("the primary is still connected".into()),
         drained: false,
@@ -164,6 +165,7 @@ fn witness_primary() -> Authority {
         last_epoch: 0,
         last_index: 0,
         linked: false,
+        peer_closed: false,
         in_sync: false,
         blocker: None,
         ..standby_view()
@@ -202,6 +204,7 @@ fn primary_view_seq(in_sync: bool, commit_alone: bool, commit_alone_seq: u64) ->
         last_epoch: 1,
         last_index: 0,
         linked: in_sync,
+        peer_closed: false,
         in_sync,
         blocker: None,
         drained: in_sync,
@@ -523,6 +526,7 @@ fn a_standby_handed_the_role_retries_a_refused_grant_soon() {
     let mut a = started(true);
     let handed = ReplView {
         linked: false,
+        peer_closed: false,
         blocker: None,
         handover: true,
         ..standby_view()
@@ -549,4 +553,70 @@ fn a_standby_handed_the_role_retries_a_refused_grant_soon() {
     let out = a.handle(10 + HANDOVER_GRANT_RETRY_MS, Input::Tick);
     assert!(out.contains(&Output::ToWitness(req)), "{out:?}");
     assert!(HANDOVER_GRANT_RETRY_MS < cfg(true).witness_retry_ms);
+}
+
+#[test]
+fn a_link_the_primary_closed_asks_the_witness_at_once_in_witness_mode_only() {
+    use esc_authority::authority::{PEER_CLOSED_FAST_MS, PEER_CLOSED_GRANT_RETRY_MS};
+    let closed = ReplView {
+        linked: false,
+        peer_closed: true,
+        blocker: None,
+        ..standby_view()
+    };
+    let req = WitnessRequest::Promote {
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 10,
+        force: false,
+    };
+    let denied = |at| Input::Witness {
+        request: req.clone(),
+        reply: WitnessReply::Denied {
+            reason: "the primary's lease is valid for 3 ms more".into(),
+        },
+        sent_at_ms: at,
+    };
+    // Witness mode, VRRP still Backup (no Master_Down_Interval has passed).
+    let mut a = started(true);
+    a.handle(5, vrrp(VrrpState::Backup));
+    let out = a.handle(10, Input::Repl(closed.clone()));
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    // Refused (the witness had not yet seen the primary's connection close):
+    // asked again soon while the close is fresh.
+    assert!(a.handle(11, denied(10)).is_empty());
+    let out = a.handle(10 + PEER_CLOSED_GRANT_RETRY_MS, Input::Tick);
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    let mut sent = 10 + PEER_CLOSED_GRANT_RETRY_MS;
+    let fast_until = 10 + PEER_CLOSED_FAST_MS;
+    while sent + PEER_CLOSED_GRANT_RETRY_MS < fast_until {
+        assert!(a.handle(sent + 1, denied(sent)).is_empty());
+        sent += PEER_CLOSED_GRANT_RETRY_MS;
+        let out = a.handle(sent, Input::Tick);
+        assert_eq!(out, vec![Output::ToWitness(req.clone())], "at {sent}");
+    }
+    // Past the fast window, at the ordinary retry interval only.
+    a.handle(sent + 1, denied(sent));
+    let out = a.handle(fast_until + PEER_CLOSED_GRANT_RETRY_MS, Input::Tick);
+    assert!(out.is_empty(), "{out:?}");
+    let out = a.handle(sent + cfg(true).witness_retry_ms, Input::Tick);
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    // A link that only timed out (a partition, a powered-off host) waits
+    // for VRRP as before.
+    let mut b = started(true);
+    b.handle(5, vrrp(VrrpState::Backup));
+    let timed_out = ReplView {
+        peer_closed: false,
+        ..closed.clone()
+    };
+    assert!(b.handle(10, Input::Repl(timed_out)).is_empty());
+    // Two-node mode never promotes on a close alone: nothing arbitrates.
+    let mut c = started(false);
+    c.handle(5, vrrp(VrrpState::Backup));
+    let out = c.handle(10, Input::Repl(closed));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Promote { .. })),
+        "{out:?}"
+    );
+    assert_eq!(c.role(), Role::Standby);
 }

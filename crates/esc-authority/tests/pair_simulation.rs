@@ -164,6 +164,9 @@ struct Node {
     /// Witness client: queued requests, and the one in flight.
     w_queue: VecDeque<WitnessRequest>,
     w_inflight: Option<(WitnessRequest, u64)>,
+    /// The link that carried the primary's Appends was closed by the
+    /// peer's kernel (as esc-node's owner tracks it: `ReplView::peer_closed`).
+    upstream_closed: bool,
 }
 
 impl Node {
@@ -192,6 +195,7 @@ impl Node {
             admission: false,
             w_queue: VecDeque::new(),
             w_inflight: None,
+            upstream_closed: false,
         }
     }
 
@@ -222,6 +226,7 @@ impl Node {
             last_epoch,
             last_index,
             linked: c.linked(),
+            peer_closed: self.upstream_closed && !c.linked() && c.role() == Role::Standby,
             in_sync: c.in_sync(),
             blocker: c.promotion_blocker(),
             drained: c.drained(),
@@ -344,6 +349,7 @@ impl Sim {
         n.applied = n.applied_durable.0;
         n.state = n.applied_durable.1.clone();
         n.conn = None;
+        n.upstream_closed = false;
         n.disk_failed = false;
         n.to_core.clear();
         n.to_agent.clear();
@@ -388,7 +394,7 @@ impl Sim {
         if self.trace {
             eprintln!("{} CRASH n{i}", self.now);
         }
-        self.cut();
+        self.cut(Some(i));
         let run = self.runs[i];
         let n = &mut self.nodes[i];
         let (core, auth) = (n.core.take(), n.auth.take());
@@ -532,6 +538,9 @@ impl Sim {
     /// The owner task reports the core's view to the agent, on change.
     fn report(&mut self, i: usize) {
         let n = &mut self.nodes[i];
+        if n.core.as_ref().is_some_and(|c| c.linked()) {
+            n.upstream_closed = false;
+        }
         let Some(v) = n.repl_view() else { return };
         if n.last_view.as_ref() != Some(&v) {
             n.last_view = Some(v.clone());
@@ -549,7 +558,7 @@ impl Sim {
                 }
                 Output::Disconnect { conn, .. } => {
                     if self.nodes[i].conn == Some(conn) {
-                        self.cut();
+                        self.cut(Some(i));
                     }
                 }
                 Output::Refuse { token, .. } => {
@@ -724,13 +733,23 @@ impl Sim {
 
     // ----- network ------------------------------------------------------
 
-    fn cut(&mut self) {
+    /// The link ends: closed by node `closer` (its core, or its kernel as
+    /// it crashed), or reset for both (`None`). A side learns it was the
+    /// peer that ended it when the close reaches it (the path is open).
+    fn cut(&mut self, closer: Option<usize>) {
         if !self.link_up {
             return;
         }
         self.link_up = false;
         self.wire = [VecDeque::new(), VecDeque::new()];
         for i in 0..2 {
+            let by_peer = match closer {
+                Some(c) => c != i && !self.blocked[c][i],
+                None => true,
+            };
+            if by_peer && self.nodes[i].core.as_ref().is_some_and(|c| c.linked()) {
+                self.nodes[i].upstream_closed = true;
+            }
             if let Some(c) = self.nodes[i].conn.take() {
                 self.input(i, Input::PeerDown { conn: c });
             }
@@ -1166,7 +1185,7 @@ impl Sim {
                     self.connect();
                 }
             }
-            9800..=9829 if self.faults => self.cut(),
+            9800..=9829 if self.faults => self.cut(None),
             9830..=9854 if self.faults => self.crash(i),
             9855..=9864 if self.faults => self.fail_disk(i),
             9865..=9889 if self.faults => self.partition(),

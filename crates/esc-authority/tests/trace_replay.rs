@@ -52,6 +52,7 @@ fn view(primary: bool, epoch: u64, linked: bool) -> ReplView {
         last_epoch: epoch,
         last_index: if epoch == 0 { 0 } else { 10 },
         linked,
+        peer_closed: false,
         in_sync: linked,
         blocker: (!primary && linked).then(|| "the primary is still connected".into()),
         drained: primary && linked,
@@ -193,6 +194,7 @@ fn switchover() -> (String, String, String) {
     // next epoch at once, and takes the role with it.
     let handed = ReplView {
         linked: false,
+        peer_closed: false,
         blocker: None,
         handover: true,
         ..view(false, 1, false)

@@ -137,6 +137,9 @@ pub enum NetEvent {
     Down {
         conn: ConnId,
         reason: String,
+        /// The peer's kernel ended the link (end of stream or a reset):
+        /// its process is gone or closed it, which a timeout does not tell.
+        by_peer: bool,
     },
     /// A standby peer told us where its durable log ends (cold start:
     /// architecture section 4, "has seen its peer and holds the fresher log").
@@ -245,6 +248,24 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
             Err(LinkError::Frame(FrameError::Incomplete { needed, have: 0 }))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+impl LinkError {
+    /// The peer's kernel ended the stream: a clean end or a reset. A frame
+    /// or MAC error, a timeout or a local failure says nothing of whether
+    /// the peer's process is alive.
+    fn by_peer(&self) -> bool {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, UnexpectedEof};
+        match self {
+            // The stream ended inside a frame: a writer killed mid-frame.
+            LinkError::Closed | LinkError::Frame(FrameError::Incomplete { .. }) => true,
+            LinkError::Io(e) => matches!(
+                e.kind(),
+                ConnectionReset | ConnectionAborted | UnexpectedEof
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -631,10 +652,10 @@ async fn spawn_conn(
     let mut rstop = closed;
     let reader = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
-        let reason = loop {
+        let (reason, by_peer) = loop {
             let read = tokio::select! {
                 r = read_frame(&mut rd, &mut buf, Some(&mut recv_mac)) => r,
-                _ = rstop.wait_for(|c| *c) => break "link closed by this node".to_string(),
+                _ = rstop.wait_for(|c| *c) => break ("link closed by this node".to_string(), false),
             };
             match read {
                 Ok(Some(Message::SnapshotChunk { items })) => {
@@ -642,10 +663,10 @@ async fn spawn_conn(
                     // store is behind (the primary's sends then wait too).
                     let window = tokio::select! {
                         w = rctx.snapshot_window.clone().acquire_owned() => w,
-                        _ = rstop.wait_for(|c| *c) => break "link closed by this node".to_string(),
+                        _ = rstop.wait_for(|c| *c) => break ("link closed by this node".to_string(), false),
                     };
                     let Ok(window) = window else {
-                        break "node stopping".to_string();
+                        break ("node stopping".to_string(), false);
                     };
                     if events
                         .send(NetEvent::SnapshotChunk {
@@ -656,25 +677,31 @@ async fn spawn_conn(
                         .await
                         .is_err()
                     {
-                        break "node stopping".to_string();
+                        break ("node stopping".to_string(), false);
                     }
                 }
                 Ok(Some(msg)) => {
                     if events.send(NetEvent::Received { conn, msg }).await.is_err() {
-                        break "node stopping".to_string();
+                        break ("node stopping".to_string(), false);
                     }
                 }
-                Ok(None) => break "closed by peer".to_string(),
+                Ok(None) => break ("closed by peer".to_string(), true),
                 Err(e) => {
                     count(&rctx, &e);
                     warn!(target: HA, peer = %name, %addr, "dropping replication link: {e}");
-                    break e.to_string();
+                    break (e.to_string(), e.by_peer());
                 }
             }
         };
         // The writer ends too (after sending what is queued).
         rclose.send_replace(true);
-        let _ = events.send(NetEvent::Down { conn, reason }).await;
+        let _ = events
+            .send(NetEvent::Down {
+                conn,
+                reason,
+                by_peer,
+            })
+            .await;
     });
     info!(target: HA, conn, peer = %peer_name, %addr, "replication link up");
     let _ = ctx

@@ -96,6 +96,10 @@ pub struct Owner {
     /// The store failed: this process neither persists nor follows again
     /// (a restart recovers the store at open).
     store_failed: bool,
+    /// Standby: the link that carried the primary's `Append`s was ended by
+    /// the primary's kernel (end of stream or reset), not by a timeout, and
+    /// no link has carried them since (`ReplView::peer_closed`).
+    upstream_closed: bool,
 }
 
 /// What the owner is built from.
@@ -111,14 +115,16 @@ pub struct OwnerParts {
 }
 
 /// What the role authority needs to know of the replication core.
-fn repl_view(core: &Core) -> esc_authority::ReplView {
+fn repl_view(core: &Core, upstream_closed: bool) -> esc_authority::ReplView {
     let (last_epoch, last_index) = core.durable_position();
+    let linked = core.linked();
     esc_authority::ReplView {
         primary: core.role() == Role::Primary,
         epoch: core.epoch(),
         last_epoch,
         last_index,
-        linked: core.linked(),
+        linked,
+        peer_closed: upstream_closed && !linked && core.role() == Role::Standby,
         in_sync: core.in_sync(),
         blocker: core.promotion_blocker(),
         drained: core.drained(),
@@ -154,6 +160,7 @@ impl Owner {
             allow_fault_injection: p.cfg.debug.allow_fault_injection,
             api_dead: p.api_dead,
             store_failed: false,
+            upstream_closed: false,
         }
     }
 
@@ -271,7 +278,10 @@ impl Owner {
         self.out
             .position
             .send_if_modified(|p| std::mem::replace(p, pos) != pos);
-        let v = repl_view(&self.core);
+        if self.core.linked() {
+            self.upstream_closed = false;
+        }
+        let v = repl_view(&self.core, self.upstream_closed);
         if self.last_view.as_ref() != Some(&v) {
             // A full queue drops the view; the next change sends a fresh one.
             if self
@@ -512,9 +522,20 @@ impl Owner {
             } => {
                 self.peer_position(&peer_name, last_epoch, last_index);
             }
-            NetEvent::Down { conn, reason } => {
+            NetEvent::Down {
+                conn,
+                reason,
+                by_peer,
+            } => {
                 if let Some(c) = self.conns.remove(&conn) {
-                    info!(target: HA, conn, peer = %c.peer_name, %reason, "replication link down");
+                    info!(target: HA, conn, peer = %c.peer_name, %reason, by_peer, "replication link down");
+                    // Set before the core hears of it, so the view that
+                    // reports the link gone carries it; a close of another
+                    // link than the upstream leaves the core linked, and
+                    // `report_view` clears it again.
+                    if by_peer && self.core.linked() {
+                        self.upstream_closed = true;
+                    }
                     self.snapshot_streams.remove(&conn);
                     if self.snapshot_conn == Some(conn) {
                         self.drop_stage();
