@@ -69,6 +69,11 @@ enum Cmd {
         /// Busy threads competing for the CPUs during the run.
         #[arg(long, default_value_t = 0)]
         cpu_load: usize,
+        /// Threads writing 1 MiB blocks, each followed by an fdatasync, to
+        /// a file on the nodes' volume (the temporary directory) during the
+        /// run: a disk-heavy neighbour, like `dd oflag=dsync`.
+        #[arg(long, default_value_t = 0)]
+        disk_load: usize,
     },
     /// Each failure class `runs` times per state size; table and JSON.
     Bench {
@@ -134,12 +139,16 @@ fn main() -> ExitCode {
                 minutes,
                 no_faults,
                 cpu_load,
+                disk_load,
             } => chaos(
                 &bins,
                 *seed,
                 *minutes,
                 *no_faults,
-                *cpu_load,
+                Load {
+                    cpu: *cpu_load,
+                    disk: *disk_load,
+                },
                 &args.history_dir,
             ),
             Cmd::Bench {
@@ -324,12 +333,55 @@ fn cpu_load(n: usize, stop: Arc<AtomicBool>, until: Instant) -> Vec<std::thread:
         .collect()
 }
 
+/// Blocks of 1 MiB written and made durable one by one until `stop`, by
+/// `n` threads, each over its own file of at most 256 MiB (rewritten from
+/// the start), removed at the end. Returns the threads; each answers how
+/// many blocks it synced.
+fn disk_load(
+    n: usize,
+    stop: Arc<AtomicBool>,
+    until: Instant,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<u64>>> {
+    use std::io::{Seek, Write};
+    const BLOCK: usize = 1 << 20;
+    const BLOCKS_MAX: u64 = 256;
+    let mut threads = Vec::new();
+    for i in 0..n {
+        let mut f = tempfile::Builder::new()
+            .prefix(&format!("esc-lab-disk-load-{i}-"))
+            .tempfile()?;
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let block = vec![0x5au8; BLOCK];
+            let mut synced = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                if synced.is_multiple_of(BLOCKS_MAX) && f.rewind().is_err() {
+                    break;
+                }
+                if f.write_all(&block).is_err() || f.as_file().sync_data().is_err() {
+                    break;
+                }
+                synced += 1;
+            }
+            synced
+        }));
+    }
+    Ok(threads)
+}
+
+/// What competes with the pair during a chaos run.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    cpu: usize,
+    disk: usize,
+}
+
 fn chaos(
     bins: &Bins,
     seed: Option<u64>,
     minutes: u64,
     no_faults: bool,
-    load: usize,
+    load: Load,
     history_dir: &std::path::Path,
 ) -> anyhow::Result<bool> {
     let seed = seed.unwrap_or_else(|| rand::thread_rng().gen());
@@ -350,7 +402,9 @@ fn chaos(
     let mut p = c.wait_ready()?;
     let end = Instant::now() + Duration::from_secs(minutes * 60);
     let stop = Arc::new(AtomicBool::new(false));
-    let loaders = cpu_load(load, stop.clone(), end + Duration::from_secs(60));
+    let loaders = cpu_load(load.cpu, stop.clone(), end + Duration::from_secs(60));
+    let started = Instant::now();
+    let disk = disk_load(load.disk, stop.clone(), end + Duration::from_secs(60))?;
     let w = Workload::start(&c, 4, usize::MAX, "chaos");
     // Role changes are counted from the nodes' HA logs once the pair is
     // settled: in sync replication the first acknowledged writes mean the
@@ -416,6 +470,15 @@ fn chaos(
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();
+    }
+    if load.disk > 0 {
+        let blocks: u64 = disk.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "disk load: {} threads, {blocks} blocks of 1 MiB each made durable: {:.1} MiB/s and as many fdatasyncs/s",
+            load.disk,
+            blocks as f64 / secs
+        );
     }
     let v = check(&c, &history, 0)?;
     let false_takeovers = if no_faults {

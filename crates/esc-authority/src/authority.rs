@@ -41,12 +41,15 @@ pub const GRANT_ANSWER_MS: u64 = 1_000;
 /// the first request (bounded by the release's round trip, and by
 /// `switchover_timeout_ms`; the witness still decides).
 pub const HANDOVER_GRANT_RETRY_MS: u64 = 10;
-/// After the primary's kernel closed the replication link (its process
-/// died), a refused promotion request is sent again this soon, for
-/// `PEER_CLOSED_FAST_MS`: the witness may see the same process's witness
-/// connection close a moment after the standby's request arrives.
-pub const PEER_CLOSED_GRANT_RETRY_MS: u64 = 10;
-pub const PEER_CLOSED_FAST_MS: u64 = 100;
+/// Once a standby in witness mode has direct evidence that the primary
+/// stopped leading (its kernel closed the replication link, or it
+/// advertises a standby's VRRP priority: it stepped down), a refused
+/// promotion request is sent again this soon, for `GONE_FAST_MS`: the
+/// witness may learn of the end of the lease (the dead process's witness
+/// connection closing, the release of a primary stepping down) a moment
+/// after the standby's request arrives.
+pub const GONE_GRANT_RETRY_MS: u64 = 10;
+pub const GONE_FAST_MS: u64 = 100;
 
 /// Two-node mode's timing (docs/architecture.md, "fencing by time"), one
 /// formula for the runtime and the simulation.
@@ -347,8 +350,9 @@ pub struct Authority {
     /// When the core last refused a checked promotion: automatic attempts
     /// pause for `witness_retry_ms` x 10 after it.
     refused_at_ms: Option<u64>,
-    /// Since when the view has said `peer_closed` (fast grant retries).
-    peer_closed_since_ms: Option<u64>,
+    /// Since when this standby has had evidence that the primary stopped
+    /// leading (fast grant retries: `GONE_FAST_MS`).
+    gone_since_ms: Option<u64>,
     /// The last `CommitAlone` command: (on, seq).
     alone_cmd: (bool, u64),
     // Witness mode.
@@ -395,7 +399,7 @@ impl Authority {
             term: None,
             grant_in_flight: false,
             refused_at_ms: None,
-            peer_closed_since_ms: None,
+            gone_since_ms: None,
             handed_over: None,
             vip_hold: None,
             alone_cmd: (false, 0),
@@ -495,10 +499,6 @@ impl Authority {
                 if r.primary && self.role == Role::Primary && self.awaiting_primary.is_none() {
                     self.term = Some(r.epoch);
                 }
-                self.peer_closed_since_ms = match (r.peer_closed, self.peer_closed_since_ms) {
-                    (false, _) => None,
-                    (true, since) => Some(since.unwrap_or(self.now_ms)),
-                };
                 self.repl = Some(r);
             }
             Input::Health(h) => self.health = h,
@@ -1033,6 +1033,28 @@ impl Authority {
 
     /// A standby decides whether to take over.
     fn maybe_take_over(&mut self, r: &ReplView, out: &mut Vec<Output>) {
+        // Witness mode: direct evidence that the primary stopped leading,
+        // which the witness can confirm at once (it grants only a lapsed or
+        // released lease, so asking on it is safe):
+        // - the primary's kernel closed the link: its process died (its
+        //   witness connection closed too, which ends its lease) or it
+        //   closed the link itself;
+        // - the master we hear advertises a standby's priority: the
+        //   primary stepped down (and released its lease), though its
+        //   link may still look alive (a one-way partition into it: its
+        //   heartbeats still arrive while it hears nothing).
+        // A SIGKILL of escd then costs a round trip, not the
+        // Master_Down_Interval or the replication timeout. Two-node mode
+        // has no arbiter: neither proves the primary stopped writing, so
+        // both detectors must agree there.
+        let closed = self.cfg.witness && r.peer_closed;
+        let stepped_down = self.cfg.witness
+            && self.vrrp.is_some_and(|v| {
+                v.state == VrrpState::Backup
+                    && v.master_priority.is_some_and(|p| p < PRIMARY_PRIORITY)
+            });
+        let gone = closed || stepped_down;
+        self.gone_since_ms = gone.then(|| self.gone_since_ms.unwrap_or(self.now_ms));
         if self
             .handed_over
             .is_some_and(|(_, epoch)| r.linked && r.epoch > epoch)
@@ -1065,38 +1087,27 @@ impl Authority {
             }
             return;
         }
-        if !self.cfg.auto_takeover || r.linked {
+        if !self.cfg.auto_takeover || (r.linked && !stepped_down) {
             return;
         }
-        // Both detectors agree: no replication link, and VRRP says the
-        // primary is down (or no VRRP is configured): we are VRRP master,
-        // or the master we hear advertises a standby's priority (no primary
-        // is alive: in witness mode the one the witness favours may be us).
+        // Both detectors agree: no replication link (or, in witness mode,
+        // a primary that stepped down), and VRRP says the primary is down
+        // (or no VRRP is configured): we are VRRP master, or the master we
+        // hear advertises a standby's priority (no primary is alive: in
+        // witness mode the one the witness favours may be us). Or the
+        // primary's kernel closed the link (witness mode, above).
         let vrrp_says_down = !self.cfg.vrrp
-            || self.vrrp.is_some_and(|v| {
-                v.state == VrrpState::Master
-                    || (self.cfg.witness
-                        && v.state == VrrpState::Backup
-                        && v.master_priority.is_some_and(|p| p < PRIMARY_PRIORITY))
-            });
-        // Witness mode: a link the primary's kernel closed means its
-        // process died (its witness connection closed too, which ends its
-        // lease) or that it closed the link itself. Either way the witness
-        // decides: it grants only a lapsed or released lease, so asking now
-        // is safe, and a SIGKILL of escd costs a round trip, not VRRP's
-        // Master_Down_Interval. Two-node mode has no such arbiter: a close
-        // does not prove the primary stopped writing, so both detectors.
-        let closed = self.cfg.witness && r.peer_closed;
+            || stepped_down
+            || self.vrrp.is_some_and(|v| v.state == VrrpState::Master);
         if !vrrp_says_down && !closed {
             return;
         }
         if self.cfg.witness {
-            let fast = closed
-                && self
-                    .peer_closed_since_ms
-                    .is_some_and(|t| self.now_ms < t + PEER_CLOSED_FAST_MS);
+            let fast = self
+                .gone_since_ms
+                .is_some_and(|t| self.now_ms < t + GONE_FAST_MS);
             let due = if fast {
-                self.grant_due_every(PEER_CLOSED_GRANT_RETRY_MS)
+                self.grant_due_every(GONE_GRANT_RETRY_MS)
             } else {
                 self.grant_due()
             };

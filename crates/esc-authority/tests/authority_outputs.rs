@@ -557,7 +557,7 @@ fn a_standby_handed_the_role_retries_a_refused_grant_soon() {
 
 #[test]
 fn a_link_the_primary_closed_asks_the_witness_at_once_in_witness_mode_only() {
-    use esc_authority::authority::{PEER_CLOSED_FAST_MS, PEER_CLOSED_GRANT_RETRY_MS};
+    use esc_authority::authority::{GONE_FAST_MS, GONE_GRANT_RETRY_MS};
     let closed = ReplView {
         linked: false,
         peer_closed: true,
@@ -585,19 +585,19 @@ fn a_link_the_primary_closed_asks_the_witness_at_once_in_witness_mode_only() {
     // Refused (the witness had not yet seen the primary's connection close):
     // asked again soon while the close is fresh.
     assert!(a.handle(11, denied(10)).is_empty());
-    let out = a.handle(10 + PEER_CLOSED_GRANT_RETRY_MS, Input::Tick);
+    let out = a.handle(10 + GONE_GRANT_RETRY_MS, Input::Tick);
     assert_eq!(out, vec![Output::ToWitness(req.clone())]);
-    let mut sent = 10 + PEER_CLOSED_GRANT_RETRY_MS;
-    let fast_until = 10 + PEER_CLOSED_FAST_MS;
-    while sent + PEER_CLOSED_GRANT_RETRY_MS < fast_until {
+    let mut sent = 10 + GONE_GRANT_RETRY_MS;
+    let fast_until = 10 + GONE_FAST_MS;
+    while sent + GONE_GRANT_RETRY_MS < fast_until {
         assert!(a.handle(sent + 1, denied(sent)).is_empty());
-        sent += PEER_CLOSED_GRANT_RETRY_MS;
+        sent += GONE_GRANT_RETRY_MS;
         let out = a.handle(sent, Input::Tick);
         assert_eq!(out, vec![Output::ToWitness(req.clone())], "at {sent}");
     }
     // Past the fast window, at the ordinary retry interval only.
     a.handle(sent + 1, denied(sent));
-    let out = a.handle(fast_until + PEER_CLOSED_GRANT_RETRY_MS, Input::Tick);
+    let out = a.handle(fast_until + GONE_GRANT_RETRY_MS, Input::Tick);
     assert!(out.is_empty(), "{out:?}");
     let out = a.handle(sent + cfg(true).witness_retry_ms, Input::Tick);
     assert_eq!(out, vec![Output::ToWitness(req.clone())]);
@@ -619,4 +619,37 @@ fn a_link_the_primary_closed_asks_the_witness_at_once_in_witness_mode_only() {
         "{out:?}"
     );
     assert_eq!(c.role(), Role::Standby);
+}
+
+#[test]
+fn a_linked_standby_asks_the_witness_once_the_primary_advertises_a_standby_priority() {
+    let req = WitnessRequest::Promote {
+        epoch: 3,
+        last_epoch: 3,
+        last_index: 10,
+        force: false,
+    };
+    let heard = |priority| {
+        Input::Vrrp(VrrpView {
+            state: VrrpState::Backup,
+            master_priority: Some(priority),
+            primary_adverts: 0,
+        })
+    };
+    // The primary advertises as primary: nothing to ask, link up or not.
+    let mut a = started(true);
+    assert!(a.handle(10, heard(PRIMARY_PRIORITY)).is_empty());
+    // It stepped down (a one-way partition into it: its heartbeats still
+    // arrive, so the link still looks alive): ask the witness now.
+    let out = a.handle(20, heard(100));
+    assert_eq!(out, vec![Output::ToWitness(req.clone())]);
+    // Two-node mode waits for the link to go as well.
+    let mut b = started(false);
+    b.handle(10, heard(PRIMARY_PRIORITY));
+    let out = b.handle(20, heard(100));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Promote { .. } | Output::ToWitness(_))),
+        "{out:?}"
+    );
 }

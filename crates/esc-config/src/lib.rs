@@ -165,9 +165,10 @@ impl Default for WitnessConfig {
             address: None,
             listen: "0.0.0.0:7790".parse().expect("static address"),
             // Six renewals per lease: a primary must miss five in a row
-            // (500 ms of silence) before the standby can be granted.
-            lease_ms: 600,
-            renew_interval_ms: 100,
+            // (250 ms of silence) before the standby can be granted
+            // (issue 13; docs/architecture.md, "Timing at the defaults").
+            lease_ms: 300,
+            renew_interval_ms: 50,
         }
     }
 }
@@ -226,7 +227,7 @@ pub struct VrrpConfig {
     #[serde(default = "default_priority")]
     pub priority: u8,
     /// Advertisement interval: a multiple of 10 ms within 10..=40950 (v3),
-    /// a multiple of 1000 ms within 1000..=255000 (v2). Absent: 100 ms for
+    /// a multiple of 1000 ms within 1000..=255000 (v2). Absent: 50 ms for
     /// v3, 1 s for v2 (see [`VrrpConfig::advert_interval_ms`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advert_interval_ms: Option<u32>,
@@ -261,15 +262,15 @@ pub struct VrrpConfig {
 fn default_priority() -> u8 {
     100
 }
-/// VRRPv3: 100 ms (centiseconds on the wire): Master_Down_Interval is then
-/// about 360 ms (RFC 5798 section 6.1), which sub-second takeover needs
-/// (issue 5); keepalived's 1 s is `advert_interval_ms = 1000`. VRRPv2
-/// counts whole seconds (RFC 3768): 1 s.
+/// VRRPv3: 50 ms (centiseconds on the wire): Master_Down_Interval is then
+/// about 180 ms at priority 100 (RFC 5798 section 6.1), inside the
+/// half-second takeover of issue 13; keepalived's 1 s is
+/// `advert_interval_ms = 1000`. VRRPv2 counts whole seconds (RFC 3768): 1 s.
 fn default_advert_interval_ms(version: u8) -> u32 {
     if version == 2 {
         1_000
     } else {
-        100
+        50
     }
 }
 fn default_vrrp_version() -> u8 {
@@ -530,9 +531,10 @@ impl Default for ReplicationConfig {
             secret: None,
             secret_file: None,
             async_lag_entries_max: 10_000,
-            // Sub-second takeover (issue 5): ten heartbeats per timeout.
+            // Half-second takeover (issue 13): five heartbeats per timeout
+            // (a busy link counts every Append as one).
             heartbeat_interval_ms: 50,
-            peer_timeout_ms: 500,
+            peer_timeout_ms: 250,
             batch_entries_max: 1_024,
         }
     }
