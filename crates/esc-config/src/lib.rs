@@ -926,7 +926,7 @@ concurrency_max = 64
         let v = c.vrrp.unwrap();
         assert_eq!(
             (v.vrid(), v.priority, v.advert_interval_cs(), v.preempt),
-            (100, 100, 10, false)
+            (100, 100, 5, false)
         );
         // VRRPv2 counts whole seconds: its default is 1 s.
         let v2 = parse(&format!("{GOOD}{vrrp}version = 2\n")).unwrap();
