@@ -538,7 +538,10 @@ impl Sim {
     /// The owner task reports the core's view to the agent, on change.
     fn report(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        if n.core.as_ref().is_some_and(|c| c.linked()) {
+        if n.core
+            .as_ref()
+            .is_some_and(|c| c.linked() || c.role() != Role::Standby)
+        {
             n.upstream_closed = false;
         }
         let Some(v) = n.repl_view() else { return };
@@ -747,7 +750,12 @@ impl Sim {
                 Some(c) => c != i && !self.blocked[c][i],
                 None => true,
             };
-            if by_peer && self.nodes[i].core.as_ref().is_some_and(|c| c.linked()) {
+            if by_peer
+                && self.nodes[i]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.role() == Role::Standby && c.linked())
+            {
                 self.nodes[i].upstream_closed = true;
             }
             if let Some(c) = self.nodes[i].conn.take() {

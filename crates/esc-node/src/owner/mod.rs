@@ -278,7 +278,9 @@ impl Owner {
         self.out
             .position
             .send_if_modified(|p| std::mem::replace(p, pos) != pos);
-        if self.core.linked() {
+        // Only a standby's lost upstream counts; a promotion, a link
+        // carrying Appends again, or a role of any other kind clears it.
+        if self.core.linked() || self.core.role() != Role::Standby {
             self.upstream_closed = false;
         }
         let v = repl_view(&self.core, self.upstream_closed);
@@ -533,7 +535,7 @@ impl Owner {
                     // reports the link gone carries it; a close of another
                     // link than the upstream leaves the core linked, and
                     // `report_view` clears it again.
-                    if by_peer && self.core.linked() {
+                    if by_peer && self.core.role() == Role::Standby && self.core.linked() {
                         self.upstream_closed = true;
                     }
                     self.snapshot_streams.remove(&conn);
