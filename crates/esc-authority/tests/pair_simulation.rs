@@ -226,7 +226,8 @@ impl Node {
             last_epoch,
             last_index,
             linked: c.linked(),
-            peer_closed: self.upstream_closed && !c.linked() && c.role() == Role::Standby,
+            // `report` keeps it to a standby without a link, as the owner does.
+            peer_closed: self.upstream_closed,
             in_sync: c.in_sync(),
             blocker: c.promotion_blocker(),
             drained: c.drained(),

@@ -115,16 +115,17 @@ pub struct OwnerParts {
 }
 
 /// What the role authority needs to know of the replication core.
-fn repl_view(core: &Core, upstream_closed: bool) -> esc_authority::ReplView {
+/// `peer_closed` is `Owner::upstream_closed`, which `report_view` keeps
+/// to a standby without a link.
+fn repl_view(core: &Core, peer_closed: bool) -> esc_authority::ReplView {
     let (last_epoch, last_index) = core.durable_position();
-    let linked = core.linked();
     esc_authority::ReplView {
         primary: core.role() == Role::Primary,
         epoch: core.epoch(),
         last_epoch,
         last_index,
-        linked,
-        peer_closed: upstream_closed && !linked && core.role() == Role::Standby,
+        linked: core.linked(),
+        peer_closed,
         in_sync: core.in_sync(),
         blocker: core.promotion_blocker(),
         drained: core.drained(),
