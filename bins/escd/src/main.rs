@@ -6,6 +6,13 @@ use esc_config::{Config, DEFAULT_HOME, DEFAULT_LOG_DIR};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: the write path allocates many small
+/// buffers on several threads (HTTP, JSON, the apply's records, redb's
+/// pages), and glibc's arenas spent about 5 % of both cores there (issue 13,
+/// `docs/benchmarks.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The esc node daemon: replicated store, northbound REST API, HA agent.
 #[derive(Parser, Debug)]
 #[command(version)]
