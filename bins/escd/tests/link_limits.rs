@@ -5,7 +5,11 @@
 //! - a replication link the node closes is closed for good, even while its
 //!   writer is stuck on a peer that stopped reading and a snapshot stream
 //!   still holds its queue;
-//! - the API checks credentials before it reads a request body.
+//! - the API checks credentials before it reads a request body;
+//! - the API holds at most its share of connections from one source and in
+//!   all, closes connections whose header does not come (silent, or sent
+//!   slowly) within the deadline, and stays healthy and writable
+//!   meanwhile (issue 14).
 
 mod common;
 
@@ -336,4 +340,95 @@ fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
             .as_u16()
     });
     assert_eq!(unauth, 401);
+}
+
+/// The `api_connections` counter `what` of node `n`.
+fn api_conns(n: &Node, what: &str) -> u64 {
+    n.status()["counters"]["api_connections"][what]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_and_slow_connections_cannot_take_the_api_or_its_health() {
+    let mut spec = NodeSpec::new("esc-1", "127.0.0.1", "primary");
+    spec.api_extra =
+        "connections_max = 24\nconnections_per_source_max = 8\nheader_timeout_ms = 1000\n".into();
+    let a = Node::start(spec);
+    wait_until(Duration::from_secs(10), "primary", || {
+        a.status()["role"] == "primary"
+    });
+    create_tenant(&a);
+    let api = a.spec.api;
+
+    // One host opens 40 silent connections: 8 are served (and closed at
+    // the header deadline), the other 32 are closed at once.
+    let host = Ipv4Addr::new(127, 0, 0, 3);
+    let conns: Vec<TcpStream> = (0..40).map(|_| connect_from(host, api).unwrap()).collect();
+    wait_until(
+        Duration::from_secs(5),
+        "32 refused for their source",
+        || api_conns(&a, "refused_source") >= 32,
+    );
+    // Two more hosts fill the listener (8 each), the next one is refused
+    // for want of room, not for its source.
+    let more: Vec<TcpStream> = (4..6u8)
+        .flat_map(|h| (0..8).map(move |_| connect_from(Ipv4Addr::new(127, 0, 0, h), api).unwrap()))
+        .collect();
+    // A slow header: the request line and one field, then nothing.
+    let mut slow = connect_from(Ipv4Addr::new(127, 0, 0, 6), api).unwrap();
+    slow.write_all(b"POST /v0/deployments HTTP/1.1\r\nHost: esc\r\n")
+        .unwrap();
+    wait_until(Duration::from_secs(5), "refused for want of room", || {
+        api_conns(&a, "refused_full") >= 1
+    });
+    // Meanwhile the node is healthy: no API check fails, no FAULT.
+    let h = a.admin(esc_proto::AdminRequest::Health);
+    let code = h.value.as_ref().map(|v| v["status_code"].clone());
+    assert_eq!(
+        code,
+        Some(serde_json::json!(2000)),
+        "a full API is not a dead one: {h:?}"
+    );
+    assert_eq!(a.status()["role"], "primary");
+
+    // The deadline frees every slot: silent ones and the slow header alike
+    // (1 s deadline; 4 s allowed for a loaded machine).
+    let closes: Vec<_> = conns
+        .into_iter()
+        .chain(more)
+        .chain(std::iter::once(slow))
+        .map(|s| std::thread::spawn(move || time_to_close(s, Duration::from_secs(4))))
+        .collect();
+    for c in closes {
+        assert!(c.join().unwrap().is_some(), "every connection is closed");
+    }
+    wait_until(Duration::from_secs(5), "the deadlines counted", || {
+        api_conns(&a, "header_timeouts") >= 16
+    });
+
+    // Once they are gone, writes are served again from every source.
+    let rt = rt();
+    let status = rt.block_on(async {
+        client()
+            .post(a.url("/v0/deployments"))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&deployment("after-flood", serde_json::json!({})))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(status.ok(), Some(202));
+    // Requests one after the other on a kept-alive connection.
+    let c = client();
+    for i in 0..3 {
+        let r = rt.block_on(async {
+            c.get(a.url("/v0/deployments"))
+                .basic_auth("admin", Some(PASSWORD))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        assert_eq!(r.ok(), Some(200), "request {i}");
+    }
 }

@@ -519,6 +519,19 @@ pub struct ApiConfig {
     pub body_bytes_max: usize,
     /// Most concurrent requests served; more wait.
     pub concurrency_max: usize,
+    /// Most open connections to the REST API at once (issue 14); more are
+    /// closed as soon as they are accepted and counted. Lowered at start to
+    /// fit the process's file-descriptor limit with room for the store, the
+    /// replication link, the witness and the admin socket.
+    pub connections_max: usize,
+    /// Most open connections to the REST API and to the health API from one
+    /// source address, each; more are closed at once and counted.
+    pub connections_per_source_max: usize,
+    /// A request's header must arrive within this time of the connection
+    /// opening or of the previous answer on it (a header-read deadline and
+    /// a keep-alive idle timeout in one), and a request body may pause no
+    /// longer than this between its parts.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -560,6 +573,9 @@ impl Default for ApiConfig {
             password: None,
             body_bytes_max: 1 << 20,
             concurrency_max: 1_024,
+            connections_max: 4_096,
+            connections_per_source_max: 256,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -825,6 +841,27 @@ impl Config {
                 "must be within 1..=100000".into(),
             ));
         }
+        if !(16..=1_000_000).contains(&a.connections_max) {
+            return Err(bad(
+                "api.connections_max",
+                "must be within 16..=1000000".into(),
+            ));
+        }
+        if !(1..=a.connections_max).contains(&a.connections_per_source_max) {
+            return Err(bad(
+                "api.connections_per_source_max",
+                format!(
+                    "must be within 1..=api.connections_max ({})",
+                    a.connections_max
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&a.header_timeout_ms) {
+            return Err(bad(
+                "api.header_timeout_ms",
+                "must be within 100..=600000 (ms)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -952,6 +989,34 @@ concurrency_max = 64
             let text = format!("{GOOD}[vrrp]\ninterface = \"eth0\"\nvip = \"{vip}\"\n");
             let err = parse(&text).unwrap_err();
             assert!(err.to_string().contains("vrrp.vip"), "{vip}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_bounds_are_checked() {
+        let a = parse(GOOD).unwrap().api;
+        assert_eq!(
+            (
+                a.connections_max,
+                a.connections_per_source_max,
+                a.header_timeout_ms
+            ),
+            (4_096, 256, 10_000)
+        );
+        for (extra, field) in [
+            ("connections_max = 0\n", "api.connections_max"),
+            (
+                "connections_max = 100\nconnections_per_source_max = 101\n",
+                "api.connections_per_source_max",
+            ),
+            (
+                "connections_per_source_max = 0\n",
+                "api.connections_per_source_max",
+            ),
+            ("header_timeout_ms = 0\n", "api.header_timeout_ms"),
+        ] {
+            let err = parse(&format!("{GOOD}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
         }
     }
 

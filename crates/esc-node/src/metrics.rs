@@ -27,6 +27,37 @@ pub struct Counters {
     pub writes_committed: AtomicU64,
     pub writes_refused: AtomicU64,
     pub store_errors: AtomicU64,
+    /// The REST API's listener (`northbound::conn`).
+    pub api_conns: ConnCounters,
+    /// The health API's listener.
+    pub health_conns: ConnCounters,
+}
+
+/// One northbound listener's connections (issue 14).
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub accepted: AtomicU64,
+    /// Closed at once: the listener held `connections_max`.
+    pub refused_full: AtomicU64,
+    /// Closed at once: the source address held its share.
+    pub refused_source: AtomicU64,
+    /// Closed because no request header came within the deadline.
+    pub header_timeouts: AtomicU64,
+    /// Failed accepts (out of descriptors, aborted connections).
+    pub accept_errors: AtomicU64,
+}
+
+impl ConnCounters {
+    fn snapshot(&self) -> esc_proto::status::ConnCounters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        esc_proto::status::ConnCounters {
+            accepted: g(&self.accepted),
+            refused_full: g(&self.refused_full),
+            refused_source: g(&self.refused_source),
+            header_timeouts: g(&self.header_timeouts),
+            accept_errors: g(&self.accept_errors),
+        }
+    }
 }
 
 impl Counters {
@@ -68,6 +99,8 @@ impl Counters {
             writes_committed: g(&self.writes_committed),
             writes_refused: g(&self.writes_refused),
             store_errors: g(&self.store_errors),
+            api_connections: self.api_conns.snapshot(),
+            health_connections: self.health_conns.snapshot(),
         }
     }
 }

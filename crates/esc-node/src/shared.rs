@@ -201,6 +201,9 @@ pub struct Shared {
     /// debug kill-api`): it stops listening and closes its connections for
     /// the rest of the process, as a crashed subsystem would.
     pub api_dead: Arc<watch::Sender<bool>>,
+    /// The northbound listeners: whether they accept, their connection
+    /// counters (`northbound::conn`).
+    pub northbound: Arc<crate::northbound::conn::Northbound>,
     /// The store's applied index, published by the storage worker after
     /// every apply: what waits for the state to move subscribes to it.
     pub applied: Arc<watch::Sender<u64>>,

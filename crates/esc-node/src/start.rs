@@ -224,6 +224,7 @@ pub async fn run(
         leading: Arc::new(watch::Sender::new(!pair)),
         agent: Default::default(),
         api_dead: Arc::new(watch::Sender::new(false)),
+        northbound: Default::default(),
         applied,
         lease_until: Default::default(),
         has_witness: pair && cfg.witness.address.is_some(),
@@ -257,11 +258,29 @@ pub async fn run(
         cfg.api.clone(),
         password.clone(),
     ));
+    // Connections are bounded well under the descriptor limit (issue 14):
+    // the monitor's probes and the VIM calls hold descriptors of their own.
+    let nofile = northbound::conn::raise_nofile();
+    let (api_connections, lowered) = northbound::conn::fd_budget(
+        cfg.api.connections_max,
+        nofile,
+        esc_monitor::Config::default().probes_in_flight_max
+            + cfg.vim.as_ref().map_or(0, |v| v.calls_in_flight_max),
+    );
+    if lowered {
+        tracing::warn!(
+            nofile,
+            configured = cfg.api.connections_max,
+            api_connections,
+            "the open-file limit is low: the API takes fewer connections than api.connections_max (raise the hard limit, e.g. LimitNOFILE=)"
+        );
+    }
     tasks.spawn(northbound::serve(
         api_listener,
         shared.clone(),
         cfg.api.clone(),
         password,
+        api_connections,
     ));
     tasks.spawn(admin::serve(admin::bind(&home)?, shared.clone()));
     if !pair {

@@ -139,6 +139,24 @@ pub struct Counters {
     pub writes_committed: u64,
     pub writes_refused: u64,
     pub store_errors: u64,
+    /// The REST API's connections (issue 14).
+    #[serde(default)]
+    pub api_connections: ConnCounters,
+    /// The health API's connections.
+    #[serde(default)]
+    pub health_connections: ConnCounters,
+}
+
+/// One northbound listener's connections: accepted, and closed unanswered
+/// because the listener or the source address held its cap, because no
+/// header came within the deadline, or because an accept failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnCounters {
+    pub accepted: u64,
+    pub refused_full: u64,
+    pub refused_source: u64,
+    pub header_timeouts: u64,
+    pub accept_errors: u64,
 }
 
 /// The last role change of the replication core.

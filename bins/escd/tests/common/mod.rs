@@ -40,6 +40,8 @@ pub struct NodeSpec {
     pub fault_injection: bool,
     /// More esc.toml, appended (e.g. a `[vim]` section).
     pub extra_toml: String,
+    /// More lines of the `[api]` section.
+    pub api_extra: String,
 }
 
 impl NodeSpec {
@@ -57,6 +59,7 @@ impl NodeSpec {
             log_retain_entries: 1_000,
             fault_injection: false,
             extra_toml: String::new(),
+            api_extra: String::new(),
         }
     }
 
@@ -88,7 +91,7 @@ user = "admin"
 password = "{PASSWORD}"
 body_bytes_max = 1048576
 concurrency_max = 1024
-[debug]
+{api_extra}[debug]
 allow_fault_injection = {faults}
 {extra}
 "#,
@@ -103,6 +106,7 @@ allow_fault_injection = {faults}
             health = self.health,
             faults = self.fault_injection,
             extra = self.extra_toml,
+            api_extra = self.api_extra,
         )
     }
 }

@@ -117,14 +117,19 @@ pub fn password(home: &Path, cfg: &ApiConfig) -> crate::Result<String> {
     Ok(generated)
 }
 
-/// Serves the API until the task is aborted.
+/// Serves the API until the task is aborted, at most `connections_max`
+/// connections at once (`conn::fd_budget`; the per-source cap and the
+/// header deadline come from `cfg`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     cfg: ApiConfig,
     password: String,
+    connections_max: usize,
 ) {
     let mut dead = shared.api_dead.subscribe();
+    let nb = shared.northbound.clone();
+    let state_counters = shared.counters.clone();
     let state = ApiState::new(shared, &cfg, &password, cfg.concurrency_max);
     let app = Router::new()
         .route("/v0/deployments", get(list).post(deploy))
@@ -154,13 +159,21 @@ pub async fn serve(
     let died = async move {
         let _ = dead.wait_for(|d| *d).await;
     };
-    match axum::serve(listener, app)
-        .with_graceful_shutdown(died)
-        .await
-    {
-        Ok(()) => warn!("the northbound API is down (fault injection)"),
-        Err(e) => warn!("API server stopped: {e}"),
-    }
+    let limits = super::conn::Limits {
+        connections_max,
+        per_source_max: cfg.connections_per_source_max.min(connections_max),
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+    };
+    super::conn::serve(
+        listener,
+        app,
+        super::conn::Admission::new(limits),
+        (state_counters, |c| &c.api_conns),
+        nb.api_listening.clone(),
+        died,
+    )
+    .await;
+    warn!("the northbound API is down (fault injection)");
 }
 
 /// Serves `GET /esc/health` (basic auth) until the task is aborted: 200
@@ -171,13 +184,28 @@ pub async fn serve_health(
     cfg: ApiConfig,
     password: String,
 ) {
+    let nb = shared.northbound.clone();
+    let counters = shared.counters.clone();
     let state = ApiState::new(shared, &cfg, &password, 16);
     let app = Router::new()
         .route("/esc/health", get(health))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!("health API stopped: {e}");
-    }
+    let limits = super::conn::Limits {
+        connections_max: super::conn::HEALTH_CONNECTIONS_MAX,
+        per_source_max: cfg
+            .connections_per_source_max
+            .min(super::conn::HEALTH_CONNECTIONS_MAX),
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+    };
+    super::conn::serve(
+        listener,
+        app,
+        super::conn::Admission::new(limits),
+        (counters, |c| &c.health_conns),
+        nb.health_listening.clone(),
+        std::future::pending(),
+    )
+    .await;
 }
 
 async fn health(State(state): State<ApiState>, headers: HeaderMap) -> Response {

@@ -4,6 +4,7 @@
 //! the domain's outcomes become HTTP answers here and nowhere else.
 
 pub mod api;
+pub mod conn;
 pub mod events;
 
 pub use api::{password, serve, serve_health, PASSWORD_FILE, WRITE_TIMEOUT};

@@ -1,0 +1,340 @@
+//! The northbound listeners' connections (issue 14): who gets one, how long
+//! it may stay silent, and the accept loop that serves the REST and health
+//! routers over HTTP/1.1.
+//!
+//! An unauthenticated client must not be able to take the node down or
+//! force a failover by opening connections (CVE-2021-1312 was ESC's health
+//! API falling to a SYN flood). So, per listener:
+//! - **A cap in all and per source address**: past either, a connection is
+//!   closed as soon as it is accepted and counted; the caps are set well
+//!   under the process's file-descriptor limit ([`fd_budget`]), so the
+//!   store, the replication link, the witness, the admin socket and the
+//!   monitor's probes always find descriptors.
+//! - **A header deadline that is also the idle timeout**: hyper's
+//!   `header_read_timeout` runs from the connection's start and again from
+//!   each answer (hyper 1.6 and later) until the next request's header is
+//!   in, so a silent or slow-header client ("slowloris") loses its slot
+//!   within `api.header_timeout_ms`; a request body may pause no longer
+//!   than that between its parts (`RequestBodyTimeoutLayer`).
+//! - **Accept errors never stop the loop**: out of descriptors (`EMFILE`,
+//!   `ENFILE`) it pauses [`ACCEPT_ERROR_PAUSE`] and goes on; each error is
+//!   counted.
+//!
+//! The HA agent does not judge the API by connecting to it (a flood would
+//! then look like a dead API): [`Listening`] says whether the accept loop
+//! runs, and the owner's ping says whether the service answers.
+
+use crate::metrics::{ConnCounters, Counters};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+/// Connections the health API holds at once (operators' monitors and load
+/// balancers probe it; nothing there needs more).
+pub const HEALTH_CONNECTIONS_MAX: usize = 256;
+/// File descriptors kept for everything but the northbound listeners'
+/// connections: the store's files, the log's segments, the replication
+/// link and its listener, the witness, the admin socket and its clients,
+/// VRRP's sockets, the VIM client's pool, log files, and spare.
+pub const FD_RESERVED: usize = 512;
+/// How long the accept loop waits after an error (out of descriptors)
+/// before accepting again: the error would repeat at once otherwise.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// The connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connections_max: usize,
+    pub per_source_max: usize,
+    pub header_timeout: Duration,
+}
+
+/// How many connections the REST API may hold given the process's
+/// descriptor limit `nofile` and the descriptors the monitor's probes and
+/// the VIM calls may hold at once (`other_max`): the configured cap, or
+/// less when the limit is lower (at least 16). Returns the cap and whether
+/// it was lowered.
+pub fn fd_budget(configured: usize, nofile: u64, other_max: usize) -> (usize, bool) {
+    let spare = usize::try_from(nofile)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(FD_RESERVED + HEALTH_CONNECTIONS_MAX + other_max);
+    let cap = configured.min(spare).max(16);
+    (cap, cap < configured)
+}
+
+/// Raises the soft limit on open files to the hard limit (Linux's default
+/// soft limit, 1,024, is far below what the caps assume); returns the
+/// limit in force.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            warn!("cannot read the open-file limit: {e}");
+            1_024
+        }
+    }
+}
+
+/// The open connections of one listener, in all and by source address.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds `connections_max` connections.
+    Full,
+    /// Its source address holds `per_source_max` connections.
+    Source,
+}
+
+/// One admitted connection's slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Arc<Admission> {
+        Arc::new(Admission {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a connection from `source`, or why not.
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+        let mut g = self.lock();
+        if g.0 >= self.limits.connections_max {
+            return Err(Refusal::Full);
+        }
+        let n = g.1.entry(source).or_insert(0);
+        if *n >= self.limits.per_source_max {
+            return Err(Refusal::Source);
+        }
+        *n += 1;
+        g.0 += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.admission.lock();
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                // The map holds only sources with a connection open.
+                g.1.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Whether a listener's accept loop runs (what the health check reads).
+#[derive(Debug, Default)]
+pub struct Listening(AtomicBool);
+
+impl Listening {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+}
+
+/// Whether the northbound listeners accept (the health check reads it).
+#[derive(Debug, Default)]
+pub struct Northbound {
+    pub api_listening: Arc<Listening>,
+    pub health_listening: Arc<Listening>,
+}
+
+/// Which listener's counters a [`serve`] loop keeps.
+pub type Which = fn(&Counters) -> &ConnCounters;
+
+/// Serves `app` on `listener` under `limits` until `shutdown` resolves;
+/// then stops accepting, lets every request already running finish and
+/// closes the connections.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    admission: Arc<Admission>,
+    (all, which): (Arc<Counters>, Which),
+    listening: Arc<Listening>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let counters = which(&all);
+    let header_timeout = admission.limits.header_timeout;
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        header_timeout,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    listening.set(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    Counters::bump(&counters.accept_errors);
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match admission.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(r) => {
+                Counters::bump(match r {
+                    Refusal::Full => &counters.refused_full,
+                    Refusal::Source => &counters.refused_source,
+                });
+                // Dropped here: closed before a byte is read.
+                drop(stream);
+                continue;
+            }
+        };
+        Counters::bump(&counters.accepted);
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            peer,
+            slot,
+            app.clone(),
+            header_timeout,
+            (all.clone(), which),
+            stop_rx.clone(),
+        ));
+    }
+    drop(listener);
+    listening.set(false);
+    let _ = stop_tx.send(true);
+}
+
+/// One connection: HTTP/1.1 with keep-alive under the header deadline,
+/// until the client closes, a deadline passes or the listener stops.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    _slot: Slot,
+    app: Router,
+    header_timeout: Duration,
+    (all, which): (Arc<Counters>, Which),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // Handlers may ask who is calling (rate limits, logs).
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopped = async move {
+        // The guard `wait_for` returns must not live across an await.
+        let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    };
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        if e.is_timeout() {
+            Counters::bump(&which(&all).header_timeouts);
+        }
+        debug!(%peer, "connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(all: usize, per: usize) -> Limits {
+        Limits {
+            connections_max: all,
+            per_source_max: per,
+            header_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn slots_are_bounded_in_all_and_per_source_and_given_back() {
+        let a = Admission::new(limits(3, 2));
+        let (x, y, z): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.3".parse().unwrap(),
+        );
+        let s1 = a.admit(x).unwrap();
+        let s2 = a.admit(x).unwrap();
+        assert_eq!(a.admit(x).unwrap_err(), Refusal::Source);
+        let s3 = a.admit(y).unwrap();
+        assert_eq!(a.admit(z).unwrap_err(), Refusal::Full);
+        assert_eq!(a.open(), 3);
+        drop(s1);
+        let s4 = a.admit(z).unwrap();
+        assert_eq!(a.admit(x).unwrap_err(), Refusal::Full);
+        drop((s2, s3, s4));
+        assert_eq!(a.open(), 0);
+        assert!(
+            a.lock().1.is_empty(),
+            "no source is remembered without a connection"
+        );
+    }
+
+    #[test]
+    fn the_budget_leaves_room_for_everything_else() {
+        assert_eq!(fd_budget(4_096, 20_000, 4_096), (4_096, false));
+        let (cap, lowered) = fd_budget(4_096, 1_024, 0);
+        assert!(lowered);
+        assert_eq!(cap, 1_024 - FD_RESERVED - HEALTH_CONNECTIONS_MAX);
+        assert_eq!(fd_budget(4_096, 100, 4_096), (16, true));
+    }
+}
