@@ -9,7 +9,9 @@
 //! - the API holds at most its share of connections from one source and in
 //!   all, closes connections whose header does not come (silent, or sent
 //!   slowly) within the deadline, and stays healthy and writable
-//!   meanwhile (issue 14).
+//!   meanwhile (issue 14);
+//! - the witness bounds unauthenticated connections as the replication
+//!   port does, so silent hosts cannot starve the nodes of it (issue 14).
 
 mod common;
 
@@ -431,4 +433,77 @@ fn idle_and_slow_connections_cannot_take_the_api_or_its_health() {
         });
         assert_eq!(r.ok(), Some(200), "request {i}");
     }
+}
+
+/// A running `escd --witness`, stopped (SIGKILL) when dropped.
+struct WitnessProc {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn silent_hosts_cannot_fill_the_witness() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr("127.0.0.1");
+    std::fs::write(
+        dir.path().join("esc.toml"),
+        format!(
+            "node_name = \"witness\"\n[replication]\nsecret = \"{SECRET}\"\n[witness]\nlisten = \"{listen}\"\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_escd"))
+        .arg("--witness")
+        .arg("--home")
+        .arg(dir.path())
+        .arg("--log-dir")
+        .arg(dir.path().join("log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn escd --witness");
+    let _w = WitnessProc { child, _dir: dir };
+    wait_until(Duration::from_secs(10), "the witness listens", || {
+        TcpStream::connect(listen).is_ok()
+    });
+    // One host, ten silent connections: two get a handshake slot and lose
+    // it at the hello deadline (1 s), the other eight are closed at once.
+    let host = Ipv4Addr::new(127, 0, 0, 3);
+    let conns: Vec<TcpStream> = (0..10)
+        .map(|_| connect_from(host, listen).unwrap())
+        .collect();
+    let waits: Vec<_> = conns
+        .into_iter()
+        .map(|s| std::thread::spawn(move || time_to_close(s, Duration::from_secs(4))))
+        .collect();
+    let mut times: Vec<Duration> = waits
+        .into_iter()
+        .map(|w| {
+            w.join()
+                .unwrap()
+                .expect("every silent connection is closed")
+        })
+        .collect();
+    times.sort();
+    assert!(
+        times[7] < Duration::from_millis(700),
+        "eight of ten are closed at once: {times:?}"
+    );
+    assert!(
+        times[9] < Duration::from_secs(3),
+        "the hello deadline ends the others: {times:?}"
+    );
+    // Another host still gets a handshake slot meanwhile: its connection
+    // stays open (waiting for its hello) past the at-once closes.
+    let other = connect_from(Ipv4Addr::new(127, 0, 0, 4), listen).unwrap();
+    let t = time_to_close(other, Duration::from_secs(4)).expect("closed at the deadline");
+    assert!(t > Duration::from_millis(500), "held for its hello: {t:?}");
 }

@@ -17,6 +17,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+/// Admin connections served at once; more are closed at once. escadm
+/// opens one per command; only root can connect, but a stuck script
+/// looping on `escadm status` must not exhaust descriptors (issue 14).
+pub const CONNECTIONS_MAX: usize = 64;
+/// How long a connection may stay silent before its next request line.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(home: &Path) -> crate::Result<UnixListener> {
     let path = socket_path(home);
@@ -47,12 +54,24 @@ pub fn cleanup(home: &Path) {
 
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: UnixListener, shared: Shared) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors: the error would repeat at once.
+                warn!(target: ADMIN, "admin accept failed: {e}");
+                tokio::time::sleep(crate::fds::ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(target: ADMIN, "{CONNECTIONS_MAX} admin connections open: one more closed");
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = serve_one(stream, shared).await {
                 warn!(target: ADMIN, "admin connection: {e}");
             }
@@ -63,7 +82,10 @@ pub async fn serve(listener: UnixListener, shared: Shared) {
 async fn serve_one(stream: UnixStream, shared: Shared) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(REQUEST_BYTES_MAX as u64)).lines();
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = tokio::time::timeout(IDLE_TIMEOUT, lines.next_line())
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??
+    {
         let resp = match serde_json::from_str::<AdminRequest>(&line) {
             Err(e) => AdminResponse::refused(format!(
                 "bad admin request: {e} (is escadm the same version as escd?)"

@@ -48,6 +48,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod fds;
 pub mod ha;
 pub mod health;
 pub mod lifecycle;

@@ -324,10 +324,43 @@ impl Drop for IpSlot {
     }
 }
 
+/// The handshakes in progress on one listener (replication, witness): at
+/// most [`HANDSHAKES_MAX`] in all and [`HANDSHAKES_PER_IP_MAX`] per source
+/// address, so silent or unauthenticated hosts cannot keep the peer out.
+#[derive(Clone)]
+pub(crate) struct HandshakeGate {
+    slots: Arc<tokio::sync::Semaphore>,
+    per_ip: PerIp,
+}
+
+/// A handshake's place at the gate; released when dropped.
+pub(crate) struct HandshakeSlot {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
+impl HandshakeGate {
+    pub(crate) fn new() -> HandshakeGate {
+        HandshakeGate {
+            slots: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX)),
+            per_ip: Arc::default(),
+        }
+    }
+
+    /// A place for a handshake from `ip`, or None: close the connection.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<HandshakeSlot> {
+        let ip_slot = IpSlot::acquire(&self.per_ip, ip)?;
+        let all = self.slots.clone().try_acquire_owned().ok()?;
+        Some(HandshakeSlot {
+            _all: all,
+            _ip: ip_slot,
+        })
+    }
+}
+
 /// Accepts followers; only a primary keeps an authenticated one.
 pub async fn listen(ctx: NetCtx, listener: TcpListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
-    let per_ip: PerIp = Arc::default();
+    let gate = HandshakeGate::new();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -338,19 +371,14 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
             }
         };
         // Closed at once (the stream is dropped) when over a cap.
-        let Some(ip_slot) = IpSlot::acquire(&per_ip, addr.ip()) else {
+        let Some(slot) = gate.admit(addr.ip()) else {
             Counters::bump(&ctx.counters.handshakes_refused);
-            debug!(target: HA, %addr, "too many handshakes in progress from this address; connection closed");
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Counters::bump(&ctx.counters.handshakes_refused);
-            debug!(target: HA, %addr, "too many handshakes in progress; connection closed");
+            debug!(target: HA, %addr, "too many handshakes in progress (in all or from this address); connection closed");
             continue;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _slots = (slot, ip_slot);
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&ctx, stream, addr))
                 .await
@@ -369,18 +397,9 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
 
 /// The server half of the handshake (hello, challenge, proof); returns the
 /// client's name and the session MACs (receive, send). `AuthOk` is the
-/// caller's to send.
-pub(crate) async fn server_auth(
-    secret: &[u8],
-    node_name: &str,
-    stream: &mut TcpStream,
-) -> Result<(String, FrameMac, FrameMac), LinkError> {
-    server_auth_within(secret, node_name, stream, None).await
-}
-
-/// [`server_auth`], with an optional deadline for the client's hello (the
-/// caller bounds the whole handshake).
-async fn server_auth_within(
+/// caller's to send. The client's hello must come within `hello_within`
+/// if given (the caller bounds the whole handshake).
+pub(crate) async fn server_auth_within(
     secret: &[u8],
     node_name: &str,
     stream: &mut TcpStream,

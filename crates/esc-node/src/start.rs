@@ -260,7 +260,7 @@ pub async fn run(
     ));
     // Connections are bounded well under the descriptor limit (issue 14):
     // the monitor's probes and the VIM calls hold descriptors of their own.
-    let nofile = northbound::conn::raise_nofile();
+    let nofile = crate::fds::raise_nofile();
     let (api_connections, lowered) = northbound::conn::fd_budget(
         cfg.api.connections_max,
         nofile,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Deadline for one witness reply; then the connection is dropped.
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -97,14 +97,31 @@ pub async fn serve(
     });
     info!(listen = %cfg.witness.listen, "escd witness running");
     tokio::pin!(shutdown);
+    // Unauthenticated connections are bounded as on the replication port
+    // (issue 14): a host that opens thousands must not starve the nodes'
+    // lease renewals of descriptors or handshake slots.
+    let gate = net::HandshakeGate::new();
+    crate::fds::raise_nofile();
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             r = listener.accept() => {
-                let Ok((stream, addr)) = r else { continue };
+                let (stream, addr) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors: the error would repeat at once.
+                        debug!(target: HA, "witness accept failed: {e}");
+                        tokio::time::sleep(crate::fds::ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = gate.admit(addr.ip()) else {
+                    debug!(target: HA, %addr, "witness: too many handshakes in progress; connection closed");
+                    continue;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_conn(&server, stream, addr).await {
+                    if let Err(e) = serve_conn(&server, stream, addr, slot).await {
                         if !matches!(e, LinkError::Closed) {
                             warn!(target: HA, %addr, "witness connection: {e}");
                         }
@@ -119,14 +136,22 @@ async fn serve_conn(
     server: &Server,
     mut stream: TcpStream,
     addr: SocketAddr,
+    slot: net::HandshakeSlot,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
     let (node, mut recv_mac, mut send_mac) = tokio::time::timeout(
         net::HANDSHAKE_TIMEOUT,
-        net::server_auth(&server.secret, &server.name, &mut stream),
+        net::server_auth_within(
+            &server.secret,
+            &server.name,
+            &mut stream,
+            Some(net::FIRST_FRAME_TIMEOUT),
+        ),
     )
     .await
     .map_err(|_| LinkError::Timeout)??;
+    // Authenticated: the slot is for handshakes only.
+    drop(slot);
     stream
         .write_all(&esc_wire::encode(&Message::AuthOk, None))
         .await?;

@@ -17,13 +17,14 @@
 //!   within `api.header_timeout_ms`; a request body may pause no longer
 //!   than that between its parts (`RequestBodyTimeoutLayer`).
 //! - **Accept errors never stop the loop**: out of descriptors (`EMFILE`,
-//!   `ENFILE`) it pauses [`ACCEPT_ERROR_PAUSE`] and goes on; each error is
-//!   counted.
+//!   `ENFILE`) it pauses `fds::ACCEPT_ERROR_PAUSE` and goes on; each error
+//!   is counted.
 //!
 //! The HA agent does not judge the API by connecting to it (a flood would
 //! then look like a dead API): [`Listening`] says whether the accept loop
 //! runs, and the owner's ping says whether the service answers.
 
+use crate::fds::ACCEPT_ERROR_PAUSE;
 use crate::metrics::{ConnCounters, Counters};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Connections the health API holds at once (operators' monitors and load
 /// balancers probe it; nothing there needs more).
@@ -45,10 +46,6 @@ pub const HEALTH_CONNECTIONS_MAX: usize = 256;
 /// link and its listener, the witness, the admin socket and its clients,
 /// VRRP's sockets, the VIM client's pool, log files, and spare.
 pub const FD_RESERVED: usize = 512;
-/// How long the accept loop waits after an error (out of descriptors)
-/// before accepting again: the error would repeat at once otherwise.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
-
 /// The connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -68,27 +65,6 @@ pub fn fd_budget(configured: usize, nofile: u64, other_max: usize) -> (usize, bo
         .saturating_sub(FD_RESERVED + HEALTH_CONNECTIONS_MAX + other_max);
     let cap = configured.min(spare).max(16);
     (cap, cap < configured)
-}
-
-/// Raises the soft limit on open files to the hard limit (Linux's default
-/// soft limit, 1,024, is far below what the caps assume); returns the
-/// limit in force.
-pub fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(e) => {
-            warn!("cannot read the open-file limit: {e}");
-            1_024
-        }
-    }
 }
 
 /// The open connections of one listener, in all and by source address.
@@ -128,6 +104,8 @@ impl Admission {
 
     /// A slot for a connection from `source`, or why not.
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+        // An IPv4 client on a dual-stack socket is the same host as over IPv4.
+        let source = source.to_canonical();
         let mut g = self.lock();
         if g.0 >= self.limits.connections_max {
             return Err(Refusal::Full);
