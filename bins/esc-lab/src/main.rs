@@ -6,6 +6,7 @@
 //! esc-lab scenario <fault|all>          one run per failure class, checked
 //! esc-lab chaos --seed N --minutes M    random faults (or none) under load
 //! esc-lab bench --runs 20               interruption per class and state size
+//! esc-lab flood --seconds 60            floods that must move nothing (issue 14)
 //! esc-lab up | down                     keep a cluster up / remove leftovers
 //! ```
 //! Needs root (network namespaces, raw sockets) and the release build.
@@ -114,6 +115,18 @@ enum Cmd {
         #[arg(long, default_value = "docs/bench/lab-monitor.json")]
         out: PathBuf,
     },
+    /// Floods from an attacker host (issue 14): 50,000 connections, 2,000
+    /// slow headers and a SYN flood against the VIP's API and health ports,
+    /// then 50,000 connections against the replication and witness ports,
+    /// each while the writer runs; checks that nothing moved. Table and JSON.
+    Flood {
+        /// How long each flood runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "docs/bench/lab-flood.json")]
+        out: PathBuf,
+    },
     /// Brings a cluster up and keeps it until Ctrl-C.
     Up {
         #[arg(long)]
@@ -163,6 +176,7 @@ fn main() -> ExitCode {
                 out,
             } => bench_service(&bins, servers, *vim_delay_ms, out),
             Cmd::BenchMonitor { vms, poll_s, out } => bench_monitor(&bins, vms, *poll_s, out),
+            Cmd::Flood { seconds, out } => flood(&bins, *seconds, out),
             Cmd::Up { two_node } => up(&bins, !two_node),
             Cmd::Down => unreachable!(),
         }),
@@ -175,6 +189,46 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn flood(bins: &Bins, seconds: u64, out: &std::path::Path) -> anyhow::Result<bool> {
+    let opts = esc_lab::flood::Options {
+        seconds,
+        verbose: true,
+        ..Default::default()
+    };
+    let steps = esc_lab::flood::run("fl", bins, &opts)?;
+    println!("| flood | targets | attempts | held at most | writes/s unloaded | writes/s flooded | failed writes | role changes | VIP moves | slowest status ms | longest replication stall ms | pass |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for s in &steps {
+        let targets: Vec<String> = s.step.targets.iter().map(|t| t.to_string()).collect();
+        println!(
+            "| {:?} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            s.step.kind,
+            targets.join(" "),
+            s.attack.attempts,
+            s.attack.held_max,
+            s.unloaded_per_s,
+            s.flooded_per_s,
+            s.failed_writes,
+            s.role_changes,
+            s.vip_moves,
+            s.status_max_ms,
+            s.replication_stall_max_ms,
+            if s.pass {
+                "yes".to_string()
+            } else {
+                s.why.join("; ")
+            }
+        );
+    }
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let doc = serde_json::json!({ "benchmark": "floods from an attacker host (issue 14)", "seconds": seconds, "steps": steps });
+    std::fs::write(out, serde_json::to_vec_pretty(&doc)?)?;
+    eprintln!("JSON written to {}", out.display());
+    Ok(steps.iter().all(|s| s.pass))
 }
 
 fn faults_from(names: &[String]) -> anyhow::Result<Vec<Fault>> {

@@ -6,6 +6,7 @@
 //! `eth0`, a veth whose peer is a port of the bridge.
 
 pub mod cluster;
+pub mod flood;
 pub mod healing;
 pub mod monitor_bench;
 pub mod notify;
