@@ -55,6 +55,25 @@ fn time_to_close(mut s: TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
+/// How long the peer took to close each of `conns` (each waited for on a
+/// thread of its own, at most `limit`), in order; panics if one stays open.
+fn close_times(conns: Vec<TcpStream>, limit: Duration) -> Vec<Duration> {
+    let waits: Vec<_> = conns
+        .into_iter()
+        .map(|s| std::thread::spawn(move || time_to_close(s, limit)))
+        .collect();
+    let mut times: Vec<Duration> = waits
+        .into_iter()
+        .map(|w| {
+            w.join()
+                .unwrap()
+                .expect("every silent connection is closed")
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 /// Whether the peer closed `s` (non-blocking check).
 fn is_closed(s: &TcpStream) -> bool {
     let _ = s.set_nonblocking(true);
@@ -83,19 +102,7 @@ fn silent_connections_cannot_keep_the_peer_out() {
     // it at the hello deadline), the others are closed at once.
     let host = Ipv4Addr::new(127, 0, 0, 3);
     let conns: Vec<TcpStream> = (0..6).map(|_| connect_from(host, repl).unwrap()).collect();
-    let waits: Vec<_> = conns
-        .into_iter()
-        .map(|s| std::thread::spawn(move || time_to_close(s, Duration::from_secs(4))))
-        .collect();
-    let mut times: Vec<Duration> = waits
-        .into_iter()
-        .map(|w| {
-            w.join()
-                .unwrap()
-                .expect("every silent connection is closed")
-        })
-        .collect();
-    times.sort();
+    let times = close_times(conns, Duration::from_secs(4));
     assert!(
         times[3] < Duration::from_millis(700),
         "four of six are closed at once: {times:?}"
@@ -480,19 +487,7 @@ fn silent_hosts_cannot_fill_the_witness() {
     let conns: Vec<TcpStream> = (0..10)
         .map(|_| connect_from(host, listen).unwrap())
         .collect();
-    let waits: Vec<_> = conns
-        .into_iter()
-        .map(|s| std::thread::spawn(move || time_to_close(s, Duration::from_secs(4))))
-        .collect();
-    let mut times: Vec<Duration> = waits
-        .into_iter()
-        .map(|w| {
-            w.join()
-                .unwrap()
-                .expect("every silent connection is closed")
-        })
-        .collect();
-    times.sort();
+    let times = close_times(conns, Duration::from_secs(4));
     assert!(
         times[7] < Duration::from_millis(700),
         "eight of ten are closed at once: {times:?}"

@@ -159,15 +159,10 @@ pub async fn serve(
     let died = async move {
         let _ = dead.wait_for(|d| *d).await;
     };
-    let limits = super::conn::Limits {
-        connections_max,
-        per_source_max: cfg.connections_per_source_max.min(connections_max),
-        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-    };
     super::conn::serve(
         listener,
         app,
-        super::conn::Admission::new(limits),
+        super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max)),
         (state_counters, |c| &c.api_conns),
         nb.api_listening.clone(),
         died,
@@ -190,13 +185,7 @@ pub async fn serve_health(
     let app = Router::new()
         .route("/esc/health", get(health))
         .with_state(state);
-    let limits = super::conn::Limits {
-        connections_max: super::conn::HEALTH_CONNECTIONS_MAX,
-        per_source_max: cfg
-            .connections_per_source_max
-            .min(super::conn::HEALTH_CONNECTIONS_MAX),
-        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-    };
+    let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
     super::conn::serve(
         listener,
         app,

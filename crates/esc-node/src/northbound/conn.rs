@@ -54,6 +54,19 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+impl Limits {
+    /// A listener's limits from `[api]`: at most `connections_max` in all,
+    /// the configured share per source (never above that), the header
+    /// deadline.
+    pub fn of(cfg: &esc_config::ApiConfig, connections_max: usize) -> Limits {
+        Limits {
+            connections_max,
+            per_source_max: cfg.connections_per_source_max.min(connections_max),
+            header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        }
+    }
+}
+
 /// How many connections the REST API may hold given the process's
 /// descriptor limit `nofile` and the descriptors the monitor's probes and
 /// the VIM calls may hold at once (`other_max`): the configured cap, or
