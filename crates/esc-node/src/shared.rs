@@ -183,7 +183,7 @@ pub struct Shared {
     pub peer_in_sync: watch::Receiver<Option<bool>>,
     pub counters: Arc<Counters>,
     pub data_dir: PathBuf,
-    /// The northbound API's address (the health check connects to it).
+    /// The northbound API's address (the health check names it).
     pub api_addr: std::net::SocketAddr,
     pub inflight: InFlightRegistry,
     /// The role authority admits northbound writes (off while a switchover
