@@ -334,6 +334,48 @@ fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
         "an oversized body must be refused: {big_status:?}"
     );
 
+    // A body over the bound is refused once the bound is passed, in the
+    // API's JSON error shape (not axum's plain text).
+    {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"));
+        let mut s = TcpStream::connect(a.spec.api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /v0/deployments HTTP/1.1\r\nHost: esc\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        .unwrap();
+        // The body, from another thread: the node stops reading at the bound.
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..32 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut answer = Vec::new();
+        let mut b = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains('}') {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&b[..n]),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        // Ends the writer's socket too (a clone of the same one).
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = writer.join();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(v["error"].is_string(), "{answer}");
+    }
+
     create_tenant(&a);
     assert_eq!(
         post(deployment("ok", serde_json::json!({})).to_string()),

@@ -560,11 +560,15 @@ where
             Err(r) => return with_tid(r, &tid),
         };
         // The `Bytes` extractor, run here rather than before the handler:
-        // same body limit (`DefaultBodyLimit`) and the same rejections.
+        // same body limit (`DefaultBodyLimit`) and the same statuses (413
+        // over the limit, 400 for a body that stalls or breaks off), in
+        // the API's JSON error shape rather than axum's plain text.
         let body = match body {
             Some(req) => match Bytes::from_request(req, &state).await {
                 Ok(b) => b,
-                Err(rejection) => return with_tid(rejection.into_response(), &tid),
+                Err(rejection) => {
+                    return with_tid(error(rejection.status(), rejection.body_text()), &tid)
+                }
             },
             None => Bytes::new(),
         };
