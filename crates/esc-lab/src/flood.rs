@@ -181,23 +181,16 @@ pub fn add_attacker(c: &mut Cluster) -> anyhow::Result<()> {
         .args(["netns", "exec", &ns, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("nft stdin"))?
-        .write_all_sync(rules.as_bytes())?;
+    {
+        // Closed at the end of the block: nft reads to the end of its input.
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("nft stdin"))?;
+        std::io::Write::write_all(&mut stdin, rules.as_bytes())?;
+    }
     anyhow::ensure!(child.wait()?.success(), "nft in the attacker host failed");
     Ok(())
-}
-
-trait WriteAllSync {
-    fn write_all_sync(self, b: &[u8]) -> std::io::Result<()>;
-}
-
-impl WriteAllSync for std::process::ChildStdin {
-    fn write_all_sync(mut self, b: &[u8]) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self, b)
-    }
 }
 
 /// Runs `step` from the attacker host for `duration`; returns what it did.
