@@ -366,7 +366,7 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
             Ok(x) => x,
             Err(e) => {
                 warn!(target: HA, "replication accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(crate::fds::ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
