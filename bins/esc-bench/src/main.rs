@@ -182,7 +182,8 @@ fn start_tuned(
              heartbeat_interval_ms = 100\npeer_timeout_ms = 2000\nbatch_entries_max = 1024\n\
              [store]\ndata_dir = \"data\"\nsnapshot_every_entries = {snap}\nlog_retain_entries = {retain}\n\
              group_commit_entries_max = 1024\n[api]\nlisten = \"{api}\"\nhealth_listen = \"{health}\"\nuser = \"admin\"\n\
-             password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n",
+             password = \"{PASSWORD}\"\nbody_bytes_max = 1048576\nconcurrency_max = 4096\n\
+             writes_per_user_per_s = 1000000\n",
             snap = tuning.snapshot_every_entries,
             retain = tuning.log_retain_entries,
         ),

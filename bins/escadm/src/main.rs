@@ -53,6 +53,13 @@ enum Cmd {
     /// Apply esc.toml to the running node (after `escadm ha set`); an
     /// invalid file is refused and nothing changes.
     Reload,
+    /// The API's accounts (replicated: run on the primary; `list` on
+    /// either node). Roles: admin (everything), operator (lifecycle
+    /// operations), viewer (reads).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
     /// High-availability commands.
     Ha {
         #[command(subcommand)]
@@ -76,6 +83,31 @@ enum DebugCmd {
     /// The northbound API dies (until escd restarts); the HA agent lives.
     #[command(name = "kill-api", alias = "kill_api")]
     KillApi,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add an account. Without --password-stdin a password is generated
+    /// and printed once.
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an account's password (its role stays). Without
+    /// --password-stdin one is generated and printed once.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account.
+    Del { name: String },
+    /// The accounts and their roles.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -406,6 +438,76 @@ fn ha_set(home: &std::path::Path, set: esc_config::ha_set::HaSet) -> Result<Stri
     Ok(notes.join("\n"))
 }
 
+/// Generated passwords: 24 alphanumerics (about 143 bits).
+const GENERATED_PASSWORD_LEN: usize = 24;
+
+/// The password for `user add | passwd`: the first line of standard input,
+/// or a generated one (printed once the node has taken its hash; the node
+/// never sees the password); checked as the API checks it.
+fn new_password(from_stdin: bool) -> Result<(String, bool), String> {
+    use rand::Rng;
+    let pw = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let pw: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(GENERATED_PASSWORD_LEN)
+            .map(char::from)
+            .collect();
+        pw
+    };
+    esc_domain::accounts::check_password(&pw).map_err(|e| e.to_string())?;
+    Ok((pw, !from_stdin))
+}
+
+/// The Argon2id hash of a new password, made here, and the password if
+/// it was generated (to print).
+fn hashed(from_stdin: bool, generated: &mut Option<String>) -> Result<String, String> {
+    let (pw, made) = new_password(from_stdin)?;
+    let hash =
+        esc_domain::accounts::hash_password(&pw, &rand::random()).map_err(|e| e.to_string())?;
+    if made {
+        *generated = Some(pw);
+    }
+    Ok(hash)
+}
+
+fn user_request(cmd: UserCmd, generated: &mut Option<String>) -> Result<AdminRequest, String> {
+    let name_ok = |n: &str| esc_domain::rules::check_name(n).map_err(|e| format!("{n:?}: {e}"));
+    Ok(match cmd {
+        UserCmd::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            name_ok(&name)?;
+            let role = esc_domain::accounts::UserRole::parse(&role)
+                .ok_or_else(|| format!("--role {role}: admin, operator or viewer"))?;
+            AdminRequest::UserAdd {
+                name,
+                role,
+                password_hash: hashed(password_stdin, generated)?,
+            }
+        }
+        UserCmd::Passwd {
+            name,
+            password_stdin,
+        } => {
+            name_ok(&name)?;
+            AdminRequest::UserPasswd {
+                name,
+                password_hash: hashed(password_stdin, generated)?,
+            }
+        }
+        UserCmd::Del { name } => AdminRequest::UserDel { name },
+        UserCmd::List => AdminRequest::UserList,
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse_from(seed_args());
     if let Cmd::Ha {
@@ -481,6 +583,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let mut generated = None;
     let req = match args.cmd {
         Cmd::Health { .. }
         | Cmd::Status { .. }
@@ -488,6 +591,13 @@ fn main() -> ExitCode {
             cmd: HaCmd::Set { .. },
         } => unreachable!("handled above"),
         Cmd::Reload => AdminRequest::Reload,
+        Cmd::User { cmd } => match user_request(cmd, &mut generated) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("escadm user: {e}\nescadm user: nothing was changed.");
+                return ExitCode::from(2);
+            }
+        },
         Cmd::OpMode {
             cmd: OpModeCmd::Show,
         } => AdminRequest::OpModeShow,
@@ -521,6 +631,20 @@ fn main() -> ExitCode {
     match ask(&args.home, &req) {
         Ok(AdminResponse::Done { message } | AdminResponse::Reloading { message }) => {
             println!("{message}");
+            if let Some(pw) = generated {
+                println!("password: {pw}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(AdminResponse::Users { users, bootstrap }) => {
+            println!("{:<32} role", "user");
+            println!(
+                "{:<32} admin (bootstrap: api.user of esc.toml, this node's own)",
+                bootstrap
+            );
+            for u in &users {
+                println!("{:<32} {}", u.name, u.role.word());
+            }
             ExitCode::SUCCESS
         }
         Ok(AdminResponse::OpMode { mode }) => {

@@ -532,6 +532,9 @@ pub struct ApiConfig {
     /// a keep-alive idle timeout in one), and a request body may pause no
     /// longer than this between its parts.
     pub header_timeout_ms: u64,
+    /// Writes (any method but GET) one user may make per second, with as
+    /// many in reserve; past it the API answers `429` with `Retry-After`.
+    pub writes_per_user_per_s: u32,
 }
 
 impl Default for ReplicationConfig {
@@ -576,6 +579,9 @@ impl Default for ApiConfig {
             connections_max: 4_096,
             connections_per_source_max: 256,
             header_timeout_ms: 10_000,
+            // Well above what a VNF manager's clients send (deployments
+            // take seconds each), well below the node's capacity.
+            writes_per_user_per_s: 1_000,
         }
     }
 }
@@ -812,6 +818,12 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if !(1..=1_000_000).contains(&a.writes_per_user_per_s) {
+            return Err(bad(
+                "api.writes_per_user_per_s",
+                "must be within 1..=1000000".into(),
+            ));
         }
         if a.health_listen == a.listen || a.health_listen == r.listen {
             return Err(bad(

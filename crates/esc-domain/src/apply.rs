@@ -124,6 +124,12 @@ fn change(
             deployment,
             enabled,
         } => crate::lifecycle::set_monitoring(index, deployment, *enabled, state)?,
+        Op::PutUser { user, create_only } => (put_user(user, *create_only, state)?, Vec::new()),
+        Op::SetPassword {
+            name,
+            password_hash,
+        } => (set_password(name, password_hash, state)?, Vec::new()),
+        Op::DeleteUser { name } => (delete_user(name, state)?, Vec::new()),
         Op::SetOpMode { mode } => {
             state.put(keys::OP_MODE, &encode(mode))?;
             (
@@ -132,6 +138,67 @@ fn change(
             )
         }
     })
+}
+
+/// `Op::PutUser`: creates the user (refused if it exists and `create_only`)
+/// or replaces its role and hash.
+fn put_user(
+    user: &crate::accounts::User,
+    create_only: bool,
+    state: &mut dyn State,
+) -> Result<Outcome, StateError> {
+    let k = keys::user(&user.name);
+    let existed = state.get(&k)?.is_some();
+    if existed && create_only {
+        return Ok(refused(Refused::UserExists {
+            name: user.name.clone(),
+        }));
+    }
+    if !existed {
+        if crate::codec::count(state, keys::USER_COUNT)? >= crate::accounts::USERS_MAX {
+            return Ok(refused(Refused::Invalid(format!(
+                "at most {} users: delete one first",
+                crate::accounts::USERS_MAX
+            ))));
+        }
+        crate::codec::add_count(state, keys::USER_COUNT, 1)?;
+    }
+    state.put(&k, &encode(user))?;
+    Ok(Outcome::UserSet {
+        name: user.name.clone(),
+        role: user.role,
+        created: !existed,
+    })
+}
+
+/// `Op::SetPassword`: a new hash for an existing user, its role kept.
+fn set_password(
+    name: &str,
+    password_hash: &str,
+    state: &mut dyn State,
+) -> Result<Outcome, StateError> {
+    let k = keys::user(name);
+    let Some(mut user) = read::<crate::accounts::User>(state, &k)? else {
+        return Ok(refused(Refused::NoSuchUser { name: name.into() }));
+    };
+    user.password_hash = password_hash.to_string();
+    state.put(&k, &encode(&user))?;
+    Ok(Outcome::UserSet {
+        name: user.name,
+        role: user.role,
+        created: false,
+    })
+}
+
+/// `Op::DeleteUser`.
+fn delete_user(name: &str, state: &mut dyn State) -> Result<Outcome, StateError> {
+    let k = keys::user(name);
+    if state.get(&k)?.is_none() {
+        return Ok(refused(Refused::NoSuchUser { name: name.into() }));
+    }
+    state.delete(&k)?;
+    crate::codec::add_count(state, keys::USER_COUNT, -1)?;
+    Ok(Outcome::UserDeleted { name: name.into() })
 }
 
 /// Appends to the outbox, dropping the oldest event past the bound.

@@ -34,9 +34,13 @@ pub struct Command {
 pub enum Op {
     /// The operation mode (esc-facts: `escadm op_mode`); replicated, so it
     /// survives a switchover.
-    SetOpMode { mode: OpMode },
+    SetOpMode {
+        mode: OpMode,
+    },
     /// A tenant (the owner of services).
-    CreateTenant { tenant: crate::model::Tenant },
+    CreateTenant {
+        tenant: crate::model::Tenant,
+    },
     /// A lifecycle operation on the service `deployment` (a deploy creates
     /// it): one at a time per service.
     StartOperation {
@@ -48,17 +52,38 @@ pub enum Op {
         callback: Option<String>,
     },
     /// A step's result, proposed by the primary's lifecycle runner.
-    RecordStep { step: crate::model::Step },
+    RecordStep {
+        step: crate::model::Step,
+    },
     /// `retry` or `fail` of a FAILED_TEMP operation (SOL 003).
     ControlOperation {
         op_id: String,
         action: crate::model::LcmControl,
     },
     /// Callbacks the primary's notifier delivered (or gave up on).
-    CallbacksDelivered { op_ids: Vec<String> },
+    CallbacksDelivered {
+        op_ids: Vec<String>,
+    },
     /// ESC's `DISABLE_MONITOR` / `ENABLE_MONITOR` of a deployment: its VMs
     /// are not probed (nor healed, nor scaled) while disabled.
-    SetMonitoring { deployment: String, enabled: bool },
+    SetMonitoring {
+        deployment: String,
+        enabled: bool,
+    },
+    /// An API account created (`create_only`: refused if it exists) or
+    /// replaced; it carries the password's hash, never the password.
+    PutUser {
+        user: crate::accounts::User,
+        create_only: bool,
+    },
+    /// A new password hash for an existing account.
+    SetPassword {
+        name: String,
+        password_hash: String,
+    },
+    DeleteUser {
+        name: String,
+    },
 }
 
 /// Most callbacks one `CallbacksDelivered` clears.
@@ -90,6 +115,15 @@ impl Op {
         match self {
             Op::SetOpMode { .. } | Op::RecordStep { .. } => Ok(()),
             Op::SetMonitoring { deployment, .. } => check_name(deployment),
+            Op::PutUser { user, .. } => user.validate(),
+            Op::SetPassword {
+                name,
+                password_hash,
+            } => {
+                check_name(name)?;
+                crate::accounts::check_hash(password_hash)
+            }
+            Op::DeleteUser { name } => check_name(name),
             Op::CreateTenant { tenant } => tenant
                 .validate()
                 .map_err(|e| invalid("tenant", e.to_string())),
@@ -168,6 +202,14 @@ impl Op {
         match self {
             Op::SetOpMode { mode } => format!("set operation mode {}", mode.word()),
             Op::CreateTenant { tenant } => format!("create tenant {}", tenant.name),
+            Op::PutUser { user, create_only } => format!(
+                "{} user {} ({})",
+                if *create_only { "add" } else { "set" },
+                user.name,
+                user.role.word()
+            ),
+            Op::SetPassword { name, .. } => format!("change the password of user {name}"),
+            Op::DeleteUser { name } => format!("delete user {name}"),
             Op::SetMonitoring {
                 deployment,
                 enabled,

@@ -7,6 +7,9 @@ pub const EVENT: &str = "event/";
 pub const OP_MODE: &str = "setting/op_mode";
 pub const DEPLOYMENT_COUNT: &str = "count/deployments";
 pub const TENANT: &str = "tenant/";
+/// An API account (`accounts::User`), by name.
+pub const USER: &str = "user/";
+pub const USER_COUNT: &str = "count/users";
 /// A deployment (`model::ServiceRecord`), by name.
 pub const SERVICE: &str = "service/";
 /// Results owed to callback URLs (`model::Callback`), by operation.
@@ -27,6 +30,10 @@ pub fn service_change(index: u64) -> String {
 
 pub fn tenant(name: &str) -> String {
     format!("{TENANT}{name}")
+}
+
+pub fn user(name: &str) -> String {
+    format!("{USER}{name}")
 }
 
 pub fn service(name: &str) -> String {

@@ -24,7 +24,9 @@
 //! - [`model`]: the service's model (tenants, deployments with VM groups),
 //!   its validation naming each field, ESC's and SOL 003's states.
 //! - [`kpi`]: a VM group's monitoring: KPIs, rules and their actions.
+//! - [`accounts`]: the API's users, their roles and password hashes.
 
+pub mod accounts;
 pub mod apply;
 mod codec;
 pub mod command;

@@ -37,6 +37,15 @@ pub enum Outcome {
         op_id: String,
         state: crate::model::OperationState,
     },
+    /// An API account created or changed.
+    UserSet {
+        name: String,
+        role: crate::accounts::UserRole,
+        created: bool,
+    },
+    UserDeleted {
+        name: String,
+    },
     /// Nothing changed, and why.
     Refused {
         refused: Refused,
@@ -65,6 +74,10 @@ pub enum Refused {
         state: String,
         what: String,
     },
+    #[error("user {name:?} already exists: `escadm user passwd` changes its password")]
+    UserExists { name: String },
+    #[error("no user {name:?}")]
+    NoSuchUser { name: String },
     #[error("no operation {op_id}")]
     NoSuchOperation { op_id: String },
     #[error("operation {op_id} is {state}: only a FAILED_TEMP operation can be retried, rolled back or failed")]

@@ -152,3 +152,21 @@ pub fn service_changes(
         None => Ok(out),
     }
 }
+
+/// An API account, with its password hash (for the northbound's check).
+pub fn user(
+    state: &dyn StateRead,
+    name: &str,
+) -> Result<Option<crate::accounts::User>, StateError> {
+    read(state, &keys::user(name))
+}
+
+/// API accounts in name order after `after`, at most `limit`.
+pub fn users(
+    state: &dyn StateRead,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<crate::accounts::User>, StateError> {
+    let after = after.map(keys::user);
+    decoded(state, keys::USER, after.as_deref(), limit)
+}

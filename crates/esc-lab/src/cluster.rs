@@ -160,7 +160,8 @@ impl Cluster {
             let mut h = Self::host(&name, &format!("esc{}", i + 1))?;
             std::fs::write(
                 h.home.join("esc.toml"),
-                format!("node_name = \"{name}\"\n[api]\npassword = \"{PASSWORD}\"\n"),
+                // The lab measures the pair, not one user's write budget.
+                format!("node_name = \"{name}\"\n[api]\npassword = \"{PASSWORD}\"\nwrites_per_user_per_s = 1000000\n"),
             )?;
             if let Some(mib) = data_volume_mib {
                 let data = h.home.join("data");

@@ -6,7 +6,7 @@
 
 use crate::logging::ADMIN;
 use crate::shared::{unix_ms, AgentCmd, Event, OwnerRequest, Shared};
-use esc_domain::{query, Command, Op, OpMode};
+use esc_domain::{query, Command, Op, OpMode, Outcome};
 use esc_proto::admin::{socket_path, ANSWER_TIMEOUT, REQUEST_BYTES_MAX};
 use esc_proto::status::StateSummary;
 use esc_proto::{AdminRequest, AdminResponse};
@@ -91,13 +91,7 @@ async fn serve_one(stream: UnixStream, shared: Shared) -> std::io::Result<()> {
                 "bad admin request: {e} (is escadm the same version as escd?)"
             )),
             Ok(req) => {
-                if !matches!(
-                    req,
-                    AdminRequest::Status { .. }
-                        | AdminRequest::Health
-                        | AdminRequest::OpModeShow
-                        | AdminRequest::IpTrans
-                ) {
+                if req.logged_verbatim() {
                     info!(target: ADMIN, request = %line, "admin request");
                 }
                 answer(&shared, req).await
@@ -165,6 +159,115 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
         AdminRequest::Demote { reason } => to_owner(shared, OwnerRequest::Demote { reason }).await,
         AdminRequest::Hang { seconds } => to_owner(shared, OwnerRequest::Hang { seconds }).await,
         AdminRequest::KillApi => to_owner(shared, OwnerRequest::KillApi).await,
+        AdminRequest::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => {
+            let user = esc_domain::accounts::User {
+                name,
+                role,
+                password_hash,
+            };
+            user_change(
+                shared,
+                Op::PutUser {
+                    user,
+                    create_only: true,
+                },
+            )
+            .await
+        }
+        AdminRequest::UserPasswd {
+            name,
+            password_hash,
+        } => {
+            user_change(
+                shared,
+                Op::SetPassword {
+                    name,
+                    password_hash,
+                },
+            )
+            .await
+        }
+        AdminRequest::UserDel { name } => user_change(shared, Op::DeleteUser { name }).await,
+        AdminRequest::UserList => match read(shared, |r| query::users(r, None, usize::MAX)).await {
+            Ok(users) => AdminResponse::Users {
+                users: users.iter().map(|u| u.entry()).collect(),
+                bootstrap: shared.api_user.clone(),
+            },
+            Err(e) => AdminResponse::refused(e),
+        },
+    }
+}
+
+/// `escadm user add | passwd | del`: a replicated change of the accounts,
+/// on the primary; logged by what it does (never the hash).
+async fn user_change(shared: &Shared, op: Op) -> AdminResponse {
+    let name = match &op {
+        Op::PutUser { user, .. } => &user.name,
+        Op::SetPassword { name, .. } | Op::DeleteUser { name } => name,
+        _ => return AdminResponse::refused("not an account change"),
+    };
+    if *name == shared.api_user {
+        return AdminResponse::refused(format!(
+            "{name:?} is this node's bootstrap account (api.user): its password is api.password in esc.toml, or the generated api_password file"
+        ));
+    }
+    if let Err(e) = op.validate() {
+        return AdminResponse::refused(e.to_string());
+    }
+    info!(target: ADMIN, change = %op.describe(), "escadm user");
+    if shared.role.borrow().role != esc_repl::Role::Primary {
+        return AdminResponse::refused(
+            "this node is standby: manage users on the primary (they are replicated)",
+        );
+    }
+    match commit(shared, op).await {
+        Ok(Outcome::UserSet {
+            name,
+            role,
+            created,
+        }) => AdminResponse::done(format!(
+            "user {name} ({}) {}",
+            role.word(),
+            if created { "added" } else { "changed" }
+        )),
+        Ok(Outcome::UserDeleted { name }) => AdminResponse::done(format!("user {name} deleted")),
+        Ok(Outcome::Refused { refused }) => AdminResponse::refused(refused.to_string()),
+        Ok(other) => AdminResponse::refused(format!("unexpected outcome {other:?}")),
+        Err(e) => AdminResponse::refused(e),
+    }
+}
+
+/// Proposes `op` through the replicated log and waits for its outcome.
+async fn commit(shared: &Shared, op: Op) -> Result<Outcome, String> {
+    let tid = uuid::Uuid::new_v4().to_string();
+    let cmd = Command {
+        tid: tid.clone(),
+        idempotency_key: None,
+        fingerprint: String::new(),
+        at_ms: unix_ms(),
+        op,
+    };
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .events
+        .send(Event::Propose {
+            payload: cmd.to_payload(),
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return Err("node stopping".into());
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(Ok(answer))) => Ok(answer.outcome),
+        _ => Err(format!(
+            "the change (tid {tid}) did not commit in time: check the node's status and try again"
+        )),
     }
 }
 
@@ -255,30 +358,8 @@ async fn set_op_mode(shared: &Shared, mode: OpMode, ipt_check: bool) -> AdminRes
             ));
         }
     }
-    let tid = uuid::Uuid::new_v4().to_string();
-    let cmd = Command {
-        tid: tid.clone(),
-        idempotency_key: None,
-        fingerprint: String::new(),
-        at_ms: unix_ms(),
-        op: Op::SetOpMode { mode },
-    };
-    let (tx, rx) = oneshot::channel();
-    if shared
-        .events
-        .send(Event::Propose {
-            payload: cmd.to_payload(),
-            reply: tx,
-        })
-        .await
-        .is_err()
-    {
-        return AdminResponse::refused("node stopping");
-    }
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(Ok(_))) => AdminResponse::OpMode { mode },
-        _ => AdminResponse::refused(format!(
-            "the mode change (tid {tid}) did not commit in time: check `escadm op_mode show`"
-        )),
+    match commit(shared, Op::SetOpMode { mode }).await {
+        Ok(_) => AdminResponse::OpMode { mode },
+        Err(e) => AdminResponse::refused(format!("{e} (`escadm op_mode show`)")),
     }
 }

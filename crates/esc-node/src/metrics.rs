@@ -31,6 +31,12 @@ pub struct Counters {
     pub api_conns: ConnCounters,
     /// The health API's listener.
     pub health_conns: ConnCounters,
+    /// API requests with wrong credentials (`northbound::auth`).
+    pub login_failures: AtomicU64,
+    /// Logins held back or refused because their source failed too often.
+    pub logins_throttled: AtomicU64,
+    /// Writes answered 429: their user spent its budget.
+    pub writes_over_budget: AtomicU64,
 }
 
 /// One northbound listener's connections (issue 14).
@@ -101,6 +107,9 @@ impl Counters {
             store_errors: g(&self.store_errors),
             api_connections: self.api_conns.snapshot(),
             health_connections: self.health_conns.snapshot(),
+            login_failures: g(&self.login_failures),
+            logins_throttled: g(&self.logins_throttled),
+            writes_over_budget: g(&self.writes_over_budget),
         }
     }
 }

@@ -171,6 +171,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct Shared {
     pub node_name: String,
+    /// `api.user`: the node's bootstrap account, not a replicated one.
+    pub api_user: String,
     pub store: Arc<NodeStore>,
     pub events: mpsc::Sender<Event>,
     /// The HA agent's commands to the owner task (`Event::Ha`,

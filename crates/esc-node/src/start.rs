@@ -209,6 +209,7 @@ pub async fn run(
     }
     let shared = Shared {
         node_name: cfg.node_name.clone(),
+        api_user: cfg.api.user.clone(),
         store: store.clone(),
         events: events_tx,
         ha_events: ha_tx,
@@ -252,11 +253,19 @@ pub async fn run(
         switchover_timeout: Duration::from_millis(cfg.ha.switchover_timeout_ms),
     });
     let password = northbound::password(&home, &cfg.api)?;
+    // One authentication state for both listeners: a source throttled on
+    // one is throttled on the other.
+    let auth = std::sync::Arc::new(northbound::auth::Auth::new(
+        &cfg.api.user,
+        &password,
+        cfg.api.writes_per_user_per_s,
+    ));
+    drop(password);
     tasks.spawn(northbound::serve_health(
         health_listener,
         shared.clone(),
         cfg.api.clone(),
-        password.clone(),
+        auth.clone(),
     ));
     // Connections are bounded well under the descriptor limit (issue 14):
     // the monitor's probes and the VIM calls hold descriptors of their own.
@@ -279,7 +288,7 @@ pub async fn run(
         api_listener,
         shared.clone(),
         cfg.api.clone(),
-        password,
+        auth,
         api_connections,
     ));
     tasks.spawn(admin::serve(admin::bind(&home)?, shared.clone()));

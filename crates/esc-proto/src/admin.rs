@@ -3,6 +3,7 @@
 //! user (root in production) may drive the node.
 
 use crate::status::{HealthReport, InFlight, NodeStatus};
+use esc_domain::accounts::{UserEntry, UserRole};
 use esc_domain::OpMode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -67,6 +68,41 @@ pub enum AdminRequest {
     /// Lab only: the northbound API dies (stops listening, closes its
     /// connections) while the HA agent and the replication core live.
     KillApi,
+    /// A new API account (on the primary; replicated). `escadm` hashes
+    /// the password: only its Argon2id hash crosses the socket.
+    UserAdd {
+        name: String,
+        role: UserRole,
+        password_hash: String,
+    },
+    /// A new password (its hash) for an account.
+    UserPasswd {
+        name: String,
+        password_hash: String,
+    },
+    UserDel {
+        name: String,
+    },
+    /// The accounts and their roles (either node).
+    UserList,
+}
+
+impl AdminRequest {
+    /// Whether the node logs the request line as it came (every request
+    /// that changes something, but those carrying a password hash: those
+    /// are logged by what they do).
+    pub fn logged_verbatim(&self) -> bool {
+        !matches!(
+            self,
+            AdminRequest::Status { .. }
+                | AdminRequest::Health
+                | AdminRequest::OpModeShow
+                | AdminRequest::IpTrans
+                | AdminRequest::UserList
+                | AdminRequest::UserAdd { .. }
+                | AdminRequest::UserPasswd { .. }
+        )
+    }
 }
 
 impl AdminRequest {
@@ -109,6 +145,11 @@ pub enum AdminResponse {
     /// answer is sent.
     Reloading {
         message: String,
+    },
+    /// The API's replicated accounts, and the node's bootstrap account.
+    Users {
+        users: Vec<UserEntry>,
+        bootstrap: String,
     },
     /// Nothing was done, and why (with what to do).
     Refused {

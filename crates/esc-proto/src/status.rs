@@ -145,6 +145,15 @@ pub struct Counters {
     /// The health API's connections.
     #[serde(default)]
     pub health_connections: ConnCounters,
+    /// API requests with wrong credentials (never with the password).
+    #[serde(default)]
+    pub login_failures: u64,
+    /// Logins delayed or refused: their source address failed too often.
+    #[serde(default)]
+    pub logins_throttled: u64,
+    /// Writes answered 429: their user was past its budget.
+    #[serde(default)]
+    pub writes_over_budget: u64,
 }
 
 /// One northbound listener's connections: accepted, and closed unanswered

@@ -253,6 +253,9 @@ impl From<AdminResponse> for Reply {
             AdminResponse::OpMode { mode } => {
                 (true, format!("Operation Mode = {}", mode.word()), None)
             }
+            AdminResponse::Users { users, .. } => {
+                (true, format!("{} user(s)", users.len()), json(users))
+            }
             AdminResponse::Transactions { transactions } => (
                 true,
                 format!("{} transaction(s) in progress", transactions.len()),

@@ -16,14 +16,19 @@
 //! - `Idempotency-Key`: a resend gets the first outcome, even after a
 //!   failover (the key table is replicated state).
 //! - A standby answers writes with 503, `Retry-After` and its role.
-//! - HTTP basic authentication on every route; no default password. The
-//!   credentials are checked before a request body is read: an
-//!   unauthenticated client cannot make the node buffer bodies.
+//! - `GET /v0/users`, `PUT` and `DELETE /v0/users/{name}`: the accounts
+//!   (admin only).
+//! - HTTP basic authentication and the route's role on every route and
+//!   fallback (`auth`); no default password. The credentials are checked
+//!   before a request body is read: an unauthenticated client cannot make
+//!   the node buffer bodies. Every error, 404 and 405 included, is
+//!   `{"error": "..."}`.
 
 // Validation helpers return the finished error response as their `Err`: the
 // size of `Response` is irrelevant next to a network round trip.
 #![allow(clippy::result_large_err)]
 
+use super::auth::Auth;
 use crate::shared::{unix_ms, Event, Shared};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
@@ -31,7 +36,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use base64::Engine;
 use esc_config::ApiConfig;
 use esc_domain::command::{check_idempotency_key, check_name};
 use esc_domain::{query, Answer, Command, InvalidCommand, Op, OpMode, Outcome, Refused};
@@ -59,21 +63,19 @@ pub const PASSWORD_FILE: &str = "api_password";
 #[derive(Clone)]
 struct ApiState {
     shared: Shared,
-    /// Expected `Authorization` header value.
-    auth: Arc<String>,
+    /// `api.user`: not one of the replicated accounts.
+    bootstrap_user: Arc<str>,
     limit: Arc<Semaphore>,
     /// Open event streams (`GET /v0/events`).
     streams: Arc<Semaphore>,
 }
 
 impl ApiState {
-    /// Credentials from the config; at most `concurrency` requests at once.
-    fn new(shared: Shared, cfg: &ApiConfig, password: &str, concurrency: usize) -> ApiState {
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", cfg.user));
+    /// At most `concurrency` requests at once.
+    fn new(shared: Shared, cfg: &ApiConfig, concurrency: usize) -> ApiState {
         ApiState {
             shared,
-            auth: Arc::new(format!("Basic {token}")),
+            bootstrap_user: cfg.user.as_str().into(),
             limit: Arc::new(Semaphore::new(concurrency)),
             streams: Arc::new(Semaphore::new(super::events::STREAMS_MAX)),
         }
@@ -124,13 +126,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     cfg: ApiConfig,
-    password: String,
+    auth: Arc<Auth>,
     connections_max: usize,
 ) {
     let mut dead = shared.api_dead.subscribe();
     let nb = shared.northbound.clone();
     let state_counters = shared.counters.clone();
-    let state = ApiState::new(shared, &cfg, &password, cfg.concurrency_max);
+    let guard = super::auth::Guard {
+        shared: shared.clone(),
+        auth,
+    };
+    let state = ApiState::new(shared, &cfg, cfg.concurrency_max);
     let app = Router::new()
         .route("/v0/deployments", get(list).post(deploy))
         .route(
@@ -152,7 +158,20 @@ pub async fn serve(
             axum::routing::post(control_operation),
         )
         .route("/v0/events", get(events))
+        .route("/v0/users", get(list_users))
+        .route(
+            "/v0/users/{name}",
+            axum::routing::put(put_user).delete(delete_user),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
+        // Before every route and fallback: nothing is read, routed or
+        // told to a caller without credentials.
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::auth::guard,
+        ))
         .with_state(state);
     // A dead API (lab fault injection) closes its listener and connections;
     // requests already running still get their answer.
@@ -177,13 +196,23 @@ pub async fn serve_health(
     listener: tokio::net::TcpListener,
     shared: Shared,
     cfg: ApiConfig,
-    password: String,
+    auth: Arc<Auth>,
 ) {
     let nb = shared.northbound.clone();
     let counters = shared.counters.clone();
-    let state = ApiState::new(shared, &cfg, &password, 16);
+    let guard = super::auth::Guard {
+        shared: shared.clone(),
+        auth,
+    };
+    let state = ApiState::new(shared, &cfg, 16);
     let app = Router::new()
         .route("/esc/health", get(health))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::auth::guard,
+        ))
         .with_state(state);
     let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
     super::conn::serve(
@@ -197,10 +226,23 @@ pub async fn serve_health(
     .await;
 }
 
-async fn health(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
+/// Any path the API does not have, in the API's error shape.
+async fn no_route(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {}", uri.path()),
+    )
+}
+
+/// A route asked with a method it does not take.
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
     // Bounded: a flood of probes waits here instead of piling up checks.
     let _permit = state.limit.acquire().await;
     let peer = crate::health::peer_in_sync(&state.shared);
@@ -217,33 +259,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json(status, serde_json::json!({ "error": message.into() }))
-}
-
-fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let want = state.auth.as_bytes();
-    // Constant time in the length of the expected value.
-    let same =
-        given.len() == want.len() && given.iter().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-    if same {
-        Ok(())
-    } else {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "credentials required (HTTP basic)",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"esc\""),
-        );
-        Err(r)
-    }
-}
+pub(super) use super::auth::error;
 
 fn invalid(e: InvalidCommand) -> Response {
     error(
@@ -357,9 +373,26 @@ fn render(answer: Answer, replayed: bool) -> Response {
             StatusCode::OK,
             serde_json::json!({ "operation": op_id, "state": state }),
         ),
+        Outcome::UserSet {
+            name,
+            role,
+            created,
+        } => (
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            serde_json::json!({ "user": name, "role": role, "created": created }),
+        ),
+        Outcome::UserDeleted { name } => (
+            StatusCode::OK,
+            serde_json::json!({ "user": name, "deleted": true }),
+        ),
         Outcome::Refused { refused } => {
             let status = match refused {
-                Refused::DeploymentExists { .. }
+                Refused::UserExists { .. }
+                | Refused::DeploymentExists { .. }
                 | Refused::TenantExists { .. }
                 | Refused::OperationInProgress { .. }
                 | Refused::NotFailedTemp { .. }
@@ -367,7 +400,8 @@ fn render(answer: Answer, replayed: bool) -> Response {
                 Refused::NoSuchDeployment { .. }
                 | Refused::NoSuchVm { .. }
                 | Refused::NoSuchTenant { .. }
-                | Refused::NoSuchOperation { .. } => StatusCode::NOT_FOUND,
+                | Refused::NoSuchOperation { .. }
+                | Refused::NoSuchUser { .. } => StatusCode::NOT_FOUND,
                 Refused::IdempotencyKeyReused | Refused::Invalid(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -548,12 +582,15 @@ async fn write_request<F>(
 where
     F: std::future::Future<Output = Result<(String, Op), Response>>,
 {
-    let tid = uuid::Uuid::new_v4().to_string();
+    // `auth::guard` gave the write its transaction id (it answers a
+    // refused one with it too).
+    let tid = headers
+        .get(super::auth::TID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = info_span!("nbi", tid = %tid, method);
     async move {
-        if let Err(r) = authorized(&state, &headers) {
-            return with_tid(r, &tid);
-        }
         let _permit = state.limit.acquire().await;
         let key = match idempotency_key(&headers) {
             Ok(k) => k,
@@ -590,12 +627,8 @@ struct ListQuery {
 
 async fn list(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
     let Ok(Query(q)) = query else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -1073,9 +1106,6 @@ async fn events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
     let Ok(Query(q)) = query else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -1127,12 +1157,8 @@ async fn show_record<T: serde::Serialize + Send + 'static>(
 /// `GET /v0/deployments/{name}`: its state, VMs and current operation.
 async fn show_deployment(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
     if let Err(e) = check_name(&name) {
         return invalid(e);
     }
@@ -1191,14 +1217,7 @@ async fn control_operation(
 }
 
 /// `GET /v0/operations/{id}`: an operation occurrence and its steps.
-async fn show_operation(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
+async fn show_operation(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Response {
     if id.is_empty() || id.len() > 64 {
         return error(
             StatusCode::BAD_REQUEST,
@@ -1208,4 +1227,122 @@ async fn show_operation(
     let i = id.clone();
     let missing = Refused::NoSuchOperation { op_id: id }.to_string();
     show_record(&state, move |r| query::operation(r, &i), missing).await
+}
+
+/// `GET /v0/users`: the accounts and their roles (never a hash), in name
+/// order, paged as the deployments; admin only (`auth::required`).
+async fn list_users(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: `after` (a name) and `limit` (1 to 1000) only",
+        );
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
+        );
+    }
+    let after = q.after.clone();
+    match read_state(&state, move |r| query::users(r, after.as_deref(), limit)).await {
+        Ok(users) => {
+            let next = if users.len() == limit {
+                users.last().map(|u| u.name.clone())
+            } else {
+                None
+            };
+            let users: Vec<_> = users.iter().map(|u| u.entry()).collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "users": users, "next_after": next }),
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+/// The body of `PUT /v0/users/{name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    role: esc_domain::accounts::UserRole,
+    password: String,
+}
+
+/// A user name the API may manage: valid, and not the bootstrap account.
+fn manageable_user(state: &ApiState, name: &str) -> Result<(), Response> {
+    check_name(name).map_err(invalid)?;
+    if name == &*state.bootstrap_user {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("{name:?} is this node's bootstrap account (api.user): its password is api.password or the api_password file"),
+        ));
+    }
+    Ok(())
+}
+
+/// `PUT /v0/users/{name}`: `{"role", "password"}` creates the account
+/// (`201`) or replaces its role and password (`200`). The password is
+/// hashed here (Argon2id) and only the hash is proposed. A resend under the
+/// same `Idempotency-Key` keeps the first answer: the fingerprint covers
+/// the name and the role only, so the log holds nothing derived from the
+/// password but its salted hash.
+async fn put_user(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    req: Request,
+) -> Response {
+    let st = state.clone();
+    write_request(state, headers, "PUT", Some(req), |body| async move {
+        manageable_user(&st, &name)?;
+        let b: UserBody = serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        esc_domain::accounts::check_password(&b.password).map_err(invalid)?;
+        let salt: [u8; 16] = rand::random();
+        let password = b.password;
+        let hash = tokio::task::spawn_blocking(move || {
+            esc_domain::accounts::hash_password(&password, &salt)
+        })
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(invalid)?;
+        info!(user = %name, role = b.role.word(), "set user");
+        let fp = fingerprint(&[b"PUT /v0/users/", name.as_bytes(), b.role.word().as_bytes()]);
+        let user = esc_domain::accounts::User {
+            name,
+            role: b.role,
+            password_hash: hash,
+        };
+        Ok((
+            fp,
+            Op::PutUser {
+                user,
+                create_only: false,
+            },
+        ))
+    })
+    .await
+}
+
+/// `DELETE /v0/users/{name}`: the account is gone on both nodes; its
+/// remembered logins no longer match (`auth`).
+async fn delete_user(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let st = state.clone();
+    write_request(state, headers, "DELETE", None, |_| async move {
+        manageable_user(&st, &name)?;
+        info!(user = %name, "delete user");
+        let fp = fingerprint(&[b"DELETE /v0/users/", name.as_bytes()]);
+        Ok((fp, Op::DeleteUser { name }))
+    })
+    .await
 }

@@ -4,6 +4,7 @@
 //! the domain's outcomes become HTTP answers here and nowhere else.
 
 pub mod api;
+pub mod auth;
 pub mod conn;
 pub mod events;
 
