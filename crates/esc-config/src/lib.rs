@@ -535,6 +535,20 @@ pub struct ApiConfig {
     /// Writes (any method but GET) one user may make per second, with as
     /// many in reserve; past it the API answers `429` with `Retry-After`.
     pub writes_per_user_per_s: u32,
+    /// The server certificate chain (PEM, leaf first) for HTTPS; with
+    /// `tls_key_file`, the REST API is also served on `https_listen` and
+    /// the health API on `health_https_listen`. Relative paths are under
+    /// the node home. Reread by `escadm reload`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM; mode 0600 or stricter).
+    pub tls_key_file: Option<PathBuf>,
+    /// HTTPS REST listen address (ESC's 8443).
+    pub https_listen: SocketAddr,
+    /// HTTPS health API listen address.
+    pub health_https_listen: SocketAddr,
+    /// Serve plain HTTP on `listen` and `health_listen` too; `false` needs
+    /// the TLS files (HTTPS only).
+    pub plain_http: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -582,6 +596,11 @@ impl Default for ApiConfig {
             // Well above what a VNF manager's clients send (deployments
             // take seconds each), well below the node's capacity.
             writes_per_user_per_s: 1_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            https_listen: "0.0.0.0:8443".parse().expect("static address"),
+            health_https_listen: "0.0.0.0:8061".parse().expect("static address"),
+            plain_http: true,
         }
     }
 }
@@ -819,6 +838,44 @@ impl Config {
                 ));
             }
         }
+        match (&a.tls_cert_file, &a.tls_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(bad(
+                    "api.tls_cert_file",
+                    "and api.tls_key_file go together: set both for HTTPS, or neither".into(),
+                ))
+            }
+            (None, None) if !a.plain_http => {
+                return Err(bad(
+                    "api.plain_http",
+                    "false needs HTTPS: set api.tls_cert_file and api.tls_key_file".into(),
+                ))
+            }
+            _ => {}
+        }
+        if a.tls_cert_file.is_some() {
+            let mut taken = vec![
+                ("api.listen", a.listen),
+                ("api.health_listen", a.health_listen),
+                ("replication.listen", r.listen),
+            ];
+            for (field, addr) in [
+                ("api.https_listen", a.https_listen),
+                ("api.health_https_listen", a.health_https_listen),
+            ] {
+                // The same port on the same or the wildcard address.
+                let clash = |t: &SocketAddr| {
+                    t.port() == addr.port()
+                        && (t.ip() == addr.ip()
+                            || t.ip().is_unspecified()
+                            || addr.ip().is_unspecified())
+                };
+                if let Some((other, _)) = taken.iter().find(|(_, t)| clash(t)) {
+                    return Err(bad(field, format!("is the same address as {other}")));
+                }
+                taken.push((field, addr));
+            }
+        }
         if !(1..=1_000_000).contains(&a.writes_per_user_per_s) {
             return Err(bad(
                 "api.writes_per_user_per_s",
@@ -1026,6 +1083,14 @@ concurrency_max = 64
                 "api.connections_per_source_max",
             ),
             ("header_timeout_ms = 0\n", "api.header_timeout_ms"),
+            ("writes_per_user_per_s = 0\n", "api.writes_per_user_per_s"),
+            ("tls_cert_file = \"c.pem\"\n", "api.tls_cert_file"),
+            ("tls_key_file = \"k.pem\"\n", "api.tls_cert_file"),
+            ("plain_http = false\n", "api.plain_http"),
+            (
+                "tls_cert_file = \"c\"\ntls_key_file = \"k\"\nhttps_listen = \"0.0.0.0:8080\"\n",
+                "api.https_listen",
+            ),
         ] {
             let err = parse(&format!("{GOOD}{extra}")).unwrap_err();
             assert!(err.to_string().contains(field), "{extra}: {err}");

@@ -152,7 +152,10 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
             }
             resp
         }
-        AdminRequest::Reload => to_owner(shared, OwnerRequest::Reload).await,
+        AdminRequest::Reload => match reload_in_place(shared) {
+            Some(answer) => answer,
+            None => to_owner(shared, OwnerRequest::Reload).await,
+        },
         AdminRequest::Promote { reason, force } => {
             to_owner(shared, OwnerRequest::Promote { reason, force }).await
         }
@@ -200,6 +203,34 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
             Err(e) => AdminResponse::refused(e),
         },
     }
+}
+
+/// `escadm reload` with `esc.toml` unchanged: the TLS certificate and key
+/// are reread and swapped in place (new connections get them; no restart,
+/// no handover). None: the file changed (or does not load), so the owner
+/// checks it and restarts the node with it.
+fn reload_in_place(shared: &Shared) -> Option<AdminResponse> {
+    let now = esc_config::Config::load(&shared.home).ok()?;
+    if now != *shared.running_config {
+        return None;
+    }
+    Some(match &shared.tls {
+        Some(t) => match t.reload() {
+            Ok(()) => {
+                info!(target: ADMIN, "escadm reload: esc.toml unchanged; TLS certificate and key reloaded");
+                AdminResponse::done(
+                    "esc.toml unchanged: the TLS certificate and key were reloaded (new connections use them)",
+                )
+            }
+            Err(e) => {
+                warn!(target: ADMIN, error = %e, "escadm reload: TLS files refused");
+                AdminResponse::refused(format!(
+                    "the TLS files do not load, the certificate in use stays: {e}"
+                ))
+            }
+        },
+        None => AdminResponse::done("esc.toml unchanged: nothing to reload"),
+    })
 }
 
 /// `escadm user add | passwd | del`: a replicated change of the accounts,

@@ -70,6 +70,7 @@ fn disk_space(shared: &Shared) -> Check {
 /// over (issue 14; CVE-2021-1312 was ESC's health API falling to a SYN
 /// flood). That the service answers is the owner's ping, checked before.
 fn api_listens(shared: &Shared, api: SocketAddr) -> Check {
+    // Every configured REST listener (plain, HTTPS) must accept.
     let ok = shared.northbound.api_listening.get();
     Check {
         name: "api".into(),

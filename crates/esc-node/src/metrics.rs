@@ -51,6 +51,8 @@ pub struct ConnCounters {
     pub header_timeouts: AtomicU64,
     /// Failed accepts (out of descriptors, aborted connections).
     pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or did not finish within the deadline.
+    pub tls_failures: AtomicU64,
 }
 
 impl ConnCounters {
@@ -62,6 +64,7 @@ impl ConnCounters {
             refused_source: g(&self.refused_source),
             header_timeouts: g(&self.header_timeouts),
             accept_errors: g(&self.accept_errors),
+            tls_failures: g(&self.tls_failures),
         }
     }
 }

@@ -173,6 +173,12 @@ pub struct Shared {
     pub node_name: String,
     /// `api.user`: the node's bootstrap account, not a replicated one.
     pub api_user: String,
+    /// The HTTPS certificate, if configured (reloaded in place).
+    pub tls: Option<Arc<crate::northbound::tls::Certs>>,
+    /// The configuration the node runs with (`escadm reload` compares).
+    pub running_config: Arc<esc_config::Config>,
+    /// The node home (`esc.toml` is there).
+    pub home: PathBuf,
     pub store: Arc<NodeStore>,
     pub events: mpsc::Sender<Event>,
     /// The HA agent's commands to the owner task (`Event::Ha`,

@@ -188,8 +188,33 @@ pub async fn run(
         Some(_) => Some(bind(r.listen, "replication").await?),
         None => None,
     };
-    let api_listener = bind(cfg.api.listen, "the API").await?;
-    let health_listener = bind(cfg.api.health_listen, "the health API").await?;
+    // HTTPS beside plain HTTP (or instead of it): one certificate for the
+    // REST and health listeners, swapped in place by `escadm reload`.
+    let tls = match northbound::tls::Certs::files(&home, &cfg.api) {
+        Some(files) => Some(std::sync::Arc::new(
+            northbound::tls::Certs::open(files).map_err(|message| crate::Error::Invalid {
+                field: "api.tls".into(),
+                message,
+            })?,
+        )),
+        None => None,
+    };
+    let mut api_listeners = Vec::new();
+    let mut health_listeners = Vec::new();
+    if cfg.api.plain_http {
+        api_listeners.push((bind(cfg.api.listen, "the API").await?, None));
+        health_listeners.push((bind(cfg.api.health_listen, "the health API").await?, None));
+    }
+    if let Some(t) = &tls {
+        api_listeners.push((
+            bind(cfg.api.https_listen, "the HTTPS API").await?,
+            Some(t.clone()),
+        ));
+        health_listeners.push((
+            bind(cfg.api.health_https_listen, "the HTTPS health API").await?,
+            Some(t.clone()),
+        ));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     if let (Some(secret), Some(listener)) = (&secret, repl_listener) {
         let net_ctx = NetCtx {
@@ -226,6 +251,9 @@ pub async fn run(
         agent: Default::default(),
         api_dead: Arc::new(watch::Sender::new(false)),
         northbound: Default::default(),
+        tls: tls.clone(),
+        running_config: std::sync::Arc::new(cfg.clone()),
+        home: home.clone(),
         applied,
         lease_until: Default::default(),
         has_witness: pair && cfg.witness.address.is_some(),
@@ -261,8 +289,13 @@ pub async fn run(
         cfg.api.writes_per_user_per_s,
     ));
     drop(password);
+    shared.northbound.api_listening.expect(api_listeners.len());
+    shared
+        .northbound
+        .health_listening
+        .expect(health_listeners.len());
     tasks.spawn(northbound::serve_health(
-        health_listener,
+        health_listeners,
         shared.clone(),
         cfg.api.clone(),
         auth.clone(),
@@ -285,7 +318,7 @@ pub async fn run(
         );
     }
     tasks.spawn(northbound::serve(
-        api_listener,
+        api_listeners,
         shared.clone(),
         cfg.api.clone(),
         auth,

@@ -166,6 +166,8 @@ pub struct ConnCounters {
     pub refused_source: u64,
     pub header_timeouts: u64,
     pub accept_errors: u64,
+    #[serde(default)]
+    pub tls_failures: u64,
 }
 
 /// The last role change of the replication core.

@@ -63,7 +63,7 @@ impl NodeSpec {
         }
     }
 
-    fn toml(&self) -> String {
+    pub fn toml(&self) -> String {
         let peer = self
             .peer
             .map(|p| format!("peer = \"{p}\"\n"))

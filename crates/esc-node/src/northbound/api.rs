@@ -29,6 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::auth::Auth;
+use super::tls::Certs;
 use crate::shared::{unix_ms, Event, Shared};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
@@ -122,14 +123,17 @@ pub fn password(home: &Path, cfg: &ApiConfig) -> crate::Result<String> {
 /// Serves the API until the task is aborted, at most `connections_max`
 /// connections at once (`conn::fd_budget`; the per-source cap and the
 /// header deadline come from `cfg`).
+///
+/// `listeners`: the plain and the HTTPS one (with its certificates), as
+/// configured; they share one connection cap.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<(tokio::net::TcpListener, Option<Arc<Certs>>)>,
     shared: Shared,
     cfg: ApiConfig,
     auth: Arc<Auth>,
     connections_max: usize,
 ) {
-    let mut dead = shared.api_dead.subscribe();
+    let dead = shared.api_dead.subscribe();
     let nb = shared.northbound.clone();
     let state_counters = shared.counters.clone();
     let guard = super::auth::Guard {
@@ -173,27 +177,32 @@ pub async fn serve(
             super::auth::guard,
         ))
         .with_state(state);
-    // A dead API (lab fault injection) closes its listener and connections;
-    // requests already running still get their answer.
-    let died = async move {
-        let _ = dead.wait_for(|d| *d).await;
-    };
-    super::conn::serve(
-        listener,
-        app,
-        super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max)),
-        (state_counters, |c| &c.api_conns),
-        nb.api_listening.clone(),
-        died,
-    )
-    .await;
+    let admission = super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max));
+    let loops = listeners.into_iter().map(|(listener, tls)| {
+        // A dead API (lab fault injection) closes its listeners and
+        // connections; requests already running still get their answer.
+        let mut dead = dead.clone();
+        let died = async move {
+            let _ = dead.wait_for(|d| *d).await;
+        };
+        super::conn::serve(
+            listener,
+            app.clone(),
+            admission.clone(),
+            (state_counters.clone(), |c| &c.api_conns),
+            nb.api_listening.clone(),
+            tls,
+            died,
+        )
+    });
+    futures::future::join_all(loops).await;
     warn!("the northbound API is down (fault injection)");
 }
 
 /// Serves `GET /esc/health` (basic auth) until the task is aborted: 200
 /// with the report when the service is provided, 503 otherwise.
 pub async fn serve_health(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<(tokio::net::TcpListener, Option<Arc<Certs>>)>,
     shared: Shared,
     cfg: ApiConfig,
     auth: Arc<Auth>,
@@ -215,15 +224,19 @@ pub async fn serve_health(
         ))
         .with_state(state);
     let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
-    super::conn::serve(
-        listener,
-        app,
-        super::conn::Admission::new(limits),
-        (counters, |c| &c.health_conns),
-        nb.health_listening.clone(),
-        std::future::pending(),
-    )
-    .await;
+    let admission = super::conn::Admission::new(limits);
+    let loops = listeners.into_iter().map(|(listener, tls)| {
+        super::conn::serve(
+            listener,
+            app.clone(),
+            admission.clone(),
+            (counters.clone(), |c| &c.health_conns),
+            nb.health_listening.clone(),
+            tls,
+            std::future::pending(),
+        )
+    });
+    futures::future::join_all(loops).await;
 }
 
 /// Any path the API does not have, in the API's error shape.

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -155,17 +155,31 @@ impl Drop for Slot {
     }
 }
 
-/// Whether a listener's accept loop runs (what the health check reads).
+/// Whether every accept loop of an API runs (what the health check
+/// reads): the REST API has one per configured listener (plain, HTTPS).
 #[derive(Debug, Default)]
-pub struct Listening(AtomicBool);
+pub struct Listening {
+    expected: AtomicUsize,
+    running: AtomicUsize,
+}
 
 impl Listening {
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        let expected = self.expected.load(Ordering::Relaxed);
+        expected > 0 && self.running.load(Ordering::Relaxed) >= expected
+    }
+
+    /// How many accept loops the API has (set before they start).
+    pub fn expect(&self, loops: usize) {
+        self.expected.store(loops, Ordering::Relaxed);
     }
 
     fn set(&self, on: bool) {
-        self.0.store(on, Ordering::Relaxed);
+        if on {
+            self.running.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -182,12 +196,17 @@ pub type Which = fn(&Counters) -> &ConnCounters;
 /// Serves `app` on `listener` under `limits` until `shutdown` resolves;
 /// then stops accepting, lets every request already running finish and
 /// closes the connections.
+///
+/// With `tls`, every connection is a TLS server session first (its
+/// handshake under the header deadline) with the certificate `tls` holds
+/// when the connection opens.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     admission: Arc<Admission>,
     (all, which): (Arc<Counters>, Which),
     listening: Arc<Listening>,
+    tls: Option<Arc<super::tls::Certs>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let counters = which(&all);
@@ -225,13 +244,17 @@ pub async fn serve(
         };
         Counters::bump(&counters.accepted);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
+        let conn = Conn {
             peer,
             slot,
-            app.clone(),
+            app: app.clone(),
             header_timeout,
-            (all.clone(), which),
+            counters: (all.clone(), which),
+        };
+        tokio::spawn(connection(
+            stream,
+            conn,
+            tls.as_ref().map(|t| t.current()),
             stop_rx.clone(),
         ));
     }
@@ -242,15 +265,51 @@ pub async fn serve(
 
 /// One connection: HTTP/1.1 with keep-alive under the header deadline,
 /// until the client closes, a deadline passes or the listener stops.
-async fn connection(
-    stream: tokio::net::TcpStream,
+/// What one connection is served with.
+struct Conn {
     peer: SocketAddr,
-    _slot: Slot,
+    /// Its place under the caps, given back when the connection ends.
+    slot: Slot,
     app: Router,
     header_timeout: Duration,
-    (all, which): (Arc<Counters>, Which),
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    counters: (Arc<Counters>, Which),
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    conn: Conn,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Some(cfg) = tls else {
+        return http(stream, conn, stop).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    let deadline = super::tls::handshake_deadline(conn.header_timeout);
+    let failed = |why: String| {
+        let (all, which) = &conn.counters;
+        Counters::bump(&which(all).tls_failures);
+        debug!(peer = %conn.peer, "TLS handshake: {why}");
+    };
+    match tokio::time::timeout(deadline, accept).await {
+        Ok(Ok(s)) => http(s, conn, stop).await,
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed("not finished within the header deadline".into()),
+    }
+}
+
+/// HTTP/1.1 on one connection, plain or TLS.
+async fn http<IO>(stream: IO, conn: Conn, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        peer,
+        slot: _slot,
+        app,
+        header_timeout,
+        counters: (all, which),
+    } = conn;
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             // Handlers may ask who is calling (rate limits, logs).

@@ -7,5 +7,6 @@ pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod events;
+pub mod tls;
 
 pub use api::{password, serve, serve_health, PASSWORD_FILE, WRITE_TIMEOUT};
