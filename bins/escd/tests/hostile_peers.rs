@@ -6,7 +6,7 @@ mod common;
 
 use common::follower::authenticate;
 use common::*;
-use esc_wire::{FrameMac, Message, HEADER_LEN};
+use esc_wire::{FrameSeal, Message, HEADER_LEN};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -22,7 +22,7 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-fn status_frame(mac: &mut FrameMac) -> Vec<u8> {
+fn status_frame(mac: &mut FrameSeal) -> Vec<u8> {
     esc_wire::encode(
         &Message::Status {
             epoch: 99,
@@ -106,12 +106,12 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
         counter(&a, "frames_truncated") >= 1
     });
 
-    // 4. A frame with a valid checksum but a forged MAC.
+    // 4. A frame with a valid checksum but a forged seal.
     let (mut s, _) = authenticate(repl, SECRET, "prober");
-    let f = status_frame(&mut FrameMac::new([9; 32]));
+    let f = status_frame(&mut FrameSeal::new([9; 32]));
     s.write_all(&f).unwrap();
     assert!(closed_by_peer(&mut s));
-    wait_until(Duration::from_secs(5), "bad MAC counted", || {
+    wait_until(Duration::from_secs(5), "bad seal counted", || {
         counter(&a, "frames_mac") >= 1
     });
 
@@ -122,8 +122,21 @@ fn wrong_secret_corrupt_and_truncated_frames_are_refused_and_counted() {
     assert!(closed_by_peer(&mut s));
     let mut s = TcpStream::connect(repl).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&[b'E', b'S', 1, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
-        .unwrap();
+    s.write_all(&[
+        b'E',
+        b'S',
+        esc_wire::frame::VERSION,
+        0,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+    ])
+    .unwrap();
     assert!(closed_by_peer(&mut s));
     wait_until(
         Duration::from_secs(5),

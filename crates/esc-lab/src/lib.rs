@@ -12,6 +12,7 @@ pub mod monitor_bench;
 pub mod notify;
 pub mod scaling;
 pub mod scenario;
+pub mod secure;
 pub mod service;
 pub mod service_bench;
 pub mod workload;

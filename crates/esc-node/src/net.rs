@@ -10,7 +10,10 @@
 //!        spawn_conn: writer task <── mpsc<Message> ── owner
 //!                    reader task ──> NetEvent::{Received, SnapshotChunk, Down}
 //! ```
-//! A frame that fails its checksum, MAC, bounds or parse is counted and the
+//! After the handshake every frame is sealed (encrypted and authenticated:
+//! `esc_wire::auth`), so what the link carries (entries, snapshots, day-0
+//! data) is not readable on the wire.
+//! A frame that fails its checksum, seal, bounds or parse is counted and the
 //! connection is closed: a byte stream cannot be resynchronized safely, and
 //! nothing from a bad frame reaches the core.
 //!
@@ -28,7 +31,9 @@ use crate::logging::HA;
 use crate::metrics::Counters;
 use esc_repl::Role;
 use esc_wire::msg::{NONCE_LEN, PROTOCOL_VERSION};
-use esc_wire::{FrameError, FrameHeader, FrameMac, Handshake, Message, SnapshotItem, HEADER_LEN};
+use esc_wire::{
+    Ephemeral, FrameError, FrameHeader, FrameSeal, Handshake, Message, SnapshotItem, HEADER_LEN,
+};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -214,7 +219,7 @@ pub(crate) enum LinkError {
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
-    mac: Option<&mut FrameMac>,
+    mac: Option<&mut FrameSeal>,
 ) -> Result<Option<Message>, LinkError> {
     buf.clear();
     buf.resize(HEADER_LEN, 0);
@@ -395,6 +400,14 @@ pub async fn listen(ctx: NetCtx, listener: TcpListener) {
     }
 }
 
+/// The X25519 agreement with the peer's key; a key of small order (which
+/// would make the session key guessable) ends the handshake.
+fn agree(ours: &Ephemeral, theirs: &[u8; 32]) -> Result<[u8; 32], LinkError> {
+    ours.agree(theirs).ok_or_else(|| {
+        LinkError::Auth("the peer's ephemeral key is of small order (refused)".into())
+    })
+}
+
 /// The server half of the handshake (hello, challenge, proof); returns the
 /// client's name and the session MACs (receive, send). `AuthOk` is the
 /// caller's to send. The client's hello must come within `hello_within`
@@ -404,7 +417,7 @@ pub(crate) async fn server_auth_within(
     node_name: &str,
     stream: &mut TcpStream,
     hello_within: Option<Duration>,
-) -> Result<(String, FrameMac, FrameMac), LinkError> {
+) -> Result<(String, FrameSeal, FrameSeal), LinkError> {
     let mut buf = Vec::new();
     let hello = read_frame(stream, &mut buf, None);
     let hello = match hello_within {
@@ -413,18 +426,19 @@ pub(crate) async fn server_auth_within(
             .map_err(|_| LinkError::Timeout)?,
         None => hello.await,
     };
-    let (client_name, client_nonce) = match hello? {
+    let (client_name, client_nonce, client_ephemeral) = match hello? {
         Some(Message::ClientHello {
             protocol,
             node_name,
             nonce,
+            ephemeral,
         }) => {
             if protocol != PROTOCOL_VERSION {
                 return Err(LinkError::Protocol(format!(
                     "peer speaks protocol {protocol}, this node {PROTOCOL_VERSION}"
                 )));
             }
-            (node_name, nonce)
+            (node_name, nonce, ephemeral)
         }
         Some(m) => {
             return Err(LinkError::Protocol(format!(
@@ -434,14 +448,18 @@ pub(crate) async fn server_auth_within(
         }
         None => return Err(LinkError::Closed),
     };
+    let ours = Ephemeral::from_random(nonce());
     let hs = Handshake {
         secret,
         client_nonce,
         server_nonce: nonce(),
+        client_ephemeral,
+        server_ephemeral: ours.public(),
     };
     let challenge = Message::ServerChallenge {
         node_name: node_name.to_string(),
         nonce: hs.server_nonce,
+        ephemeral: hs.server_ephemeral,
         proof: hs.server_proof(node_name),
     };
     stream
@@ -463,7 +481,8 @@ pub(crate) async fn server_auth_within(
         }
         None => return Err(LinkError::Closed),
     }
-    let (c2s, s2c) = hs.session();
+    let dh = agree(&ours, &client_ephemeral)?;
+    let (c2s, s2c) = hs.session(&dh);
     Ok((client_name, c2s, s2c))
 }
 
@@ -544,33 +563,39 @@ pub(crate) async fn client_auth(
     secret: &[u8],
     node_name: &str,
     stream: &mut TcpStream,
-) -> Result<(String, FrameMac, FrameMac), LinkError> {
+) -> Result<(String, FrameSeal, FrameSeal), LinkError> {
     let mut buf = Vec::new();
     let client_nonce = nonce();
+    let ours = Ephemeral::from_random(nonce());
     let hello = Message::ClientHello {
         protocol: PROTOCOL_VERSION,
         node_name: node_name.to_string(),
         nonce: client_nonce,
+        ephemeral: ours.public(),
     };
     stream.write_all(&esc_wire::encode(&hello, None)).await?;
-    let (server_name, server_nonce, proof) = match read_frame(stream, &mut buf, None).await? {
-        Some(Message::ServerChallenge {
-            node_name,
-            nonce,
-            proof,
-        }) => (node_name, nonce, proof),
-        Some(m) => {
-            return Err(LinkError::Protocol(format!(
-                "expected challenge, got {}",
-                m.name()
-            )))
-        }
-        None => return Err(LinkError::Closed),
-    };
+    let (server_name, server_nonce, server_ephemeral, proof) =
+        match read_frame(stream, &mut buf, None).await? {
+            Some(Message::ServerChallenge {
+                node_name,
+                nonce,
+                ephemeral,
+                proof,
+            }) => (node_name, nonce, ephemeral, proof),
+            Some(m) => {
+                return Err(LinkError::Protocol(format!(
+                    "expected challenge, got {}",
+                    m.name()
+                )))
+            }
+            None => return Err(LinkError::Closed),
+        };
     let hs = Handshake {
         secret,
         client_nonce,
         server_nonce,
+        client_ephemeral: ours.public(),
+        server_ephemeral,
     };
     // Our proof goes out before we check theirs, so a primary facing a
     // wrong secret sees (counts, logs) the failure too; the proof is an HMAC
@@ -595,7 +620,8 @@ pub(crate) async fn client_auth(
         // The peer authenticated us but is not primary (or refused us).
         None => return Err(LinkError::Closed),
     }
-    let (c2s, s2c) = hs.session();
+    let dh = agree(&ours, &server_ephemeral)?;
+    let (c2s, s2c) = hs.session(&dh);
     Ok((server_name, c2s, s2c))
 }
 
@@ -612,8 +638,8 @@ async fn client_handshake(
 async fn spawn_conn(
     ctx: &NetCtx,
     stream: TcpStream,
-    mut send_mac: FrameMac,
-    mut recv_mac: FrameMac,
+    mut send_mac: FrameSeal,
+    mut recv_mac: FrameSeal,
     peer_name: String,
     addr: SocketAddr,
 ) -> tokio::task::JoinHandle<()> {
@@ -835,7 +861,7 @@ mod tests {
 
     /// An authenticated link (server side run by `spawn_conn`) and the
     /// client's socket, with the MAC of the frames the server sends.
-    async fn link() -> (mpsc::Receiver<NetEvent>, ConnTx, TcpStream, FrameMac) {
+    async fn link() -> (mpsc::Receiver<NetEvent>, ConnTx, TcpStream, FrameSeal) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -860,8 +886,8 @@ mod tests {
         spawn_conn(
             &ctx,
             server,
-            FrameMac::new(key),
-            FrameMac::new([2; 32]),
+            FrameSeal::new(key),
+            FrameSeal::new([2; 32]),
             "b".into(),
             peer,
         )
@@ -869,7 +895,7 @@ mod tests {
         let Some(NetEvent::Up { tx, .. }) = rx.recv().await else {
             panic!("expected Up")
         };
-        (rx, tx, client, FrameMac::new(key))
+        (rx, tx, client, FrameSeal::new(key))
     }
 
     fn status(i: u64) -> Message {

@@ -1,4 +1,5 @@
-//! Replication frame: header, bounds, checksum, optional MAC.
+//! Replication frame: header, bounds, checksum, and once the session is up,
+//! a sealed (encrypted and authenticated) body.
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -10,32 +11,33 @@
 //! +---------------------------------------------------------------+
 //! |           crc32c(first 8 header bytes ++ body) (u32 BE)       |
 //! +---------------------------------------------------------------+
-//! |                  body: postcard-encoded Message               |
+//! |  body: postcard-encoded Message; sealed frames carry it        |
+//! |  encrypted (ChaCha20-Poly1305, nonce = the direction's frame   |
+//! |  counter, associated data = the first 8 header bytes)          |
 //! +---------------------------------------------------------------+
-//! |  MAC: HMAC-SHA256(session key, seq ++ header ++ body), 32 B,  |
-//! |  present iff flags bit 0 (FLAG_MAC) is set                    |
+//! |  tag: 16 B, present iff flags bit 0 (FLAG_SEALED) is set      |
 //! +---------------------------------------------------------------+
 //! ```
-//! The checksum catches corruption before anything is parsed; the MAC
-//! (after the handshake, see [`crate::auth`]) authenticates the frame and
-//! its position in the stream, so a replayed, reordered or injected frame is
-//! refused.
+//! The checksum (over the body as sent) catches corruption before anything
+//! is decrypted or parsed; the seal (after the handshake, see
+//! [`crate::auth`]) hides the body and authenticates the frame and its
+//! position in the stream, so a replayed, reordered or injected frame is
+//! refused. Version 2: version 1 frames carried a MAC and no encryption.
 
-use crate::auth::FrameMac;
+use crate::auth::{FrameSeal, TAG_LEN};
 use crate::msg::Message;
 
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 12;
-/// Bytes of the MAC trailer.
-pub const MAC_LEN: usize = 32;
+
 /// Largest body accepted: bounds memory per connection.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// Frame magic.
 pub const MAGIC: [u8; 2] = *b"ES";
 /// The only frame version this build speaks.
-pub const VERSION: u8 = 1;
-/// Flags bit 0: a MAC trailer follows the body.
-pub const FLAG_MAC: u8 = 0x01;
+pub const VERSION: u8 = 2;
+/// Flags bit 0: the body is sealed and its tag follows it.
+pub const FLAG_SEALED: u8 = 0x01;
 
 /// Why a frame was refused. Every variant is counted by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +54,7 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("checksum mismatch")]
     Checksum,
-    #[error("frame MAC missing or wrong")]
+    #[error("frame seal missing or wrong")]
     Mac,
     #[error("malformed body: {0}")]
     Body(String),
@@ -98,7 +100,7 @@ impl FrameHeader {
             return Err(FrameError::BadVersion(buf[2]));
         }
         let flags = buf[3];
-        if flags & !FLAG_MAC != 0 {
+        if flags & !FLAG_SEALED != 0 {
             return Err(FrameError::BadFlags(flags));
         }
         let body_len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
@@ -117,36 +119,41 @@ impl FrameHeader {
     pub fn frame_len(&self) -> usize {
         HEADER_LEN
             + self.body_len
-            + if self.flags & FLAG_MAC != 0 {
-                MAC_LEN
+            + if self.flags & FLAG_SEALED != 0 {
+                TAG_LEN
             } else {
                 0
             }
     }
 }
 
-/// Encodes `msg`; with `mac`, appends the frame MAC and advances its sequence.
-pub fn encode(msg: &Message, mac: Option<&mut FrameMac>) -> Vec<u8> {
+/// Encodes `msg`; with `seal`, encrypts the body, appends its tag and
+/// advances the seal's counter.
+pub fn encode(msg: &Message, seal: Option<&mut FrameSeal>) -> Vec<u8> {
     let body = postcard::to_stdvec(msg).expect("in-memory serialization of a Message");
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + MAC_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    out.push(if mac.is_some() { FLAG_MAC } else { 0 });
+    out.push(if seal.is_some() { FLAG_SEALED } else { 0 });
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..8]), &body);
-    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&body);
-    if let Some(mac) = mac {
-        let tag = mac.sign(&out);
+    let tag = seal.map(|s| {
+        let (head, body) = out.split_at_mut(HEADER_LEN);
+        s.seal(&head[..8], body)
+    });
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..8]), &out[HEADER_LEN..]);
+    out[8..12].copy_from_slice(&crc.to_be_bytes());
+    if let Some(tag) = tag {
         out.extend_from_slice(&tag);
     }
     out
 }
 
 /// Decodes one whole frame from the front of `buf`; returns the message and
-/// the bytes consumed. With `mac`, a MAC is required and checked (and the
-/// sequence advances); without, a frame carrying one is refused.
-pub fn decode(buf: &[u8], mac: Option<&mut FrameMac>) -> Result<(Message, usize), FrameError> {
+/// the bytes consumed. With `seal`, the frame must be sealed and opens (and
+/// the counter advances); without, a sealed frame is refused.
+pub fn decode(buf: &[u8], seal: Option<&mut FrameSeal>) -> Result<(Message, usize), FrameError> {
     let header = FrameHeader::parse(buf)?;
     let total = header.frame_len();
     if buf.len() < total {
@@ -161,15 +168,21 @@ pub fn decode(buf: &[u8], mac: Option<&mut FrameMac>) -> Result<(Message, usize)
     if crc != header.crc {
         return Err(FrameError::Checksum);
     }
-    let has_mac = header.flags & FLAG_MAC != 0;
-    let mac_ok = match mac {
-        Some(mac) => has_mac && mac.verify(&buf[..body_end], &buf[body_end..total]),
-        None => !has_mac,
+    let sealed = header.flags & FLAG_SEALED != 0;
+    let parse = |body: &[u8]| -> Result<Message, FrameError> {
+        postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))
     };
-    if !mac_ok {
-        return Err(FrameError::Mac);
-    }
-    let msg: Message = postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
+    let msg = match seal {
+        Some(seal) if sealed => {
+            let mut plain = body.to_vec();
+            if !seal.open(&buf[..8], &mut plain, &buf[body_end..total]) {
+                return Err(FrameError::Mac);
+            }
+            parse(&plain)?
+        }
+        None if !sealed => parse(body)?,
+        _ => return Err(FrameError::Mac),
+    };
     Ok((msg, total))
 }
 
@@ -192,12 +205,12 @@ mod tests {
     #[test]
     fn round_trip_plain_and_maced() {
         let bytes = encode(&sample(), None);
-        assert_eq!(&bytes[..4], &[b'E', b'S', 1, 0]);
+        assert_eq!(&bytes[..4], &[b'E', b'S', VERSION, 0]);
         assert_eq!(decode(&bytes, None).unwrap(), (sample(), bytes.len()));
 
-        let (mut tx, mut rx) = (FrameMac::new([7; 32]), FrameMac::new([7; 32]));
+        let (mut tx, mut rx) = (FrameSeal::new([7; 32]), FrameSeal::new([7; 32]));
         let bytes = encode(&sample(), Some(&mut tx));
-        assert_eq!(bytes[3], FLAG_MAC);
+        assert_eq!(bytes[3], FLAG_SEALED);
         assert_eq!(decode(&bytes, Some(&mut rx)).unwrap().0, sample());
         // The same frame again is a replay: the receiver's sequence moved on.
         assert_eq!(decode(&bytes, Some(&mut rx)), Err(FrameError::Mac));
@@ -219,12 +232,12 @@ mod tests {
         let mut huge = bytes.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode(&huge, None), Err(FrameError::TooLarge(_))));
-        let mut wrong_mac = encode(&sample(), Some(&mut FrameMac::new([1; 32])));
+        let mut wrong_mac = encode(&sample(), Some(&mut FrameSeal::new([1; 32])));
         assert_eq!(
-            decode(&wrong_mac, Some(&mut FrameMac::new([2; 32]))),
+            decode(&wrong_mac, Some(&mut FrameSeal::new([2; 32]))),
             Err(FrameError::Mac)
         );
-        // An unauthenticated peer cannot smuggle a MACed frame past the handshake.
+        // An unauthenticated peer cannot smuggle a sealed frame past the handshake.
         wrong_mac.truncate(wrong_mac.len());
         assert_eq!(decode(&wrong_mac, None), Err(FrameError::Mac));
     }
@@ -234,7 +247,7 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes, None);
-            let _ = decode(&bytes, Some(&mut FrameMac::new([0; 32])));
+            let _ = decode(&bytes, Some(&mut FrameSeal::new([0; 32])));
         }
 
         /// A valid header with an arbitrary body is refused cleanly, never a panic.

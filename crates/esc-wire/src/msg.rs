@@ -12,8 +12,9 @@ use crate::entry::Entry;
 use serde::{Deserialize, Serialize};
 
 /// The replication protocol version in `ClientHello`. 2: snapshot items
-/// are keys of one state map (issue 10), no longer per-table.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// are keys of one state map (issue 10), no longer per-table. 3: an
+/// ephemeral key exchange in the handshake and sealed frames (issue 14).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Nonce length of the handshake.
 pub const NONCE_LEN: usize = 32;
 /// Most items in one snapshot chunk.
@@ -35,16 +36,20 @@ pub enum Message {
         protocol: u16,
         node_name: String,
         nonce: [u8; NONCE_LEN],
+        /// Its ephemeral X25519 public key (`auth::Ephemeral`).
+        ephemeral: [u8; 32],
     },
-    /// Primary -> follower: its nonce and proof that it knows the secret.
+    /// Primary -> follower: its nonce, ephemeral key and proof that it
+    /// knows the secret.
     ServerChallenge {
         node_name: String,
         nonce: [u8; NONCE_LEN],
+        ephemeral: [u8; 32],
         proof: [u8; 32],
     },
     /// Follower -> primary: proof that it knows the secret.
     ClientProof { proof: [u8; 32] },
-    /// Primary -> follower: authenticated; MACs start with the next frame.
+    /// Primary -> follower: authenticated; frames are sealed from the next one.
     AuthOk,
     /// Follower -> primary: where its log ends.
     Status {

@@ -378,7 +378,7 @@ pub fn counter(n: &Node, name: &str) -> u64 {
 /// link-limit tests): plain reads of one frame, and the handshake.
 pub mod follower {
     use esc_wire::msg::PROTOCOL_VERSION;
-    use esc_wire::{FrameHeader, FrameMac, Handshake, Message, HEADER_LEN};
+    use esc_wire::{FrameHeader, FrameSeal, Handshake, Message, HEADER_LEN};
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
@@ -395,27 +395,34 @@ pub mod follower {
     }
 
     /// Authenticates as follower `name` with `secret`; returns the stream
-    /// and the MAC state for frames we send.
-    pub fn authenticate(addr: SocketAddr, secret: &str, name: &str) -> (TcpStream, FrameMac) {
+    /// and the seal for frames we send.
+    pub fn authenticate(addr: SocketAddr, secret: &str, name: &str) -> (TcpStream, FrameSeal) {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let client_nonce = [7u8; 32];
+        let ours = esc_wire::Ephemeral::from_random([11u8; 32]);
         s.write_all(&esc_wire::encode(
             &Message::ClientHello {
                 protocol: PROTOCOL_VERSION,
                 node_name: name.into(),
                 nonce: client_nonce,
+                ephemeral: ours.public(),
             },
             None,
         ))
         .unwrap();
-        let Message::ServerChallenge { nonce, .. } = read_frame(&mut s) else {
+        let Message::ServerChallenge {
+            nonce, ephemeral, ..
+        } = read_frame(&mut s)
+        else {
             panic!("expected a challenge")
         };
         let hs = Handshake {
             secret: secret.as_bytes(),
             client_nonce,
             server_nonce: nonce,
+            client_ephemeral: ours.public(),
+            server_ephemeral: ephemeral,
         };
         s.write_all(&esc_wire::encode(
             &Message::ClientProof {
@@ -425,6 +432,6 @@ pub mod follower {
         ))
         .unwrap();
         assert_eq!(read_frame(&mut s), Message::AuthOk);
-        (s, hs.session().0)
+        (s, hs.session(&ours.agree(&ephemeral).unwrap()).0)
     }
 }

@@ -16,7 +16,7 @@ use crate::logging::HA;
 use crate::net::{self, LinkError};
 use esc_authority::{Witness, WitnessReply, WitnessRequest, WitnessState};
 use esc_config::Config;
-use esc_wire::{FrameMac, Message};
+use esc_wire::{FrameSeal, Message};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -227,7 +227,7 @@ pub fn client(
 ) -> mpsc::Sender<WitnessRequest> {
     let (tx, mut rx) = mpsc::channel::<WitnessRequest>(CLIENT_QUEUE);
     tokio::spawn(async move {
-        let mut conn: Option<(TcpStream, FrameMac, FrameMac)> = None;
+        let mut conn: Option<(TcpStream, FrameSeal, FrameSeal)> = None;
         let mut was_up = true;
         while let Some(req) = rx.recv().await {
             if conn.is_none() {
@@ -299,7 +299,7 @@ async fn connect(
     addr: SocketAddr,
     secret: &[u8],
     node_name: &str,
-) -> Result<(TcpStream, FrameMac, FrameMac), LinkError> {
+) -> Result<(TcpStream, FrameSeal, FrameSeal), LinkError> {
     let mut stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
