@@ -166,40 +166,30 @@ pub fn run(tag: &str, bins: &Bins) -> anyhow::Result<Findings> {
     let auth = format!("admin:{PASSWORD}");
     let base = format!("https://{VIP}:8443");
     let tenant = r#"{"name": "lab-tls-tenant"}"#;
-    let (_, out) = curl(
-        &c,
-        &[
-            "--cacert",
-            &ca_s,
-            "-u",
-            &auth,
-            "-H",
-            "content-type: application/json",
-            "-d",
-            tenant,
-            &format!("{base}/v0/tenants"),
-        ],
-    );
+    let post = |url: String, body: &str| {
+        curl(
+            &c,
+            &[
+                "--cacert",
+                &ca_s,
+                "-u",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                &url,
+            ],
+        )
+    };
+    let (_, out) = post(format!("{base}/v0/tenants"), tenant);
     let body = serde_json::json!({
         "name": marker,
         "tenant": "lab-tls-tenant",
         "properties": { "note": format!("{marker}-property") },
     })
     .to_string();
-    let (code, out2) = curl(
-        &c,
-        &[
-            "--cacert",
-            &ca_s,
-            "-u",
-            &auth,
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-            &format!("{base}/v0/deployments"),
-        ],
-    );
+    let (code, out2) = post(format!("{base}/v0/deployments"), &body);
     let https_ok = code == 0 && out2.contains("\"operation\"");
     anyhow::ensure!(https_ok, "deploy over HTTPS: {out} {out2}");
     // The control: a plain-HTTP read that names its marker in the URL.

@@ -638,24 +638,35 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// A listing's page from its query: after which name, how many (100 by
+/// default, at most [`LIST_LIMIT_MAX`]); `400` saying what is allowed.
+fn page(
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(Option<String>, usize), Response> {
+    let Ok(Query(q)) = query else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: `after` (a name) and `limit` (1 to 1000) only",
+        ));
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
+        ));
+    }
+    Ok((q.after, limit))
+}
+
 async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query parameters: `after` (a name) and `limit` (1 to 1000) only",
-        );
+    let (after, limit) = match page(query) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
-        );
-    }
-    let after = q.after.clone();
     match read_state(&state, move |r| {
         query::deployments(r, after.as_deref(), limit)
     })
@@ -1248,20 +1259,10 @@ async fn list_users(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query parameters: `after` (a name) and `limit` (1 to 1000) only",
-        );
+    let (after, limit) = match page(query) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("`limit` must be 1 to {LIST_LIMIT_MAX}"),
-        );
-    }
-    let after = q.after.clone();
     match read_state(&state, move |r| query::users(r, after.as_deref(), limit)).await {
         Ok(users) => {
             let next = if users.len() == limit {
