@@ -167,16 +167,8 @@ pub async fn serve(
             "/v0/users/{name}",
             axum::routing::put(put_user).delete(delete_user),
         )
-        .fallback(no_route)
-        .method_not_allowed_fallback(no_method)
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max))
-        // Before every route and fallback: nothing is read, routed or
-        // told to a caller without credentials.
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            super::auth::guard,
-        ))
-        .with_state(state);
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max));
+    let app = guarded(app, guard).with_state(state);
     let admission = super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max));
     let loops = listeners.into_iter().map(|(listener, tls)| {
         // A dead API (lab fault injection) closes its listeners and
@@ -214,15 +206,7 @@ pub async fn serve_health(
         auth,
     };
     let state = ApiState::new(shared, &cfg, 16);
-    let app = Router::new()
-        .route("/esc/health", get(health))
-        .fallback(no_route)
-        .method_not_allowed_fallback(no_method)
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            super::auth::guard,
-        ))
-        .with_state(state);
+    let app = guarded(Router::new().route("/esc/health", get(health)), guard).with_state(state);
     let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
     let admission = super::conn::Admission::new(limits);
     let loops = listeners.into_iter().map(|(listener, tls)| {
@@ -237,6 +221,19 @@ pub async fn serve_health(
         )
     });
     futures::future::join_all(loops).await;
+}
+
+/// `routes` with the API's fallbacks (404 and 405 in its error shape) and
+/// `auth::guard` in front of all of them: nothing is read, routed or told
+/// to a caller without credentials.
+fn guarded(routes: Router<ApiState>, guard: super::auth::Guard) -> Router<ApiState> {
+    routes
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::auth::guard,
+        ))
 }
 
 /// Any path the API does not have, in the API's error shape.
@@ -577,12 +574,12 @@ fn fingerprint(parts: &[&[u8]]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The common path of every write: transaction id and its span, auth, the
-/// concurrency limit, the idempotency key, the body (`body`: the request,
-/// when it has one); `build` validates the request and yields its
-/// fingerprint and operation.
+/// The common path of every write: its span under the transaction id
+/// `auth::guard` gave it, the concurrency limit, the idempotency key, the
+/// body (`body`: the request, when it has one); `build` validates the
+/// request and yields its fingerprint and operation.
 ///
-/// The body is read only once the credentials are checked, and within the
+/// The body is read only once the guard checked the credentials, and within the
 /// concurrency limit: unauthenticated clients make the node buffer nothing,
 /// authenticated ones at most `concurrency_max` bodies of `body_bytes_max`.
 async fn write_request<F>(

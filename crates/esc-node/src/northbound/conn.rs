@@ -285,7 +285,9 @@ async fn connection(
         return http(stream, conn, stop).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-    let deadline = super::tls::handshake_deadline(conn.header_timeout);
+    // The handshake runs under the header deadline: a client that opens
+    // and stays silent loses its slot as on plain HTTP.
+    let deadline = conn.header_timeout;
     let failed = |why: String| {
         let (all, which) = &conn.counters;
         Counters::bump(&which(all).tls_failures);

@@ -12,13 +12,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-/// Longest a TLS handshake may take (as the header deadline: a client
-/// that opens and stays silent loses its slot as on plain HTTP).
-pub fn handshake_deadline(header_timeout: Duration) -> Duration {
-    header_timeout
-}
 
 /// The files of the node's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
