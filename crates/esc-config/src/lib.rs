@@ -535,6 +535,11 @@ pub struct ApiConfig {
     /// Writes (any method but GET) one user may make per second, with as
     /// many in reserve; past it the API answers `429` with `Retry-After`.
     pub writes_per_user_per_s: u32,
+    /// How long each login from a source waits before it is checked once
+    /// the source failed 9 times within a minute (the tenth waits): a
+    /// guesser's pace. 0 turns the delay off (a test's API fuzzer, which
+    /// fails logins on purpose).
+    pub login_delay_ms: u64,
     /// The server certificate chain (PEM, leaf first) for HTTPS; with
     /// `tls_key_file`, the REST API is also served on `https_listen` and
     /// the health API on `health_https_listen`. Relative paths are under
@@ -596,6 +601,7 @@ impl Default for ApiConfig {
             // Well above what a VNF manager's clients send (deployments
             // take seconds each), well below the node's capacity.
             writes_per_user_per_s: 1_000,
+            login_delay_ms: 3_000,
             tls_cert_file: None,
             tls_key_file: None,
             https_listen: "0.0.0.0:8443".parse().expect("static address"),
@@ -882,6 +888,12 @@ impl Config {
                 "must be within 1..=1000000".into(),
             ));
         }
+        if a.login_delay_ms > 60_000 {
+            return Err(bad(
+                "api.login_delay_ms",
+                "must be at most 60000 (a minute)".into(),
+            ));
+        }
         if a.health_listen == a.listen || a.health_listen == r.listen {
             return Err(bad(
                 "api.health_listen",
@@ -1084,6 +1096,7 @@ concurrency_max = 64
             ),
             ("header_timeout_ms = 0\n", "api.header_timeout_ms"),
             ("writes_per_user_per_s = 0\n", "api.writes_per_user_per_s"),
+            ("login_delay_ms = 60001\n", "api.login_delay_ms"),
             ("tls_cert_file = \"c.pem\"\n", "api.tls_cert_file"),
             ("tls_key_file = \"k.pem\"\n", "api.tls_cert_file"),
             ("plain_http = false\n", "api.plain_http"),

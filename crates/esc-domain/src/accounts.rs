@@ -12,6 +12,7 @@
 
 use crate::rules::{check_name, invalid, InvalidCommand};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Most users (a bound on the table, as on every list).
 pub const USERS_MAX: u64 = 10_000;
@@ -23,7 +24,9 @@ pub const PASSWORD_LEN_MIN: usize = 12;
 pub const PASSWORD_LEN_MAX: usize = 1_024;
 
 /// What a user may do. Ordered: each role may do what the ones below may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     /// Reads only: deployments, operations, events, health.
@@ -65,7 +68,7 @@ pub struct User {
 }
 
 /// A user as listed: never its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserEntry {
     pub name: String,
     pub role: UserRole,

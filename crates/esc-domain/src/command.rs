@@ -93,7 +93,7 @@ pub const REASON_LEN_MAX: usize = 1_024;
 
 /// Operation mode: in maintenance, northbound writes are refused
 /// ("unavailable temporarily") and transactions in progress finish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OpMode {
     Operation,

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use utoipa::ToSchema;
 
 /// Bounds (style: a limit on everything).
 pub const KPIS_MAX: usize = 16;
@@ -35,7 +36,7 @@ pub const VM_ALIVE: &str = "VM_ALIVE";
 
 /// One KPI: a metric polled on every VM of the group, and the condition on
 /// it that the rules act on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Kpi {
     /// What the rules call it (`VM_ALIVE`, `VM_OVERLOADED`, ...).
@@ -60,7 +61,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum Cond {
     GT,
     LT,
@@ -83,7 +84,7 @@ impl Cond {
 }
 
 /// ESC's `metric_type` (the value's type; a value outside it is no sample).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum MetricType {
     #[default]
     UINT32,
@@ -94,7 +95,7 @@ pub enum MetricType {
     DOUBLE,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Collector {
     #[serde(rename = "type")]
@@ -127,7 +128,7 @@ pub struct Collector {
 /// How a metric is collected. ICMP: echo requests on the VM's address, the
 /// value the number of replies of [`ICMP_ECHOES`]; TCP: 1 if a connection
 /// opens, else 0; HTTP: a GET (see [`Collector::metric`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum CollectorType {
     ICMPPing,
     TCPConnect,
@@ -137,7 +138,7 @@ pub enum CollectorType {
 /// Echo requests per ICMP poll.
 pub const ICMP_ECHOES: u32 = 3;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PollingUnit {
     #[default]
@@ -157,7 +158,7 @@ impl Collector {
 }
 
 /// What to do on a KPI's event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub event_name: String,

@@ -9,6 +9,7 @@
 use crate::rules::{check_name, InvalidCommand};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use utoipa::ToSchema;
 
 /// Bounds of a deployment (every list has one; style: a limit on everything).
 pub const VM_GROUPS_MAX: usize = 32;
@@ -27,22 +28,27 @@ pub const SERVER_NAME_LEN_MAX: usize = 255;
 pub const CALLBACK_URL_LEN_MAX: usize = 2_048;
 
 /// A tenant (ESC's `tenant`: the owner of deployments).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 
 /// A deployment as a client asks for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub name: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub tenant: String,
     /// None: a deployment of no VM (it is active at once).
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub vm_groups: Vec<VmGroup>,
     /// Name -> value pairs kept with the deployment for its owner (ESC's
     /// deployment properties); the manager does not read them.
@@ -50,18 +56,23 @@ pub struct DeploymentSpec {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmGroup {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub name: String,
     /// An image of the VIM, by name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub image: String,
     /// A flavor of the VIM, by name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub flavor: String,
     pub scaling: Scaling,
+    #[schema(min_items = 1, max_items = 16)]
     pub interfaces: Vec<Interface>,
     /// Day-0 configuration, delivered to each VM at creation.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub config_data: Vec<ConfigFile>,
     #[serde(default)]
     pub recovery_policy: RecoveryPolicy,
@@ -85,15 +96,18 @@ impl VmGroup {
 
 /// How many VMs: the group starts with `min_active`, scaling keeps it
 /// between the two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scaling {
+    #[schema(minimum = 1, maximum = 1000)]
     pub min_active: u32,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_active: u32,
     /// Seconds after a scale operation of the group settles before the
     /// monitor scales it again (its new VM's effect on the load needs
     /// time to show).
     #[serde(default = "Scaling::default_cooldown")]
+    #[schema(maximum = 86400)]
     pub cooldown: u64,
 }
 
@@ -106,20 +120,34 @@ impl Scaling {
 /// Longest `scaling.cooldown`, seconds.
 pub const SCALE_COOLDOWN_S_MAX: u64 = 86_400;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {
     /// ESC's `nicid`: the interface's position on the VM, from 0.
     pub nicid: u8,
     /// A network of the VIM, by name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub network: String,
     /// Fixed addresses, one per VM index (at most `max_active`); none: the
     /// VIM assigns them.
     #[serde(default)]
+    #[schema(schema_with = ipv4_list)]
     pub ip_addresses: Vec<std::net::Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Interface::ip_addresses` in the API's document: IPv4 addresses.
+fn ipv4_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv4))),
+        )
+        .build()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Where the VM finds it (an absolute path).
@@ -128,15 +156,17 @@ pub struct ConfigFile {
 }
 
 /// What a failed VM gets (ESC's recovery policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryPolicy {
     #[serde(default = "RecoveryPolicy::default_action")]
     pub action: RecoveryAction,
     #[serde(default = "RecoveryPolicy::default_retries")]
+    #[schema(maximum = 10)]
     pub max_retries: u32,
     /// Wait before a recovery, seconds.
     #[serde(default)]
+    #[schema(maximum = 3600)]
     pub recovery_wait_time: u64,
 }
 
@@ -160,7 +190,7 @@ impl Default for RecoveryPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RecoveryAction {
     RebootThenRedeploy,
@@ -169,7 +199,7 @@ pub enum RecoveryAction {
 }
 
 /// A deployment's state, in ESC's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum ServiceState {
     #[serde(rename = "SERVICE_DEPLOYING_STATE")]
     Deploying,
@@ -185,7 +215,7 @@ pub enum ServiceState {
 
 /// A VM's state, in ESC's words. ALIVE: the VIM reports it running and its
 /// bootup check answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum VmState {
     #[serde(rename = "VM_DEPLOYING_STATE")]
     Deploying,
@@ -208,7 +238,7 @@ pub enum VmState {
 }
 
 /// A lifecycle operation occurrence's state (ETSI NFV-SOL 003, "LcmOperationStateType").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OperationState {
     Starting,
@@ -237,7 +267,7 @@ impl OperationState {
 /// deployment, the group, the index and the generation (bumped by each
 /// redeploy), so a lookup before a create finds a server an earlier
 /// primary made and never makes a second one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub struct VmKey {
     pub deployment_id: String,
     pub group: String,
@@ -812,7 +842,7 @@ mod tests {
 }
 
 /// A service (a deployment with VM groups) as replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ServiceRecord {
     pub spec: DeploymentSpec,
     pub state: ServiceState,
@@ -837,7 +867,7 @@ pub struct ServiceRecord {
 }
 
 /// A group's scale operations, replicated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScaleState {
     /// Scale operations started (the next one is number `started`).
     pub started: u32,
@@ -861,7 +891,7 @@ pub struct Callback {
 }
 
 /// What a lifecycle operation does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OperationKind {
     /// Create every VM of the deployment's groups (`min_active` each).
@@ -933,7 +963,7 @@ impl OperationKind {
 
 /// A manual VM action (esc-facts: the service actions `REBOOT`, `STOP`,
 /// `START`), each one Nova server action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VmAction {
     Reboot,
@@ -970,7 +1000,7 @@ impl VmAction {
 
 /// One VM's progress inside an operation (replicated: each change is a
 /// committed [`Step`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmRecord {
     pub key: VmKey,
     /// The VIM server, once created or found.
@@ -1036,7 +1066,7 @@ impl VmRecord {
 }
 
 /// A recovery's progress (`OperationKind::Recover`), replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Recovery {
     /// From 1.
     pub attempt: u32,
@@ -1070,7 +1100,7 @@ impl Recovery {
 /// An operation occurrence (ETSI NFV-SOL 003's `VnfLcmOpOcc`), as
 /// replicated: the lifecycle core decides the next VIM call from it alone,
 /// so a new primary resumes it from its last committed step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OperationRecord {
     pub id: String,
     pub deployment_id: String,
@@ -1105,7 +1135,7 @@ pub struct OperationRecord {
 
 /// What an operator may do with a FAILED_TEMP operation (ETSI NFV-SOL 003,
 /// the `retry` and `fail` tasks of an LCM operation occurrence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LcmControl {
     /// Carry on: every failed VM is replaced (its server deleted, a new

@@ -232,7 +232,7 @@ pub struct Shared {
 }
 
 /// A VM's last probe (`Shared::last_probes`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LastProbe {
     /// When its answer (or its deadline) came, wall clock, ms.
     pub at_ms: u64,

@@ -287,6 +287,7 @@ pub async fn run(
         &cfg.api.user,
         &password,
         cfg.api.writes_per_user_per_s,
+        Duration::from_millis(cfg.api.login_delay_ms),
     ));
     drop(password);
     shared.northbound.api_listening.expect(api_listeners.len());

@@ -236,7 +236,7 @@ pub struct VrrpStatus {
 }
 
 /// One health check's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Check {
     pub name: String,
     pub ok: bool,
@@ -244,7 +244,7 @@ pub struct Check {
 }
 
 /// The ESC-style health report (esc-facts "CLI and health").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub status_code: u16,
     pub message: String,

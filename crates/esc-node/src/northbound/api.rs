@@ -28,14 +28,17 @@
 // size of `Response` is irrelevant next to a network round trip.
 #![allow(clippy::result_large_err)]
 
-use super::auth::Auth;
+use super::auth::{Auth, ErrorBody};
+use super::openapi::{
+    DeploymentList, DeploymentSummary, DeploymentView, MonitoringSet, OperationAccepted,
+    OperationControlled, TenantCreated, UserDeleted, UserList, UserSet,
+};
 use super::tls::Certs;
 use crate::shared::{unix_ms, Event, Shared};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use esc_config::ApiConfig;
 use esc_domain::command::{check_idempotency_key, check_name};
@@ -49,6 +52,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How long a write waits for its commit before answering "outcome unknown".
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +74,8 @@ struct ApiState {
     limit: Arc<Semaphore>,
     /// Open event streams (`GET /v0/events`).
     streams: Arc<Semaphore>,
+    /// `GET /v0/openapi.json`, rendered once.
+    openapi: Bytes,
 }
 
 impl ApiState {
@@ -79,6 +86,7 @@ impl ApiState {
             bootstrap_user: cfg.user.as_str().into(),
             limit: Arc::new(Semaphore::new(concurrency)),
             streams: Arc::new(Semaphore::new(super::events::STREAMS_MAX)),
+            openapi: Bytes::from(document_json()),
         }
     }
 }
@@ -141,33 +149,8 @@ pub async fn serve(
         auth,
     };
     let state = ApiState::new(shared, &cfg, cfg.concurrency_max);
-    let app = Router::new()
-        .route("/v0/deployments", get(list).post(deploy))
-        .route(
-            "/v0/deployments/{name}",
-            get(show_deployment).delete(undeploy).put(update),
-        )
-        .route(
-            "/v0/deployments/{name}/vms/{vm}",
-            axum::routing::post(vm_action),
-        )
-        .route(
-            "/v0/deployments/{name}/actions",
-            axum::routing::post(deployment_action),
-        )
-        .route("/v0/tenants", axum::routing::post(create_tenant))
-        .route("/v0/operations/{id}", get(show_operation))
-        .route(
-            "/v0/operations/{id}/{task}",
-            axum::routing::post(control_operation),
-        )
-        .route("/v0/events", get(events))
-        .route("/v0/users", get(list_users))
-        .route(
-            "/v0/users/{name}",
-            axum::routing::put(put_user).delete(delete_user),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max));
+    let (app, _) = routes().split_for_parts();
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max));
     let app = guarded(app, guard).with_state(state);
     let admission = super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max));
     let loops = listeners.into_iter().map(|(listener, tls)| {
@@ -206,7 +189,8 @@ pub async fn serve_health(
         auth,
     };
     let state = ApiState::new(shared, &cfg, 16);
-    let app = guarded(Router::new().route("/esc/health", get(health)), guard).with_state(state);
+    let (app, _) = health_routes().split_for_parts();
+    let app = guarded(app, guard).with_state(state);
     let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
     let admission = super::conn::Admission::new(limits);
     let loops = listeners.into_iter().map(|(listener, tls)| {
@@ -223,6 +207,47 @@ pub async fn serve_health(
     futures::future::join_all(loops).await;
 }
 
+/// The API's routes: the router and its OpenAPI document from one list
+/// (`openapi`): every handler here is described by its `#[utoipa::path]`.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(super::openapi::frame())
+        .routes(routes!(list, deploy))
+        .routes(routes!(show_deployment, update, undeploy))
+        .routes(routes!(vm_action))
+        .routes(routes!(deployment_action))
+        .routes(routes!(show_operation))
+        .routes(routes!(control_operation))
+        .routes(routes!(create_tenant))
+        .routes(routes!(events))
+        .routes(routes!(list_users))
+        .routes(routes!(put_user, delete_user))
+        .routes(routes!(openapi_json))
+}
+
+/// The health listener's one route.
+fn health_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(health))
+}
+
+/// The API's OpenAPI 3.1 document: both listeners' routes, with what they
+/// share (`openapi::conventions`), as JSON (`openapi::ranges`).
+pub fn document() -> serde_json::Value {
+    let (_, mut doc) = routes().split_for_parts();
+    doc.merge(health_routes().split_for_parts().1);
+    super::openapi::conventions(&mut doc);
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    super::openapi::ranges(&mut doc);
+    doc
+}
+
+/// [`document`] as served and committed (`docs/openapi.json`): pretty JSON
+/// and a final newline.
+pub fn document_json() -> String {
+    let mut s = serde_json::to_string_pretty(&document()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
 /// `routes` with the API's fallbacks (404 and 405 in its error shape) and
 /// `auth::guard` in front of all of them: nothing is read, routed or told
 /// to a caller without credentials.
@@ -234,6 +259,42 @@ fn guarded(routes: Router<ApiState>, guard: super::auth::Guard) -> Router<ApiSta
             guard,
             super::auth::guard,
         ))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// Longest text of a plain error that [`json_errors`] carries over.
+const PLAIN_ERROR_BYTES_MAX: usize = 4096;
+
+/// Every error in the API's shape, whoever made it: an extractor's
+/// rejection that axum answers itself (a path segment that is not UTF-8,
+/// ...) is plain text; its text becomes `{"error": ...}`, its status and
+/// other headers (`Allow`, `Retry-After`) stay.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_BYTES_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let text = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = error(status, text);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Any path the API does not have, in the API's error shape.
@@ -252,6 +313,15 @@ async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Response
     )
 }
 
+/// `GET /esc/health` (health port): ESC's report, `200` while the service
+/// is provided.
+#[utoipa::path(get, path = "/esc/health", tag = "meta",
+    summary = "The node's health (ESC's report)",
+    description = "Served on the health port (8060; HTTPS 8061), not the API port. `200` while the service is provided on this node, `503` otherwise, with the code, the message and each check: what a load balancer or the HA agent of a client asks.",
+    responses(
+        (status = 200, description = "The service is provided (a 2000-series `status_code`)", body = esc_proto::status::HealthReport),
+        (status = 503, description = "It is not: `status_code` and `message` say why, `checks` each check", body = esc_proto::status::HealthReport),
+    ))]
 async fn health(State(state): State<ApiState>) -> Response {
     // Bounded: a flood of probes waits here instead of piling up checks.
     let _permit = state.limit.acquire().await;
@@ -262,10 +332,23 @@ async fn health(State(state): State<ApiState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(code, serde_json::to_value(&report).unwrap_or_default())
+    json(code, &report)
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response {
+/// `GET /v0/openapi.json`: this document.
+#[utoipa::path(get, path = "/v0/openapi.json", tag = "meta",
+    summary = "This document",
+    description = "The API's OpenAPI 3.1 document, generated from the code.",
+    responses((status = 200, description = "The API's OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+async fn openapi_json(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+fn json(status: StatusCode, body: impl serde::Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
@@ -320,26 +403,39 @@ fn with_tid(mut r: Response, tid: &str) -> Response {
 fn unavailable(role: Role, message: &str) -> Response {
     let mut r = json(
         StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::json!({ "error": message, "role": role }),
+        ErrorBody {
+            role: Some(role),
+            ..ErrorBody::new(message)
+        },
     );
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
-/// The northbound's one mapping of the domain's outcomes to HTTP.
+/// A typed body as the JSON value `render` answers.
+fn value(body: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(body).unwrap_or_default()
+}
+
+/// The northbound's one mapping of the domain's outcomes to HTTP (the
+/// bodies are `openapi`'s types; the outcomes only the admin socket or the
+/// runners see stay ad hoc).
 fn render(answer: Answer, replayed: bool) -> Response {
     let (status, body) = match answer.outcome {
         Outcome::OpModeSet { mode } => (StatusCode::OK, serde_json::json!({ "op_mode": mode })),
         Outcome::TenantCreated { name } => {
-            (StatusCode::CREATED, serde_json::json!({ "tenant": name }))
+            (StatusCode::CREATED, value(TenantCreated { tenant: name }))
         }
         Outcome::MonitoringSet {
             deployment,
             enabled,
         } => (
             StatusCode::OK,
-            serde_json::json!({ "deployment": deployment, "monitoring": enabled }),
+            value(MonitoringSet {
+                deployment,
+                monitoring: enabled,
+            }),
         ),
         // Accepted: durable on both nodes, carried out step by step (or
         // completed already, with no VM to touch).
@@ -349,9 +445,12 @@ fn render(answer: Answer, replayed: bool) -> Response {
             state,
         } => {
             let href = format!("/v0/operations/{op_id}");
-            let body = serde_json::json!({
-                "operation": op_id, "deployment": deployment, "state": state, "href": href,
-            });
+            let body = OperationAccepted {
+                operation: op_id,
+                deployment,
+                state,
+                href: href.clone(),
+            };
             let mut r = with_tid(json(StatusCode::ACCEPTED, body), &answer.tid);
             if let Ok(v) = HeaderValue::from_str(&href) {
                 r.headers_mut().insert(header::LOCATION, v);
@@ -377,7 +476,11 @@ fn render(answer: Answer, replayed: bool) -> Response {
             } else {
                 StatusCode::OK
             },
-            serde_json::json!({ "operation": op_id, "state": state, "href": format!("/v0/operations/{op_id}") }),
+            value(OperationControlled {
+                href: format!("/v0/operations/{op_id}"),
+                operation: op_id,
+                state,
+            }),
         ),
         Outcome::StepRecorded { op_id, state } => (
             StatusCode::OK,
@@ -393,11 +496,18 @@ fn render(answer: Answer, replayed: bool) -> Response {
             } else {
                 StatusCode::OK
             },
-            serde_json::json!({ "user": name, "role": role, "created": created }),
+            value(UserSet {
+                user: name,
+                role,
+                created,
+            }),
         ),
         Outcome::UserDeleted { name } => (
             StatusCode::OK,
-            serde_json::json!({ "user": name, "deleted": true }),
+            value(UserDeleted {
+                user: name,
+                deleted: true,
+            }),
         ),
         Outcome::Refused { refused } => {
             let status = match refused {
@@ -416,7 +526,7 @@ fn render(answer: Answer, replayed: bool) -> Response {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
             };
-            (status, serde_json::json!({ "error": refused.to_string() }))
+            (status, value(ErrorBody::new(refused.to_string())))
         }
     };
     let mut r = with_tid(json(status, body), &answer.tid);
@@ -464,10 +574,10 @@ async fn write(
     if let Ok(OpMode::Maintenance) = read_state(state, |r| query::op_mode(r)).await {
         let mut r = json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({
-                "error": "unavailable temporarily: the controller is in maintenance mode",
-                "op_mode": "maintenance",
-            }),
+            ErrorBody {
+                op_mode: Some(OpMode::Maintenance),
+                ..ErrorBody::new("unavailable temporarily: the controller is in maintenance mode")
+            },
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -628,10 +738,15 @@ where
     .await
 }
 
-#[derive(Debug, Deserialize)]
+/// A listing's page.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// The name after which the page starts (the last page's `next_after`).
     after: Option<String>,
+    /// How many, 100 if not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -656,6 +771,14 @@ fn page(
     Ok((q.after, limit))
 }
 
+/// `GET /v0/deployments`: a page of deployments, in name order.
+#[utoipa::path(get, path = "/v0/deployments", tag = "deployments",
+    summary = "List deployments",
+    description = "A page of deployments in name order; `next_after` is the `after` of the next page. Reads are answered by either node.", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of deployments; `next_after` is the next page's `after`, if any", body = DeploymentList),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -675,17 +798,25 @@ async fn list(
             } else {
                 None
             };
-            let items: Vec<serde_json::Value> = items.iter().map(summary).collect();
-            json(
-                StatusCode::OK,
-                serde_json::json!({ "deployments": items, "next_after": next }),
-            )
+            let body = DeploymentList {
+                deployments: items.iter().map(DeploymentSummary::from).collect(),
+                next_after: next,
+            };
+            json(StatusCode::OK, body)
         }
         Err(r) => r,
     }
 }
 
 /// `POST /v0/tenants`: `{"name", "description"}`.
+#[utoipa::path(post, path = "/v0/tenants", tag = "tenants",
+    summary = "Create a tenant",
+    description = "Creates the owner of deployments, on both nodes (`201`).",
+    request_body = esc_domain::model::Tenant,
+    responses(
+        (status = 201, description = "Created, on both nodes", body = TenantCreated, headers(("ESC-Transaction-Id" = String))),
+        (status = 409, description = "The tenant exists", body = ErrorBody),
+    ))]
 async fn create_tenant(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -702,18 +833,6 @@ async fn create_tenant(
         Ok((fp, Op::CreateTenant { tenant }))
     })
     .await
-}
-
-/// One line of a listing: what a deployment is and where it stands.
-fn summary(d: &esc_domain::model::ServiceRecord) -> serde_json::Value {
-    serde_json::json!({
-        "name": d.spec.name,
-        "tenant": d.spec.tenant,
-        "state": d.state,
-        "current_op": d.current_op,
-        "last_op": d.last_op,
-        "vms": d.vms.len(),
-    })
 }
 
 /// The `callback` header (ESC's): where the result is POSTed when the
@@ -864,6 +983,17 @@ async fn fits_the_vim(
 /// answered `202` with the operation once it is durable on both nodes,
 /// carried out by the primary's lifecycle runner; `callback` names a URL
 /// for the result.
+#[utoipa::path(post, path = "/v0/deployments", tag = "deployments",
+    summary = "Deploy",
+    description = "Starts a deploy: `202` once the operation is durable on both nodes, carried out by the primary (and resumed by the standby if it takes over); `Location` is the operation. A deployment of VM groups needs a usable VIM that has each group's image, flavor and networks and room for its VMs: asked before anything is accepted.",
+    params(("callback" = Option<String>, Header, description = "An http(s) URL the result is POSTed to when the operation settles")),
+    request_body = esc_domain::model::DeploymentSpec,
+    responses(
+        (status = 202, description = "Accepted: durable on both nodes; `Location` is the operation", body = OperationAccepted, headers(("Location" = String, description = "The operation"), ("ESC-Transaction-Id" = String))),
+        (status = 400, description = "Invalid (the field is named), or the VIM has no such image, flavor or network, or no room", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The deployment exists", body = ErrorBody),
+    ))]
 async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request) -> Response {
     let cb = callback(&headers);
     let vim = state.shared.vim.clone();
@@ -897,6 +1027,17 @@ async fn deploy(State(state): State<ApiState>, headers: HeaderMap, req: Request)
 
 /// `PUT /v0/deployments/{name}`: update the deployment to the spec in the
 /// body (`OperationKind::Update` says what may change), `202` as a deploy.
+#[utoipa::path(put, path = "/v0/deployments/{name}", tag = "deployments",
+    summary = "Update a deployment",
+    description = "Updates the deployment to the spec in the body (VM counts, day-0 data, addresses, recovery policies, KPIs and rules; groups added or removed): `202` as a deploy. The tenant and a kept group's image, flavor and networks cannot change.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The deployment"), ("callback" = Option<String>, Header, description = "An http(s) URL the result is POSTed to when the operation settles")),
+    request_body = esc_domain::model::DeploymentSpec,
+    responses(
+        (status = 202, description = "Accepted: durable on both nodes; `Location` is the operation", body = OperationAccepted, headers(("Location" = String, description = "The operation"), ("ESC-Transaction-Id" = String))),
+        (status = 400, description = "Invalid, a change an update cannot make, or the VIM lacks what it needs", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 409, description = "An operation of the deployment is in progress", body = ErrorBody),
+    ))]
 async fn update(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -959,28 +1100,48 @@ async fn update(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v0/deployments/{name}/vms/{vm}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VmActionRequest {
-    action: String,
+struct VmActionBody {
+    action: VmActionWord,
 }
 
-/// An action request's body, or `400` saying what it must be.
-fn action_of(body: &[u8], shape: &str) -> Result<VmActionRequest, Response> {
+/// A manual action on one VM, or its manual recovery by its group's policy.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum VmActionWord {
+    Reboot,
+    Stop,
+    Start,
+    Recover,
+}
+
+/// The body of `POST /v0/deployments/{name}/actions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ServiceActionBody {
+    action: ServiceActionWord,
+}
+
+/// ESC's service actions.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum ServiceActionWord {
+    Stop,
+    Start,
+    Reboot,
+    DisableMonitor,
+    EnableMonitor,
+}
+
+/// An action request's body, or `400` naming the field and saying what
+/// the body is.
+fn action_of<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
     esc_domain::model::parse(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             format!("{e} (the body is {shape})"),
-        )
-    })
-}
-
-/// `REBOOT`, `STOP` or `START`, or `400` naming what the body may hold.
-fn vm_action_of(word: &str, shape: &str) -> Result<esc_domain::model::VmAction, Response> {
-    serde_json::from_value(serde_json::Value::String(word.to_string())).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("action: {word:?} is not an action here (the body is {shape})"),
         )
     })
 }
@@ -991,6 +1152,16 @@ const VM_ACTIONS: &str = "{\"action\": \"REBOOT\" | \"STOP\" | \"START\" | \"REC
 /// "START" | "RECOVER"}`: a manual action on one VM (by its server name),
 /// or its manual recovery by its group's policy (ESC's manual recovery:
 /// the operation the monitor starts, with the notifications), `202`.
+#[utoipa::path(post, path = "/v0/deployments/{name}/vms/{vm}", tag = "deployments",
+    summary = "Act on one VM",
+    description = "`REBOOT`, `STOP` or `START` one VM, or `RECOVER` it by its group's recovery policy (ESC's manual recovery): `202` as a deploy, each action carried out exactly once across a takeover.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The deployment"), ("vm" = String, Path, description = "The VM's server name (`esc-<deployment id>-<group>-<index>-g<generation>`)"), ("callback" = Option<String>, Header, description = "An http(s) URL the result is POSTed to when the operation settles")),
+    request_body = VmActionBody,
+    responses(
+        (status = 202, description = "Accepted: durable on both nodes; `Location` is the operation", body = OperationAccepted, headers(("Location" = String, description = "The operation"), ("ESC-Transaction-Id" = String))),
+        (status = 404, description = "No such deployment or VM", body = ErrorBody),
+        (status = 409, description = "An operation of the deployment is in progress", body = ErrorBody),
+    ))]
 async fn vm_action(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1002,21 +1173,23 @@ async fn vm_action(
     write_request(state, headers, "POST", Some(req), |body| async move {
         let callback = cb?;
         check_name(&name).map_err(invalid)?;
-        let request = action_of(&body, VM_ACTIONS)?;
-        let kind = if request.action == "RECOVER" {
-            esc_domain::model::OperationKind::Recover {
+        let request: VmActionBody = action_of(&body, VM_ACTIONS)?;
+        use esc_domain::model::{OperationKind, VmAction};
+        let act = |action| OperationKind::VmAction {
+            vm: vm.clone(),
+            action,
+        };
+        let kind = match request.action {
+            VmActionWord::Recover => OperationKind::Recover {
                 vm: vm.clone(),
                 reason: "manual recovery".into(),
-            }
-        } else {
-            let action = vm_action_of(&request.action, VM_ACTIONS)?;
-            esc_domain::model::OperationKind::VmAction {
-                vm: vm.clone(),
-                action,
-            }
+            },
+            VmActionWord::Reboot => act(VmAction::Reboot),
+            VmActionWord::Stop => act(VmAction::Stop),
+            VmActionWord::Start => act(VmAction::Start),
         };
         vim_usable(vim.as_deref())?;
-        info!(%name, %vm, action = %request.action, "VM action");
+        info!(%name, %vm, action = ?request.action, "VM action");
         let fp = fingerprint(&[
             b"POST /v0/deployments/",
             name.as_bytes(),
@@ -1042,6 +1215,17 @@ async fn vm_action(
 /// actions. `STOP`, `START`, `REBOOT` act on every VM (each exactly once
 /// across a takeover), `202` as an operation; the monitoring ones are a
 /// replicated switch, `200` `{"deployment", "monitoring"}`.
+#[utoipa::path(post, path = "/v0/deployments/{name}/actions", tag = "deployments",
+    summary = "Act on a deployment",
+    description = "ESC's service actions: `STOP`, `START` and `REBOOT` act on every VM (`202`, an operation); `DISABLE_MONITOR` and `ENABLE_MONITOR` switch the deployment's monitoring (`200`).",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The deployment"), ("callback" = Option<String>, Header, description = "An http(s) URL the result is POSTed to when the operation settles")),
+    request_body = ServiceActionBody,
+    responses(
+        (status = 200, description = "`DISABLE_MONITOR` / `ENABLE_MONITOR` done, on both nodes", body = MonitoringSet, headers(("ESC-Transaction-Id" = String))),
+        (status = 202, description = "Accepted: durable on both nodes; `Location` is the operation", body = OperationAccepted, headers(("Location" = String, description = "The operation"), ("ESC-Transaction-Id" = String))),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 409, description = "An operation of the deployment is in progress", body = ErrorBody),
+    ))]
 async fn deployment_action(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1053,30 +1237,35 @@ async fn deployment_action(
     write_request(state, headers, "POST", Some(req), |body| async move {
         let callback = cb?;
         check_name(&name).map_err(invalid)?;
-        let request = action_of(&body, SERVICE_ACTIONS)?;
+        let request: ServiceActionBody = action_of(&body, SERVICE_ACTIONS)?;
         let fp = fingerprint(&[
             b"POST /v0/deployments/actions/",
             name.as_bytes(),
             &body,
             callback.as_deref().unwrap_or("").as_bytes(),
         ]);
-        let op = match request.action.as_str() {
-            "DISABLE_MONITOR" | "ENABLE_MONITOR" => Op::SetMonitoring {
-                deployment: name.clone(),
-                enabled: request.action == "ENABLE_MONITOR",
-            },
-            other => {
-                let action = vm_action_of(other, SERVICE_ACTIONS)?;
-                vim_usable(vim.as_deref())?;
-                Op::StartOperation {
-                    op_id: uuid::Uuid::new_v4().to_string(),
-                    deployment: name.clone(),
-                    kind: esc_domain::model::OperationKind::ServiceAction { action },
-                    callback,
-                }
-            }
+        use esc_domain::model::VmAction;
+        let monitor = |enabled| Op::SetMonitoring {
+            deployment: name.clone(),
+            enabled,
         };
-        info!(%name, action = %request.action, "service action");
+        let on_every_vm = |action| -> Result<Op, Response> {
+            vim_usable(vim.as_deref())?;
+            Ok(Op::StartOperation {
+                op_id: uuid::Uuid::new_v4().to_string(),
+                deployment: name.clone(),
+                kind: esc_domain::model::OperationKind::ServiceAction { action },
+                callback,
+            })
+        };
+        let op = match request.action {
+            ServiceActionWord::DisableMonitor => monitor(false),
+            ServiceActionWord::EnableMonitor => monitor(true),
+            ServiceActionWord::Stop => on_every_vm(VmAction::Stop)?,
+            ServiceActionWord::Start => on_every_vm(VmAction::Start)?,
+            ServiceActionWord::Reboot => on_every_vm(VmAction::Reboot)?,
+        };
+        info!(%name, action = ?request.action, "service action");
         Ok((fp, op))
     })
     .await
@@ -1086,6 +1275,15 @@ const SERVICE_ACTIONS: &str =
     "{\"action\": \"STOP\" | \"START\" | \"REBOOT\" | \"DISABLE_MONITOR\" | \"ENABLE_MONITOR\"}";
 
 /// `DELETE /v0/deployments/{name}`: undeploy, `202`.
+#[utoipa::path(delete, path = "/v0/deployments/{name}", tag = "deployments",
+    summary = "Undeploy",
+    description = "Removes every VM of the deployment, then the deployment: `202` as a deploy.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The deployment"), ("callback" = Option<String>, Header, description = "An http(s) URL the result is POSTed to when the operation settles")),
+    responses(
+        (status = 202, description = "Accepted: durable on both nodes; `Location` is the operation", body = OperationAccepted, headers(("Location" = String, description = "The operation"), ("ESC-Transaction-Id" = String))),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 409, description = "An operation of the deployment is in progress", body = ErrorBody),
+    ))]
 async fn undeploy(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1114,14 +1312,25 @@ async fn undeploy(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// The stream starts after this event id (`Last-Event-ID` wins).
     after: Option<u64>,
 }
 
 /// `GET /v0/events`: the outbox as server-sent events after `Last-Event-ID`
 /// (or `?after=`; neither: from the oldest kept), on either node.
+#[utoipa::path(get, path = "/v0/events", tag = "events",
+    summary = "Follow the notifications",
+    description = "The replicated outbox of notifications as server-sent events, after `Last-Event-ID` (or `after`; neither: from the oldest kept), on either node: a client that reconnects to the new primary after a takeover resumes where it stopped.",
+    params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "The last event id received: the stream resumes after it")),
+    responses(
+        (status = 200, description = "Server-sent events (`id:`, `event:` its kind, `data:` the event as JSON), open until the client leaves", content_type = "text/event-stream", body = super::openapi::StreamedEvent),
+        (status = 400, description = "A bad query or `Last-Event-ID`", body = ErrorBody),
+        (status = 503, description = "Too many event streams are open", body = ErrorBody, headers(("Retry-After" = i64))),
+    ))]
 async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1176,6 +1385,15 @@ async fn show_record<T: serde::Serialize + Send + 'static>(
 }
 
 /// `GET /v0/deployments/{name}`: its state, VMs and current operation.
+#[utoipa::path(get, path = "/v0/deployments/{name}", tag = "deployments",
+    summary = "Show a deployment",
+    description = "The deployment, its state, every VM (server id, state, error, addresses, recoveries, and its last probe on the node that answers: the primary's are current) and its current operation.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The deployment")),
+    responses(
+        (status = 200, description = "The deployment; each VM with its last probe on this node", body = DeploymentView),
+        (status = 400, description = "Not a deployment name", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+    ))]
 async fn show_deployment(
     State(state): State<ApiState>,
     UrlPath(name): UrlPath<String>,
@@ -1187,18 +1405,11 @@ async fn show_deployment(
     let missing = Refused::NoSuchDeployment { name: name.clone() }.to_string();
     match read_state(&state, move |r| query::service(r, &n)).await {
         Ok(Some(d)) => {
-            let mut v = serde_json::to_value(&d).unwrap_or_default();
             // Each VM's last probe on this node (the primary's move; soft).
-            if let (Some(vms), Ok(last)) =
-                (v["vms"].as_array_mut(), state.shared.last_probes.lock())
-            {
-                for (vm, rec) in vms.iter_mut().zip(&d.vms) {
-                    if let Some(p) = last.get(&rec.key.server_name()) {
-                        vm["last_probe"] = serde_json::to_value(p).unwrap_or_default();
-                    }
-                }
-            }
-            json(StatusCode::OK, v)
+            let last = state.shared.last_probes.lock().ok();
+            let view =
+                DeploymentView::new(d, |vm| last.as_ref()?.get(&vm.key.server_name()).cloned());
+            json(StatusCode::OK, view)
         }
         Ok(None) => error(StatusCode::NOT_FOUND, missing),
         Err(r) => r,
@@ -1207,6 +1418,16 @@ async fn show_deployment(
 
 /// `POST /v0/operations/{id}/retry`, `.../rollback` and `.../fail` (ETSI NFV-SOL 003's
 /// tasks of an LCM operation occurrence) for a FAILED_TEMP operation.
+#[utoipa::path(post, path = "/v0/operations/{id}/{task}", tag = "operations",
+    summary = "Retry, roll back or fail an operation",
+    description = "ETSI NFV-SOL 003's tasks of a `FAILED_TEMP` operation: `retry` and `rollback` are carried out by the primary (`202`), `fail` settles it (`200`).",
+    params(("id" = String, Path, min_length = 1, max_length = 64, description = "The operation"), ("task" = inline(esc_domain::model::LcmControl), Path, description = "What to do with the FAILED_TEMP operation")),
+    responses(
+        (status = 200, description = "Failed: the operation is FAILED", body = OperationControlled, headers(("ESC-Transaction-Id" = String))),
+        (status = 202, description = "Accepted: the operation runs again (retry) or rolls back", body = OperationControlled, headers(("ESC-Transaction-Id" = String))),
+        (status = 404, description = "No such operation, or no such task", body = ErrorBody),
+        (status = 409, description = "The operation is not FAILED_TEMP", body = ErrorBody),
+    ))]
 async fn control_operation(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1238,6 +1459,15 @@ async fn control_operation(
 }
 
 /// `GET /v0/operations/{id}`: an operation occurrence and its steps.
+#[utoipa::path(get, path = "/v0/operations/{id}", tag = "operations",
+    summary = "Show an operation",
+    description = "A lifecycle operation occurrence: its kind, state (ETSI NFV-SOL 003's `LcmOperationStateType`), VMs and error.",
+    params(("id" = String, Path, min_length = 1, max_length = 64, description = "The operation")),
+    responses(
+        (status = 200, description = "The operation occurrence", body = esc_domain::model::OperationRecord),
+        (status = 400, description = "Not an operation id", body = ErrorBody),
+        (status = 404, description = "No such operation", body = ErrorBody),
+    ))]
 async fn show_operation(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Response {
     if id.is_empty() || id.len() > 64 {
         return error(
@@ -1252,6 +1482,13 @@ async fn show_operation(State(state): State<ApiState>, UrlPath(id): UrlPath<Stri
 
 /// `GET /v0/users`: the accounts and their roles (never a hash), in name
 /// order, paged as the deployments; admin only (`auth::required`).
+#[utoipa::path(get, path = "/v0/users", tag = "users",
+    summary = "List accounts",
+    description = "A page of accounts and their roles, in name order; never a password or a hash.", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of accounts (never a hash)", body = UserList),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ))]
 async fn list_users(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -1267,21 +1504,23 @@ async fn list_users(
             } else {
                 None
             };
-            let users: Vec<_> = users.iter().map(|u| u.entry()).collect();
-            json(
-                StatusCode::OK,
-                serde_json::json!({ "users": users, "next_after": next }),
-            )
+            let body = UserList {
+                users: users.iter().map(|u| u.entry()).collect(),
+                next_after: next,
+            };
+            json(StatusCode::OK, body)
         }
         Err(r) => r,
     }
 }
 
 /// The body of `PUT /v0/users/{name}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserBody {
     role: esc_domain::accounts::UserRole,
+    /// 12 to 1024 characters; stored as its Argon2id hash only.
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
 }
 
@@ -1303,6 +1542,16 @@ fn manageable_user(state: &ApiState, name: &str) -> Result<(), Response> {
 /// same `Idempotency-Key` keeps the first answer: the fingerprint covers
 /// the name and the role only, so the log holds nothing derived from the
 /// password but its salted hash.
+#[utoipa::path(put, path = "/v0/users/{name}", tag = "users",
+    summary = "Create or replace an account",
+    description = "Creates the account (`201`) or replaces its role and password (`200`), on both nodes. The password is stored as its Argon2id hash only.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The account")),
+    request_body = UserBody,
+    responses(
+        (status = 200, description = "The account's role and password replaced, on both nodes", body = UserSet, headers(("ESC-Transaction-Id" = String))),
+        (status = 201, description = "The account created, on both nodes", body = UserSet, headers(("ESC-Transaction-Id" = String))),
+        (status = 409, description = "The name is this node's bootstrap account (`api.user`)", body = ErrorBody),
+    ))]
 async fn put_user(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -1343,6 +1592,15 @@ async fn put_user(
 
 /// `DELETE /v0/users/{name}`: the account is gone on both nodes; its
 /// remembered logins no longer match (`auth`).
+#[utoipa::path(delete, path = "/v0/users/{name}", tag = "users",
+    summary = "Delete an account",
+    description = "The account is gone on both nodes; its logins fail at once.",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,255}$", description = "The account")),
+    responses(
+        (status = 200, description = "The account is gone, on both nodes", body = UserDeleted, headers(("ESC-Transaction-Id" = String))),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The name is this node's bootstrap account (`api.user`)", body = ErrorBody),
+    ))]
 async fn delete_user(
     State(state): State<ApiState>,
     headers: HeaderMap,

@@ -22,7 +22,7 @@
 //!   user and the source address, never the password, and counted per
 //!   source. From the [`FAILURES_BEFORE_DELAY`]th within
 //!   [`FAILURE_WINDOW`], every login from that address waits
-//!   [`LOGIN_DELAY`] before it is checked, at most [`THROTTLED_MAX`] of them
+//!   `api.login_delay_ms` ([`LOGIN_DELAY`] by default) before it is checked, at most [`THROTTLED_MAX`] of them
 //!   at once across all sources (more get `429`): guessing costs the guesser
 //!   time, not the node CPU.
 //! - **Roles**: a read needs `viewer`, a lifecycle write `operator`, tenants
@@ -53,7 +53,8 @@ pub const VERIFY_CONCURRENCY: usize = 2;
 /// its logins are delayed: the tenth and later wait.
 pub const FAILURES_BEFORE_DELAY: usize = 9;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a throttled source's login waits before it is checked.
+/// How long a throttled source's login waits before it is checked, by
+/// default (`api.login_delay_ms`).
 pub const LOGIN_DELAY: Duration = Duration::from_secs(3);
 /// Throttled logins waiting at once, across all sources.
 pub const THROTTLED_MAX: usize = 32;
@@ -84,6 +85,7 @@ pub struct Auth {
     throttled: Semaphore,
     budgets: Mutex<HashMap<String, Bucket>>,
     writes_per_s: f64,
+    login_delay: Duration,
 }
 
 /// A user's write budget (a token bucket).
@@ -149,12 +151,36 @@ pub fn required(method: &Method, path: &str) -> UserRole {
     }
 }
 
-/// The API's error shape, `{"error": ...}` (as `api::error`; here so the
-/// guard does not import the routes it guards).
+// Here, with `error`, so that the guard does not import the routes it
+// guards (`openapi` re-exports it).
+/// Every error the API answers, whatever its status: `error` says what
+/// is wrong and what to do; a `503` of a node that cannot take writes
+/// says its `role`, one in maintenance its `op_mode`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// `primary` or `standby`: a standby answers writes `503`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^(primary|standby)$")]
+    pub role: Option<esc_repl::Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_mode: Option<esc_domain::OpMode>,
+}
+
+impl ErrorBody {
+    pub fn new(message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: message.into(),
+            role: None,
+            op_mode: None,
+        }
+    }
+}
+
+/// The API's error shape, `{"error": ...}` (`ErrorBody`).
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     use axum::response::IntoResponse;
-    let body = serde_json::json!({ "error": message.into() });
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(ErrorBody::new(message))).into_response()
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -174,8 +200,14 @@ fn too_many(message: String, retry_after_s: u64) -> Response {
 }
 
 impl Auth {
-    /// `writes_per_s`: `api.writes_per_user_per_s`.
-    pub fn new(bootstrap_user: &str, bootstrap_password: &str, writes_per_s: u32) -> Auth {
+    /// `writes_per_s`: `api.writes_per_user_per_s`; `login_delay`:
+    /// `api.login_delay_ms`.
+    pub fn new(
+        bootstrap_user: &str,
+        bootstrap_password: &str,
+        writes_per_s: u32,
+        login_delay: Duration,
+    ) -> Auth {
         Auth {
             bootstrap_user: bootstrap_user.to_string(),
             bootstrap_digest: sha256(&[bootstrap_password.as_bytes()]),
@@ -186,6 +218,7 @@ impl Auth {
             throttled: Semaphore::new(THROTTLED_MAX),
             budgets: Mutex::new(HashMap::new()),
             writes_per_s: f64::from(writes_per_s.max(1)),
+            login_delay,
         }
     }
 
@@ -304,7 +337,7 @@ impl Auth {
                     FAILURE_WINDOW.as_secs(),
                 ));
             };
-            tokio::time::sleep(LOGIN_DELAY).await;
+            tokio::time::sleep(self.login_delay).await;
             Some(permit)
         } else {
             None
@@ -449,7 +482,7 @@ mod tests {
 
     #[test]
     fn the_write_budget_refills_per_second() {
-        let a = Auth::new("admin", "a-long-enough-password", 10);
+        let a = Auth::new("admin", "a-long-enough-password", 10, LOGIN_DELAY);
         let t = Instant::now();
         for _ in 0..10 {
             a.spend_write("u", t).unwrap();
@@ -464,7 +497,7 @@ mod tests {
 
     #[test]
     fn failures_are_counted_per_source_within_the_window() {
-        let a = Auth::new("admin", "a-long-enough-password", 10);
+        let a = Auth::new("admin", "a-long-enough-password", 10, LOGIN_DELAY);
         let (x, y): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let t = Instant::now();
         for n in 1..=FAILURES_BEFORE_DELAY {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod events;
+pub mod openapi;
 pub mod tls;
 
 pub use api::{password, serve, serve_health, PASSWORD_FILE, WRITE_TIMEOUT};
