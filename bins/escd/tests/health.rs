@@ -33,6 +33,11 @@ fn health_api_and_a_full_volume() {
     wait_until(Duration::from_secs(10), "primary", || {
         n.status()["role"] == "primary"
     });
+    // The role comes before the API's listeners: the report says 5030
+    // ("the API does not answer") until they accept.
+    wait_until(Duration::from_secs(10), "healthy (2000)", || {
+        health(&n)["status_code"] == 2000
+    });
     let h = health(&n);
     assert_eq!(h["status_code"], 2000, "{h}");
     assert_eq!(h["stage"], "READY");
@@ -134,7 +139,10 @@ fn fault_injection_is_off_by_default_and_a_dead_api_is_unhealthy() {
             "{req:?} without [debug] allow_fault_injection: {r:?}"
         );
     }
-    assert_eq!(health(&n)["status_code"], 2000, "nothing changed");
+    // The role comes before the API's listeners accept (5030 until then).
+    wait_until(Duration::from_secs(10), "healthy (2000)", || {
+        health(&n)["status_code"] == 2000
+    });
 
     let mut spec = NodeSpec::new("esc-2", "127.0.0.1", "primary");
     spec.fault_injection = true;

@@ -30,6 +30,7 @@ pub const CALLBACK_URL_LEN_MAX: usize = 2_048;
 /// A tenant (ESC's `tenant`: the owner of deployments).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "tenant-a", "description": "the firewall team"}))]
 pub struct Tenant {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub name: String,
@@ -41,6 +42,7 @@ pub struct Tenant {
 /// A deployment as a client asks for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!(DeploymentSpec::example()))]
 pub struct DeploymentSpec {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$")]
     pub name: String,
@@ -374,6 +376,36 @@ impl Tenant {
 }
 
 impl DeploymentSpec {
+    /// The API document's example (a test checks that it is valid): one
+    /// group of two to four VMs on one network, with day-0 data, the bootup
+    /// check and healing.
+    pub fn example() -> serde_json::Value {
+        serde_json::json!({
+            "name": "vnf-a",
+            "tenant": "tenant-a",
+            "vm_groups": [{
+                "name": "fw",
+                "image": "fw-image-1.2",
+                "flavor": "m1.small",
+                "scaling": { "min_active": 2, "max_active": 4 },
+                "interfaces": [{ "nicid": 0, "network": "mgmt" }],
+                "config_data": [{ "file": "/etc/fw/day0.conf", "data": "hostname fw\n" }],
+                "recovery_policy": { "action": "REBOOT_THEN_REDEPLOY", "max_retries": 3 },
+                "kpis": [{
+                    "event_name": "VM_ALIVE", "metric_value": 1, "metric_cond": "GE",
+                    "metric_occurrences_true": 1, "metric_occurrences_false": 3,
+                    "metric_collector": { "type": "ICMPPing", "nicid": 0, "poll_frequency": 3 },
+                }],
+                "rules": [{
+                    "event_name": "VM_ALIVE",
+                    "actions": ["ALWAYS log", "FALSE recover autohealing", "TRUE esc_vm_alive_notification"],
+                }],
+                "bootup_time": 120,
+            }],
+            "properties": { "owner": "team-a" },
+        })
+    }
+
     /// The rules across fields that the types do not say.
     pub fn validate(&self) -> Result<(), InvalidField> {
         name("name", &self.name)?;
@@ -647,6 +679,13 @@ impl DeploymentSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documents_example_is_a_valid_deployment() {
+        let json = serde_json::to_vec(&DeploymentSpec::example()).unwrap();
+        let spec = DeploymentSpec::from_json(&json).unwrap();
+        assert_eq!(spec.vm_groups[0].scaling.min_active, 2);
+    }
 
     fn valid() -> serde_json::Value {
         serde_json::json!({

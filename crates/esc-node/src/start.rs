@@ -295,11 +295,15 @@ pub async fn run(
         .northbound
         .health_listening
         .expect(health_listeners.len());
+    // The routers are built here, before their tasks: a listener accepts
+    // as soon as its task runs, before the admin socket reports the role.
+    let health_app = northbound::api::health_app(&shared, &cfg.api, auth.clone());
+    let api_app = northbound::api::app(&shared, &cfg.api, auth);
     tasks.spawn(northbound::serve_health(
         health_listeners,
+        health_app,
         shared.clone(),
         cfg.api.clone(),
-        auth.clone(),
     ));
     // Connections are bounded well under the descriptor limit (issue 14):
     // the monitor's probes and the VIM calls hold descriptors of their own.
@@ -320,9 +324,9 @@ pub async fn run(
     }
     tasks.spawn(northbound::serve(
         api_listeners,
+        api_app,
         shared.clone(),
         cfg.api.clone(),
-        auth,
         api_connections,
     ));
     tasks.spawn(admin::serve(admin::bind(&home)?, shared.clone()));

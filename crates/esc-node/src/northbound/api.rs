@@ -74,8 +74,6 @@ struct ApiState {
     limit: Arc<Semaphore>,
     /// Open event streams (`GET /v0/events`).
     streams: Arc<Semaphore>,
-    /// `GET /v0/openapi.json`, rendered once.
-    openapi: Bytes,
 }
 
 impl ApiState {
@@ -86,7 +84,6 @@ impl ApiState {
             bootstrap_user: cfg.user.as_str().into(),
             limit: Arc::new(Semaphore::new(concurrency)),
             streams: Arc::new(Semaphore::new(super::events::STREAMS_MAX)),
-            openapi: Bytes::from(document_json()),
         }
     }
 }
@@ -134,24 +131,19 @@ pub fn password(home: &Path, cfg: &ApiConfig) -> crate::Result<String> {
 ///
 /// `listeners`: the plain and the HTTPS one (with its certificates), as
 /// configured; they share one connection cap.
+///
+/// `app`: [`app`]'s router, built before the task starts, so that the
+/// listeners accept as soon as it runs (the health check wants them).
 pub async fn serve(
     listeners: Vec<(tokio::net::TcpListener, Option<Arc<Certs>>)>,
+    app: Router,
     shared: Shared,
     cfg: ApiConfig,
-    auth: Arc<Auth>,
     connections_max: usize,
 ) {
     let dead = shared.api_dead.subscribe();
     let nb = shared.northbound.clone();
     let state_counters = shared.counters.clone();
-    let guard = super::auth::Guard {
-        shared: shared.clone(),
-        auth,
-    };
-    let state = ApiState::new(shared, &cfg, cfg.concurrency_max);
-    let (app, _) = routes().split_for_parts();
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max));
-    let app = guarded(app, guard).with_state(state);
     let admission = super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max));
     let loops = listeners.into_iter().map(|(listener, tls)| {
         // A dead API (lab fault injection) closes its listeners and
@@ -174,23 +166,41 @@ pub async fn serve(
     warn!("the northbound API is down (fault injection)");
 }
 
-/// Serves `GET /esc/health` (basic auth) until the task is aborted: 200
-/// with the report when the service is provided, 503 otherwise.
-pub async fn serve_health(
-    listeners: Vec<(tokio::net::TcpListener, Option<Arc<Certs>>)>,
-    shared: Shared,
-    cfg: ApiConfig,
-    auth: Arc<Auth>,
-) {
-    let nb = shared.northbound.clone();
-    let counters = shared.counters.clone();
+/// The REST API's router: every route behind the guard (`auth`), with its
+/// state; at most `api.concurrency_max` requests at once.
+pub fn app(shared: &Shared, cfg: &ApiConfig, auth: Arc<Auth>) -> Router {
     let guard = super::auth::Guard {
         shared: shared.clone(),
         auth,
     };
-    let state = ApiState::new(shared, &cfg, 16);
+    let state = ApiState::new(shared.clone(), cfg, cfg.concurrency_max);
+    let (app, _) = routes().split_for_parts();
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.body_bytes_max));
+    guarded(app, guard).with_state(state)
+}
+
+/// The health API's router (`GET /esc/health` behind the guard).
+pub fn health_app(shared: &Shared, cfg: &ApiConfig, auth: Arc<Auth>) -> Router {
+    let guard = super::auth::Guard {
+        shared: shared.clone(),
+        auth,
+    };
+    // Bounded: a flood of probes waits instead of piling up checks.
+    let state = ApiState::new(shared.clone(), cfg, 16);
     let (app, _) = health_routes().split_for_parts();
-    let app = guarded(app, guard).with_state(state);
+    guarded(app, guard).with_state(state)
+}
+
+/// Serves [`health_app`]'s `app` until the task is aborted: 200 with the
+/// report when the service is provided, 503 otherwise.
+pub async fn serve_health(
+    listeners: Vec<(tokio::net::TcpListener, Option<Arc<Certs>>)>,
+    app: Router,
+    shared: Shared,
+    cfg: ApiConfig,
+) {
+    let nb = shared.northbound.clone();
+    let counters = shared.counters.clone();
     let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
     let admission = super::conn::Admission::new(limits);
     let loops = listeners.into_iter().map(|(listener, tls)| {
@@ -230,13 +240,15 @@ fn health_routes() -> OpenApiRouter<ApiState> {
 }
 
 /// The API's OpenAPI 3.1 document: both listeners' routes, with what they
-/// share (`openapi::conventions`), as JSON (`openapi::ranges`).
+/// share (`openapi::conventions`), as JSON (`openapi::ranges`,
+/// `openapi::links`).
 pub fn document() -> serde_json::Value {
     let (_, mut doc) = routes().split_for_parts();
     doc.merge(health_routes().split_for_parts().1);
     super::openapi::conventions(&mut doc);
     let mut doc = serde_json::to_value(doc).unwrap_or_default();
     super::openapi::ranges(&mut doc);
+    super::openapi::links(&mut doc);
     doc
 }
 
@@ -340,12 +352,12 @@ async fn health(State(state): State<ApiState>) -> Response {
     summary = "This document",
     description = "The API's OpenAPI 3.1 document, generated from the code.",
     responses((status = 200, description = "The API's OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-async fn openapi_json(State(state): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.clone(),
-    )
-        .into_response()
+async fn openapi_json() -> Response {
+    // Rendered at the first request, not at start: the listeners open
+    // without waiting for it.
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let doc = DOCUMENT.get_or_init(|| Bytes::from(document_json()));
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
 fn json(status: StatusCode, body: impl serde::Serialize) -> Response {

@@ -365,3 +365,41 @@ pub fn ranges(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// OpenAPI links from each answer that starts an operation to where it
+/// and its deployment stand (`GET /v0/operations/{id}`, `GET
+/// /v0/deployments/{name}`): a client, and the fuzzer's request sequences,
+/// follow them. Added to the JSON: utoipa 5 writes a link's fields in
+/// snake case (`operation_id`), not OpenAPI's `operationId`.
+pub fn links(doc: &mut serde_json::Value) {
+    let accepted = serde_json::json!("#/components/schemas/OperationAccepted");
+    let links = serde_json::json!({
+        "operation": {
+            "operationId": "show_operation",
+            "parameters": { "id": "$response.body#/operation" },
+            "description": "The operation this request started",
+        },
+        "deployment": {
+            "operationId": "show_deployment",
+            "parameters": { "name": "$response.body#/deployment" },
+            "description": "The deployment it acts on",
+        },
+    });
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            // `get_mut`, not indexing: an index would add the keys it misses.
+            let Some(r) = op.get_mut("responses").and_then(|r| r.get_mut("202")) else {
+                continue;
+            };
+            if r["content"]["application/json"]["schema"]["$ref"] == accepted {
+                r["links"] = links.clone();
+            }
+        }
+    }
+}
