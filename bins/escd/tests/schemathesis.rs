@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The whole run's deadline (the schemathesis process is killed past it).
-const RUN_DEADLINE: Duration = Duration::from_secs(900);
+/// A run's deadline: this, and [`DEADLINE_PER_EXAMPLE`] per example of each
+/// operation (the schemathesis process is killed past it).
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+const DEADLINE_PER_EXAMPLE: Duration = Duration::from_secs(6);
 
 /// The pinned schemathesis: `ESC_SCHEMATHESIS`, the one
 /// `scripts/install-schemathesis.sh` installs, or one on `PATH`.
@@ -87,7 +89,9 @@ max-stream-events = 3
 /// Runs schemathesis on `schema` against `base`, `args` more; panics with
 /// its report's tail unless every check passed.
 fn run(dir: &Path, schema: &Path, base: &str, name: &str, args: &[&str]) {
-    let examples = env_u64("ESC_SCHEMATHESIS_EXAMPLES", 25).to_string();
+    let n = env_u64("ESC_SCHEMATHESIS_EXAMPLES", 25);
+    let deadline = RUN_DEADLINE + DEADLINE_PER_EXAMPLE * n as u32;
+    let examples = n.to_string();
     let seed = env_u64("ESC_SCHEMATHESIS_SEED", 14).to_string();
     let out_path = dir.join(format!("{name}.out"));
     let junit = dir.join(format!("{name}.junit.xml"));
@@ -114,7 +118,7 @@ fn run(dir: &Path, schema: &Path, base: &str, name: &str, args: &[&str]) {
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
         }
-        if started.elapsed() > RUN_DEADLINE {
+        if started.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -130,7 +134,7 @@ fn run(dir: &Path, schema: &Path, base: &str, name: &str, args: &[&str]) {
     );
     assert!(
         status.is_some_and(|s| s.success()),
-        "schemathesis {name} found problems (or ran past {RUN_DEADLINE:?}):\n{}",
+        "schemathesis {name} found problems (or ran past {deadline:?}):\n{}",
         tail(&text, 200)
     );
 }

@@ -229,9 +229,10 @@ fn syn_flood(c: &Cluster, step: &Step, duration: Duration) -> anyhow::Result<Att
     );
     let ns = c.lab.ns("attacker");
     let interval_us = (1_000_000 / step.count.max(1)).max(1);
-    let mut children = Vec::new();
+    // Stopped when this returns, also early (a second spawn failing).
+    let mut children = Reaped(Vec::new());
     for t in &step.targets {
-        children.push(
+        children.0.push(
             std::process::Command::new("ip")
                 .args([
                     "netns", "exec", &ns, "nice", "-n", "19", "hping3", "-q", "-S",
@@ -248,15 +249,24 @@ fn syn_flood(c: &Cluster, step: &Step, duration: Duration) -> anyhow::Result<Att
     // The flood's length, not synchronisation; the children are stopped
     // after it.
     std::thread::sleep(duration);
-    for ch in &mut children {
-        let _ = ch.kill();
-        let _ = ch.wait();
-    }
+    drop(children);
     let sent = (duration.as_secs() * step.count as u64) * step.targets.len() as u64;
     Ok(Attack {
         attempts: sent,
         ..Attack::default()
     })
+}
+
+/// Processes killed and reaped when dropped.
+struct Reaped(Vec<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        for ch in &mut self.0 {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
 }
 
 /// Connection slots held against the targets (round robin), on a runtime

@@ -47,6 +47,7 @@
 //! - [`logging`], [`metrics`]: `escmanager.log`/`escadm.log`, counters.
 
 pub mod admin;
+pub mod admission;
 pub mod error;
 pub mod fds;
 pub mod ha;

@@ -35,10 +35,9 @@ use esc_wire::{
     Ephemeral, FrameError, FrameHeader, FrameSeal, Handshake, Message, SnapshotItem, HEADER_LEN,
 };
 use rand::RngCore;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -291,75 +290,24 @@ fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// Handshakes in progress, by source address.
-type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// One handshake in progress from `ip`; released when dropped.
-struct IpSlot {
-    map: PerIp,
-    ip: IpAddr,
-}
-
-impl IpSlot {
-    fn acquire(map: &PerIp, ip: IpAddr) -> Option<IpSlot> {
-        // An IPv4 peer on a dual-stack socket is the same host as over IPv4.
-        let ip = ip.to_canonical();
-        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= HANDSHAKES_PER_IP_MAX {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            map: map.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// The handshakes in progress on one listener (replication, witness): at
 /// most [`HANDSHAKES_MAX`] in all and [`HANDSHAKES_PER_IP_MAX`] per source
 /// address, so silent or unauthenticated hosts cannot keep the peer out.
 #[derive(Clone)]
-pub(crate) struct HandshakeGate {
-    slots: Arc<tokio::sync::Semaphore>,
-    per_ip: PerIp,
-}
-
-/// A handshake's place at the gate; released when dropped.
-pub(crate) struct HandshakeSlot {
-    _all: tokio::sync::OwnedSemaphorePermit,
-    _ip: IpSlot,
-}
+pub(crate) struct HandshakeGate(Arc<crate::admission::Admission>);
 
 impl HandshakeGate {
     pub(crate) fn new() -> HandshakeGate {
-        HandshakeGate {
-            slots: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX)),
-            per_ip: Arc::default(),
-        }
+        HandshakeGate(crate::admission::Admission::new(
+            HANDSHAKES_MAX,
+            HANDSHAKES_PER_IP_MAX,
+        ))
     }
 
-    /// A place for a handshake from `ip`, or None: close the connection.
-    pub(crate) fn admit(&self, ip: IpAddr) -> Option<HandshakeSlot> {
-        let ip_slot = IpSlot::acquire(&self.per_ip, ip)?;
-        let all = self.slots.clone().try_acquire_owned().ok()?;
-        Some(HandshakeSlot {
-            _all: all,
-            _ip: ip_slot,
-        })
+    /// A place for a handshake from `ip` (released when dropped), or None:
+    /// close the connection.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<crate::admission::Slot> {
+        self.0.admit(ip).ok()
     }
 }
 

@@ -136,7 +136,7 @@ async fn serve_conn(
     server: &Server,
     mut stream: TcpStream,
     addr: SocketAddr,
-    slot: net::HandshakeSlot,
+    slot: crate::admission::Slot,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
     let (node, mut recv_mac, mut send_mac) = tokio::time::timeout(

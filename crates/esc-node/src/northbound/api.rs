@@ -144,7 +144,7 @@ pub async fn serve(
     let dead = shared.api_dead.subscribe();
     let nb = shared.northbound.clone();
     let state_counters = shared.counters.clone();
-    let admission = super::conn::Admission::new(super::conn::Limits::of(&cfg, connections_max));
+    let gate = super::conn::Limits::of(&cfg, connections_max).gate();
     let loops = listeners.into_iter().map(|(listener, tls)| {
         // A dead API (lab fault injection) closes its listeners and
         // connections; requests already running still get their answer.
@@ -155,7 +155,7 @@ pub async fn serve(
         super::conn::serve(
             listener,
             app.clone(),
-            admission.clone(),
+            gate.clone(),
             (state_counters.clone(), |c| &c.api_conns),
             nb.api_listening.clone(),
             tls,
@@ -201,13 +201,12 @@ pub async fn serve_health(
 ) {
     let nb = shared.northbound.clone();
     let counters = shared.counters.clone();
-    let limits = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX);
-    let admission = super::conn::Admission::new(limits);
+    let gate = super::conn::Limits::of(&cfg, super::conn::HEALTH_CONNECTIONS_MAX).gate();
     let loops = listeners.into_iter().map(|(listener, tls)| {
         super::conn::serve(
             listener,
             app.clone(),
-            admission.clone(),
+            gate.clone(),
             (counters.clone(), |c| &c.health_conns),
             nb.health_listening.clone(),
             tls,

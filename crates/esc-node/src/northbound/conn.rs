@@ -24,15 +24,15 @@
 //! then look like a dead API): [`Listening`] says whether the accept loop
 //! runs, and the owner's ping says whether the service answers.
 
+use crate::admission::{Admission, Refusal, Slot};
 use crate::fds::ACCEPT_ERROR_PAUSE;
 use crate::metrics::{ConnCounters, Counters};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -55,6 +55,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The caps of one API (each listener of it takes from the same).
+    pub fn gate(&self) -> Gate {
+        Gate {
+            admission: Admission::new(self.connections_max, self.per_source_max),
+            header_timeout: self.header_timeout,
+        }
+    }
+
     /// A listener's limits from `[api]`: at most `connections_max` in all,
     /// the configured share per source (never above that), the header
     /// deadline.
@@ -80,79 +88,12 @@ pub fn fd_budget(configured: usize, nofile: u64, other_max: usize) -> (usize, bo
     (cap, cap < configured)
 }
 
-/// The open connections of one listener, in all and by source address.
-#[derive(Debug)]
-pub struct Admission {
-    limits: Limits,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The listener holds `connections_max` connections.
-    Full,
-    /// Its source address holds `per_source_max` connections.
-    Source,
-}
-
-/// One admitted connection's slot, given back when dropped.
-#[derive(Debug)]
-pub struct Slot {
-    admission: Arc<Admission>,
-    source: IpAddr,
-}
-
-impl Admission {
-    pub fn new(limits: Limits) -> Arc<Admission> {
-        Arc::new(Admission {
-            limits,
-            open: Mutex::new((0, HashMap::new())),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A slot for a connection from `source`, or why not.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
-        // An IPv4 client on a dual-stack socket is the same host as over IPv4.
-        let source = source.to_canonical();
-        let mut g = self.lock();
-        if g.0 >= self.limits.connections_max {
-            return Err(Refusal::Full);
-        }
-        let n = g.1.entry(source).or_insert(0);
-        if *n >= self.limits.per_source_max {
-            return Err(Refusal::Source);
-        }
-        *n += 1;
-        g.0 += 1;
-        Ok(Slot {
-            admission: self.clone(),
-            source,
-        })
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.lock().0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut g = self.admission.lock();
-        g.0 = g.0.saturating_sub(1);
-        if let Some(n) = g.1.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                // The map holds only sources with a connection open.
-                g.1.remove(&self.source);
-            }
-        }
-    }
+/// One API's connection caps, shared by its listeners (plain, HTTPS), and
+/// its header deadline.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub admission: Arc<Admission>,
+    pub header_timeout: Duration,
 }
 
 /// Whether every accept loop of an API runs (what the health check
@@ -193,7 +134,7 @@ pub struct Northbound {
 /// Which listener's counters a [`serve`] loop keeps.
 pub type Which = fn(&Counters) -> &ConnCounters;
 
-/// Serves `app` on `listener` under `limits` until `shutdown` resolves;
+/// Serves `app` on `listener` under `gate` until `shutdown` resolves;
 /// then stops accepting, lets every request already running finish and
 /// closes the connections.
 ///
@@ -203,14 +144,17 @@ pub type Which = fn(&Counters) -> &ConnCounters;
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    admission: Arc<Admission>,
+    gate: Gate,
     (all, which): (Arc<Counters>, Which),
     listening: Arc<Listening>,
     tls: Option<Arc<super::tls::Certs>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let counters = which(&all);
-    let header_timeout = admission.limits.header_timeout;
+    let Gate {
+        admission,
+        header_timeout,
+    } = gate;
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         header_timeout,
     ));
@@ -347,39 +291,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits(all: usize, per: usize) -> Limits {
-        Limits {
-            connections_max: all,
-            per_source_max: per,
-            header_timeout: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn slots_are_bounded_in_all_and_per_source_and_given_back() {
-        let a = Admission::new(limits(3, 2));
-        let (x, y, z): (IpAddr, IpAddr, IpAddr) = (
-            "192.0.2.1".parse().unwrap(),
-            "192.0.2.2".parse().unwrap(),
-            "192.0.2.3".parse().unwrap(),
-        );
-        let s1 = a.admit(x).unwrap();
-        let s2 = a.admit(x).unwrap();
-        assert_eq!(a.admit(x).unwrap_err(), Refusal::Source);
-        let s3 = a.admit(y).unwrap();
-        assert_eq!(a.admit(z).unwrap_err(), Refusal::Full);
-        assert_eq!(a.open(), 3);
-        drop(s1);
-        let s4 = a.admit(z).unwrap();
-        assert_eq!(a.admit(x).unwrap_err(), Refusal::Full);
-        drop((s2, s3, s4));
-        assert_eq!(a.open(), 0);
-        assert!(
-            a.lock().1.is_empty(),
-            "no source is remembered without a connection"
-        );
-    }
 
     #[test]
     fn the_budget_leaves_room_for_everything_else() {
