@@ -782,6 +782,14 @@ fn page(
     Ok((q.after, limit))
 }
 
+/// A full page's last name (where the next page starts), or None: the
+/// listing ends here.
+fn next_after<T>(page: &[T], limit: usize, name: impl Fn(&T) -> &String) -> Option<String> {
+    (page.len() == limit)
+        .then(|| page.last().map(|x| name(x).clone()))
+        .flatten()
+}
+
 /// `GET /v0/deployments`: a page of deployments, in name order.
 #[utoipa::path(get, path = "/v0/deployments", tag = "deployments",
     summary = "List deployments",
@@ -804,11 +812,7 @@ async fn list(
     .await
     {
         Ok(items) => {
-            let next = if items.len() == limit {
-                items.last().map(|d| d.spec.name.clone())
-            } else {
-                None
-            };
+            let next = next_after(&items, limit, |d| &d.spec.name);
             let body = DeploymentList {
                 deployments: items.iter().map(DeploymentSummary::from).collect(),
                 next_after: next,
@@ -1510,11 +1514,7 @@ async fn list_users(
     };
     match read_state(&state, move |r| query::users(r, after.as_deref(), limit)).await {
         Ok(users) => {
-            let next = if users.len() == limit {
-                users.last().map(|u| u.name.clone())
-            } else {
-                None
-            };
+            let next = next_after(&users, limit, |u| &u.name);
             let body = UserList {
                 users: users.iter().map(|u| u.entry()).collect(),
                 next_after: next,
