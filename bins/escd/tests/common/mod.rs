@@ -17,10 +17,20 @@ use std::time::{Duration, Instant};
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 pub const PASSWORD: &str = "test-password-123";
 
-/// A free TCP port on `ip` (bound then released; the race is harmless in tests).
+/// A free TCP port on `ip` (bound then released), never one this test
+/// process was given before: the kernel may hand the same port out twice
+/// in a row, and a node's API and replication addresses must differ.
 pub fn free_addr(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind((ip, 0)).expect("bind port 0");
+        let a = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&a.port()) {
+            given.push(a.port());
+            return a;
+        }
+    }
 }
 
 /// Knobs for one node's esc.toml.
