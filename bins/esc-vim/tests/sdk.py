@@ -33,6 +33,9 @@ print("active", server.id, server.addresses)
 assert server.addresses["vnf-net"][0]["addr"] == "203.0.113.42"
 names = [s.name for s in conn.compute.servers()]
 assert names == ["esc-dep1-g1-0"], names
+# A page of one is full: the SDK follows the next link to an empty page.
+paged = [s.name for s in conn.compute.servers(limit=1)]
+assert paged == ["esc-dep1-g1-0"], paged
 assert conn.compute.get_server(server.id).metadata["esc_group"] == "g1"
 def act_then_wait(action, status):
     # The object passed to wait_for_server is checked before it is

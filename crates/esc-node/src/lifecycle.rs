@@ -178,6 +178,21 @@ struct Changes {
     gone: Vec<String>,
 }
 
+/// The servers of deployment `id` among `listed`: by the metadata every
+/// create sets (`VmKey::metadata`), not by the name alone. Names and groups
+/// may hold `-`, so `esc-a-` also begins the servers of a deployment `a-b`
+/// (and Nova's `name` filter is a regular expression search): an undeploy
+/// of `a` must not see them.
+fn of_deployment(listed: Vec<esc_openstack::Server>, id: &str) -> Vec<esc_openstack::Server> {
+    listed
+        .into_iter()
+        .filter(|s| {
+            s.metadata.get("esc_managed").map(String::as_str) == Some("true")
+                && s.metadata.get("esc_deployment").map(String::as_str) == Some(id)
+        })
+        .collect()
+}
+
 /// One VIM call, as the core asked it; a create checks `may_act` again
 /// right before the request that creates (its lookups take time).
 async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shared) -> Answer {
@@ -192,8 +207,8 @@ async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shar
             let prefix = format!("esc-{deployment_id}-");
             answer_of(client.servers(Some(&prefix)).await.map(|l| {
                 Answer::Found(
-                    l.into_iter()
-                        .filter(|s| s.name.starts_with(&prefix))
+                    of_deployment(l, &deployment_id)
+                        .into_iter()
                         .map(info)
                         .collect(),
                 )
@@ -367,5 +382,42 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, deployment: Option<&str>) -> esc_openstack::Server {
+        let mut metadata = BTreeMap::new();
+        if let Some(d) = deployment {
+            metadata.insert("esc_managed".to_string(), "true".to_string());
+            metadata.insert("esc_deployment".to_string(), d.to_string());
+        }
+        esc_openstack::Server {
+            id: format!("id-{name}"),
+            name: name.into(),
+            status: "ACTIVE".into(),
+            metadata,
+            addresses: BTreeMap::new(),
+            fault: None,
+        }
+    }
+
+    /// `esc-a-` begins the names of both `a`'s and `a-b`'s servers, and a
+    /// server not of this manager may be named anything.
+    #[test]
+    fn a_deployment_lists_its_own_servers_only() {
+        let listed = vec![
+            server("esc-a-g-0-g0", Some("a")),
+            server("esc-a-b-g-0-g0", Some("a-b")),
+            server("esc-a-g-1-g0", None),
+        ];
+        let names: Vec<String> = of_deployment(listed, "a")
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, vec!["esc-a-g-0-g0".to_string()]);
     }
 }

@@ -383,12 +383,46 @@ impl Client {
 
     /// Compute "List Servers Detailed" with the `name` filter (a regular
     /// expression in Nova: pass a prefix without special characters).
+    ///
+    /// Every page of it: Nova answers at most its `max_limit` (1,000 by
+    /// default) a request and a `servers_links` `next` link when more may
+    /// follow ("Paginated collections"); the next page is asked for by
+    /// `marker` (the last id seen) on the same endpoint, never at the link's
+    /// host. Bounded by [`SERVER_PAGES_MAX`].
     pub async fn servers(&self, name: Option<&str>) -> Result<Vec<Server>, Error> {
-        let path = match name {
-            Some(n) => format!("/servers/detail?name={}", encode(n)),
-            None => "/servers/detail".to_string(),
-        };
-        self.get(|s| &s.compute, &path, "servers").await
+        let mut all: Vec<Server> = Vec::new();
+        let mut marker: Option<String> = None;
+        for _ in 0..SERVER_PAGES_MAX {
+            let mut path = format!("/servers/detail?limit={SERVERS_PAGE}");
+            if let Some(n) = name {
+                path.push_str(&format!("&name={}", encode(n)));
+            }
+            if let Some(m) = &marker {
+                path.push_str(&format!("&marker={}", encode(m)));
+            }
+            let (_, text) = self
+                .call(reqwest::Method::GET, |s| &s.compute, &path, None)
+                .await?;
+            let page: ServerPage = serde_json::from_str(&text)
+                .map_err(|e| Error::Protocol(format!("servers: {e}")))?;
+            let more = page.servers_links.iter().any(|l| l.rel == "next");
+            let last = page.servers.last().map(|s| s.id.clone());
+            all.extend(page.servers);
+            match last {
+                Some(l) if more => {
+                    if marker.as_deref() == Some(l.as_str()) {
+                        return Err(Error::Protocol(format!(
+                            "servers: the page after marker {l} starts with it again"
+                        )));
+                    }
+                    marker = Some(l);
+                }
+                _ => return Ok(all),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "servers: more than {SERVER_PAGES_MAX} pages of {SERVERS_PAGE}"
+        )))
     }
 
     /// Compute "Delete Server" (204).
@@ -445,6 +479,26 @@ impl Client {
 
 /// Percent-encodes a path segment or query value (RFC 3986 unreserved
 /// characters pass).
+/// Servers asked for a page (Nova's default `max_limit`: a VIM may answer
+/// fewer, and says so with its `next` link).
+const SERVERS_PAGE: usize = 1_000;
+/// Pages one listing follows at most (a million servers of 1,000).
+const SERVER_PAGES_MAX: usize = 1_000;
+
+/// One page of "List Servers Detailed".
+#[derive(serde::Deserialize)]
+struct ServerPage {
+    servers: Vec<Server>,
+    #[serde(default)]
+    servers_links: Vec<PageLink>,
+}
+
+#[derive(serde::Deserialize)]
+struct PageLink {
+    #[serde(default)]
+    rel: String,
+}
+
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

@@ -178,3 +178,70 @@ async fn the_token_is_renewed_before_it_expires() {
     assert_eq!(c.tokens_issued(), 2, "renewed before the call");
     assert_eq!(c.unauthorized_retries(), 0, "never refused");
 }
+
+/// A listing is every page of it: a VIM answering two servers a page (a
+/// Nova with a small `max_limit`) still gives all seven, each once, with the
+/// `name` filter kept across the pages; an unknown marker is the VIM's 400.
+#[tokio::test]
+async fn a_listing_follows_every_page() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let creds = esc_vim::Credentials {
+        user: "admin".into(),
+        password: PASSWORD.into(),
+        project: "vnf".into(),
+        token_ttl: Duration::from_secs(3600),
+    };
+    let vim = esc_vim::Vim::new(
+        esc_vim::Cloud::lab(esc_vim::Capacity::default()),
+        creds,
+        base.clone(),
+    );
+    vim.set_page_max(2);
+    tokio::spawn(esc_vim::serve_vim(listener, vim));
+    let c = client(&base, PASSWORD);
+    let image = c.find_image("vnf-image").await.unwrap();
+    let flavor = c.find_flavor("m1.small").await.unwrap();
+    let mut made = std::collections::BTreeSet::new();
+    for (i, name) in ["a", "a", "b", "a", "b", "a", "a"].iter().enumerate() {
+        let id = c
+            .create_server(&CreateServer {
+                name: format!("esc-{name}-g-{i}-g0"),
+                image_id: image.id.clone(),
+                flavor_id: flavor.id.clone(),
+                ..CreateServer::default()
+            })
+            .await
+            .unwrap();
+        made.insert(id);
+    }
+    let all = c.servers(None).await.unwrap();
+    let ids: std::collections::BTreeSet<String> = all.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(all.len(), 7, "each once");
+    assert_eq!(ids, made);
+    let a = c.servers(Some("esc-a-")).await.unwrap();
+    assert_eq!(a.len(), 5, "{a:?}");
+    assert!(a.iter().all(|s| s.name.starts_with("esc-a-")));
+
+    let token = reqwest::Client::new()
+        .post(format!("{base}/identity/v3/auth/tokens"))
+        .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": PASSWORD}}},
+            "scope": {"project": {"name": "vnf", "domain": {"name": "Default"}}}}}))
+        .send()
+        .await
+        .unwrap()
+        .headers()["x-subject-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{base}/compute/v2.1/servers/detail?marker=no-such-id"
+        ))
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -90,6 +90,8 @@ pub struct Vim {
     /// Base URL clients reach this service at (the catalog's endpoints).
     base: Arc<String>,
     start: Instant,
+    /// Most servers a listing answers (Nova's `[api] max_limit`).
+    page_max: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Vim {
@@ -120,7 +122,15 @@ impl Vim {
             base: Arc::new(base.trim_end_matches('/').to_string()),
             start: Instant::now(),
             runtime: None,
+            page_max: Arc::new(SERVERS_PAGE_MAX.into()),
         }
+    }
+
+    /// Answers at most `n` (at least 1) servers a listing page, as a Nova
+    /// with a smaller `max_limit` would: how a test makes a client page.
+    pub fn set_page_max(&self, n: usize) {
+        self.page_max
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs every server as a network namespace with `esc-vnf` inside
@@ -663,18 +673,90 @@ fn listed(s: &Server, q: &HashMap<String, String>) -> bool {
             .is_none_or(|st| st.eq_ignore_ascii_case(s.status.word()))
 }
 
+/// Nova's `[api] max_limit` default: a listing answers at most this many
+/// servers a page, however many `limit` asks for (`Vim::set_page_max`).
+pub const SERVERS_PAGE_MAX: usize = 1_000;
+
+/// One page of the servers `q` filters, as Nova pages them (Compute API
+/// reference, "Paginated collections"): at most `limit` (capped at
+/// the VIM's page size) after the server `marker`, and a `servers_links`
+/// `next` link when the page is full (more may follow). An unknown marker is
+/// Nova's 400.
+fn servers_page<'a>(
+    vim: &Vim,
+    cloud: &'a crate::cloud::Cloud,
+    q: &HashMap<String, String>,
+    path: &str,
+) -> Result<(Vec<&'a Server>, Option<Value>), Response> {
+    let max = vim.page_max.load(std::sync::atomic::Ordering::Relaxed);
+    let limit = match q.get("limit") {
+        None => max,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) => n.min(max),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit: {l:?} is not a non-negative integer"),
+                ))
+            }
+        },
+    };
+    let mut all = cloud.servers().filter(|s| listed(s, q)).peekable();
+    if let Some(m) = q.get("marker") {
+        if cloud.server(m).is_err() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("marker [{m}] not found"),
+            ));
+        }
+        // Servers are kept in id order: the page starts after the marker.
+        while all.next_if(|s| s.id.as_str() <= m.as_str()).is_some() {}
+    }
+    let page: Vec<&Server> = all.take(limit).collect();
+    let next = match page.last() {
+        Some(last) if page.len() == limit => {
+            let mut query: Vec<(String, String)> = q
+                .iter()
+                .filter(|(k, _)| k.as_str() != "marker")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            query.sort();
+            query.push(("marker".into(), last.id.clone()));
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(query)
+                .finish();
+            Some(json!([{
+                "rel": "next",
+                "href": format!("{}/compute/v2.1{path}?{query}", vim.base),
+            }]))
+        }
+        _ => None,
+    };
+    Ok((page, next))
+}
+
+fn servers_answer(list: Vec<Value>, next: Option<Value>) -> Response {
+    let mut body = json!({ "servers": list });
+    if let Some(links) = next {
+        body["servers_links"] = links;
+    }
+    nova_headers(Json(body).into_response())
+}
+
 async fn list_servers_detail(
     State(vim): State<Vim>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let g = vim.lock();
-    let list: Vec<Value> = g
-        .cloud
-        .servers()
-        .filter(|s| listed(s, &q))
-        .map(|s| server_detail(&vim, &g.cloud, s))
-        .collect();
-    nova_headers(Json(json!({ "servers": list })).into_response())
+    match servers_page(&vim, &g.cloud, &q, "/servers/detail") {
+        Ok((page, next)) => servers_answer(
+            page.into_iter()
+                .map(|s| server_detail(&vim, &g.cloud, s))
+                .collect(),
+            next,
+        ),
+        Err(e) => e,
+    }
 }
 
 async fn list_servers_brief(
@@ -683,13 +765,15 @@ async fn list_servers_brief(
 ) -> Response {
     let base = format!("{}/compute/v2.1", vim.base);
     let g = vim.lock();
-    let list: Vec<Value> = g
-        .cloud
-        .servers()
-        .filter(|s| listed(s, &q))
-        .map(|s| json!({ "id": s.id, "name": s.name, "links": link(format!("{base}/servers/{}", s.id)) }))
-        .collect();
-    nova_headers(Json(json!({ "servers": list })).into_response())
+    match servers_page(&vim, &g.cloud, &q, "/servers") {
+        Ok((page, next)) => servers_answer(
+            page.into_iter()
+                .map(|s| json!({ "id": s.id, "name": s.name, "links": link(format!("{base}/servers/{}", s.id)) }))
+                .collect(),
+            next,
+        ),
+        Err(e) => e,
+    }
 }
 
 async fn show_server(State(vim): State<Vim>, Path(id): Path<String>) -> Response {
