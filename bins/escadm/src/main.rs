@@ -241,6 +241,27 @@ fn verbose(s: &NodeStatus) -> String {
             m.lateness_ms_max
         ));
     }
+    if let Some(w) = &s.sweep {
+        lines.push(format!(
+            "vim sweep:       every {}s passes={} last={} listed={} held={} busy={} strays={} orphans={}{} removed={} last_error={}",
+            w.interval_ms / 1000,
+            w.passes,
+            w.last_pass_ago_ms
+                .map_or_else(|| "none yet".to_string(), |ms| format!("{}s ago", ms / 1000)),
+            w.listed,
+            w.held,
+            w.busy,
+            w.strays,
+            w.orphans,
+            if w.orphan_names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", w.orphan_names.join(", "))
+            },
+            w.removed,
+            w.last_error.as_deref().unwrap_or("none")
+        ));
+    }
     if let Some(st) = &s.state {
         lines.push(format!(
             "state:           applied={} deployments={} events={} digest={}",

@@ -1175,3 +1175,144 @@ fn a_resume_ahead_of_the_applied_state_waits_then_reports_a_gap() {
         }
     }
 }
+
+/// The VIM sweep (docs/architecture.md, "Exactly one server per VM"): a
+/// server of a known, idle deployment that no VM holds (here a second
+/// server of a VM's own name, as a create landing after its deploy
+/// completed would leave) is deleted once two passes `create_doubt_ms`
+/// apart saw it; the servers the VMs hold, a server of a deployment this
+/// node does not know (an orphan: named in the status and the log) and a
+/// server without this manager's metadata are left alone. Deployment
+/// names that begin with another's (`web`, `web-b`) do not mix: undeploying
+/// `web` leaves `web-b`'s server.
+#[test]
+fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
+    let vim = start_vim();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("vim.password");
+    std::fs::write(&pw, VIM_PASSWORD).unwrap();
+    let mut spec_node = NodeSpec::new("esc-1", "127.0.0.1", "primary");
+    spec_node.extra_toml = format!(
+        "[vim]\nauth_url = \"{vim}/identity/v3\"\nuser = \"admin\"\npassword_file = \"{}\"\nproject = \"vnf\"\npoll_ms = 50\ncall_timeout_ms = 1000\ncreate_doubt_ms = 1500\nsweep_interval_ms = 1000\n",
+        pw.display()
+    );
+    let node = Node::start(spec_node);
+    let rt = rt();
+    let c = client();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        api(&rt, &c, &node, method, path, body)
+    };
+    use reqwest::Method;
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v0/tenants",
+            Some(serde_json::json!({"name": "t1"}))
+        )
+        .0,
+        201
+    );
+    for name in ["web", "web-b"] {
+        let mut s = spec(1);
+        s["name"] = name.into();
+        s["vm_groups"][0]["interfaces"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("ip_addresses");
+        let (status, body) = call(Method::POST, "/v0/deployments", Some(s));
+        assert_eq!(status, 202, "{body}");
+    }
+    for name in ["web", "web-b"] {
+        wait_until(Duration::from_secs(30), "the services are active", || {
+            call(Method::GET, &format!("/v0/deployments/{name}"), None).1["state"]
+                == "SERVICE_ACTIVE_STATE"
+        });
+    }
+    let vim_c = vim_client(&vim);
+    let held: Vec<String> = rt
+        .block_on(vim_c.servers(None))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(held.len(), 2, "one server per VM");
+    let image = rt.block_on(vim_c.find_image("vnf-image")).unwrap().id;
+    let flavor = rt.block_on(vim_c.find_flavor("m1.small")).unwrap().id;
+    let make = |name: &str, deployment: Option<&str>| {
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(d) = deployment {
+            metadata.insert("esc_managed".to_string(), "true".to_string());
+            metadata.insert("esc_deployment".to_string(), d.to_string());
+        }
+        rt.block_on(vim_c.create_server(&esc_openstack::CreateServer {
+            name: name.into(),
+            image_id: image.clone(),
+            flavor_id: flavor.clone(),
+            metadata,
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    let stray = make("esc-web-g1-0-g0", Some("web"));
+    let orphan = make("esc-old-g1-0-g0", Some("old"));
+    let foreign = make("esc-web-g1-7-g0", None);
+    let ids = || -> Vec<String> {
+        rt.block_on(vim_c.servers(None))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    wait_until(Duration::from_secs(60), "the stray is deleted", || {
+        !ids().contains(&stray)
+    });
+    let left = ids();
+    for id in held.iter().chain([&orphan, &foreign]) {
+        assert!(left.contains(id), "{id} must stay: {left:?}");
+    }
+    // The VM still holds its server; the sweep changed no record.
+    let (_, web) = call(Method::GET, "/v0/deployments/web", None);
+    assert_eq!(web["state"], "SERVICE_ACTIVE_STATE", "{web}");
+    let sweep = node.status()["sweep"].clone();
+    assert_eq!(sweep["removed"], 1, "{sweep}");
+    assert_eq!(sweep["orphans"], 1, "{sweep}");
+    assert_eq!(sweep["orphan_names"][0], "esc-old-g1-0-g0", "{sweep}");
+    let text = std::process::Command::new(escadm())
+        .arg("--home")
+        .arg(&node.home)
+        .args(["status", "--v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("vim sweep:") && text.contains("orphans=1 (esc-old-g1-0-g0) removed=1"),
+        "{text}"
+    );
+    let log = node.log_text("escadm.log");
+    assert!(
+        log.contains("VIM sweep: deleted server esc-web-g1-0-g0"),
+        "{log}"
+    );
+    assert!(log.contains("deployment old is unknown here"), "{log}");
+
+    // Undeploying `web` leaves `web-b`'s server (and the others).
+    assert_eq!(call(Method::DELETE, "/v0/deployments/web", None).0, 202);
+    wait_until(Duration::from_secs(30), "web is gone", || {
+        call(Method::GET, "/v0/deployments/web", None).0 == 404
+    });
+    let names: Vec<String> = rt
+        .block_on(vim_c.servers(None))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        names.contains(&"esc-web-b-g1-0-g0".to_string()),
+        "web-b's server stays: {names:?}"
+    );
+    assert_eq!(
+        names.len(),
+        3,
+        "web-b's, the orphan, the foreign: {names:?}"
+    );
+}

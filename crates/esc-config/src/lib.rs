@@ -94,6 +94,13 @@ pub struct VimConfig {
     /// core's `create_doubt_ms`).
     #[serde(default = "VimConfig::default_create_doubt_ms")]
     pub create_doubt_ms: u64,
+    /// How often the primary lists every server of the project to delete
+    /// what this manager made and no record holds (a create that landed
+    /// after its operation settled); 0: never. A server is deleted only
+    /// once two listings at least `create_doubt_ms` apart both showed it
+    /// so; one whose deployment is unknown is reported, never deleted.
+    #[serde(default = "VimConfig::default_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
 }
 
 impl VimConfig {
@@ -111,6 +118,9 @@ impl VimConfig {
     }
     fn default_create_doubt_ms() -> u64 {
         30_000
+    }
+    fn default_sweep_interval_ms() -> u64 {
+        60_000
     }
 
     /// The password, from its file (trimmed); an empty file is an error.
@@ -665,6 +675,12 @@ impl Config {
                 return Err(bad(
                     "vim.create_doubt_ms",
                     "must be at least vim.call_timeout_ms and at most 3600000".into(),
+                ));
+            }
+            if v.sweep_interval_ms != 0 && !(1_000..=86_400_000).contains(&v.sweep_interval_ms) {
+                return Err(bad(
+                    "vim.sweep_interval_ms",
+                    "must be 0 (no sweep) or 1000 to 86400000".into(),
                 ));
             }
         }

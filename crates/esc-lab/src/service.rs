@@ -213,6 +213,9 @@ pub fn up_with(
                 poll_ms: 100,
                 // Past the lab's longest API stall (3 s).
                 create_doubt_ms: 5_000,
+                // Sweeps during every fault, so a server it must not
+                // delete would show as a VM lost in the run's checks.
+                sweep_interval_ms: 5_000,
             });
         },
     )?;

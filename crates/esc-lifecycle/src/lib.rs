@@ -14,6 +14,11 @@
 //! [`delivery`] is the callback outbox's core: which results to POST, when
 //! to retry, when to commit them as delivered (at least once).
 //!
+//! [`sweep`] is the periodic reconciliation with the VIM: it deletes a
+//! server this manager made that no record holds (a create that landed
+//! after its operation settled), and names, never deletes, one whose
+//! deployment it does not know.
+//!
 //! # Exactly once
 //! - A VM's server is created only after a lookup by its name (derived
 //!   from deployment, group, index, generation) found none; a server found
@@ -32,5 +37,6 @@
 
 pub mod core;
 pub mod delivery;
+pub mod sweep;
 
 pub use crate::core::{Answer, Config, Input, Lifecycle, Output, ServerInfo, VimCall};

@@ -149,6 +149,11 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
                 }
                 status.vim = shared.vim.as_deref().map(crate::vim::status);
                 status.monitor = shared.monitor.lock().ok().and_then(|m| m.clone());
+                status.sweep = shared
+                    .sweep
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.as_ref().map(crate::sweep::Shown::status));
             }
             resp
         }

@@ -66,6 +66,7 @@ pub mod shared;
 pub mod start;
 pub mod status;
 pub mod storage;
+pub mod sweep;
 pub mod vim;
 
 pub use error::{Error, Result};

@@ -225,6 +225,8 @@ pub struct Shared {
     pub vim: Option<Arc<esc_openstack::Client>>,
     /// The monitor's figures while it runs (`monitor`; `escadm status --v`).
     pub monitor: Arc<std::sync::Mutex<Option<esc_proto::status::MonitorStatus>>>,
+    /// The VIM sweeper's last figures (`sweep`), once it ran here.
+    pub sweep: Arc<std::sync::Mutex<Option<crate::sweep::Shown>>>,
     /// Each watched VM's last probe on this node (soft: the primary's are
     /// the ones that move), by server name; what `GET` of a deployment
     /// shows.

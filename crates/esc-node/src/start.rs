@@ -81,8 +81,9 @@ async fn bind(
 }
 
 /// The services this node runs while primary: the notifier, and the
-/// lifecycle runner when a VIM connector is configured (the monitor runs
-/// on both roles: `crate::monitor::run`).
+/// lifecycle runner and the VIM sweeper (unless `vim.sweep_interval_ms` is
+/// 0) when a VIM connector is configured (the monitor runs on both roles:
+/// `crate::monitor::run`).
 pub fn primary_services(
     shared: &Shared,
     cfg: &esc_config::Config,
@@ -101,6 +102,18 @@ pub fn primary_services(
             client.clone(),
             core,
         )));
+        if v.sweep_interval_ms > 0 {
+            let sweep = esc_lifecycle::sweep::SweepConfig {
+                interval_ms: v.sweep_interval_ms,
+                hold_ms: v.create_doubt_ms,
+                ..esc_lifecycle::sweep::SweepConfig::default()
+            };
+            out.push(Arc::new(crate::sweep::Service::new(
+                shared.clone(),
+                client.clone(),
+                sweep,
+            )));
+        }
     }
     Ok(out)
 }
@@ -259,6 +272,7 @@ pub async fn run(
         has_witness: pair && cfg.witness.address.is_some(),
         vim: crate::vim::client(&cfg, &home)?,
         monitor: Default::default(),
+        sweep: Default::default(),
         last_probes: Default::default(),
     };
     if let Some(client) = &shared.vim {

@@ -31,6 +31,31 @@ pub struct NodeStatus {
     /// The monitor, if a VIM connector is configured.
     #[serde(default)]
     pub monitor: Option<MonitorStatus>,
+    /// The VIM sweeper, once it ran on this node (it runs on the primary).
+    #[serde(default)]
+    pub sweep: Option<SweepStatus>,
+}
+
+/// The periodic reconciliation with the VIM (`vim.sweep_interval_ms`): its
+/// last pass, and what it found there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepStatus {
+    pub interval_ms: u64,
+    pub passes: u64,
+    pub last_pass_ago_ms: Option<u64>,
+    /// The last listing: its servers, and how many a VM held, belonged to
+    /// a deployment with an operation in progress, were stray (deleted once
+    /// held long enough) or orphan (a deployment unknown here: left alone).
+    pub listed: u64,
+    pub held: u64,
+    pub busy: u64,
+    pub strays: u64,
+    pub orphans: u64,
+    /// Some orphans' names, for the operator to look at.
+    pub orphan_names: Vec<String>,
+    /// Strays deleted while this node led.
+    pub removed: u64,
+    pub last_error: Option<String>,
 }
 
 /// The monitor of this node (it keeps its table on both roles and probes

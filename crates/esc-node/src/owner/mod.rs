@@ -758,6 +758,7 @@ impl Owner {
             health: None,
             vim: None,
             monitor: None,
+            sweep: None,
         }
     }
 }
