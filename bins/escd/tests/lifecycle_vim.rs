@@ -1184,7 +1184,8 @@ fn a_resume_ahead_of_the_applied_state_waits_then_reports_a_gap() {
 /// node does not know (an orphan: named in the status and the log) and a
 /// server without this manager's metadata are left alone. Deployment
 /// names that begin with another's (`web`, `web-b`) do not mix: undeploying
-/// `web` leaves `web-b`'s server.
+/// `web` leaves `web-b`'s server. A server of `web` landing after its
+/// undeploy is deleted too (the state remembers what it removed).
 #[test]
 fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
     let vim = start_vim();
@@ -1315,4 +1316,14 @@ fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
         3,
         "web-b's, the orphan, the foreign: {names:?}"
     );
+    // A create of `web` landing after its undeploy: the state remembers
+    // `web` was this node's, so the server is a stray, not an orphan.
+    let late = make("esc-web-g1-0-g0", Some("web"));
+    wait_until(
+        Duration::from_secs(60),
+        "the late server is deleted",
+        || !ids().contains(&late),
+    );
+    assert_eq!(ids().len(), 3);
+    assert_eq!(node.status()["sweep"]["removed"], 2);
 }

@@ -1127,6 +1127,26 @@ concurrency_max = 64
     }
 
     #[test]
+    fn the_vim_sweep_is_on_by_default_and_bounded() {
+        let vim = "[vim]\nauth_url = \"http://192.0.2.5:5000/identity/v3\"\nuser = \"u\"\npassword_file = \"p\"\nproject = \"p\"\n";
+        let c = parse(&format!("{GOOD}{vim}")).unwrap();
+        assert_eq!(c.vim.unwrap().sweep_interval_ms, 60_000);
+        for ok in ["sweep_interval_ms = 0\n", "sweep_interval_ms = 1000\n"] {
+            parse(&format!("{GOOD}{vim}{ok}")).unwrap();
+        }
+        for bad in [
+            "sweep_interval_ms = 999\n",
+            "sweep_interval_ms = 86400001\n",
+        ] {
+            let err = parse(&format!("{GOOD}{vim}{bad}")).unwrap_err();
+            assert!(
+                err.to_string().contains("vim.sweep_interval_ms"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn the_agent_priority_is_bounded() {
         let c = parse(&format!("{GOOD}[ha]\nrt_priority = 0\n")).unwrap();
         assert_eq!(c.ha.rt_priority, 0);

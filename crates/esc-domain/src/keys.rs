@@ -24,6 +24,23 @@ pub const SERVICE_CHANGE: &str = "svcchg/";
 pub const SERVICE_CHANGE_COUNT: &str = "count/svcchg";
 pub const SERVICE_CHANGE_SEQ: &str = "count/svcchg_seq";
 
+/// A deployment with VMs that was removed (undeployed, or a deploy rolled
+/// back): the log index it went at, under `gone/<name>`. What lets the VIM
+/// sweep tell a late server of this manager's own deployment from one of a
+/// deployment it never had. Bounded: the oldest go past `GONE_MAX`.
+pub const GONE: &str = "gone/";
+/// The same, in removal order: `goneord/<index>/<name>` (zero-padded).
+pub const GONE_ORDER: &str = "goneord/";
+pub const GONE_COUNT: &str = "count/gone";
+
+pub fn gone(name: &str) -> String {
+    format!("{GONE}{name}")
+}
+
+pub fn gone_order(index: u64, name: &str) -> String {
+    format!("{GONE_ORDER}{index:020}/{name}")
+}
+
 pub fn service_change(index: u64) -> String {
     format!("{SERVICE_CHANGE}{index:020}")
 }

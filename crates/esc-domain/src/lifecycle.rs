@@ -675,6 +675,47 @@ fn drop_service(
     state.delete(&keys::service(&service.spec.name))?;
     if watched(service) {
         note_change(index, &service.spec.name, state)?;
+        note_gone(index, &service.spec.name, state)?;
+    }
+    Ok(())
+}
+
+/// Deployment names remembered as removed ([`note_gone`]): a server of one
+/// lands within minutes of its removal if ever, long before this many
+/// other deployments are removed.
+pub const GONE_MAX: u64 = 10_000;
+
+/// Remembers that deployment `name` went at `index` (`keys::GONE`), the
+/// oldest forgotten past [`GONE_MAX`]. One name, one entry: a name removed
+/// again moves to the end.
+fn note_gone(index: u64, name: &str, state: &mut dyn State) -> Result<(), StateError> {
+    match read::<u64>(state, &keys::gone(name))? {
+        Some(before) => {
+            state.delete(&keys::gone_order(before, name))?;
+        }
+        None => {
+            add_count(state, keys::GONE_COUNT, 1)?;
+        }
+    }
+    write(state, &keys::gone(name), &index)?;
+    write(state, &keys::gone_order(index, name), &())?;
+    if crate::codec::count(state, keys::GONE_COUNT)? > GONE_MAX {
+        let mut oldest = None;
+        state.scan(keys::GONE_ORDER, None, 1, &mut |k, _| {
+            oldest = Some(k.to_string());
+            false
+        })?;
+        if let Some(k) = oldest {
+            if let Some(old) = k
+                .strip_prefix(keys::GONE_ORDER)
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(_, n)| n.to_string())
+            {
+                state.delete(&keys::gone(&old))?;
+            }
+            state.delete(&k)?;
+            add_count(state, keys::GONE_COUNT, -1)?;
+        }
     }
     Ok(())
 }
@@ -1097,4 +1138,40 @@ pub fn delivered(op_ids: &[String], state: &mut dyn State) -> Result<Outcome, St
         }
     }
     Ok(Outcome::CallbacksDelivered { removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esc_state::{MemState, StateRead};
+
+    fn gone(s: &MemState, name: &str) -> Option<u64> {
+        read(s, &keys::gone(name)).unwrap()
+    }
+
+    /// One entry per name, a name removed again moved to the end, the
+    /// oldest forgotten past the bound.
+    #[test]
+    fn removed_deployments_are_remembered_within_a_bound() {
+        let mut s = MemState::default();
+        note_gone(1, "a", &mut s).unwrap();
+        note_gone(2, "b", &mut s).unwrap();
+        note_gone(3, "a", &mut s).unwrap();
+        assert_eq!(gone(&s, "a"), Some(3));
+        assert_eq!(crate::codec::count(&s, keys::GONE_COUNT).unwrap(), 2);
+        for i in 0..GONE_MAX {
+            note_gone(10 + i, &format!("d{i}"), &mut s).unwrap();
+        }
+        assert_eq!(crate::codec::count(&s, keys::GONE_COUNT).unwrap(), GONE_MAX);
+        assert_eq!(gone(&s, "b"), None, "the oldest");
+        assert_eq!(gone(&s, "a"), None);
+        assert_eq!(gone(&s, "d0"), Some(10));
+        let mut order = 0;
+        s.scan(keys::GONE_ORDER, None, usize::MAX, &mut |_, _| {
+            order += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(order, GONE_MAX);
+    }
 }

@@ -129,6 +129,12 @@ pub fn service(state: &dyn StateRead, name: &str) -> Result<Option<ServiceRecord
     read(state, &keys::service(name))
 }
 
+/// The log index at which deployment `name` (one with VMs) was removed, if
+/// it was among the last `GONE_MAX` removed (the lifecycle's bound).
+pub fn gone(state: &dyn StateRead, name: &str) -> Result<Option<u64>, StateError> {
+    read(state, &keys::gone(name))
+}
+
 /// The services' change feed after log index `after` (oldest first, at
 /// most `limit`): each entry's index and what it changed.
 pub fn service_changes(

@@ -13,9 +13,10 @@
 //!                                         the records of the deployments they name
 //!   Input::Listed { servers, holdings } ──> classify each server:
 //!        no esc_managed metadata ............ foreign: never touched
-//!        its deployment has no record ....... orphan: reported (Notice), never deleted
+//!        its deployment is unknown here ..... orphan: reported (Notice), never deleted
 //!        its deployment has an operation .... busy: the operation's own listing owns it
-//!        a VM of the record holds its id .... held
+//!        a VM of the record holds its id .... held (a deployment removed lately,
+//!                                             `query::gone`, holds none)
 //!        otherwise .......................... stray: deleted once seen stray by two
 //!                                             listings at least `hold_ms` apart
 //!   Output::Delete ──> runtime: checks the record again right before the call
@@ -28,7 +29,9 @@
 //! Deleting VMs on a guess is the one thing a reconciler must never do; an
 //! orphan is named to the operator (log, `escadm status --v`), who decides.
 //! A stray is provably this manager's: its deployment is in the replicated
-//! state, idle, and holds other servers, not this one.
+//! state, idle, and holds other servers, not this one; or it was removed
+//! lately (the state remembers the last `GONE_MAX` removed), so the server
+//! is a create that landed after the undeploy.
 //!
 //! Why two sightings `hold_ms` apart, by this node's monotonic clock: a
 //! server created an instant before the listing may belong to an operation
@@ -107,7 +110,8 @@ pub enum Input {
     Listed {
         servers: Vec<SweptServer>,
         /// By deployment name: those of the listed servers' deployments
-        /// that have a record (a name absent here has none).
+        /// this node knows (a record, or removed lately: idle, holding
+        /// nothing); a name absent here is unknown.
         holdings: BTreeMap<String, Holding>,
     },
     ListFailed {
@@ -128,7 +132,7 @@ pub enum Notice {
         name: String,
         deployment: String,
     },
-    /// A server of this manager's kind whose deployment has no record:
+    /// A server of this manager's kind whose deployment is unknown here:
     /// reported once while it stays, never deleted.
     Orphan {
         server_id: String,

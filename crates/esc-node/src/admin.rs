@@ -153,7 +153,7 @@ async fn answer(shared: &Shared, req: AdminRequest) -> AdminResponse {
                     .sweep
                     .lock()
                     .ok()
-                    .and_then(|s| s.as_ref().map(crate::sweep::Shown::status));
+                    .and_then(|s| s.as_ref().map(crate::shared::SweepShown::status));
             }
             resp
         }

@@ -226,11 +226,39 @@ pub struct Shared {
     /// The monitor's figures while it runs (`monitor`; `escadm status --v`).
     pub monitor: Arc<std::sync::Mutex<Option<esc_proto::status::MonitorStatus>>>,
     /// The VIM sweeper's last figures (`sweep`), once it ran here.
-    pub sweep: Arc<std::sync::Mutex<Option<crate::sweep::Shown>>>,
+    pub sweep: Arc<std::sync::Mutex<Option<SweepShown>>>,
     /// Each watched VM's last probe on this node (soft: the primary's are
     /// the ones that move), by server name; what `GET` of a deployment
     /// shows.
     pub last_probes: Arc<std::sync::Mutex<std::collections::HashMap<String, LastProbe>>>,
+}
+
+/// The VIM sweeper's last figures (`sweep`), as `escadm status` shows them.
+#[derive(Debug, Clone)]
+pub struct SweepShown {
+    pub interval_ms: u64,
+    pub report: esc_lifecycle::sweep::SweepReport,
+    /// When its last listing came (this node's clock).
+    pub last_pass: Option<std::time::Instant>,
+}
+
+impl SweepShown {
+    pub fn status(&self) -> esc_proto::status::SweepStatus {
+        let r = &self.report;
+        esc_proto::status::SweepStatus {
+            interval_ms: self.interval_ms,
+            passes: r.passes,
+            last_pass_ago_ms: self.last_pass.map(|t| t.elapsed().as_millis() as u64),
+            listed: r.listed,
+            held: r.held,
+            busy: r.busy,
+            strays: r.strays,
+            orphans: r.orphans,
+            orphan_names: r.orphan_names.clone(),
+            removed: r.removed,
+            last_error: r.last_error.clone(),
+        }
+    }
 }
 
 /// A VM's last probe (`Shared::last_probes`).

@@ -14,14 +14,15 @@
 //! The record is read again right before each delete, so an operation that
 //! started (or a VM that took the server) since the listing withholds it:
 //! the window left is that read's distance to the request. The core's
-//! figures are published in `Shared::sweep` for `escadm status --v`.
+//! figures are published in `Shared::sweep` (`shared::SweepShown`) for
+//! `escadm status --v`.
 
 use crate::logging::HA;
 use crate::services::PrimaryService;
 use crate::shared::{NodeStore, Shared};
 use esc_domain::query;
 use esc_lifecycle::sweep::{
-    DeleteOutcome, Holding, Input, Notice, Output, SweepConfig, SweepReport, Sweeper, SweptServer,
+    DeleteOutcome, Holding, Input, Notice, Output, SweepConfig, Sweeper, SweptServer,
 };
 use esc_openstack::{Client, Error};
 use futures::future::BoxFuture;
@@ -33,34 +34,6 @@ use tracing::{info, warn};
 
 /// How often the sweeper asks its core whether a pass is due.
 const TICK: Duration = Duration::from_secs(1);
-
-/// The sweeper's last figures as `escadm status` shows them.
-#[derive(Debug, Clone)]
-pub struct Shown {
-    pub interval_ms: u64,
-    pub report: SweepReport,
-    /// When its last listing came (this node's clock).
-    pub last_pass: Option<Instant>,
-}
-
-impl Shown {
-    pub fn status(&self) -> esc_proto::status::SweepStatus {
-        let r = &self.report;
-        esc_proto::status::SweepStatus {
-            interval_ms: self.interval_ms,
-            passes: r.passes,
-            last_pass_ago_ms: self.last_pass.map(|t| t.elapsed().as_millis() as u64),
-            listed: r.listed,
-            held: r.held,
-            busy: r.busy,
-            strays: r.strays,
-            orphans: r.orphans,
-            orphan_names: r.orphan_names.clone(),
-            removed: r.removed,
-            last_error: r.last_error.clone(),
-        }
-    }
-}
 
 pub struct Service {
     shared: Shared,
@@ -111,7 +84,20 @@ fn holding(rec: &esc_domain::model::ServiceRecord) -> Holding {
     }
 }
 
-/// The records of `deployments` (those with none are left out: orphans).
+/// What the state says of deployment `name`: its record's holding; for
+/// one removed lately (`query::gone`), idle and holding nothing (a server
+/// of it landed after its undeploy); None when this node never had it.
+fn holding_of(r: &dyn esc_state::StateRead, name: &str) -> Result<Option<Holding>, String> {
+    if let Some(rec) = query::service(r, name).map_err(|e| e.to_string())? {
+        return Ok(Some(holding(&rec)));
+    }
+    Ok(query::gone(r, name)
+        .map_err(|e| e.to_string())?
+        .map(|_| Holding::default()))
+}
+
+/// The holdings of `deployments` (those this node never had are left out:
+/// orphans).
 fn holdings(
     store: &NodeStore,
     deployments: &BTreeSet<String>,
@@ -119,8 +105,8 @@ fn holdings(
     let r = store.reader().map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for d in deployments {
-        if let Some(rec) = query::service(&r, d).map_err(|e| e.to_string())? {
-            out.insert(d.clone(), holding(&rec));
+        if let Some(h) = holding_of(&r, d)? {
+            out.insert(d.clone(), h);
         }
     }
     Ok(out)
@@ -166,11 +152,11 @@ async fn delete(
     let dep = deployment.to_string();
     let now = tokio::task::spawn_blocking(move || {
         let r = store.reader().map_err(|e| e.to_string())?;
-        query::service(&r, &dep).map_err(|e| e.to_string())
+        holding_of(&r, &dep)
     })
     .await;
-    let rec = match now {
-        Ok(Ok(rec)) => rec,
+    let now = match now {
+        Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             return DeleteOutcome::Failed {
                 error: format!("reading the record: {e}"),
@@ -182,8 +168,8 @@ async fn delete(
             }
         }
     };
-    let withheld = match rec.as_ref().map(holding) {
-        None => Some("its deployment's record is gone".to_string()),
+    let withheld = match now {
+        None => Some("its deployment is not known here any more".to_string()),
         Some(h) if h.busy => Some("an operation started on its deployment".to_string()),
         Some(h) if h.servers.contains(server_id) => Some("a VM holds it now".to_string()),
         Some(_) => None,
@@ -290,7 +276,7 @@ async fn run(
                 }
                 out = core.handle(now(), input);
                 if let Ok(mut s) = shared.sweep.lock() {
-                    *s = Some(Shown {
+                    *s = Some(crate::shared::SweepShown {
                         interval_ms,
                         report: core.report().clone(),
                         last_pass,
