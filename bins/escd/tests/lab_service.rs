@@ -74,6 +74,38 @@ fn deploys_survive_power_failure_with_vim_api_faults() {
     );
 }
 
+/// Creates that land after their operation settled: the VIM holds 10 % of
+/// the calls for 8 s, past the manager's `create_doubt_ms` (5 s), so a
+/// stalled create's VM is looked up, not found and created again, and the
+/// stalled one lands later, often after its deploy completed or its
+/// deployment was undeployed; the primary's power is cut meanwhile. The
+/// sweep of whichever node leads deletes them: the VIM ends with exactly
+/// one server per VM and none of the undeployed.
+#[test]
+fn late_creates_are_swept_across_power_failure() {
+    if !esc_lab::allowed() {
+        return;
+    }
+    let opts = Options {
+        verbose: true,
+        api_faults: Some(serde_json::json!({
+            "stall_rate": 0.1, "stall_ms": 8000, "seed": 12
+        })),
+        ..Options::default()
+    };
+    let r = run("sl", &bins(), Fault::PowerFailure, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "late creates: takeover {} ms, {} operations completed, {} servers ({} creates, {} swept), API faults {}",
+        r.takeover_ms, r.completed, r.servers_on_vim, r.creates, r.swept, r.api_fault_counts
+    );
+    assert!(r.pass, "{r:#?}");
+    let vms = opts.deployments * opts.vms_per_deployment as usize;
+    assert!(
+        r.creates > vms,
+        "no create was made twice: the run did not test what it means to ({r:#?})"
+    );
+}
+
 /// Updates (one VM more each) and reboots of VMs, with the primary's power
 /// cut while they run: each completes once, the VIM holds exactly the grown
 /// deployments' servers, and each VM asked to reboot was rebooted once.

@@ -125,6 +125,9 @@ pub struct Report {
     pub leaked: Vec<String>,
     /// Creates the VIM saw (more than the VMs: duplicates made, then removed).
     pub creates: usize,
+    /// Servers the VIM sweep deleted (the nodes' `sweep.removed`, counted
+    /// by each node while it led in this process: late creates).
+    pub swept: u64,
     /// VMs a client asked to reboot that the VIM did not reboot exactly
     /// once (name: reboots seen).
     pub reboots_not_once: Vec<String>,
@@ -672,10 +675,30 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
                 errors.push(format!("clearing the API faults: {e}"));
             }
         }
-        let listed = vim_server_list().await.unwrap_or_else(|e| {
-            errors.push(e);
-            Vec::new()
-        });
+        // What the VIM should hold, once a create that landed late (a
+        // stall past `create_doubt_ms`) is swept: waited for, bounded by
+        // two sweeps past the hold and the longest stall.
+        let expected = expected_servers(&opts);
+        let converged = Instant::now() + CONVERGE;
+        let listed = loop {
+            let l = vim_server_list().await;
+            let matches = l.as_ref().is_ok_and(|l| {
+                let mut names: Vec<&str> = l.iter().map(|(n, _)| n.as_str()).collect();
+                names.sort_unstable();
+                names.len() == expected.len()
+                    && names
+                        .iter()
+                        .copied()
+                        .eq(expected.iter().map(String::as_str))
+            });
+            if matches || Instant::now() >= converged {
+                break l.unwrap_or_else(|e| {
+                    errors.push(e);
+                    Vec::new()
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         // Each namespace server's VNF answers on its address, with the
         // day-0 file its deployment gave it.
         let mut not_answering = Vec::new();
@@ -795,21 +818,37 @@ fn run_on(c: &mut Cluster, fault: Fault, opts: &Options) -> anyhow::Result<Repor
     let r = client
         .join()
         .map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
-    Ok(check(fault, opts, r, takeover_ms))
+    let mut report = check(fault, opts, r, takeover_ms);
+    report.swept = (0..2)
+        .filter_map(|i| c.status(i))
+        .filter_map(|s| s.sweep)
+        .map(|w| w.removed)
+        .sum();
+    Ok(report)
+}
+
+/// How long the client waits, after its last operation, for the VIM to
+/// hold exactly the servers it should: the lab's sweep runs every 5 s and
+/// deletes a stray seen 5 s apart; a stalled create lands within 10 s.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// The servers the VIM holds at the end of a run: those of the
+/// deployments not undeployed, one VM more for each updated.
+fn expected_servers(opts: &Options) -> BTreeSet<String> {
+    let first = opts.undeploy.min(opts.deployments);
+    let updated = first..first + opts.updates;
+    (first..opts.deployments)
+        .flat_map(|i| {
+            let grown = u32::from(updated.contains(&i));
+            server_names(i, opts.vms_per_deployment + grown)
+        })
+        .collect()
 }
 
 fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Report {
     let first = opts.undeploy.min(opts.deployments);
-    let remaining: Vec<usize> = (first..opts.deployments).collect();
-    let updated = first..first + opts.updates;
     let rebooted = first + opts.updates..first + opts.updates + opts.reboots;
-    let expected: BTreeSet<String> = remaining
-        .iter()
-        .flat_map(|&i| {
-            let grown = u32::from(updated.contains(&i));
-            server_names(i, opts.vms_per_deployment + grown)
-        })
-        .collect();
+    let expected = expected_servers(opts);
     let reboots_not_once: Vec<String> = rebooted
         .filter(|&i| i < opts.deployments)
         .map(|i| server_names(i, 1).remove(0))
@@ -890,6 +929,7 @@ fn check(fault: Fault, opts: &Options, r: ClientReport, takeover_ms: u64) -> Rep
         missing,
         leaked,
         creates,
+        swept: 0,
         reboots_not_once,
         callbacks_missing,
         vnfs_not_answering: r.vnfs_not_answering,

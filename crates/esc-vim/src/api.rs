@@ -249,42 +249,53 @@ async fn inject(
         .unwrap_or_default();
     let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     let fate = vim.lock().faults.decide();
-    let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
-    let r = match fate {
-        Fate::Pass { delay_ms } => {
-            if delay_ms > 0 {
-                sleep(delay_ms).await;
+    // Carried out to the end even when the caller gives up meanwhile (its
+    // timeout, a closed connection), as an API worker of a real cloud
+    // would: what makes a stalled create land after its caller moved on.
+    let work = async move {
+        let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+        let r = match fate {
+            Fate::Pass { delay_ms } => {
+                if delay_ms > 0 {
+                    sleep(delay_ms).await;
+                }
+                next.run(req).await
             }
-            next.run(req).await
-        }
-        Fate::Fail => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "injected fault: the call failed (nothing was done)",
-        ),
-        Fate::Lose => {
-            let _done = next.run(req).await;
-            error(
+            Fate::Fail => error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "injected fault: the call was carried out and its answer lost",
-            )
+                "injected fault: the call failed (nothing was done)",
+            ),
+            Fate::Lose => {
+                let _done = next.run(req).await;
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "injected fault: the call was carried out and its answer lost",
+                )
+            }
+            Fate::Stall { ms } => {
+                sleep(ms).await;
+                next.run(req).await
+            }
+        };
+        let mut g = vim.lock();
+        if g.calls.len() >= CALLS_KEPT {
+            g.calls.pop_front();
         }
-        Fate::Stall { ms } => {
-            sleep(ms).await;
-            next.run(req).await
-        }
+        g.calls.push_back(Call {
+            at_ms,
+            from,
+            method,
+            path,
+            status: r.status().as_u16(),
+        });
+        r
     };
-    let mut g = vim.lock();
-    if g.calls.len() >= CALLS_KEPT {
-        g.calls.pop_front();
-    }
-    g.calls.push_back(Call {
-        at_ms,
-        from,
-        method,
-        path,
-        status: r.status().as_u16(),
-    });
-    r
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the call's task failed: {e}"),
+        )
+    })
 }
 
 fn router(vim: Vim) -> Router {
