@@ -7,12 +7,14 @@
 //! |---|---|---|
 //! | `fail_rate` | 503 (Nova's `computeFault`) | nothing |
 //! | `lose_rate` | 503 | the call (a create happened, say): the answer was lost |
-//! | `stall_rate` | nothing for `stall_ms` (past its timeout), then the answer | the call, once the stall is over |
+//! | `stall_rate` | nothing for `stall_ms` (past its timeout), then the answer | the call, once the stall is over, even if the caller gave up meanwhile |
 //! | `delay_ms` | every call answered that much later | the call |
 //!
 //! A lost answer and a stall are the faults that make a create's outcome
 //! unknown to the manager: its lookup-before-create and its reconciliation
-//! are what keep one server per VM then.
+//! (the sweep) are what keep one server per VM then. A stall longer than
+//! the manager's `create_doubt_ms` makes a create land after its VM was
+//! created again: the sweep's case.
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
