@@ -19,6 +19,17 @@ fn escadm() -> PathBuf {
     );
     p
 }
+
+/// What `escadm status --v` prints for `node`.
+fn status_text(node: &Node) -> String {
+    let out = std::process::Command::new(escadm())
+        .arg("--home")
+        .arg(&node.home)
+        .args(["status", "--v"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
 use esc_lab::notify::{stream_faults, CallbackSink, EventReader, SseRecord};
 use std::time::Duration;
 
@@ -195,13 +206,7 @@ fn the_stage_is_init_and_deploys_get_503_until_the_vim_answers() {
         v["last_error"].as_str().unwrap().contains("unreachable"),
         "{v}"
     );
-    let text = std::process::Command::new(escadm())
-        .arg("--home")
-        .arg(&node.home)
-        .args(["status", "--v"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let text = status_text(&node);
     assert!(
         text.contains("vim:") && text.contains("usable=no"),
         "{text}"
@@ -1278,13 +1283,7 @@ fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
     assert_eq!(sweep["removed"], 1, "{sweep}");
     assert_eq!(sweep["orphans"], 1, "{sweep}");
     assert_eq!(sweep["orphan_names"][0], "esc-old-g1-0-g0", "{sweep}");
-    let text = std::process::Command::new(escadm())
-        .arg("--home")
-        .arg(&node.home)
-        .args(["status", "--v"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let text = status_text(&node);
     assert!(
         text.contains("vim sweep:") && text.contains("orphans=1 (esc-old-g1-0-g0) removed=1"),
         "{text}"

@@ -700,12 +700,7 @@ fn note_gone(index: u64, name: &str, state: &mut dyn State) -> Result<(), StateE
     write(state, &keys::gone(name), &index)?;
     write(state, &keys::gone_order(index, name), &())?;
     if crate::codec::count(state, keys::GONE_COUNT)? > GONE_MAX {
-        let mut oldest = None;
-        state.scan(keys::GONE_ORDER, None, 1, &mut |k, _| {
-            oldest = Some(k.to_string());
-            false
-        })?;
-        if let Some(k) = oldest {
+        if let Some(k) = first_key(state, keys::GONE_ORDER)? {
             if let Some(old) = k
                 .strip_prefix(keys::GONE_ORDER)
                 .and_then(|rest| rest.split_once('/'))
@@ -739,17 +734,22 @@ fn note_change(index: u64, name: &str, state: &mut dyn State) -> Result<(), Stat
     change.names.push(name.to_string());
     write(state, &k, &change)?;
     if fresh && add_count(state, keys::SERVICE_CHANGE_COUNT, 1)? > SERVICE_CHANGES_MAX {
-        let mut oldest = None;
-        state.scan(keys::SERVICE_CHANGE, None, 1, &mut |k, _| {
-            oldest = Some(k.to_string());
-            false
-        })?;
-        if let Some(k) = oldest {
+        if let Some(k) = first_key(state, keys::SERVICE_CHANGE)? {
             state.delete(&k)?;
             add_count(state, keys::SERVICE_CHANGE_COUNT, -1)?;
         }
     }
     Ok(())
+}
+
+/// The first key under `prefix` (the oldest of a log-ordered kind).
+fn first_key(state: &dyn esc_state::StateRead, prefix: &str) -> Result<Option<String>, StateError> {
+    let mut first = None;
+    state.scan(prefix, None, 1, &mut |k, _| {
+        first = Some(k.to_string());
+        false
+    })?;
+    Ok(first)
 }
 
 /// One entry of the services' change feed: its number (1, 2, 3, ...: a

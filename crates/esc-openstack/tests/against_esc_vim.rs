@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "client-test-password-42";
 
 async fn vim(token_ttl: Duration) -> String {
+    let cloud = esc_vim::Cloud::lab(esc_vim::Capacity {
+        vcpus: 4,
+        build_ms: 50,
+        reboot_ms: 50,
+        ..esc_vim::Capacity::default()
+    });
+    vim_on(cloud, token_ttl, |_| ()).await
+}
+
+/// esc-vim over `cloud` on a loopback port, `tune`d before it serves; its
+/// base URL.
+async fn vim_on(
+    cloud: esc_vim::Cloud,
+    token_ttl: Duration,
+    tune: impl FnOnce(&esc_vim::Vim),
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let creds = esc_vim::Credentials {
@@ -17,13 +33,9 @@ async fn vim(token_ttl: Duration) -> String {
         project: "vnf".into(),
         token_ttl,
     };
-    let cloud = esc_vim::Cloud::lab(esc_vim::Capacity {
-        vcpus: 4,
-        build_ms: 50,
-        reboot_ms: 50,
-        ..esc_vim::Capacity::default()
-    });
-    tokio::spawn(esc_vim::serve(listener, cloud, creds, base.clone()));
+    let vim = esc_vim::Vim::new(cloud, creds, base.clone());
+    tune(&vim);
+    tokio::spawn(esc_vim::serve_vim(listener, vim));
     base
 }
 
@@ -184,21 +196,8 @@ async fn the_token_is_renewed_before_it_expires() {
 /// `name` filter kept across the pages; an unknown marker is the VIM's 400.
 #[tokio::test]
 async fn a_listing_follows_every_page() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let creds = esc_vim::Credentials {
-        user: "admin".into(),
-        password: PASSWORD.into(),
-        project: "vnf".into(),
-        token_ttl: Duration::from_secs(3600),
-    };
-    let vim = esc_vim::Vim::new(
-        esc_vim::Cloud::lab(esc_vim::Capacity::default()),
-        creds,
-        base.clone(),
-    );
-    vim.set_page_max(2);
-    tokio::spawn(esc_vim::serve_vim(listener, vim));
+    let cloud = esc_vim::Cloud::lab(esc_vim::Capacity::default());
+    let base = vim_on(cloud, Duration::from_secs(3600), |v| v.set_page_max(2)).await;
     let c = client(&base, PASSWORD);
     let image = c.find_image("vnf-image").await.unwrap();
     let flavor = c.find_flavor("m1.small").await.unwrap();
