@@ -1190,7 +1190,8 @@ fn a_resume_ahead_of_the_applied_state_waits_then_reports_a_gap() {
 /// server without this manager's metadata are left alone. Deployment
 /// names that begin with another's (`web`, `web-b`) do not mix: undeploying
 /// `web` leaves `web-b`'s server. A server of `web` landing after its
-/// undeploy is deleted too (the state remembers what it removed).
+/// undeploy is deleted too (the state remembers what it removed), and a
+/// new deploy of `web` never adopts one the earlier `web` made.
 #[test]
 fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
     let vim = start_vim();
@@ -1244,11 +1245,14 @@ fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
     assert_eq!(held.len(), 2, "one server per VM");
     let image = rt.block_on(vim_c.find_image("vnf-image")).unwrap().id;
     let flavor = rt.block_on(vim_c.find_flavor("m1.small")).unwrap().id;
-    let make = |name: &str, deployment: Option<&str>| {
+    let make_by = |name: &str, deployment: Option<&str>, op: Option<&str>| {
         let mut metadata = std::collections::BTreeMap::new();
         if let Some(d) = deployment {
             metadata.insert("esc_managed".to_string(), "true".to_string());
             metadata.insert("esc_deployment".to_string(), d.to_string());
+        }
+        if let Some(o) = op {
+            metadata.insert("esc_op".to_string(), o.to_string());
         }
         rt.block_on(vim_c.create_server(&esc_openstack::CreateServer {
             name: name.into(),
@@ -1259,6 +1263,7 @@ fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
         }))
         .unwrap()
     };
+    let make = |name: &str, deployment: Option<&str>| make_by(name, deployment, None);
     let stray = make("esc-web-g1-0-g0", Some("web"));
     let orphan = make("esc-old-g1-0-g0", Some("old"));
     let foreign = make("esc-web-g1-7-g0", None);
@@ -1325,4 +1330,34 @@ fn the_sweep_deletes_a_server_no_record_holds_and_nothing_else() {
     );
     assert_eq!(ids().len(), 3);
     assert_eq!(node.status()["sweep"]["removed"], 2);
+
+    // `web` deployed again while a server of the earlier `web` (made by
+    // another operation, with its spec) bears its VM's name: the new
+    // deploy makes its own server, and the earlier one goes.
+    let earlier = make_by(
+        "esc-web-g1-0-g0",
+        Some("web"),
+        Some("op-of-the-earlier-web"),
+    );
+    let mut s = spec(1);
+    s["vm_groups"][0]["interfaces"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ip_addresses");
+    assert_eq!(call(Method::POST, "/v0/deployments", Some(s)).0, 202);
+    wait_until(Duration::from_secs(30), "web is active again", || {
+        call(Method::GET, "/v0/deployments/web", None).1["state"] == "SERVICE_ACTIVE_STATE"
+    });
+    let (_, web) = call(Method::GET, "/v0/deployments/web", None);
+    let own = web["vms"][0]["server_id"].as_str().unwrap().to_string();
+    assert_ne!(
+        own, earlier,
+        "the earlier web's server is not adopted: {web}"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the earlier server is gone",
+        || !ids().contains(&earlier),
+    );
+    assert!(ids().contains(&own));
 }

@@ -287,10 +287,12 @@ impl VmKey {
     }
 
     /// The metadata every server of this manager carries (how the new
-    /// primary finds what the old one made).
-    pub fn metadata(&self) -> Vec<(String, String)> {
+    /// primary finds what the old one made), `op` the operation creating
+    /// it (only that operation adopts it).
+    pub fn metadata(&self, op: &str) -> Vec<(String, String)> {
         vec![
             ("esc_managed".into(), "true".into()),
+            ("esc_op".into(), op.into()),
             ("esc_deployment".into(), self.deployment_id.clone()),
             ("esc_group".into(), self.group.clone()),
             ("esc_index".into(), self.index.to_string()),

@@ -71,6 +71,10 @@ pub struct ServerInfo {
     /// Its addresses by network name, in the VIM's order.
     #[serde(default)]
     pub addresses: BTreeMap<String, Vec<String>>,
+    /// The operation whose create made it (its `esc_op` metadata); None:
+    /// made before the metadata existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
 }
 
 /// A VIM call to make (the runtime maps it to `esc-openstack`).
@@ -546,7 +550,14 @@ impl Lifecycle {
             }
             (Answer::Found(servers), Target::Vm(key), VimCall::Find { name }) => {
                 self.failures.remove(&slot);
-                let mut named = servers.iter().filter(|s| s.name == name);
+                // Only this operation's own create is adopted: a server of
+                // the same name made by another (a create of an earlier
+                // deploy of this deployment name that landed after its
+                // undeploy) has another spec and day-0 data. It is left to
+                // the completion listing (no VM holds it) or the sweep.
+                let mut named = servers
+                    .iter()
+                    .filter(|s| s.name == name && s.op.as_deref().is_none_or(|o| o == op));
                 match named.next() {
                     // Made by an earlier primary whose result was never
                     // committed, or by a create whose answer was lost.

@@ -93,6 +93,7 @@ fn server(id: &str, name: &str, status: &str) -> ServerInfo {
             vec![format!("203.0.113.{}", id.len())],
         )]
         .into(),
+        op: None,
     }
 }
 
@@ -348,6 +349,60 @@ fn a_new_primary_adopts_a_server_whose_creation_never_committed() {
         }]
     );
     assert!(calls(&out).is_empty(), "no Create");
+}
+
+// A server of the VM's name that another operation made (a create of an
+// earlier deploy of this deployment name, landing after its undeploy) is
+// not adopted: it has that deploy's spec. This operation's own is, as is
+// one made before servers carried their operation.
+#[test]
+fn only_the_operations_own_server_is_adopted() {
+    let r = deploy(1);
+    let name = key(0).server_name();
+    let by = |id: &str, op: Option<&str>| ServerInfo {
+        op: op.map(str::to_string),
+        ..server(id, &name, "ACTIVE")
+    };
+    for (found, adopted) in [
+        (vec![by("s-other", Some("op0"))], None),
+        (
+            vec![by("s-other", Some("op0")), by("s-own", Some("op1"))],
+            Some("s-own"),
+        ),
+        (vec![by("s-legacy", None)], Some("s-legacy")),
+    ] {
+        let mut l = leading();
+        let out = l.handle(0, Input::Records(vec![r.clone()]));
+        let out = l.handle(
+            1,
+            Input::Answer {
+                call: calls(&out)[0].0,
+                answer: Answer::Found(found.clone()),
+            },
+        );
+        match adopted {
+            Some(id) => {
+                assert_eq!(
+                    steps(&out),
+                    vec![Step::ServerBound {
+                        op: "op1".into(),
+                        key: key(0),
+                        server_id: id.into(),
+                        adopted: true
+                    }],
+                    "{found:?}"
+                );
+                assert!(calls(&out).is_empty(), "{found:?}: nothing deleted here");
+            }
+            None => {
+                assert!(steps(&out).is_empty(), "{found:?}");
+                assert!(
+                    matches!(calls(&out)[..], [(_, VimCall::Create { .. })]),
+                    "{found:?}: a server of its own: {out:?}"
+                );
+            }
+        }
+    }
 }
 
 // Answers to calls of an earlier term are dropped; a node that stops

@@ -44,6 +44,7 @@ impl Vim {
                     status: "BUILD".into(),
                     fault: None,
                     addresses: Default::default(),
+                    op: None,
                 };
                 self.servers.insert(id.clone(), (info, 0));
                 self.actions.insert(id.clone(), vec!["req-create".into()]);

@@ -81,6 +81,7 @@ fn info(s: esc_openstack::Server) -> ServerInfo {
             .into_iter()
             .map(|(net, l)| (net, l.into_iter().map(|a| a.addr).collect()))
             .collect(),
+        op: s.metadata.get("esc_op").cloned(),
     }
 }
 
@@ -195,7 +196,13 @@ fn of_deployment(listed: Vec<esc_openstack::Server>, id: &str) -> Vec<esc_openst
 
 /// One VIM call, as the core asked it; a create checks `may_act` again
 /// right before the request that creates (its lookups take time).
-async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shared) -> Answer {
+async fn execute(
+    client: &Client,
+    catalog: &Catalog,
+    op: &str,
+    vim: VimCall,
+    shared: &Shared,
+) -> Answer {
     match vim {
         VimCall::Find { name } => answer_of(
             client
@@ -282,7 +289,7 @@ async fn execute(client: &Client, catalog: &Catalog, vim: VimCall, shared: &Shar
                     image_id: image,
                     flavor_id: flavor,
                     networks,
-                    metadata: key.metadata().into_iter().collect(),
+                    metadata: key.metadata(op).into_iter().collect(),
                     user_data: user_data(&group),
                 };
                 client.create_server(&req).await.map(Some)
@@ -321,7 +328,7 @@ async fn run(
     loop {
         for o in out.drain(..) {
             match o {
-                Output::Call { call, vim, .. } => {
+                Output::Call { call, vim, op, .. } => {
                     let (client, tx, sh, cat) = (
                         client.clone(),
                         answers_tx.clone(),
@@ -330,7 +337,7 @@ async fn run(
                     );
                     tokio::spawn(async move {
                         let a = if sh.may_act() {
-                            execute(&client, &cat, vim, &sh).await
+                            execute(&client, &cat, &op, vim, &sh).await
                         } else {
                             not_leading()
                         };
