@@ -576,12 +576,12 @@ fn bench_service(
         eprintln!("   {}", serde_json::to_string(&r)?);
         rows.push(r);
     }
-    println!("| servers | deployments | VIM delay | servers before the fault | takeover to first resumed VIM call | takeover to all completed | deploy rate before the fault | end to end (takeover included) | one server per VM |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| servers | deployments | VIM delay | servers before the fault | takeover to first resumed VIM call | takeover to all completed | deploy rate before the fault | end to end (takeover included) | one server per VM | a sweep pass (servers listed, strays) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
     for r in &rows {
         println!(
-            "| {} | {} | {} ms | {} | {} | {} | {:.0} servers/s | {:.0} servers/s | {} ({} creates) |",
+            "| {} | {} | {} ms | {} | {} | {} | {:.0} servers/s | {:.0} servers/s | {} ({} creates) | {} ({}, {}) |",
             r.servers,
             r.deployments,
             r.vim_delay_ms,
@@ -591,7 +591,10 @@ fn bench_service(
             r.deploy_rate_before_fault,
             r.deploy_rate_end_to_end,
             if r.pass { "yes" } else { "NO" },
-            r.creates
+            r.creates,
+            ms(r.sweep_pass_ms),
+            r.sweep_listed,
+            r.sweep_strays
         );
     }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

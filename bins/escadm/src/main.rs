@@ -243,11 +243,13 @@ fn verbose(s: &NodeStatus) -> String {
     }
     if let Some(w) = &s.sweep {
         lines.push(format!(
-            "vim sweep:       every {}s passes={} last={} listed={} held={} busy={} strays={} orphans={}{} removed={} last_error={}",
+            "vim sweep:       every {}s passes={} last={} took={} listed={} held={} busy={} strays={} orphans={}{} removed={} last_error={}",
             w.interval_ms / 1000,
             w.passes,
             w.last_pass_ago_ms
                 .map_or_else(|| "none yet".to_string(), |ms| format!("{}s ago", ms / 1000)),
+            w.last_pass_took_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms}ms")),
             w.listed,
             w.held,
             w.busy,

@@ -37,6 +37,13 @@ pub struct Row {
     pub completed: usize,
     pub servers_on_vim: usize,
     pub creates: usize,
+    /// The new primary's VIM sweep over every server once all exist: how
+    /// long one pass took (every page of the listing, then the records of
+    /// the deployments), the servers it listed, and the strays it found
+    /// (none: every server is held).
+    pub sweep_pass_ms: Option<u64>,
+    pub sweep_listed: u64,
+    pub sweep_strays: u64,
     pub pass: bool,
 }
 
@@ -301,6 +308,15 @@ pub fn run(bins: &Bins, servers: usize, vim_delay_ms: u64, verbose: bool) -> any
         .join()
         .map_err(|_| anyhow::anyhow!("the client panicked"))?;
     let first = first_call(&c, NODE_ADDRS[s], takeover_ms);
+    // A sweep pass that saw every server (the lab's sweeps every 5 s).
+    let mut sweep = None;
+    wait_for(Duration::from_secs(120), || {
+        sweep = c
+            .status(s)
+            .and_then(|st| st.sweep)
+            .filter(|w| w.listed as usize >= servers);
+        sweep.is_some()
+    });
     let rate = |n: usize, ms: u64| {
         if ms == 0 {
             0.0
@@ -324,10 +340,16 @@ pub fn run(bins: &Bins, servers: usize, vim_delay_ms: u64, verbose: bool) -> any
         completed: out.completed,
         servers_on_vim: out.servers_on_vim,
         creates: out.creates,
+        sweep_pass_ms: sweep.as_ref().and_then(|w| w.last_pass_took_ms),
+        sweep_listed: sweep.as_ref().map_or(0, |w| w.listed),
+        sweep_strays: sweep.as_ref().map_or(0, |w| w.strays + w.orphans),
         pass: out.errors.is_empty()
             && out.completed == deployments
             && out.servers_on_vim == servers
-            && out.creates == servers,
+            && out.creates == servers
+            && sweep
+                .as_ref()
+                .is_some_and(|w| w.strays == 0 && w.orphans == 0 && w.removed == 0),
     };
     if !out.errors.is_empty() {
         eprintln!(

@@ -171,8 +171,10 @@ pub enum Output {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepReport {
     pub passes: u64,
-    /// When the last pass's listing came (the core's clock).
+    /// When the last pass's listing came (the core's clock), and how long
+    /// it took from the request (every page, then the records).
     pub last_pass_ms: Option<u64>,
+    pub last_pass_took_ms: Option<u64>,
     /// The last listing: its servers, and how many were held, busy,
     /// stray and orphan.
     pub listed: u64,
@@ -203,7 +205,8 @@ pub struct Sweeper {
     cfg: SweepConfig,
     leading: bool,
     next_pass_ms: Option<u64>,
-    listing: bool,
+    /// When the listing in flight was asked for.
+    listing: Option<u64>,
     strays: BTreeMap<String, Seen>,
     /// Orphans reported in the last pass (a new one is reported once).
     orphans: BTreeSet<String>,
@@ -217,7 +220,7 @@ impl Sweeper {
             cfg,
             leading: false,
             next_pass_ms: None,
-            listing: false,
+            listing: None,
             strays: BTreeMap::new(),
             orphans: BTreeSet::new(),
             deleting: BTreeSet::new(),
@@ -239,18 +242,18 @@ impl Sweeper {
             }
             Input::Tick => {
                 let due = self.next_pass_ms.is_some_and(|t| now_ms >= t);
-                if self.leading && due && !self.listing {
-                    self.listing = true;
+                if self.leading && due && self.listing.is_none() {
+                    self.listing = Some(now_ms);
                     out.push(Output::List);
                 }
             }
             Input::Listed { servers, holdings } => {
-                if self.listing {
-                    self.on_listed(now_ms, servers, &holdings, &mut out);
+                if let Some(asked) = self.listing {
+                    self.on_listed(now_ms, asked, servers, &holdings, &mut out);
                 }
             }
             Input::ListFailed { error } => {
-                if self.listing {
+                if self.listing.is_some() {
                     self.pass_done(now_ms);
                     self.report.last_error = Some(error.clone());
                     out.push(Output::Notice(Notice::ListFailed { error }));
@@ -264,13 +267,14 @@ impl Sweeper {
     }
 
     fn pass_done(&mut self, now_ms: u64) {
-        self.listing = false;
+        self.listing = None;
         self.next_pass_ms = Some(now_ms + self.cfg.interval_ms);
     }
 
     fn on_listed(
         &mut self,
         now_ms: u64,
+        asked_ms: u64,
         servers: Vec<SweptServer>,
         holdings: &BTreeMap<String, Holding>,
         out: &mut Vec<Output>,
@@ -279,6 +283,7 @@ impl Sweeper {
         let mut r = SweepReport {
             passes: self.report.passes + 1,
             last_pass_ms: Some(now_ms),
+            last_pass_took_ms: Some(now_ms.saturating_sub(asked_ms)),
             listed: servers.len() as u64,
             removed: self.report.removed,
             ..SweepReport::default()
@@ -472,6 +477,19 @@ mod tests {
         ));
         assert!(s.handle(2_599, Input::Tick).is_empty());
         assert_eq!(s.handle(2_600, Input::Tick), vec![Output::List]);
+        s.handle(
+            2_900,
+            Input::Listed {
+                servers: vec![],
+                holdings: BTreeMap::new(),
+            },
+        );
+        let r = s.report();
+        assert_eq!(
+            (r.last_pass_ms, r.last_pass_took_ms),
+            (Some(2_900), Some(300))
+        );
+        assert_eq!(r.last_error, None, "a pass that worked clears the error");
     }
 
     /// Only a stray of a known, idle deployment is deleted, and only once

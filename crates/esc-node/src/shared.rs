@@ -249,6 +249,7 @@ impl SweepShown {
             interval_ms: self.interval_ms,
             passes: r.passes,
             last_pass_ago_ms: self.last_pass.map(|t| t.elapsed().as_millis() as u64),
+            last_pass_took_ms: r.last_pass_took_ms,
             listed: r.listed,
             held: r.held,
             busy: r.busy,

@@ -43,6 +43,9 @@ pub struct SweepStatus {
     pub interval_ms: u64,
     pub passes: u64,
     pub last_pass_ago_ms: Option<u64>,
+    /// How long the last pass's listing and reads took.
+    #[serde(default)]
+    pub last_pass_took_ms: Option<u64>,
     /// The last listing: its servers, and how many a VM held, belonged to
     /// a deployment with an operation in progress, were stray (deleted once
     /// held long enough) or orphan (a deployment unknown here: left alone).
