@@ -75,6 +75,11 @@ pub struct ServerInfo {
     /// made before the metadata existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
+    /// Its `esc_deployment` metadata: names are not unique across
+    /// deployments (`esc-a-b-c-0-g0` is deployment `a`, group `b-c`, and
+    /// deployment `a-b`, group `c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// A VIM call to make (the runtime maps it to `esc-openstack`).
@@ -95,7 +100,8 @@ pub enum VimCall {
     Delete {
         server_id: String,
     },
-    /// Every server of the deployment (named `esc-<deployment>-...`).
+    /// Every server of the deployment (by its `esc_deployment` metadata;
+    /// the runtime narrows the listing by the name prefix first).
     ListDeployment {
         deployment_id: String,
     },
@@ -555,9 +561,13 @@ impl Lifecycle {
                 // deploy of this deployment name that landed after its
                 // undeploy) has another spec and day-0 data. It is left to
                 // the completion listing (no VM holds it) or the sweep.
-                let mut named = servers
-                    .iter()
-                    .filter(|s| s.name == name && s.op.as_deref().is_none_or(|o| o == op));
+                let mut named = servers.iter().filter(|s| {
+                    s.name == name
+                        && s.op.as_deref().is_none_or(|o| o == op)
+                        && s.deployment
+                            .as_deref()
+                            .is_none_or(|d| d == key.deployment_id)
+                });
                 match named.next() {
                     // Made by an earlier primary whose result was never
                     // committed, or by a create whose answer was lost.

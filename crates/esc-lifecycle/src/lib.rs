@@ -22,6 +22,7 @@
 //! # Exactly once
 //! - A VM's server is created only after a lookup by its name (derived
 //!   from deployment, group, index, generation) found none; a server found
+//!   that this operation made (its `esc_op` and `esc_deployment` metadata)
 //!   is adopted. A primary that died after the create and before the commit
 //!   of its result is therefore never followed by a second server.
 //! - A step is proposed once per answer and not again until the record

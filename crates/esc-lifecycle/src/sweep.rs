@@ -28,10 +28,14 @@
 //! restored backup, a second pair pointed at one project by mistake).
 //! Deleting VMs on a guess is the one thing a reconciler must never do; an
 //! orphan is named to the operator (log, `escadm status --v`), who decides.
-//! A stray is provably this manager's: its deployment is in the replicated
-//! state, idle, and holds other servers, not this one; or it was removed
-//! lately (the state remembers the last `GONE_MAX` removed), so the server
-//! is a create that landed after the undeploy.
+//! A stray is this manager's as far as the metadata can tell: its
+//! deployment is in the replicated state, idle, and holds other servers,
+//! not this one; or it was removed lately (the state remembers the last
+//! `GONE_MAX` removed), so the server is a create that landed after the
+//! undeploy. What the metadata cannot tell: a second manager on the same
+//! project with a deployment of the same name (its servers would look like
+//! ours). The VIM project is the manager's own (README, `[vim]`); an
+//! installation id in the metadata would lift that (not built).
 //!
 //! Why two sightings `hold_ms` apart, by this node's monotonic clock: a
 //! server created an instant before the listing may belong to an operation

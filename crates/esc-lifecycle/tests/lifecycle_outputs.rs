@@ -94,6 +94,7 @@ fn server(id: &str, name: &str, status: &str) -> ServerInfo {
         )]
         .into(),
         op: None,
+        deployment: None,
     }
 }
 
@@ -353,8 +354,10 @@ fn a_new_primary_adopts_a_server_whose_creation_never_committed() {
 
 // A server of the VM's name that another operation made (a create of an
 // earlier deploy of this deployment name, landing after its undeploy) is
-// not adopted: it has that deploy's spec. This operation's own is, as is
-// one made before servers carried their operation.
+// not adopted: it has that deploy's spec; nor one of another deployment
+// whose name and group happen to give the same server name. This
+// operation's own is, as is one made before servers carried their
+// operation.
 #[test]
 fn only_the_operations_own_server_is_adopted() {
     let r = deploy(1);
@@ -370,6 +373,13 @@ fn only_the_operations_own_server_is_adopted() {
             Some("s-own"),
         ),
         (vec![by("s-legacy", None)], Some("s-legacy")),
+        (
+            vec![ServerInfo {
+                deployment: Some("d1-x".into()),
+                ..by("s-same-name", None)
+            }],
+            None,
+        ),
     ] {
         let mut l = leading();
         let out = l.handle(0, Input::Records(vec![r.clone()]));

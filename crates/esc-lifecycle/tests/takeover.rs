@@ -45,6 +45,7 @@ impl Vim {
                     fault: None,
                     addresses: Default::default(),
                     op: None,
+                    deployment: None,
                 };
                 self.servers.insert(id.clone(), (info, 0));
                 self.actions.insert(id.clone(), vec!["req-create".into()]);

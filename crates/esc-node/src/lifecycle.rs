@@ -82,6 +82,7 @@ fn info(s: esc_openstack::Server) -> ServerInfo {
             .map(|(net, l)| (net, l.into_iter().map(|a| a.addr).collect()))
             .collect(),
         op: s.metadata.get("esc_op").cloned(),
+        deployment: s.metadata.get("esc_deployment").cloned(),
     }
 }
 

@@ -77,11 +77,25 @@ fn swept(s: esc_openstack::Server) -> SweptServer {
 
 /// What one record says: an operation in progress, and the servers its
 /// VMs hold.
-fn holding(rec: &esc_domain::model::ServiceRecord) -> Holding {
-    Holding {
-        busy: rec.current_op.is_some(),
+///
+/// An operation left FAILED_TEMP counts as in progress: its record holds
+/// servers the service's does not yet (an update's new VMs, a deploy's
+/// late create that a retry would adopt) and waits for the operator's
+/// retry, rollback or fail, which settle them.
+fn holding(
+    r: &dyn esc_state::StateRead,
+    rec: &esc_domain::model::ServiceRecord,
+) -> Result<Holding, String> {
+    let failed_temp = match &rec.last_op {
+        Some(op) => query::operation(r, op)
+            .map_err(|e| e.to_string())?
+            .is_some_and(|o| o.state == esc_domain::model::OperationState::FailedTemp),
+        None => false,
+    };
+    Ok(Holding {
+        busy: rec.current_op.is_some() || failed_temp,
         servers: rec.vms.iter().filter_map(|v| v.server_id.clone()).collect(),
-    }
+    })
 }
 
 /// What the state says of deployment `name`: its record's holding; for
@@ -89,7 +103,7 @@ fn holding(rec: &esc_domain::model::ServiceRecord) -> Holding {
 /// of it landed after its undeploy); None when this node never had it.
 fn holding_of(r: &dyn esc_state::StateRead, name: &str) -> Result<Option<Holding>, String> {
     if let Some(rec) = query::service(r, name).map_err(|e| e.to_string())? {
-        return Ok(Some(holding(&rec)));
+        return holding(r, &rec).map(Some);
     }
     Ok(query::gone(r, name)
         .map_err(|e| e.to_string())?
@@ -267,6 +281,10 @@ async fn run(
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     info!(target: HA, "VIM sweeper stopping");
+                    // Its figures are the leader's: a standby shows none.
+                    if let Ok(mut s) = shared.sweep.lock() {
+                        *s = None;
+                    }
                     return;
                 }
             }
@@ -287,5 +305,56 @@ async fn run(
                 out = core.handle(now(), Input::Tick);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esc_domain::model::{
+        DeploymentSpec, OperationKind, OperationRecord, OperationState, ServiceRecord, ServiceState,
+    };
+    use esc_state::MemState;
+
+    /// A deployment whose last operation is FAILED_TEMP is as busy as one
+    /// with an operation running: that record may hold servers the
+    /// deployment's does not (an update's new VMs) until the operator's
+    /// retry, rollback or fail.
+    #[test]
+    fn a_failed_temp_operation_keeps_its_deployment_busy() {
+        let spec: DeploymentSpec = serde_json::from_value(DeploymentSpec::example()).unwrap();
+        let service = ServiceRecord {
+            spec: spec.clone(),
+            state: ServiceState::Active,
+            current_op: None,
+            vms: Vec::new(),
+            created_at_ms: 0,
+            last_op: Some("op-1".into()),
+            scaling: Default::default(),
+            monitor_disabled: false,
+        };
+        for (state, busy) in [
+            (OperationState::FailedTemp, true),
+            (OperationState::Completed, false),
+            (OperationState::Failed, false),
+        ] {
+            let mut op = OperationRecord::new(
+                "op-1".into(),
+                spec.name.clone(),
+                OperationKind::Update { spec: spec.clone() },
+            );
+            op.state = state;
+            let mut s = MemState::default();
+            s.0.insert(
+                esc_domain::keys::operation("op-1"),
+                serde_json::to_vec(&op).unwrap(),
+            );
+            assert_eq!(holding(&s, &service).unwrap().busy, busy, "{state:?}");
+        }
+        let running = ServiceRecord {
+            current_op: Some("op-2".into()),
+            ..service
+        };
+        assert!(holding(&MemState::default(), &running).unwrap().busy);
     }
 }

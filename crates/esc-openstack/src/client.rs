@@ -477,8 +477,6 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment or query value (RFC 3986 unreserved
-/// characters pass).
 /// Servers asked for a page (Nova's default `max_limit`: a VIM may answer
 /// fewer, and says so with its `next` link).
 const SERVERS_PAGE: usize = 1_000;
@@ -499,6 +497,8 @@ struct PageLink {
     rel: String,
 }
 
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved
+/// characters pass).
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

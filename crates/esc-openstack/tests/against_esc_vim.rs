@@ -193,7 +193,8 @@ async fn the_token_is_renewed_before_it_expires() {
 
 /// A listing is every page of it: a VIM answering two servers a page (a
 /// Nova with a small `max_limit`) still gives all seven, each once, with the
-/// `name` filter kept across the pages; an unknown marker is the VIM's 400.
+/// `name` filter kept across the pages; a marker deleted meanwhile still
+/// marks where the next page starts.
 #[tokio::test]
 async fn a_listing_follows_every_page() {
     let cloud = esc_vim::Cloud::lab(esc_vim::Capacity::default());
@@ -222,7 +223,10 @@ async fn a_listing_follows_every_page() {
     assert_eq!(a.len(), 5, "{a:?}");
     assert!(a.iter().all(|s| s.name.starts_with("esc-a-")));
 
-    let token = reqwest::Client::new()
+    // A marker deleted since its page was read (a delete beside the
+    // listing): the next page still starts after it.
+    let http = reqwest::Client::new();
+    let token = http
         .post(format!("{base}/identity/v3/auth/tokens"))
         .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"name": "Default"}, "password": PASSWORD}}},
@@ -234,13 +238,40 @@ async fn a_listing_follows_every_page() {
         .to_str()
         .unwrap()
         .to_string();
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{base}/compute/v2.1/servers/detail?marker=no-such-id"
-        ))
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let page = |marker: Option<String>| {
+        let (http, token, base) = (http.clone(), token.clone(), base.clone());
+        async move {
+            let mut url = format!("{base}/compute/v2.1/servers/detail?limit=2");
+            if let Some(m) = marker {
+                url.push_str(&format!("&marker={m}"));
+            }
+            let v: serde_json::Value = http
+                .get(url)
+                .header("x-auth-token", token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect::<Vec<String>>()
+        }
+    };
+    let first = page(None).await;
+    let marker = first[1].clone();
+    c.delete_server(&marker).await.unwrap();
+    let second = page(Some(marker.clone())).await;
+    let mut sorted: Vec<String> = made.iter().cloned().collect();
+    sorted.sort();
+    let after: Vec<String> = sorted
+        .into_iter()
+        .filter(|id| id.as_str() > marker.as_str())
+        .take(2)
+        .collect();
+    assert_eq!(second, after, "the page after a deleted marker");
 }

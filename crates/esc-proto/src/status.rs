@@ -31,7 +31,7 @@ pub struct NodeStatus {
     /// The monitor, if a VIM connector is configured.
     #[serde(default)]
     pub monitor: Option<MonitorStatus>,
-    /// The VIM sweeper, once it ran on this node (it runs on the primary).
+    /// The VIM sweeper, while it runs on this node (on the primary).
     #[serde(default)]
     pub sweep: Option<SweepStatus>,
 }

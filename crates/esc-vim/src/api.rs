@@ -691,8 +691,8 @@ pub const SERVERS_PAGE_MAX: usize = 1_000;
 /// One page of the servers `q` filters, as Nova pages them (Compute API
 /// reference, "Paginated collections"): at most `limit` (capped at
 /// the VIM's page size) after the server `marker`, and a `servers_links`
-/// `next` link when the page is full (more may follow). An unknown marker is
-/// Nova's 400.
+/// `next` link when the page is full (more may follow). The marker need
+/// not exist any more (a server deleted since its page was read).
 fn servers_page<'a>(
     vim: &Vim,
     cloud: &'a crate::cloud::Cloud,
@@ -714,13 +714,9 @@ fn servers_page<'a>(
     };
     let mut all = cloud.servers().filter(|s| listed(s, q)).peekable();
     if let Some(m) = q.get("marker") {
-        if cloud.server(m).is_err() {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("marker [{m}] not found"),
-            ));
-        }
-        // Servers are kept in id order: the page starts after the marker.
+        // Servers are kept in id order: the page starts after the marker,
+        // which may have been deleted since (Nova finds a marker among its
+        // deleted instances too, so a listing survives a concurrent delete).
         while all.next_if(|s| s.id.as_str() <= m.as_str()).is_some() {}
     }
     let page: Vec<&Server> = all.take(limit).collect();
