@@ -685,11 +685,10 @@ fn client_script(opts: Options, progress: Arc<Progress>) -> ClientReport {
             let matches = l.as_ref().is_ok_and(|l| {
                 let mut names: Vec<&str> = l.iter().map(|(n, _)| n.as_str()).collect();
                 names.sort_unstable();
-                names.len() == expected.len()
-                    && names
-                        .iter()
-                        .copied()
-                        .eq(expected.iter().map(String::as_str))
+                names
+                    .iter()
+                    .copied()
+                    .eq(expected.iter().map(String::as_str))
             });
             if matches || Instant::now() >= converged {
                 break l.unwrap_or_else(|e| {

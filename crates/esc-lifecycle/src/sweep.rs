@@ -343,7 +343,6 @@ impl Sweeper {
         // only what this listing shows carries over.
         self.strays = strays;
         self.orphans = orphans;
-        r.last_error = None;
         self.report = r;
         self.delete_due(now_ms, out);
     }

@@ -113,17 +113,30 @@ fn holding_of(r: &dyn esc_state::StateRead, name: &str) -> Result<Option<Holding
 /// The holdings of `deployments` (those this node never had are left out:
 /// orphans).
 fn holdings(
-    store: &NodeStore,
+    r: &dyn esc_state::StateRead,
     deployments: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Holding>, String> {
-    let r = store.reader().map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for d in deployments {
-        if let Some(h) = holding_of(&r, d)? {
+        if let Some(h) = holding_of(r, d)? {
             out.insert(d.clone(), h);
         }
     }
     Ok(out)
+}
+
+/// `f` over a read transaction of the store, off the async threads.
+async fn read<T: Send + 'static>(
+    store: Arc<NodeStore>,
+    f: impl FnOnce(&dyn esc_state::StateRead) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        let r = store.reader().map_err(|e| e.to_string())?;
+        f(&r)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
 }
 
 /// One pass's listing and the records it names.
@@ -142,12 +155,8 @@ async fn list(shared: &Shared, client: &Client) -> Input {
         .iter()
         .filter_map(|s| s.deployment.clone())
         .collect();
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || holdings(&store, &names)).await {
-        Ok(Ok(holdings)) => Input::Listed { servers, holdings },
-        Ok(Err(e)) => Input::ListFailed {
-            error: format!("reading the records: {e}"),
-        },
+    match read(shared.store.clone(), move |r| holdings(r, &names)).await {
+        Ok(holdings) => Input::Listed { servers, holdings },
         Err(e) => Input::ListFailed {
             error: format!("reading the records: {e}"),
         },
@@ -162,20 +171,9 @@ async fn delete(
     server_id: &str,
     deployment: &str,
 ) -> DeleteOutcome {
-    let store = shared.store.clone();
     let dep = deployment.to_string();
-    let now = tokio::task::spawn_blocking(move || {
-        let r = store.reader().map_err(|e| e.to_string())?;
-        holding_of(&r, &dep)
-    })
-    .await;
-    let now = match now {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            return DeleteOutcome::Failed {
-                error: format!("reading the record: {e}"),
-            }
-        }
+    let now = match read(shared.store.clone(), move |r| holding_of(r, &dep)).await {
+        Ok(h) => h,
         Err(e) => {
             return DeleteOutcome::Failed {
                 error: format!("reading the record: {e}"),
@@ -248,6 +246,8 @@ async fn run(
     let mut core = Sweeper::new(cfg);
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
+    // Unbounded, yet bounded by the core: one listing at a time and at
+    // most `deletes_in_flight_max` deletes, each sending one input.
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
